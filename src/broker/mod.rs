@@ -1,0 +1,220 @@
+//! The broker: shared state every connection uses (registry and routes, retained
+//! index, store, metrics), startup recovery, and the publish path.
+
+mod publish;
+pub mod registry;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quay_storage::{Op, Store, StoreConfig};
+use thiserror::Error;
+
+use crate::config::{Config, FsyncPolicy};
+use crate::metrics::Metrics;
+use crate::router::RetainedIndex;
+use registry::{Registry, SessionHandle, SessionState, SubOpts};
+
+pub use publish::PublishDone;
+
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error("opening the store in {path}: {source}")]
+    Store {
+        path: String,
+        source: quay_storage::StoreError,
+    },
+    #[error("recovering from the store: {0}")]
+    Recover(#[from] quay_storage::StoreError),
+}
+
+pub struct Broker {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub registry: Registry,
+    pub retained: RetainedIndex,
+    pub metrics: Metrics,
+    next_conn_id: AtomicU64,
+    /// One background compaction at a time.
+    compacting: Arc<AtomicBool>,
+    pub started_at: Instant,
+}
+
+impl Broker {
+    /// Open the store under `node.data_dir` and rebuild sessions, routes and the
+    /// retained index from it. Reads metadata only: queued messages stay on disk.
+    pub fn open(config: Config) -> Result<Arc<Broker>, BrokerError> {
+        let path = config.node.data_dir.join("db");
+        let store_config = StoreConfig {
+            fsync: config.storage.fsync == FsyncPolicy::Batch,
+            batch_window: config.storage.batch_window,
+            batch_max: config.storage.batch_max,
+            block_cache_bytes: config.storage.block_cache_size as usize,
+        };
+        let started = Instant::now();
+        tracing::info!(path = %path.display(), "opening store");
+        let store = Store::open(&path, store_config).map_err(|source| BrokerError::Store {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let broker = Arc::new(Broker {
+            config: Arc::new(config),
+            store,
+            registry: Registry::default(),
+            retained: RetainedIndex::default(),
+            metrics: Metrics::default(),
+            next_conn_id: AtomicU64::new(1),
+            compacting: Arc::new(AtomicBool::new(false)),
+            started_at: Instant::now(),
+        });
+        broker.recover()?;
+        tracing::info!(
+            sessions = broker.registry.len(),
+            routes = broker.registry.route_count(),
+            retained = broker.retained.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovery done"
+        );
+        Ok(broker)
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn recover(&self) -> Result<(), quay_storage::StoreError> {
+        let now = Instant::now();
+        let now_ms = crate::message::now_ms();
+        let sessions = self.store.sessions()?;
+        let total = sessions.len();
+        let mut expired = Vec::new();
+        for (i, (client, record)) in sessions.into_iter().enumerate() {
+            if i > 0 && i % 10_000 == 0 {
+                tracing::info!(done = i, total, "recovering sessions");
+            }
+            // A session that was online when the broker died has no disconnect time:
+            // its expiry counts from this start.
+            let offline_ms = if record.disconnected_ms == 0 {
+                0
+            } else {
+                now_ms.saturating_sub(record.disconnected_ms)
+            };
+            let expiry_ms = record.expiry_interval_s as u64 * 1000;
+            if record.expiry_interval_s != u32::MAX && offline_ms >= expiry_ms {
+                expired.push(client);
+                continue;
+            }
+            let offline_since = now.checked_sub(Duration::from_millis(offline_ms)).unwrap_or(now);
+            let client: Arc<str> = Arc::from(client.as_str());
+            let zone = self.config.zone("external");
+            self.registry.insert(SessionHandle::new(
+                client,
+                SessionState {
+                    persistent: true,
+                    expiry_interval_s: record.expiry_interval_s,
+                    conn: None,
+                    offline_since: Some(offline_since),
+                    subscriptions: Default::default(),
+                    generation: 0,
+                    max_mqueue_len: zone.max_mqueue_len as u64,
+                    connected_at_ms: 0,
+                    peer: String::new(),
+                    protocol_level: record.protocol_level,
+                },
+            ));
+        }
+        for (client, filter, record) in self.store.subscriptions()? {
+            let Some(handle) = self.registry.get(&client) else {
+                continue; // expired above, or an orphan: deleted with its session
+            };
+            let opts = SubOpts {
+                qos: crate::codec::QoS::from_u8(record.qos).unwrap_or_default(),
+                no_local: record.no_local,
+                retain_as_published: record.retain_as_published,
+                retain_handling: match record.retain_handling {
+                    1 => crate::codec::RetainHandling::SendIfNew,
+                    2 => crate::codec::RetainHandling::Never,
+                    _ => crate::codec::RetainHandling::SendAlways,
+                },
+                subscription_id: record.subscription_id,
+            };
+            self.registry.subscribe(&handle, &filter, opts);
+        }
+        for topic in self.store.retained_topics()? {
+            match std::str::from_utf8(&topic) {
+                Ok(t) => {
+                    self.retained.insert(t);
+                }
+                Err(_) => tracing::warn!(?topic, "retained topic is not UTF-8; skipped"),
+            }
+        }
+        if !expired.is_empty() {
+            tracing::info!(count = expired.len(), "sessions expired while the broker was down");
+            let ops = expired
+                .into_iter()
+                .map(|c| Op::DeleteSession {
+                    client: Arc::from(c.as_str()),
+                })
+                .collect();
+            self.store.writer().submit_detached(ops);
+        }
+        Ok(())
+    }
+
+    /// Delete offline sessions whose expiry passed and retained messages whose expiry
+    /// passed; compact when something was deleted so the disk space comes back.
+    pub fn sweep_expired(&self, now: Instant) -> usize {
+        let mut ops = Vec::new();
+        for handle in self.registry.all() {
+            let expired = {
+                let st = handle.state();
+                match (st.conn.is_none(), st.offline_since) {
+                    (true, Some(since)) if st.expiry_interval_s != u32::MAX => {
+                        now.saturating_duration_since(since)
+                            >= Duration::from_secs(st.expiry_interval_s as u64)
+                    }
+                    _ => false,
+                }
+            };
+            if expired {
+                tracing::info!(client_id = %handle.client_id, "session expired");
+                Metrics::inc(&self.metrics.sessions_expired);
+                let persistent = handle.state().persistent;
+                self.registry.remove(&handle);
+                if persistent {
+                    ops.push(Op::DeleteSession {
+                        client: handle.client_id.clone(),
+                    });
+                }
+            }
+        }
+        match self.store.expired_retained(crate::message::now_ms()) {
+            Ok(topics) => {
+                for topic in topics {
+                    if let Ok(t) = std::str::from_utf8(&topic) {
+                        self.retained.remove(t);
+                    }
+                    ops.push(Op::DeleteRetained { topic });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "retained expiry sweep failed"),
+        }
+        let deleted = ops.len();
+        if deleted > 0 {
+            self.store.writer().submit_detached(ops);
+            if !self.compacting.swap(true, Ordering::AcqRel) {
+                let store = self.store.clone();
+                let compacting = self.compacting.clone();
+                // Compaction is slow; it runs off the async workers.
+                std::thread::spawn(move || {
+                    if let Err(e) = store.writer().barrier().and_then(|_| store.compact()) {
+                        tracing::warn!(error = %e, "compaction after expiry failed");
+                    }
+                    compacting.store(false, Ordering::Release);
+                });
+            }
+        }
+        deleted
+    }
+}

@@ -1,0 +1,177 @@
+//! The publish path: match subscribers, write what must survive (once), then deliver.
+//!
+//! Deliveries to persistent sessions (QoS 1/2, and QoS 0 to offline ones when
+//! `mqueue_store_qos0`) and retained updates are written in one store request: the
+//! message once, plus one small queue entry per such subscriber. When the writer has
+//! made that request durable it runs our completion, which hands each online
+//! subscriber its stored delivery (in seq order: the writer completes in order) and
+//! tells the publisher its PUBACK/PUBREC may go. Everything else is delivered at once.
+
+use std::sync::Arc;
+
+use quay_storage::{Op, QueueEntry};
+
+use super::registry::{ConnEvent, SessionHandle};
+use super::Broker;
+use crate::codec::QoS;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::session::Outgoing;
+
+/// Runs once what the publish needed is durable (true) or failed to be (false).
+pub type PublishDone = Box<dyn FnOnce(bool) + Send>;
+
+impl Broker {
+    /// Route `msg`. `extra` ops ride in the same durable batch (e.g. the QoS 2 packet
+    /// id of a persistent publisher). `done` is called exactly once. Returns how many
+    /// subscribers matched.
+    pub fn publish(self: &Arc<Self>, msg: Message, extra: Vec<Op>, done: PublishDone) -> usize {
+        let msg = Arc::new(msg);
+        let mut ops = extra;
+        if msg.retain {
+            self.retain(&msg, &mut ops);
+        }
+        let topic = msg.topic_str();
+        let targets = self.registry.targets(topic);
+        let msg_id = self.store.next_msg_id();
+        let mut stored: Vec<(Arc<SessionHandle>, Outgoing)> = Vec::new();
+        let mut matched = 0;
+        for t in targets {
+            if t.no_local && *t.handle.client_id == *msg.from {
+                continue;
+            }
+            matched += 1;
+            let qos = if self.config.zone("external").upgrade_qos {
+                t.qos
+            } else {
+                msg.qos.min(t.qos)
+            };
+            let out = Outgoing {
+                seq: None,
+                msg_id,
+                msg: msg.clone(),
+                qos,
+                // Routed messages lose RETAIN unless the subscriber asked to keep it.
+                retain: msg.retain && t.retain_as_published,
+                subscription_ids: t.subscription_ids,
+            };
+            let (persistent, online, max_len) = {
+                let st = t.handle.state();
+                (st.persistent, st.conn.is_some(), st.max_mqueue_len)
+            };
+            let store_qos0 = self.config.zone("external").mqueue_store_qos0;
+            if persistent && (qos != QoS::AtMostOnce || (!online && store_qos0)) {
+                ops.push(Op::Enqueue {
+                    client: t.handle.client_id.clone(),
+                    entry: QueueEntry {
+                        msg_id,
+                        qos: qos as u8,
+                        retain: out.retain,
+                        released: false,
+                        subscription_ids: out.subscription_ids.clone(),
+                    },
+                    max_len,
+                });
+                stored.push((t.handle, out));
+            } else if online {
+                t.handle.send(ConnEvent::Deliver(out));
+            }
+        }
+        if matched == 0 {
+            Metrics::inc(&self.metrics.messages_dropped_no_subscribers);
+        }
+        if ops.is_empty() {
+            done(true);
+            return matched;
+        }
+        if !stored.is_empty() {
+            ops.insert(
+                0,
+                Op::Message {
+                    id: msg_id,
+                    msg: msg.to_stored(),
+                },
+            );
+        }
+        let broker = self.clone();
+        self.store.writer().submit(
+            ops,
+            Box::new(move |result| match result {
+                Ok(seqs) => {
+                    for ((handle, mut out), seq) in stored.into_iter().zip(seqs) {
+                        match seq {
+                            Some(seq) => {
+                                out.seq = Some(seq);
+                                handle.send(ConnEvent::Deliver(out));
+                            }
+                            None => {
+                                Metrics::inc(&broker.metrics.messages_dropped_queue_full);
+                                Metrics::inc(&broker.metrics.messages_dropped);
+                            }
+                        }
+                    }
+                    done(true);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, topic = %msg.topic_str(), "publish not stored");
+                    done(false);
+                }
+            }),
+        );
+        matched
+    }
+
+    /// Update the retained store for a PUBLISH with RETAIN set (empty payload deletes).
+    fn retain(&self, msg: &Arc<Message>, ops: &mut Vec<Op>) {
+        let topic = msg.topic_str();
+        if msg.payload.is_empty() {
+            if self.retained.remove(topic) {
+                ops.push(Op::DeleteRetained {
+                    topic: msg.topic.clone(),
+                });
+            }
+            return;
+        }
+        let limits = &self.config.retainer;
+        if limits.max_payload_size > 0 && msg.payload.len() as u64 > limits.max_payload_size {
+            tracing::warn!(topic, size = msg.payload.len(), "retained payload too large; not retained");
+            return;
+        }
+        if limits.max_retained_messages > 0
+            && !self.retained.contains(topic)
+            && self.retained.len() >= limits.max_retained_messages
+        {
+            tracing::warn!(topic, "retained message limit reached; not retained");
+            return;
+        }
+        let mut stored = msg.to_stored();
+        if stored.expiry_ms == 0 && !limits.expiry_interval.is_zero() {
+            stored.expiry_ms = msg.publish_ms + limits.expiry_interval.as_millis() as u64;
+        }
+        self.retained.insert(topic);
+        Metrics::inc(&self.metrics.messages_retained);
+        ops.push(Op::PutRetained {
+            topic: msg.topic.clone(),
+            msg: stored,
+        });
+    }
+
+    /// Retained messages for a new subscription to `filter`, live ones only.
+    pub fn retained_for(&self, filter: &str) -> Vec<Arc<Message>> {
+        let now = crate::message::now_ms();
+        self.retained
+            .matching(filter)
+            .into_iter()
+            .filter_map(|topic| match self.store.retained(topic.as_bytes()) {
+                Ok(Some(stored)) if !stored.is_expired(now) => {
+                    Some(Arc::new(Message::from_stored(stored)))
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, "cannot read retained message");
+                    None
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,226 @@
+//! The session registry and the route table, behind one interface.
+//!
+//! `Registry` owns which sessions exist (online or offline), which connection holds
+//! each, and every subscription (the topic trie). It is the piece a Raft state machine
+//! will own in a cluster: all changes go through its methods, nothing else holds these
+//! maps. Locks are std locks held for map operations only, never across an await.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::codec::{QoS, ReasonCode, RetainHandling, SubscriptionOptions};
+use crate::message::ClientId;
+use crate::router::TopicTrie;
+use crate::session::Outgoing;
+
+/// What the broker tells a connection task.
+#[derive(Debug)]
+pub enum ConnEvent {
+    Deliver(Outgoing),
+    /// The store finished writing what a PUBLISH from this client needed.
+    Durable { packet_id: u16, qos: QoS, ok: bool },
+    /// SUBSCRIBE/UNSUBSCRIBE/CONNECT-time writes are durable: send this reply.
+    Reply(crate::codec::Packet, Vec<Outgoing>),
+    /// Close with this reason (takeover 0x8E, admin kick 0x98, shutdown 0x8B).
+    Kick(ReasonCode),
+}
+
+/// A connection's link to its session.
+#[derive(Debug)]
+pub struct ConnLink {
+    pub conn_id: u64,
+    pub tx: mpsc::UnboundedSender<ConnEvent>,
+    /// Its sender lives as long as the connection task: `changed()` erring means the
+    /// task has finished (and submitted all its store writes).
+    pub closed: watch::Receiver<()>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SubOpts {
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: RetainHandling,
+    /// 0 = none.
+    pub subscription_id: u32,
+}
+
+impl SubOpts {
+    pub fn from_options(o: &SubscriptionOptions, subscription_id: u32) -> SubOpts {
+        SubOpts {
+            qos: o.qos,
+            no_local: o.no_local,
+            retain_as_published: o.retain_as_published,
+            retain_handling: o.retain_handling,
+            subscription_id,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SessionState {
+    pub persistent: bool,
+    pub expiry_interval_s: u32,
+    pub conn: Option<ConnLink>,
+    /// Set while offline: when the session expires.
+    pub offline_since: Option<Instant>,
+    pub subscriptions: HashMap<String, SubOpts>,
+    /// Bumped on every connect; a delayed will checks it did not change.
+    pub generation: u64,
+    pub max_mqueue_len: u64,
+    pub connected_at_ms: u64,
+    pub peer: String,
+    pub protocol_level: u8,
+}
+
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub client_id: ClientId,
+    state: Mutex<SessionState>,
+}
+
+impl SessionHandle {
+    pub fn new(client_id: ClientId, state: SessionState) -> Arc<SessionHandle> {
+        Arc::new(SessionHandle {
+            client_id,
+            state: Mutex::new(state),
+        })
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, SessionState> {
+        // A panic while holding this lock is a bug; the data is still consistent
+        // enough to serve (plain maps), so recover rather than poison everyone.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Send to the connection holding this session, if any. False when offline.
+    pub fn send(&self, event: ConnEvent) -> bool {
+        match &self.state().conn {
+            Some(link) => link.tx.send(event).is_ok(),
+            None => false,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<ClientId, Arc<SessionHandle>>>,
+    routes: RwLock<TopicTrie<ClientId, (Arc<SessionHandle>, SubOpts)>>,
+}
+
+/// One matching subscriber of a published topic, merged over its matching filters.
+pub struct Target {
+    pub handle: Arc<SessionHandle>,
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+impl Registry {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<ClientId, Arc<SessionHandle>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, client: &str) -> Option<Arc<SessionHandle>> {
+        self.sessions().get(client).cloned()
+    }
+
+    pub fn insert(&self, handle: Arc<SessionHandle>) {
+        self.sessions().insert(handle.client_id.clone(), handle);
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions().is_empty()
+    }
+
+    pub fn all(&self) -> Vec<Arc<SessionHandle>> {
+        self.sessions().values().cloned().collect()
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.routes.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Remove `handle` (if it is still the registered one) and all its routes.
+    pub fn remove(&self, handle: &Arc<SessionHandle>) {
+        {
+            let mut sessions = self.sessions();
+            match sessions.get(&handle.client_id) {
+                Some(h) if Arc::ptr_eq(h, handle) => {
+                    sessions.remove(&handle.client_id);
+                }
+                _ => {}
+            }
+        }
+        let filters: Vec<String> = handle.state().subscriptions.drain().map(|(f, _)| f).collect();
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        for f in filters {
+            if let Some((h, _)) = routes.get(&f, &handle.client_id) {
+                if Arc::ptr_eq(h, handle) {
+                    routes.remove(&f, &handle.client_id);
+                }
+            }
+        }
+    }
+
+    /// Add or replace a subscription; returns true if it already existed.
+    pub fn subscribe(&self, handle: &Arc<SessionHandle>, filter: &str, opts: SubOpts) -> bool {
+        let existed = handle
+            .state()
+            .subscriptions
+            .insert(filter.to_owned(), opts)
+            .is_some();
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(filter, handle.client_id.clone(), (handle.clone(), opts));
+        existed
+    }
+
+    /// Remove a subscription; returns true if it existed.
+    pub fn unsubscribe(&self, handle: &Arc<SessionHandle>, filter: &str) -> bool {
+        let existed = handle.state().subscriptions.remove(filter).is_some();
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(filter, &handle.client_id);
+        existed
+    }
+
+    /// Subscribers of `topic`, one per client, with the highest QoS and every
+    /// subscription identifier of its matching filters (MQTT 5 §3.3.4).
+    pub fn targets(&self, topic: &str) -> Vec<Target> {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let mut targets: Vec<Target> = Vec::new();
+        let mut index: HashMap<ClientId, usize> = HashMap::new();
+        routes.for_each_match(topic, |client, (handle, opts)| {
+            let i = *index.entry(client.clone()).or_insert_with(|| {
+                targets.push(Target {
+                    handle: handle.clone(),
+                    qos: QoS::AtMostOnce,
+                    no_local: true,
+                    retain_as_published: false,
+                    subscription_ids: Vec::new(),
+                });
+                targets.len() - 1
+            });
+            let t = &mut targets[i];
+            t.qos = t.qos.max(opts.qos);
+            // Delivered unless every matching subscription says No Local.
+            t.no_local &= opts.no_local;
+            t.retain_as_published |= opts.retain_as_published;
+            if opts.subscription_id != 0 {
+                t.subscription_ids.push(opts.subscription_id);
+            }
+        });
+        targets
+    }
+}

@@ -1,0 +1,499 @@
+//! The broker's configuration as typed data, loaded once at startup from
+//! `etc/emqx.conf`, then `etc/plugins/*.conf`, then `EMQX_*` environment variables.
+//!
+//! Config is data: this module is the only place a config string is interpreted. The
+//! rest of the broker sees [`Config`] and never looks a key up by name or parses a
+//! duration. Every mistake a user can make is reported with where the value came from
+//! (file:line or environment variable), the key, the value and what was expected.
+//!
+//! This module never reads the process environment (the caller passes it in), never
+//! writes files and never logs; it reads the config files and nothing else.
+//!
+//! - `parse.rs`: cuttlefish lines -> entries with their origin
+//! - `env.rs`: `EMQX_*` variables -> entries
+//! - `values.rs`: value syntax (durations, sizes, booleans, addresses)
+//! - `keys.rs`: which keys exist, where each lands, and the checks across keys
+//! - this file: the types, the built-in defaults and the load order
+
+mod env;
+mod keys;
+mod parse;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// Everything the broker is configured with. Paths are absolute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub log: LogConfig,
+    /// Sorted by name.
+    pub listeners: Vec<ListenerConfig>,
+    pub mqtt: MqttConfig,
+    pub zones: BTreeMap<String, ZoneConfig>,
+    pub storage: StorageConfig,
+    pub retainer: RetainerConfig,
+    /// The directory relative paths in the config resolve against: the parent of the
+    /// config file's directory (`/opt/emqx/etc/emqx.conf` => `/opt/emqx`), as in EMQX.
+    pub release_root: PathBuf,
+    /// The main config file, absolute.
+    pub config_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// `name@host`.
+    pub name: String,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub to: LogTo,
+    pub level: LogLevel,
+    pub dir: PathBuf,
+    /// File name inside `dir`.
+    pub file: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTo {
+    Console,
+    File,
+    Both,
+}
+
+/// Syslog severities, as EMQX names them; each level logs itself and everything above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Notice,
+    Warning,
+    Error,
+    Critical,
+    Alert,
+    Emergency,
+}
+
+impl LogLevel {
+    pub const ALL: [LogLevel; 8] = [
+        LogLevel::Debug,
+        LogLevel::Info,
+        LogLevel::Notice,
+        LogLevel::Warning,
+        LogLevel::Error,
+        LogLevel::Critical,
+        LogLevel::Alert,
+        LogLevel::Emergency,
+    ];
+
+    /// The name used in the config file (`warning`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Notice => "notice",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+            LogLevel::Critical => "critical",
+            LogLevel::Alert => "alert",
+            LogLevel::Emergency => "emergency",
+        }
+    }
+}
+
+/// One MQTT/TCP listener, from `listener.tcp.<name> = <addr>` and its sub-keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub acceptors: usize,
+    pub max_connections: usize,
+    /// Always names a zone in [`Config::zones`].
+    pub zone: String,
+    pub backlog: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    /// Bytes, 1..=268435455 (the largest MQTT remaining length).
+    pub max_packet_size: u32,
+    pub max_clientid_len: usize,
+    /// 0 = unlimited.
+    pub max_topic_levels: usize,
+    /// 0..=2.
+    pub max_qos_allowed: u8,
+    pub max_topic_alias: u16,
+    pub retain_available: bool,
+    pub wildcard_subscription: bool,
+    pub shared_subscription: bool,
+    pub ignore_loop_deliver: bool,
+    pub strict_mode: bool,
+}
+
+/// Per-zone session and connection settings (`zone.<name>.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZoneConfig {
+    pub idle_timeout: Duration,
+    /// 1..=65535.
+    pub max_inflight: u16,
+    pub retry_interval: Duration,
+    /// 0 = unlimited.
+    pub max_awaiting_rel: usize,
+    pub await_rel_timeout: Duration,
+    pub session_expiry_interval: Duration,
+    /// 0 = unlimited.
+    pub max_mqueue_len: usize,
+    pub mqueue_store_qos0: bool,
+    /// Seconds; `None` = use the client's keepalive.
+    pub server_keepalive: Option<u16>,
+    /// A connection is dropped after `keepalive * keepalive_backoff * 2` of silence.
+    pub keepalive_backoff: f64,
+    /// 0 = unlimited.
+    pub max_subscriptions: usize,
+    pub upgrade_qos: bool,
+    pub use_username_as_clientid: bool,
+    pub enable_stats: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    pub fsync: FsyncPolicy,
+    /// How long the writer gathers a batch at most.
+    pub batch_window: Duration,
+    /// Entries per batch at most, >= 1.
+    pub batch_max: usize,
+    /// Bytes.
+    pub block_cache_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every group-commit batch is fsynced before its acks are released.
+    Batch,
+    /// Rely on the OS to write back; acks go out once the batch is written.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetainerConfig {
+    /// 0 = unlimited.
+    pub max_retained_messages: usize,
+    /// Bytes; 0 = unlimited.
+    pub max_payload_size: u64,
+    /// Zero = retained messages never expire.
+    pub expiry_interval: Duration,
+}
+
+/// Where a setting came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A line of a config file; `path` as it was given to [`Config::load`].
+    File {
+        path: PathBuf,
+        line: usize,
+    },
+    Env {
+        var: String,
+    },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Origin::Env { var } => write!(f, "environment variable {var}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: {problem}")]
+    Syntax { origin: Origin, problem: String },
+    #[error("{origin}: unknown key {key}{hint}")]
+    UnknownKey {
+        origin: Origin,
+        key: String,
+        /// Which keys would have been accepted there, starting with "; ".
+        hint: String,
+    },
+    #[error("{origin}: {key}: expected {expected}, got {value:?}")]
+    InvalidValue {
+        origin: Origin,
+        key: String,
+        value: String,
+        expected: String,
+    },
+    /// A value that is well-formed on its own but does not fit with the rest.
+    #[error("{origin}: {key}: {problem}")]
+    Inconsistent {
+        origin: Origin,
+        key: String,
+        problem: String,
+    },
+}
+
+const DEFAULT_NODE_NAME: &str = "emqx@127.0.0.1";
+const DEFAULT_DATA_DIR: &str = "data";
+const DEFAULT_LOG_DIR: &str = "log";
+const DEFAULT_LOG_FILE: &str = "emqx.log";
+const CONFIG_FILE_IN_RELEASE: &str = "etc/emqx.conf";
+
+/// The largest MQTT packet: the remaining length is at most 268,435,455 bytes.
+pub const MAX_PACKET_SIZE_LIMIT: u32 = 268_435_455;
+
+/// The zone [`Config::zone`] falls back to for a name that is not configured.
+static DEFAULT_ZONE: ZoneConfig = ZoneConfig::DEFAULT;
+
+impl ZoneConfig {
+    /// What any zone starts from: the defaults of `zone.<name>.*` keys it does not set.
+    pub const DEFAULT: ZoneConfig = ZoneConfig {
+        idle_timeout: Duration::from_secs(15),
+        max_inflight: 32,
+        retry_interval: Duration::from_secs(30),
+        max_awaiting_rel: 100,
+        await_rel_timeout: Duration::from_secs(300),
+        session_expiry_interval: Duration::from_secs(2 * 3600),
+        max_mqueue_len: 1000,
+        mqueue_store_qos0: true,
+        server_keepalive: None,
+        keepalive_backoff: 0.75,
+        max_subscriptions: 0,
+        upgrade_qos: false,
+        use_username_as_clientid: false,
+        enable_stats: true,
+    };
+
+    /// The `internal` zone of the shipped config: trusted local clients get a wider
+    /// inflight window and a deeper queue.
+    pub fn internal() -> ZoneConfig {
+        ZoneConfig {
+            max_inflight: 128,
+            max_mqueue_len: 10_000,
+            ..ZoneConfig::DEFAULT
+        }
+    }
+}
+
+impl Default for ZoneConfig {
+    fn default() -> Self {
+        ZoneConfig::DEFAULT
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            max_packet_size: 1024 * 1024,
+            max_clientid_len: 65_535,
+            max_topic_levels: 0,
+            max_qos_allowed: 2,
+            max_topic_alias: 65_535,
+            retain_available: true,
+            wildcard_subscription: true,
+            shared_subscription: true,
+            ignore_loop_deliver: false,
+            strict_mode: false,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            fsync: FsyncPolicy::Batch,
+            batch_window: Duration::from_millis(1),
+            batch_max: 4096,
+            block_cache_size: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for RetainerConfig {
+    fn default() -> Self {
+        RetainerConfig {
+            max_retained_messages: 0,
+            max_payload_size: 1024 * 1024,
+            expiry_interval: Duration::ZERO,
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// A listener with the default sub-key values; its zone is the zone of the same
+    /// name for `external` and `internal`, else `external`.
+    fn with_defaults(name: &str, bind: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            name: name.to_string(),
+            bind,
+            acceptors: 8,
+            max_connections: 1_024_000,
+            zone: default_zone_of_listener(name).to_string(),
+            backlog: 1024,
+        }
+    }
+}
+
+fn default_zone_of_listener(listener: &str) -> &'static str {
+    match listener {
+        "internal" => "internal",
+        _ => "external",
+    }
+}
+
+impl Config {
+    /// Reads `config_file`, then every `*.conf` in `<config dir>/plugins/` (by name; a
+    /// missing directory is fine), then applies `EMQX_*` overrides from `env`. A key set
+    /// more than once keeps its last value. Relative paths resolve against the release
+    /// root, the parent of the config file's directory.
+    pub fn load(config_file: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let absolute_file =
+            std::path::absolute(config_file).map_err(|source| ConfigError::Read {
+                path: config_file.to_path_buf(),
+                source,
+            })?;
+        let config_dir = absolute_file.parent().unwrap_or(Path::new("/"));
+        let release_root = config_dir.parent().unwrap_or(config_dir).to_path_buf();
+
+        let mut builder = keys::Builder::new();
+        for entry in parse::parse_file(config_file)? {
+            builder.apply(&entry)?;
+        }
+        let plugins_dir = config_file
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join("plugins");
+        for plugin_file in plugin_files(&plugins_dir)? {
+            for entry in parse::parse_file(&plugin_file)? {
+                builder.apply(&entry)?;
+            }
+        }
+        for entry in env::overrides(env)? {
+            builder.apply(&entry)?;
+        }
+        builder.finish(&release_root, absolute_file)
+    }
+
+    /// The built-in defaults, equal to loading the shipped `etc/emqx.conf` and
+    /// `etc/plugins/*.conf` from `release_root` with no overrides.
+    pub fn defaults(release_root: &Path) -> Config {
+        let release_root =
+            std::path::absolute(release_root).unwrap_or_else(|_| release_root.to_path_buf());
+        let listeners = vec![
+            ListenerConfig::with_defaults(
+                "external",
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 1883),
+            ),
+            ListenerConfig::with_defaults(
+                "internal",
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 11883),
+            ),
+        ];
+        let zones = BTreeMap::from([
+            ("external".to_string(), ZoneConfig::DEFAULT),
+            ("internal".to_string(), ZoneConfig::internal()),
+        ]);
+        Config {
+            node: default_node(&release_root),
+            log: default_log(&release_root),
+            listeners,
+            mqtt: MqttConfig::default(),
+            zones,
+            storage: StorageConfig::default(),
+            retainer: RetainerConfig::default(),
+            config_file: release_root.join(CONFIG_FILE_IN_RELEASE),
+            release_root,
+        }
+    }
+
+    /// Where to look for the config when none is given: `./etc/emqx.conf` if it exists,
+    /// else the first `etc/emqx.conf` found walking up from the running executable's
+    /// directory (so `target/release/emqx` finds the repository's `etc/`), else
+    /// `./etc/emqx.conf` (whose absence [`Config::load`] then reports).
+    pub fn default_file() -> PathBuf {
+        let local = PathBuf::from(CONFIG_FILE_IN_RELEASE);
+        if local.is_file() {
+            return local;
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().and_then(find_config_upwards))
+            .unwrap_or(local)
+    }
+
+    /// The named zone, or the built-in default zone if no such zone is configured.
+    pub fn zone(&self, name: &str) -> &ZoneConfig {
+        self.zones.get(name).unwrap_or(&DEFAULT_ZONE)
+    }
+}
+
+/// The default `node.*` settings, `data_dir` resolved against `release_root` (the
+/// builder passes an empty root to keep it relative until the real root is known).
+fn default_node(release_root: &Path) -> NodeConfig {
+    NodeConfig {
+        name: DEFAULT_NODE_NAME.to_string(),
+        data_dir: resolve(release_root, Path::new(DEFAULT_DATA_DIR)),
+    }
+}
+
+fn default_log(release_root: &Path) -> LogConfig {
+    LogConfig {
+        to: LogTo::Console,
+        level: LogLevel::Warning,
+        dir: resolve(release_root, Path::new(DEFAULT_LOG_DIR)),
+        file: DEFAULT_LOG_FILE.to_string(),
+    }
+}
+
+/// `path` against `release_root` if relative, without `.` components.
+fn resolve(release_root: &Path, path: &Path) -> PathBuf {
+    release_root
+        .join(path)
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .collect()
+}
+
+fn find_config_upwards(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .map(|dir| dir.join(CONFIG_FILE_IN_RELEASE))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The `*.conf` files of the plugins directory, sorted by file name.
+fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let read_error = |source| ConfigError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let listing = match std::fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(read_error(e)),
+    };
+    let mut files = Vec::new();
+    for item in listing {
+        let path = item.map_err(read_error)?.path();
+        if path.extension().is_some_and(|ext| ext == "conf") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,411 @@
+//! Tests of [`Config::load`] as a whole: files on disk, plugins, environment, paths,
+//! and the shipped `etc/emqx.conf` against the built-in defaults.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+/// A release tree in a temp dir: `<root>/etc/emqx.conf` (+ optional plugin files).
+struct Release {
+    dir: tempfile::TempDir,
+}
+
+impl Release {
+    fn new(main: &str) -> Release {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::create_dir_all(dir.path().join("etc")).expect("mkdir etc");
+        fs::write(dir.path().join("etc/emqx.conf"), main).expect("write emqx.conf");
+        Release { dir }
+    }
+
+    fn plugin(self, name: &str, text: &str) -> Release {
+        let plugins = self.dir.path().join("etc/plugins");
+        fs::create_dir_all(&plugins).expect("mkdir plugins");
+        fs::write(plugins.join(name), text).expect("write plugin conf");
+        self
+    }
+
+    fn root(&self) -> PathBuf {
+        std::path::absolute(self.dir.path()).expect("absolute root")
+    }
+
+    fn config_file(&self) -> PathBuf {
+        self.dir.path().join("etc/emqx.conf")
+    }
+
+    fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(&self.config_file(), &[])
+    }
+
+    fn load_env(&self, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(&self.config_file(), &env)
+    }
+
+    /// The error message with the temp dir replaced by `<root>`, for exact comparisons.
+    fn error(&self, result: Result<Config, ConfigError>) -> String {
+        let message = result.expect_err("load should fail").to_string();
+        message.replace(&self.dir.path().display().to_string(), "<root>")
+    }
+}
+
+const MINIMAL: &str = "listener.tcp.external = 1883\nzone.external.max_inflight = 32\n";
+
+/// The shipped config: inside the real crate `CARGO_MANIFEST_DIR/etc/emqx.conf`; when
+/// this module is built by a scratch crate elsewhere, the repository's copy.
+fn shipped_config_file() -> PathBuf {
+    let in_crate = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/emqx.conf");
+    if in_crate.exists() {
+        in_crate
+    } else {
+        PathBuf::from("/work/main/etc/emqx.conf")
+    }
+}
+
+#[test]
+fn the_shipped_config_equals_the_built_in_defaults() {
+    let file = shipped_config_file();
+    let loaded = Config::load(&file, &[]).expect("shipped config loads");
+    let root = file.parent().and_then(Path::parent).expect("release root");
+    assert_eq!(loaded, Config::defaults(root));
+    assert_eq!(loaded.release_root, std::path::absolute(root).unwrap());
+}
+
+#[test]
+fn built_in_defaults() {
+    let config = Config::defaults(Path::new("/opt/emqx"));
+    assert_eq!(config.node.name, "emqx@127.0.0.1");
+    assert_eq!(config.node.data_dir, Path::new("/opt/emqx/data"));
+    assert_eq!(config.log.dir, Path::new("/opt/emqx/log"));
+    assert_eq!(config.log.to, LogTo::Console);
+    assert_eq!(config.log.level, LogLevel::Warning);
+    assert_eq!(config.config_file, Path::new("/opt/emqx/etc/emqx.conf"));
+    let names: Vec<_> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["external", "internal"]);
+    assert_eq!(config.listeners[0].bind, "0.0.0.0:1883".parse().unwrap());
+    assert_eq!(config.listeners[1].bind, "127.0.0.1:11883".parse().unwrap());
+    assert_eq!(config.listeners[1].zone, "internal");
+    assert_eq!(config.zone("internal").max_inflight, 128);
+    assert_eq!(config.zone("internal").max_mqueue_len, 10_000);
+    assert_eq!(config.zone("external").max_inflight, 32);
+    assert_eq!(config.mqtt.max_packet_size, 1 << 20);
+    assert_eq!(config.storage.block_cache_size, 64 << 20);
+    assert_eq!(config.storage.batch_window, Duration::from_millis(1));
+    assert_eq!(config.retainer.max_payload_size, 1 << 20);
+}
+
+#[test]
+fn an_unconfigured_zone_falls_back_to_the_default_zone() {
+    let config = Config::defaults(Path::new("/opt/emqx"));
+    assert_eq!(config.zone("no-such-zone"), &ZoneConfig::DEFAULT);
+}
+
+#[test]
+fn relative_paths_resolve_against_the_release_root() {
+    let release = Release::new(&format!("{MINIMAL}log.dir = ./logs/here\n"));
+    let config = release.load().unwrap();
+    let root = release.root();
+    assert_eq!(config.release_root, root);
+    assert_eq!(config.node.data_dir, root.join("data"));
+    assert_eq!(config.log.dir, root.join("logs/here"));
+    assert_eq!(config.config_file, root.join("etc/emqx.conf"));
+}
+
+#[test]
+fn absolute_paths_are_kept() {
+    let release = Release::new(&format!("{MINIMAL}node.data_dir = /var/lib/quay\n"));
+    assert_eq!(
+        release.load().unwrap().node.data_dir,
+        Path::new("/var/lib/quay")
+    );
+}
+
+#[test]
+fn only_named_listeners_and_zones_exist() {
+    let config = Release::new(MINIMAL).load().unwrap();
+    assert_eq!(config.listeners.len(), 1);
+    let listener = &config.listeners[0];
+    assert_eq!(listener.name, "external");
+    assert_eq!(listener.bind, "0.0.0.0:1883".parse().unwrap());
+    assert_eq!(listener.acceptors, 8);
+    assert_eq!(listener.max_connections, 1_024_000);
+    assert_eq!(listener.backlog, 1024);
+    assert_eq!(listener.zone, "external");
+    assert_eq!(config.zones.keys().collect::<Vec<_>>(), ["external"]);
+}
+
+#[test]
+fn a_zone_named_by_one_key_gets_defaults_for_the_rest() {
+    let config = Release::new(&format!(
+        "{MINIMAL}zone.edge.max_inflight = 64\nzone.edge.server_keepalive = 120\n"
+    ))
+    .load()
+    .unwrap();
+    let edge = config.zone("edge");
+    assert_eq!(edge.max_inflight, 64);
+    assert_eq!(edge.server_keepalive, Some(120));
+    assert_eq!(
+        ZoneConfig {
+            max_inflight: 32,
+            server_keepalive: None,
+            ..edge.clone()
+        },
+        ZoneConfig::DEFAULT
+    );
+}
+
+#[test]
+fn listeners_are_sorted_by_name_and_take_their_sub_keys() {
+    let config = Release::new(
+        "zone.external.idle_timeout = 15s\n\
+         zone.internal.idle_timeout = 15s\n\
+         listener.tcp.zeta.acceptors = 2\n\
+         listener.tcp.zeta = [::1]:1885\n\
+         listener.tcp.zeta.zone = internal\n\
+         listener.tcp.alpha = 127.0.0.1:1884\n\
+         listener.tcp.alpha.backlog = 64\n\
+         listener.tcp.alpha.max_connections = 10\n",
+    )
+    .load()
+    .unwrap();
+    let names: Vec<_> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["alpha", "zeta"]);
+    let (alpha, zeta) = (&config.listeners[0], &config.listeners[1]);
+    assert_eq!((alpha.backlog, alpha.max_connections), (64, 10));
+    assert_eq!(alpha.zone, "external");
+    assert_eq!(zeta.bind, "[::1]:1885".parse().unwrap());
+    assert_eq!((zeta.acceptors, zeta.zone.as_str()), (2, "internal"));
+}
+
+#[test]
+fn the_last_of_a_repeated_key_wins() {
+    let config = Release::new(&format!(
+        "{MINIMAL}mqtt.max_packet_size = 64KB\nmqtt.max_packet_size = 2MB\n"
+    ))
+    .load()
+    .unwrap();
+    assert_eq!(config.mqtt.max_packet_size, 2 << 20);
+}
+
+#[test]
+fn a_malformed_value_names_file_line_key_value_and_expectation() {
+    let release = Release::new(&format!("{MINIMAL}\n## size\nmqtt.max_packet_size = abc\n"));
+    assert_eq!(
+        release.error(release.load()),
+        "<root>/etc/emqx.conf:5: mqtt.max_packet_size: expected a size like 1MB, got \"abc\""
+    );
+}
+
+#[test]
+fn malformed_values_of_each_kind() {
+    let cases = [
+        (
+            "zone.external.idle_timeout = soon",
+            "expected a duration like 30s",
+        ),
+        (
+            "mqtt.retain_available = yes",
+            "expected true, false, on or off",
+        ),
+        (
+            "zone.external.max_inflight = lots",
+            "expected an integer from 1 to 65535",
+        ),
+        (
+            "listener.tcp.external = host:1883",
+            "expected a port like 1883",
+        ),
+        (
+            "retainer.max_payload_size = 1PB",
+            "expected a size like 1MB",
+        ),
+    ];
+    for (line, expected) in cases {
+        let release = Release::new(&format!("{MINIMAL}{line}\n"));
+        let key = line.split(" = ").next().unwrap();
+        let message = release.error(release.load());
+        let prefix = format!("<root>/etc/emqx.conf:3: {key}: {expected}");
+        assert!(message.starts_with(&prefix), "{line}: {message}");
+    }
+}
+
+#[test]
+fn an_unknown_key_is_an_error_with_file_and_line() {
+    let release = Release::new(&format!("{MINIMAL}mqtt.max_packet_sise = 1MB\n"));
+    let message = release.error(release.load());
+    assert!(
+        message.starts_with("<root>/etc/emqx.conf:3: unknown key mqtt.max_packet_sise; "),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_missing_config_file_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("etc/emqx.conf");
+    let message = Config::load(&path, &[]).unwrap_err().to_string();
+    assert!(
+        message.starts_with(&format!("cannot read config file {}: ", path.display())),
+        "{message}"
+    );
+}
+
+#[test]
+fn environment_overrides_win_over_files() {
+    let release = Release::new(MINIMAL);
+    let config = release
+        .load_env(&[
+            ("EMQX_LISTENER__TCP__EXTERNAL", "127.0.0.1:1884"),
+            ("EMQX_NODE__DATA_DIR", "/tmp/d"),
+            ("EMQX_NODE__NAME", "quay@10.0.0.1"),
+            ("EMQX_ZONE__EXTERNAL__MAX_INFLIGHT", "64"),
+            ("EMQX_LOG__DIR", "var/log"),
+            ("EMQX_NODE_NAME", "ignored, no double underscore"),
+            ("HOME", "/root"),
+        ])
+        .unwrap();
+    assert_eq!(config.listeners[0].bind, "127.0.0.1:1884".parse().unwrap());
+    assert_eq!(config.node.data_dir, Path::new("/tmp/d"));
+    assert_eq!(config.node.name, "quay@10.0.0.1");
+    assert_eq!(config.zone("external").max_inflight, 64);
+    assert_eq!(config.log.dir, release.root().join("var/log"));
+}
+
+#[test]
+fn an_unknown_environment_key_names_the_variable() {
+    let release = Release::new(MINIMAL);
+    let message = release.error(release.load_env(&[("EMQX_MQTT__NO_SUCH_KEY", "1")]));
+    assert!(
+        message.starts_with(
+            "environment variable EMQX_MQTT__NO_SUCH_KEY: unknown key mqtt.no_such_key; "
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_malformed_environment_value_names_the_variable() {
+    let release = Release::new(MINIMAL);
+    let message = release.error(release.load_env(&[("EMQX_MQTT__MAX_PACKET_SIZE", "big")]));
+    assert_eq!(
+        message,
+        "environment variable EMQX_MQTT__MAX_PACKET_SIZE: mqtt.max_packet_size: \
+         expected a size like 1MB, got \"big\""
+    );
+}
+
+#[test]
+fn plugin_files_load_in_name_order_after_the_main_file() {
+    let release = Release::new(&format!("{MINIMAL}retainer.max_payload_size = 1KB\n"))
+        .plugin("b_second.conf", "retainer.expiry_interval = 2h\n")
+        .plugin(
+            "a_first.conf",
+            "retainer.expiry_interval = 1h\nretainer.max_payload_size = 2KB\n",
+        )
+        .plugin("notes.txt", "this is not config\n");
+    let config = release.load().unwrap();
+    assert_eq!(config.retainer.max_payload_size, 2048);
+    assert_eq!(config.retainer.expiry_interval, Duration::from_secs(7200));
+}
+
+#[test]
+fn errors_in_plugin_files_name_the_plugin_file() {
+    let release =
+        Release::new(MINIMAL).plugin("emqx_retainer.conf", "\nretainer.max_payload_size = x\n");
+    assert_eq!(
+        release.error(release.load()),
+        "<root>/etc/plugins/emqx_retainer.conf:2: retainer.max_payload_size: \
+         expected a size like 1MB, got \"x\""
+    );
+}
+
+#[test]
+fn environment_overrides_win_over_plugin_files() {
+    let release =
+        Release::new(MINIMAL).plugin("emqx_retainer.conf", "retainer.max_retained_messages = 5\n");
+    let config = release
+        .load_env(&[("EMQX_RETAINER__MAX_RETAINED_MESSAGES", "7")])
+        .unwrap();
+    assert_eq!(config.retainer.max_retained_messages, 7);
+}
+
+#[test]
+fn a_listener_in_an_undefined_zone_is_an_error() {
+    let release = Release::new("zone.external.max_inflight = 32\nlistener.tcp.external = 1883\nlistener.tcp.external.zone = edge\n");
+    let message = release.error(release.load());
+    assert!(
+        message.starts_with(
+            "<root>/etc/emqx.conf:3: listener.tcp.external.zone: listener \"external\" is in zone \"edge\", which is not defined"
+        ),
+        "{message}"
+    );
+    assert!(message.ends_with("defined zones: external)"), "{message}");
+}
+
+#[test]
+fn a_listener_whose_default_zone_is_undefined_is_an_error() {
+    let release = Release::new("listener.tcp.internal = 11883\n");
+    let message = release.error(release.load());
+    assert!(
+        message.starts_with(
+            "<root>/etc/emqx.conf:1: listener.tcp.internal: listener \"internal\" is in zone \"internal\""
+        ),
+        "{message}"
+    );
+    assert!(message.ends_with("defined zones: none)"), "{message}");
+}
+
+#[test]
+fn a_listener_without_an_address_is_an_error() {
+    let release = Release::new(&format!("{MINIMAL}listener.tcp.extra.acceptors = 4\n"));
+    assert_eq!(
+        release.error(release.load()),
+        "<root>/etc/emqx.conf:3: listener.tcp.extra: listener \"extra\" has settings but no \
+         address; add `listener.tcp.extra = <port | ip:port>`"
+    );
+}
+
+#[test]
+fn two_listeners_on_one_address_is_an_error() {
+    let release = Release::new(&format!("{MINIMAL}listener.tcp.other = 0.0.0.0:1883\n"));
+    assert_eq!(
+        release.error(release.load()),
+        "<root>/etc/emqx.conf:3: listener.tcp.other: address 0.0.0.0:1883 is already used by \
+         listener.tcp.external"
+    );
+}
+
+#[test]
+fn listeners_may_share_port_zero() {
+    let release = Release::new(&format!(
+        "{MINIMAL}listener.tcp.external = 0\nlistener.tcp.other = 0\n"
+    ));
+    assert_eq!(release.load().unwrap().listeners.len(), 2);
+}
+
+#[test]
+fn a_syntax_error_names_file_and_line() {
+    let release = Release::new(&format!("{MINIMAL}this is not config\n"));
+    assert_eq!(
+        release.error(release.load()),
+        "<root>/etc/emqx.conf:3: expected `key = value`, got \"this is not config\""
+    );
+}
+
+#[test]
+fn the_config_file_is_found_walking_up_from_a_directory() {
+    let release = Release::new(MINIMAL);
+    let deep = release.dir.path().join("target/release");
+    fs::create_dir_all(&deep).unwrap();
+    assert_eq!(
+        find_config_upwards(&deep),
+        Some(release.dir.path().join("etc/emqx.conf"))
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    assert_eq!(find_config_upwards(elsewhere.path()), None);
+}

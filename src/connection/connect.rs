@@ -1,0 +1,361 @@
+//! CONNECT: validation, session takeover / resume / creation, CONNACK; and the
+//! reverse on disconnect (detach, will, session end).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use quay_storage::{Op, SessionRecord};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, watch};
+
+use super::Connection;
+use crate::broker::registry::{ConnEvent, ConnLink, SessionHandle, SessionState};
+use crate::broker::Broker;
+use crate::codec::{self, ConnAck, Connect, Packet, Properties, ProtocolVersion, QoS, ReasonCode};
+use crate::config::ZoneConfig;
+use crate::message::{now_ms, Message};
+use crate::metrics::Metrics;
+use crate::session::{Inbound, Outbound, SessionConfig};
+use crate::topic;
+
+/// Handle CONNECT; on success the CONNACK is written and the connection returned.
+pub(super) async fn accept(
+    broker: &Arc<Broker>,
+    zone: ZoneConfig,
+    peer: SocketAddr,
+    mut connect: Connect,
+    tx: mpsc::UnboundedSender<ConnEvent>,
+    closed: watch::Receiver<()>,
+    writer: &mut OwnedWriteHalf,
+) -> Option<Connection> {
+    let version = connect.protocol;
+    let refuse = |reason: ReasonCode| async move {
+        tracing::info!(%peer, ?reason, "connection refused");
+        let mut buf = BytesMut::new();
+        let properties = Properties {
+            reason_string: version.is_v5().then(|| reason.description().to_owned()),
+            ..Properties::default()
+        };
+        let ack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason,
+            properties,
+        });
+        if codec::encode(&ack, version, &mut buf).is_ok() {
+            let _ = writer.write_all(&buf).await;
+        }
+    };
+    if let Err(reason) = validate(broker, &zone, &mut connect) {
+        refuse(reason).await;
+        return None;
+    }
+    let mqtt = &broker.config.mqtt;
+    let mut ack_props = Properties::default();
+    let assigned = connect.client_id.is_empty();
+    if assigned {
+        connect.client_id = format!("quay-{:x}-{:x}", now_ms(), broker.next_conn_id());
+        if version.is_v5() {
+            ack_props.assigned_client_identifier = Some(connect.client_id.clone());
+        }
+    }
+    let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+    let expiry_s = session_expiry(&connect, &zone, &mut ack_props);
+    let persistent = expiry_s > 0;
+
+    // Take over a connection that holds this client id, and wait until it has gone
+    // (its store writes are submitted by then; the barrier below makes them durable).
+    let existing = broker.registry.get(&client_id);
+    if let Some(old) = &existing {
+        let link = old.state().conn.as_ref().map(|l| (l.tx.clone(), l.closed.clone()));
+        if let Some((old_tx, mut old_closed)) = link {
+            tracing::info!(client_id = %client_id, "session taken over");
+            Metrics::inc(&broker.metrics.sessions_takenover);
+            let _ = old_tx.send(ConnEvent::Kick(ReasonCode::SESSION_TAKEN_OVER));
+            let _ = tokio::time::timeout(Duration::from_secs(10), old_closed.changed()).await;
+        }
+    }
+    let resume = !connect.clean_start
+        && existing.as_ref().is_some_and(|h| {
+            let st = h.state();
+            st.persistent && st.conn.is_none()
+        });
+    let conn_id = broker.next_conn_id();
+    let link = ConnLink {
+        conn_id,
+        tx: tx.clone(),
+        closed,
+    };
+    let handle = match (resume, existing) {
+        (true, Some(h)) => {
+            Metrics::inc(&broker.metrics.sessions_resumed);
+            let mut st = h.state();
+            st.persistent = persistent;
+            st.expiry_interval_s = expiry_s;
+            st.conn = Some(link);
+            st.offline_since = None;
+            st.generation += 1;
+            st.connected_at_ms = now_ms();
+            st.peer = peer.to_string();
+            st.protocol_level = version.level();
+            drop(st);
+            h
+        }
+        (_, old) => {
+            let mut ops = Vec::new();
+            if let Some(old) = old {
+                Metrics::inc(&broker.metrics.sessions_discarded);
+                let was_persistent = old.state().persistent;
+                broker.registry.remove(&old);
+                if was_persistent {
+                    ops.push(Op::DeleteSession {
+                        client: client_id.clone(),
+                    });
+                }
+            }
+            if !ops.is_empty() {
+                broker.store.writer().submit_detached(ops);
+            }
+            Metrics::inc(&broker.metrics.sessions_created);
+            let h = SessionHandle::new(
+                client_id.clone(),
+                SessionState {
+                    persistent,
+                    expiry_interval_s: expiry_s,
+                    conn: Some(link),
+                    offline_since: None,
+                    subscriptions: Default::default(),
+                    generation: 1,
+                    max_mqueue_len: zone.max_mqueue_len as u64,
+                    connected_at_ms: now_ms(),
+                    peer: peer.to_string(),
+                    protocol_level: version.level(),
+                },
+            );
+            broker.registry.insert(h.clone());
+            h
+        }
+    };
+    if persistent {
+        let record = SessionRecord {
+            protocol_level: version.level(),
+            expiry_interval_s: expiry_s,
+            disconnected_ms: 0,
+        };
+        let op = Op::PutSession {
+            client: client_id.clone(),
+            record,
+        };
+        broker.store.writer().submit_detached(vec![op]);
+    }
+    // Everything submitted before (the old connection's acks, the session record) is
+    // durable before we read the stored queue or acknowledge the session.
+    let writer_handle = broker.store.writer().clone();
+    let barrier = tokio::task::spawn_blocking(move || writer_handle.barrier()).await;
+    if !matches!(barrier, Ok(Ok(()))) {
+        tracing::error!(client_id = %client_id, "store unavailable at connect");
+        broker.registry.remove(&handle);
+        refuse(ReasonCode::SERVER_UNAVAILABLE).await;
+        return None;
+    }
+    let restored = if resume {
+        broker.store.awaiting_rel(&client_id).unwrap_or_else(|e| {
+            tracing::error!(client_id = %client_id, error = %e, "cannot read QoS 2 state");
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+
+    let receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+    let mut keep_alive = connect.keep_alive;
+    if let (Some(server), true) = (zone.server_keepalive, version.is_v5()) {
+        keep_alive = server;
+        ack_props.server_keep_alive = Some(server);
+    }
+    if version.is_v5() {
+        ack_props.receive_maximum = Some(zone.max_inflight);
+        if mqtt.max_qos_allowed < 2 {
+            ack_props.maximum_qos = Some(mqtt.max_qos_allowed);
+        }
+        if !mqtt.retain_available {
+            ack_props.retain_available = Some(0);
+        }
+        ack_props.maximum_packet_size = Some(mqtt.max_packet_size);
+        if mqtt.max_topic_alias > 0 {
+            ack_props.topic_alias_maximum = Some(mqtt.max_topic_alias);
+        }
+        if !mqtt.wildcard_subscription {
+            ack_props.wildcard_subscription_available = Some(0);
+        }
+        ack_props.subscription_identifier_available = Some(1);
+        // Shared subscriptions arrive with their own issue.
+        ack_props.shared_subscription_available = Some(0);
+    }
+    let now = Instant::now();
+    let session_config = SessionConfig {
+        max_inflight: zone.max_inflight,
+        retry_interval: zone.retry_interval,
+        max_mqueue_len: zone.max_mqueue_len,
+        max_awaiting_rel: zone.max_awaiting_rel,
+        await_rel_timeout: zone.await_rel_timeout,
+        page_size: 256,
+    };
+    let mut conn = Connection {
+        broker: broker.clone(),
+        conn_id,
+        peer,
+        version,
+        client_id: client_id.clone(),
+        handle,
+        persistent,
+        outbound: Outbound::new(client_id.clone(), persistent, session_config),
+        inbound: Inbound::new(zone.max_awaiting_rel, restored, now),
+        keep_alive: Duration::from_secs(keep_alive as u64),
+        will: connect.will.take(),
+        client_max_packet: connect
+            .properties
+            .maximum_packet_size
+            .map(|m| m as usize)
+            .unwrap_or(usize::MAX),
+        alias_in: Default::default(),
+        alias_out: Default::default(),
+        alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+        pending_in: Default::default(),
+        tx,
+        wbuf: BytesMut::with_capacity(4096),
+        last_packet_at: now,
+        zone,
+    };
+    conn.send(&Packet::ConnAck(ConnAck {
+        session_present: resume,
+        reason: ReasonCode::Success,
+        properties: ack_props,
+    }));
+    Metrics::inc(&broker.metrics.connections);
+    tracing::info!(client_id = %client_id, %peer, ?version, resume, persistent, "connected");
+    let actions = conn.outbound.attach(receive_max, now);
+    conn.execute(actions);
+    Some(conn)
+}
+
+/// Checks that refuse the connection with a CONNACK reason.
+fn validate(broker: &Broker, zone: &ZoneConfig, connect: &mut Connect) -> Result<(), ReasonCode> {
+    let mqtt = &broker.config.mqtt;
+    let version = connect.protocol;
+    if zone.use_username_as_clientid {
+        if let Some(user) = &connect.username {
+            connect.client_id = user.clone();
+        }
+    }
+    if connect.client_id.is_empty() && version != ProtocolVersion::V5 && !connect.clean_start {
+        // 3.1.1 §3.1.3-8: an empty id needs CleanSession=1; 3.1 has no empty ids.
+        return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    }
+    if connect.client_id.is_empty() && version == ProtocolVersion::V3_1 {
+        return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    }
+    if connect.client_id.len() > mqtt.max_clientid_len {
+        return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    }
+    if connect.properties.receive_maximum == Some(0) || connect.properties.maximum_packet_size == Some(0) {
+        return Err(ReasonCode::PROTOCOL_ERROR);
+    }
+    if let Some(will) = &connect.will {
+        let topic = std::str::from_utf8(&will.topic).unwrap_or("");
+        if topic::validate_name(topic, mqtt.max_topic_levels).is_err() {
+            return Err(ReasonCode::TOPIC_NAME_INVALID);
+        }
+        if will.qos as u8 > mqtt.max_qos_allowed {
+            return Err(ReasonCode::QOS_NOT_SUPPORTED);
+        }
+        if will.retain && !mqtt.retain_available {
+            return Err(ReasonCode::RETAIN_NOT_SUPPORTED);
+        }
+    }
+    Ok(())
+}
+
+/// Session Expiry Interval in seconds: v3 clean = 0, v3 persistent = the zone's;
+/// v5 as asked, capped at the zone's (told back in CONNACK when capped).
+fn session_expiry(connect: &Connect, zone: &ZoneConfig, ack: &mut Properties) -> u32 {
+    let max = zone.session_expiry_interval.as_secs().min(u32::MAX as u64) as u32;
+    if !connect.protocol.is_v5() {
+        return if connect.clean_start { 0 } else { max };
+    }
+    let asked = connect.properties.session_expiry_interval.unwrap_or(0);
+    if asked > max {
+        ack.session_expiry_interval = Some(max);
+        return max;
+    }
+    asked
+}
+
+impl Connection {
+    /// Give the session back: offline (persistent) or gone; publish the will if due.
+    pub(super) fn detach(&mut self, publish_will: bool) {
+        let now = Instant::now();
+        let (ours, generation, expiry_s) = {
+            let mut st = self.handle.state();
+            let ours = st.conn.as_ref().is_some_and(|l| l.conn_id == self.conn_id);
+            if ours {
+                st.conn = None;
+                st.offline_since = Some(now);
+            }
+            (ours, st.generation, st.expiry_interval_s)
+        };
+        if ours {
+            if self.persistent {
+                let op = Op::PutSession {
+                    client: self.client_id.clone(),
+                    record: SessionRecord {
+                        protocol_level: self.version.level(),
+                        expiry_interval_s: expiry_s,
+                        disconnected_ms: now_ms(),
+                    },
+                };
+                self.broker.store.writer().submit_detached(vec![op]);
+            } else {
+                self.broker.registry.remove(&self.handle);
+            }
+        }
+        let Some(will) = self.will.take().filter(|_| publish_will) else {
+            return;
+        };
+        let delay_s = will.properties.will_delay_interval.unwrap_or(0).min(expiry_s);
+        let mut props = Message::pass_through(&will.properties);
+        props.user_properties = will.properties.user_properties.clone();
+        let msg = Message {
+            topic: will.topic.clone(),
+            payload: will.payload.clone(),
+            qos: will.qos.min(QoS::ExactlyOnce),
+            retain: will.retain,
+            from: self.client_id.clone(),
+            publish_ms: now_ms(),
+            expiry_ms: will
+                .properties
+                .message_expiry_interval
+                .map(|s| now_ms() + s as u64 * 1000)
+                .unwrap_or(0),
+            properties: props,
+        };
+        let broker = self.broker.clone();
+        let handle = self.handle.clone();
+        if delay_s == 0 {
+            broker.publish(msg, Vec::new(), Box::new(|_| {}));
+            return;
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(delay_s as u64)).await;
+            // A reconnect within the delay cancels the will (MQTT 5 §3.1.3.2.2).
+            let st = handle.state();
+            let reconnected = st.generation != generation || st.conn.is_some();
+            drop(st);
+            if !reconnected {
+                broker.publish(msg, Vec::new(), Box::new(|_| {}));
+            }
+        });
+    }
+}

@@ -1,0 +1,302 @@
+//! The connection driver: the async edge around one client.
+//!
+//! It reads bytes, decodes packets, feeds them to the session state machine and the
+//! broker, executes the actions that come back (send, store, load a page), and
+//! handles events from the broker (deliveries, durable acks, kicks). One task per
+//! connection; a failure here closes this connection only.
+
+mod connect;
+mod outgoing;
+mod packets;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use crate::broker::registry::{ConnEvent, SessionHandle};
+use crate::broker::Broker;
+use crate::codec::{self, Disconnect, LastWill, Packet, ProtocolVersion, ReasonCode};
+use crate::config::ZoneConfig;
+use crate::message::ClientId;
+use crate::metrics::Metrics;
+use crate::session::{Inbound, Outbound};
+
+/// Why a connection ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// DISCONNECT from the client; `with_will` for v5 reason 0x04.
+    ByClient { with_will: bool },
+    /// The socket closed or failed without DISCONNECT.
+    Lost,
+    /// We end it: send DISCONNECT with this reason (v5), publish the will.
+    Error(ReasonCode),
+    /// Taken over or kicked: DISCONNECT with this reason (v5); will per reason.
+    Kicked(ReasonCode),
+}
+
+pub(crate) struct Connection {
+    broker: Arc<Broker>,
+    zone: ZoneConfig,
+    conn_id: u64,
+    peer: SocketAddr,
+    version: ProtocolVersion,
+    client_id: ClientId,
+    handle: Arc<SessionHandle>,
+    persistent: bool,
+    outbound: Outbound,
+    inbound: Inbound,
+    keep_alive: Duration,
+    will: Option<LastWill>,
+    /// Largest packet the client accepts (v5 Maximum Packet Size).
+    client_max_packet: usize,
+    /// Topic aliases the client set (v5).
+    alias_in: HashMap<u16, Bytes>,
+    /// Topic aliases we set, and how many the client allows.
+    alias_out: HashMap<Bytes, u16>,
+    alias_out_max: u16,
+    /// Inbound QoS 1/2 packet ids waiting for the store: did they match a subscriber?
+    pending_in: HashMap<u16, bool>,
+    tx: mpsc::UnboundedSender<ConnEvent>,
+    wbuf: BytesMut,
+    last_packet_at: Instant,
+}
+
+/// Serve one accepted TCP connection until it closes.
+pub async fn serve(
+    broker: Arc<Broker>,
+    zone: ZoneConfig,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let max_packet = broker.config.mqtt.max_packet_size as usize;
+    let mut rbuf = BytesMut::with_capacity(4096);
+    // CONNECT must arrive within idle_timeout.
+    let connect = tokio::time::timeout(zone.idle_timeout, async {
+        loop {
+            match codec::decode_connect(&mut rbuf, max_packet) {
+                Ok(Some(p)) => return Ok(p),
+                Ok(None) => {}
+                Err(e) => return Err(Some(e)),
+            }
+            match reader.read_buf(&mut rbuf).await {
+                Ok(0) | Err(_) => return Err(None),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let connect = match connect {
+        Ok(Ok(Packet::Connect(c))) => c,
+        Ok(Ok(_)) => return,
+        Ok(Err(Some(e))) => {
+            tracing::warn!(%peer, error = %e, "bad CONNECT");
+            Metrics::inc(&broker.metrics.packets_malformed);
+            if let codec::DecodeError::UnsupportedProtocolVersion(_) = e {
+                // A 3.1.1-shaped CONNACK with return code 1, which every version reads.
+                let _ = writer.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+            }
+            return;
+        }
+        Ok(Err(None)) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within idle_timeout");
+            return;
+        }
+    };
+    Metrics::inc(&broker.metrics.packets_connect);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (closed_tx, closed_rx) = watch::channel(());
+    let mut conn = match connect::accept(&broker, zone, peer, *connect, tx, closed_rx, &mut writer).await {
+        Some(conn) => conn,
+        None => return,
+    };
+    let close = conn.run(&mut reader, &mut writer, &mut rbuf, &mut rx, &mut shutdown).await;
+    conn.finish(close, &mut writer).await;
+    drop(closed_tx);
+}
+
+impl Connection {
+    async fn run(
+        &mut self,
+        reader: &mut tokio::net::tcp::OwnedReadHalf,
+        writer: &mut OwnedWriteHalf,
+        rbuf: &mut BytesMut,
+        rx: &mut mpsc::UnboundedReceiver<ConnEvent>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Close {
+        let max_packet = self.broker.config.mqtt.max_packet_size as usize;
+        // Packets already buffered behind the CONNECT.
+        if let Err(close) = self.decode_all(rbuf, max_packet) {
+            return close;
+        }
+        loop {
+            if !self.wbuf.is_empty() {
+                let n = self.wbuf.len();
+                if writer.write_all(&self.wbuf).await.is_err() {
+                    return Close::Lost;
+                }
+                Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
+                self.wbuf.clear();
+            }
+            let deadline = self.next_deadline();
+            tokio::select! {
+                read = reader.read_buf(rbuf) => match read {
+                    Ok(0) | Err(_) => return Close::Lost,
+                    Ok(n) => {
+                        Metrics::add(&self.broker.metrics.bytes_received, n as u64);
+                        self.last_packet_at = Instant::now();
+                        if let Err(close) = self.decode_all(rbuf, max_packet) {
+                            return close;
+                        }
+                    }
+                },
+                event = rx.recv() => {
+                    let Some(event) = event else { return Close::Lost };
+                    if let Err(close) = self.on_event(event) {
+                        return close;
+                    }
+                    // Drain what else is ready, bounded, before writing once.
+                    for _ in 0..256 {
+                        match rx.try_recv() {
+                            Ok(event) => if let Err(close) = self.on_event(event) { return close },
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if let Err(close) = self.on_timer(Instant::now()) {
+                        return close;
+                    }
+                }
+                _ = shutdown.changed() => return Close::Kicked(ReasonCode::SERVER_SHUTTING_DOWN),
+            }
+        }
+    }
+
+    fn decode_all(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<(), Close> {
+        loop {
+            match codec::decode(rbuf, self.version, max_packet) {
+                Ok(Some(packet)) => {
+                    Metrics::inc(&self.broker.metrics.packets_received);
+                    self.on_packet(packet)?;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(client_id = %self.client_id, peer = %self.peer, error = %e, "malformed packet");
+                    Metrics::inc(&self.broker.metrics.packets_malformed);
+                    return Err(Close::Error(e.reason_code()));
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let keepalive = if self.keep_alive.is_zero() {
+            far
+        } else {
+            self.last_packet_at + self.keep_alive.mul_f64(self.zone.keepalive_backoff * 2.0)
+        };
+        let retry = self.outbound.next_timeout().unwrap_or(far);
+        // QoS 2 ids awaiting PUBREL are swept once a second at most.
+        let rel = if self.inbound.is_empty() { far } else { Instant::now() + Duration::from_secs(1) };
+        keepalive.min(retry).min(rel)
+    }
+
+    fn on_timer(&mut self, now: Instant) -> Result<(), Close> {
+        if !self.keep_alive.is_zero()
+            && now.saturating_duration_since(self.last_packet_at)
+                >= self.keep_alive.mul_f64(self.zone.keepalive_backoff * 2.0)
+        {
+            tracing::info!(client_id = %self.client_id, "keepalive timeout");
+            return Err(Close::Error(ReasonCode::KEEP_ALIVE_TIMEOUT));
+        }
+        let actions = self.outbound.tick(now);
+        self.execute(actions);
+        for id in self.inbound.expire(now, self.zone.await_rel_timeout) {
+            tracing::warn!(client_id = %self.client_id, packet_id = id, "PUBREL not received in time; id released");
+            if self.persistent {
+                self.broker.store.writer().submit_detached(vec![quay_storage::Op::DeleteAwaitingRel {
+                    client: self.client_id.clone(),
+                    packet_id: id,
+                }]);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, event: ConnEvent) -> Result<(), Close> {
+        let now = Instant::now();
+        match event {
+            ConnEvent::Deliver(out) => {
+                let actions = if out.seq.is_some() {
+                    self.outbound.deliver_stored(out, now)
+                } else {
+                    self.outbound.deliver_volatile(out, now)
+                };
+                self.execute(actions);
+            }
+            ConnEvent::Durable { packet_id, qos, ok } => self.on_durable(packet_id, qos, ok)?,
+            ConnEvent::Reply(packet, retained) => {
+                self.send(&packet);
+                for out in retained {
+                    let actions = self.outbound.deliver_volatile(out, now);
+                    self.execute(actions);
+                }
+            }
+            ConnEvent::Kick(reason) => return Err(Close::Kicked(reason)),
+        }
+        Ok(())
+    }
+
+    /// Encode `packet` into the write buffer.
+    fn send(&mut self, packet: &Packet) {
+        if let Err(e) = codec::encode(packet, self.version, &mut self.wbuf) {
+            tracing::error!(client_id = %self.client_id, packet = packet.name(), error = %e, "cannot encode");
+            return;
+        }
+        Metrics::inc(&self.broker.metrics.packets_sent);
+    }
+
+    /// Leave: say why (v5), publish the will if due, and hand the session back to
+    /// the registry (offline) or end it.
+    async fn finish(mut self, close: Close, writer: &mut OwnedWriteHalf) {
+        let reason = match &close {
+            Close::Error(r) | Close::Kicked(r) => Some(*r),
+            _ => None,
+        };
+        if let (Some(reason), true) = (reason, self.version.is_v5()) {
+            self.send(&Packet::Disconnect(Disconnect {
+                reason,
+                properties: crate::codec::Properties {
+                    reason_string: Some(reason.description().to_owned()),
+                    ..Default::default()
+                },
+            }));
+        }
+        if !self.wbuf.is_empty() {
+            let _ = writer.write_all(&self.wbuf).await;
+        }
+        let _ = writer.shutdown().await;
+        Metrics::inc(&self.broker.metrics.disconnections);
+        let publish_will = match close {
+            Close::ByClient { with_will } => with_will,
+            // Not on shutdown (the broker is going away); on takeover the will delay
+            // decides (a zero delay publishes, as MQTT 5 §3.1.3.2.2 says).
+            Close::Kicked(r) => r != ReasonCode::SERVER_SHUTTING_DOWN,
+            Close::Lost | Close::Error(_) => true,
+        };
+        tracing::info!(client_id = %self.client_id, peer = %self.peer, ?close, "disconnected");
+        self.detach(publish_will);
+    }
+}

@@ -1,0 +1,135 @@
+//! Executing session actions: PUBLISH encoding (v5 properties, topic aliases,
+//! the client's maximum packet size), store writes and queue page reads.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use super::Connection;
+use crate::codec::{self, Packet, Properties, PubResp, Publish, ReasonCode};
+use crate::message::{now_ms, Message};
+use crate::metrics::Metrics;
+use crate::session::{Action, DropReason, Outgoing};
+
+impl Connection {
+    /// Run actions until none are left (some produce more: a page read, a discard).
+    pub(super) fn execute(&mut self, actions: Vec<crate::session::Action>) {
+        let mut work: VecDeque<Action> = actions.into();
+        let mut store_ops = Vec::new();
+        while let Some(action) = work.pop_front() {
+            match action {
+                Action::Publish {
+                    packet_id,
+                    dup,
+                    out,
+                } => {
+                    if !self.send_publish(packet_id, dup, &out) {
+                        if let Some(id) = packet_id {
+                            work.extend(self.outbound.discard(id, Instant::now()));
+                        }
+                    }
+                }
+                Action::PubRel(id) => self.send(&Packet::PubRel(PubResp {
+                    packet_id: id,
+                    reason: ReasonCode::Success,
+                    properties: Properties::default(),
+                })),
+                Action::Store(op) => store_ops.push(op),
+                Action::LoadQueue { from, limit } => work.extend(self.load_page(from, limit)),
+                Action::Dropped(reason) => {
+                    let m = &self.broker.metrics;
+                    Metrics::inc(&m.messages_dropped);
+                    Metrics::inc(match reason {
+                        DropReason::QueueFull => &m.messages_dropped_queue_full,
+                        DropReason::Expired | DropReason::Missing => &m.messages_dropped_expired,
+                    });
+                }
+            }
+        }
+        if !store_ops.is_empty() {
+            self.broker.store.writer().submit_detached(store_ops);
+        }
+    }
+
+    fn load_page(&mut self, from: u64, limit: usize) -> Vec<Action> {
+        let now = Instant::now();
+        let entries = match self.broker.store.queue_range(&self.client_id, from, limit) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(client_id = %self.client_id, error = %e, "cannot read queue");
+                return self.outbound.loaded(from, limit, Vec::new(), now);
+            }
+        };
+        let ids: Vec<u64> = entries.iter().map(|(_, e)| e.msg_id).collect();
+        let msgs = match self.broker.store.messages(&ids) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(client_id = %self.client_id, error = %e, "cannot read queued messages");
+                vec![None; ids.len()]
+            }
+        };
+        let page = entries
+            .into_iter()
+            .zip(msgs)
+            .map(|((seq, entry), msg)| (seq, entry, msg.map(|m| Arc::new(Message::from_stored(m)))))
+            .collect();
+        self.outbound.loaded(from, limit, page, now)
+    }
+
+    /// Encode a PUBLISH for this client. False when it cannot be sent (larger than
+    /// the client's Maximum Packet Size): it is then dropped as if delivered.
+    fn send_publish(&mut self, packet_id: Option<u16>, dup: bool, out: &Outgoing) -> bool {
+        let msg = &out.msg;
+        let mut properties = Properties::default();
+        let mut topic = msg.topic.clone();
+        let mut new_alias = None;
+        if self.version.is_v5() {
+            properties = msg.properties.clone();
+            properties.message_expiry_interval = msg.remaining_expiry_s(now_ms());
+            properties.subscription_identifiers = out.subscription_ids.clone();
+            if self.alias_out_max > 0 {
+                match self.alias_out.get(&msg.topic) {
+                    Some(alias) => {
+                        properties.topic_alias = Some(*alias);
+                        topic = bytes::Bytes::new();
+                    }
+                    None if (self.alias_out.len() as u16) < self.alias_out_max => {
+                        // Registered only once the PUBLISH carrying it is really sent.
+                        let alias = self.alias_out.len() as u16 + 1;
+                        new_alias = Some(alias);
+                        properties.topic_alias = Some(alias);
+                    }
+                    None => {}
+                }
+            }
+        }
+        let packet = Packet::Publish(Publish {
+            dup,
+            qos: out.qos,
+            retain: out.retain,
+            topic,
+            packet_id,
+            properties,
+            payload: msg.payload.clone(),
+        });
+        let mut buf = BytesMut::new();
+        if let Err(e) = codec::encode(&packet, self.version, &mut buf) {
+            tracing::warn!(client_id = %self.client_id, error = %e, "cannot encode PUBLISH");
+            return false;
+        }
+        if buf.len() > self.client_max_packet {
+            tracing::info!(client_id = %self.client_id, size = buf.len(), max = self.client_max_packet, "PUBLISH larger than the client accepts; dropped");
+            Metrics::inc(&self.broker.metrics.messages_dropped_too_large);
+            return false;
+        }
+        if let Some(alias) = new_alias {
+            self.alias_out.insert(msg.topic.clone(), alias);
+        }
+        self.wbuf.extend_from_slice(&buf);
+        Metrics::inc(&self.broker.metrics.packets_sent);
+        Metrics::inc(&self.broker.metrics.messages_sent);
+        true
+    }
+}

@@ -1,0 +1,328 @@
+//! Packets from the client after CONNECT.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use quay_storage::{Op, SubscriptionRecord};
+
+use super::{Close, Connection};
+use crate::broker::registry::{ConnEvent, SubOpts};
+use crate::codec::{
+    Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
+};
+use crate::message::{now_ms, Message};
+use crate::metrics::Metrics;
+use crate::session::{Outgoing, Qos2Arrival};
+use crate::topic;
+
+fn resp(packet_id: u16, reason: ReasonCode) -> PubResp {
+    PubResp {
+        packet_id,
+        reason,
+        properties: Properties::default(),
+    }
+}
+
+impl Connection {
+    pub(super) fn on_packet(&mut self, packet: Packet) -> Result<(), Close> {
+        let now = Instant::now();
+        match packet {
+            Packet::Publish(p) => self.on_publish(p)?,
+            Packet::PubAck(r) => {
+                let actions = self.outbound.on_puback(r.packet_id, now);
+                self.execute(actions);
+            }
+            Packet::PubRec(r) => match self.outbound.on_pubrec(r.packet_id, r.reason.is_error(), now) {
+                Some(actions) => self.execute(actions),
+                None => self.send(&Packet::PubRel(resp(r.packet_id, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND))),
+            },
+            Packet::PubComp(r) => {
+                let actions = self.outbound.on_pubcomp(r.packet_id, now);
+                self.execute(actions);
+            }
+            Packet::PubRel(r) => {
+                let reason = if self.inbound.release(r.packet_id) {
+                    if self.persistent {
+                        self.broker.store.writer().submit_detached(vec![Op::DeleteAwaitingRel {
+                            client: self.client_id.clone(),
+                            packet_id: r.packet_id,
+                        }]);
+                    }
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.send(&Packet::PubComp(resp(r.packet_id, reason)));
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::Disconnect(d) => {
+                if let Some(expiry) = d.properties.session_expiry_interval {
+                    if !self.persistent && expiry > 0 {
+                        // MQTT 5 §3.14.2.2.2: cannot turn a 0 expiry into a non-zero one.
+                        return Err(Close::Error(ReasonCode::PROTOCOL_ERROR));
+                    }
+                    self.handle.state().expiry_interval_s = expiry;
+                }
+                return Err(Close::ByClient {
+                    with_will: d.reason == ReasonCode::DISCONNECT_WITH_WILL,
+                });
+            }
+            Packet::Auth(_) => return Err(Close::Error(ReasonCode::BAD_AUTHENTICATION_METHOD)),
+            other => {
+                tracing::warn!(client_id = %self.client_id, packet = other.name(), "unexpected packet from client");
+                return Err(Close::Error(ReasonCode::PROTOCOL_ERROR));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        let mqtt = &self.broker.config.mqtt;
+        let metrics = &self.broker.metrics;
+        Metrics::inc(&metrics.messages_received);
+        Metrics::inc(match p.qos {
+            QoS::AtMostOnce => &metrics.messages_qos0_received,
+            QoS::AtLeastOnce => &metrics.messages_qos1_received,
+            QoS::ExactlyOnce => &metrics.messages_qos2_received,
+        });
+        let topic = self.resolve_alias(&p)?;
+        let topic_str = std::str::from_utf8(&topic).unwrap_or("");
+        if let Err(e) = topic::validate_name(topic_str, mqtt.max_topic_levels) {
+            tracing::warn!(client_id = %self.client_id, error = %e, "invalid PUBLISH topic");
+            return Err(Close::Error(ReasonCode::TOPIC_NAME_INVALID));
+        }
+        if p.qos as u8 > mqtt.max_qos_allowed {
+            return Err(Close::Error(ReasonCode::QOS_NOT_SUPPORTED));
+        }
+        if p.retain && !mqtt.retain_available {
+            return Err(Close::Error(ReasonCode::RETAIN_NOT_SUPPORTED));
+        }
+        let publish_ms = now_ms();
+        let msg = Message {
+            topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            from: self.client_id.clone(),
+            publish_ms,
+            expiry_ms: p
+                .properties
+                .message_expiry_interval
+                .map(|s| publish_ms + s as u64 * 1000)
+                .unwrap_or(0),
+            properties: Message::pass_through(&p.properties),
+        };
+        let Some(packet_id) = p.packet_id else {
+            self.broker.publish(msg, Vec::new(), Box::new(|_| {}));
+            return Ok(());
+        };
+        if self.pending_in.contains_key(&packet_id) {
+            // A retransmission of a PUBLISH still being stored: its ack will come.
+            return Ok(());
+        }
+        if self.pending_in.len() >= self.zone.max_inflight as usize && self.version.is_v5() {
+            return Err(Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+        }
+        let mut extra = Vec::new();
+        if p.qos == QoS::ExactlyOnce {
+            match self.inbound.arrival(packet_id) {
+                Qos2Arrival::Duplicate => {
+                    Metrics::inc(&metrics.messages_qos2_duplicate);
+                    self.send(&Packet::PubRec(resp(packet_id, ReasonCode::Success)));
+                    return Ok(());
+                }
+                Qos2Arrival::TooMany if self.version.is_v5() => {
+                    self.send(&Packet::PubRec(resp(packet_id, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)));
+                    return Ok(());
+                }
+                Qos2Arrival::TooMany => return Err(Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)),
+                Qos2Arrival::New => {
+                    if self.persistent {
+                        extra.push(Op::PutAwaitingRel {
+                            client: self.client_id.clone(),
+                            packet_id,
+                        });
+                    }
+                }
+            }
+        }
+        let qos = p.qos;
+        let tx = self.tx.clone();
+        // Placeholder until `publish` returns; the Durable event is handled after.
+        self.pending_in.insert(packet_id, true);
+        let matched = self.broker.publish(
+            msg,
+            extra,
+            Box::new(move |ok| {
+                let _ = tx.send(ConnEvent::Durable { packet_id, qos, ok });
+            }),
+        );
+        self.pending_in.insert(packet_id, matched > 0);
+        Ok(())
+    }
+
+    /// The store answered for an inbound QoS 1/2 PUBLISH: acknowledge it now.
+    pub(super) fn on_durable(&mut self, packet_id: u16, qos: QoS, ok: bool) -> Result<(), Close> {
+        let matched = self.pending_in.remove(&packet_id).unwrap_or(true);
+        if !ok {
+            // Not stored: never acknowledge what we may lose. v3 has no way to say so.
+            if !self.version.is_v5() {
+                return Err(Close::Error(ReasonCode::UNSPECIFIED_ERROR));
+            }
+        }
+        let reason = match (ok, matched) {
+            (false, _) => ReasonCode::UNSPECIFIED_ERROR,
+            (true, false) => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+            (true, true) => ReasonCode::Success,
+        };
+        match qos {
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(resp(packet_id, reason))),
+            QoS::ExactlyOnce => {
+                if ok {
+                    self.inbound.record(packet_id, Instant::now());
+                }
+                self.send(&Packet::PubRec(resp(packet_id, reason)));
+            }
+            QoS::AtMostOnce => {}
+        }
+        Ok(())
+    }
+
+    fn resolve_alias(&mut self, p: &Publish) -> Result<bytes::Bytes, Close> {
+        let Some(alias) = p.properties.topic_alias else {
+            return Ok(p.topic.clone());
+        };
+        if alias == 0 || alias > self.broker.config.mqtt.max_topic_alias {
+            return Err(Close::Error(ReasonCode::TOPIC_ALIAS_INVALID));
+        }
+        if p.topic.is_empty() {
+            return self
+                .alias_in
+                .get(&alias)
+                .cloned()
+                .ok_or(Close::Error(ReasonCode::PROTOCOL_ERROR));
+        }
+        self.alias_in.insert(alias, p.topic.clone());
+        Ok(p.topic.clone())
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) {
+        let mqtt = &self.broker.config.mqtt;
+        let sub_id = s.properties.subscription_identifiers.first().copied().unwrap_or(0);
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut ops = Vec::new();
+        let mut retained = Vec::new();
+        for (filter, options) in &s.filters {
+            let reason = if topic::validate_filter(filter, mqtt.max_topic_levels).is_err() {
+                ReasonCode::TOPIC_FILTER_INVALID
+            } else if filter.starts_with("$share/") || filter.starts_with("$queue/") {
+                ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+            } else if !mqtt.wildcard_subscription && topic::has_wildcard(filter) {
+                ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+            } else if self.zone.max_subscriptions > 0
+                && self.handle.state().subscriptions.len() >= self.zone.max_subscriptions
+                && !self.handle.state().subscriptions.contains_key(filter)
+            {
+                ReasonCode::QUOTA_EXCEEDED
+            } else {
+                let granted = QoS::from_u8((options.qos as u8).min(mqtt.max_qos_allowed)).unwrap_or_default();
+                let opts = SubOpts {
+                    qos: granted,
+                    ..SubOpts::from_options(options, sub_id)
+                };
+                let existed = self.broker.registry.subscribe(&self.handle, filter, opts);
+                if self.persistent {
+                    ops.push(Op::PutSubscription {
+                        client: self.client_id.clone(),
+                        filter: filter.clone(),
+                        record: SubscriptionRecord {
+                            qos: granted as u8,
+                            no_local: opts.no_local,
+                            retain_as_published: opts.retain_as_published,
+                            retain_handling: opts.retain_handling as u8,
+                            subscription_id: sub_id,
+                        },
+                    });
+                }
+                let send_retained = match opts.retain_handling {
+                    RetainHandling::SendAlways => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::Never => false,
+                };
+                if send_retained && !filter.starts_with("$share/") {
+                    for msg in self.broker.retained_for(filter) {
+                        retained.push(Outgoing {
+                            seq: None,
+                            msg_id: 0,
+                            qos: msg.qos.min(granted),
+                            retain: true,
+                            subscription_ids: if sub_id != 0 { vec![sub_id] } else { vec![] },
+                            msg: Arc::clone(&msg),
+                        });
+                    }
+                }
+                ReasonCode(granted as u8)
+            };
+            if reason.is_error() {
+                tracing::info!(client_id = %self.client_id, filter, ?reason, "subscription refused");
+            }
+            reasons.push(reason);
+        }
+        let ack = Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            properties: Properties::default(),
+            reasons,
+        });
+        self.reply_when_durable(ops, ack, retained);
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let mut ops = Vec::new();
+        let reasons = u
+            .filters
+            .iter()
+            .map(|filter| {
+                if self.broker.registry.unsubscribe(&self.handle, filter) {
+                    if self.persistent {
+                        ops.push(Op::DeleteSubscription {
+                            client: self.client_id.clone(),
+                            filter: filter.clone(),
+                        });
+                    }
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        let ack = Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            reasons,
+        });
+        self.reply_when_durable(ops, ack, Vec::new());
+    }
+
+    /// Send `reply` (then `retained`) once `ops` are durable; at once when there are none.
+    fn reply_when_durable(&mut self, ops: Vec<Op>, reply: Packet, retained: Vec<Outgoing>) {
+        if ops.is_empty() {
+            let _ = self.on_event(ConnEvent::Reply(reply, retained));
+            return;
+        }
+        let tx = self.tx.clone();
+        self.broker.store.writer().submit(
+            ops,
+            Box::new(move |result| {
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "subscription change not stored");
+                    let _ = tx.send(ConnEvent::Kick(ReasonCode::UNSPECIFIED_ERROR));
+                    return;
+                }
+                let _ = tx.send(ConnEvent::Reply(reply, retained));
+            }),
+        );
+    }
+}

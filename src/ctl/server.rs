@@ -1,0 +1,68 @@
+//! The node's side of the control socket.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+use super::{run_command, Reply};
+use crate::broker::Broker;
+
+/// Serve control requests until shutdown. `stop` asks the node to shut down.
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: UnixListener,
+    stop: Arc<watch::Sender<bool>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ctl accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let broker = broker.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(read).take(64 * 1024);
+            if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = match serde_json::from_str::<Vec<String>>(&line) {
+                Ok(args) if args.first().map(String::as_str) == Some("stop") => {
+                    let _ = stop.send(true);
+                    Reply { code: 0, output: "ok\n".into() }
+                }
+                Ok(args) => run_command(&broker, &args),
+                Err(e) => Reply { code: 2, output: format!("bad request: {e}\n") },
+            };
+            if let Ok(mut bytes) = serde_json::to_vec(&reply) {
+                bytes.push(b'\n');
+                let _ = write.write_all(&bytes).await;
+            }
+        });
+    }
+}
+
+/// Bind the control socket, replacing a stale one left by a crash.
+pub fn bind(path: &PathBuf) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another node is running with this data dir ({})", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    UnixListener::bind(path)
+}

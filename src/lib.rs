@@ -1,0 +1,19 @@
+//! Quay: a durable, clustered MQTT broker.
+//!
+//! Data flows socket → `codec` → `connection` (driver) → `session` (sans-IO state
+//! machine) → `broker` (routing, retained, registry) → `quay_storage` (RocksDB, group
+//! commit) → back out to subscribers' connections. See docs/ARCHITECTURE.md.
+
+pub mod broker;
+pub mod codec;
+pub mod config;
+mod connection;
+pub mod ctl;
+pub mod listener;
+pub mod logging;
+pub mod message;
+pub mod metrics;
+pub mod node;
+pub mod router;
+pub mod session;
+pub mod topic;

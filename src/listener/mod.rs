@@ -1,0 +1,3 @@
+//! Listeners: accept connections and hand each to a connection task.
+
+pub mod tcp;

@@ -1,0 +1,62 @@
+//! The plain TCP listener (`listener.tcp.<name>`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{watch, Semaphore};
+
+use crate::broker::Broker;
+use crate::config::ListenerConfig;
+
+/// Bind now (so start-up fails on a taken port), serve in the background.
+pub fn bind(config: &ListenerConfig) -> std::io::Result<TcpListener> {
+    let socket = match config.bind {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(config.bind)?;
+    socket.listen(config.backlog)
+}
+
+/// Accept until `shutdown` flips; every connection task holds a clone of `alive`.
+pub async fn serve(
+    broker: Arc<Broker>,
+    config: ListenerConfig,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+    alive: tokio::sync::mpsc::Sender<()>,
+) {
+    let limit = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
+    let zone = broker.config.zone(&config.zone).clone();
+    let mut stop = shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(listener = %config.name, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(listener = %config.name, %peer, max = config.max_connections, "max_connections reached; refused");
+            continue;
+        };
+        let broker = broker.clone();
+        let zone = zone.clone();
+        let shutdown = shutdown.clone();
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            crate::connection::serve(broker, zone, stream, peer, shutdown).await;
+            drop(permit);
+            drop(alive);
+        });
+    }
+}

@@ -1,0 +1,125 @@
+//! A running node: broker, listeners, control socket, expiry sweeps, and graceful
+//! shutdown (stop accepting, close sessions with Server Shutting Down, flush).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::broker::{Broker, BrokerError};
+use crate::config::Config;
+use crate::{ctl, listener};
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("listener {name} cannot bind {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: {source}")]
+    Ctl {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Run until SIGINT/SIGTERM or `emqx stop`. Returns after a graceful shutdown.
+pub async fn run(config: Config) -> Result<(), NodeError> {
+    let data_dir = config.node.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| NodeError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
+    let broker = Broker::open(config)?;
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Each connection task holds a clone; when all are dropped, all have finished.
+    let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
+
+    let mut bound = Vec::new();
+    for l in &broker.config.listeners {
+        let listener = listener::tcp::bind(l).map_err(|source| NodeError::Bind {
+            name: l.name.clone(),
+            addr: l.bind.to_string(),
+            source,
+        })?;
+        tracing::info!(listener = %l.name, addr = %l.bind, "listening (mqtt:tcp)");
+        bound.push((l.clone(), listener));
+    }
+    let mut listeners = JoinSet::new();
+    for (l, listener) in bound {
+        listeners.spawn(listener::tcp::serve(
+            broker.clone(),
+            l,
+            listener,
+            shutdown_rx.clone(),
+            alive_tx.clone(),
+        ));
+    }
+    let ctl_path = ctl::socket_path(&data_dir);
+    let ctl_listener = ctl::server::bind(&ctl_path).map_err(|source| NodeError::Ctl {
+        path: ctl_path.display().to_string(),
+        source,
+    })?;
+    let pid_path = data_dir.join("emqx.pid");
+    if let Err(e) = std::fs::write(&pid_path, format!("{}\n", std::process::id())) {
+        tracing::warn!(path = %pid_path.display(), error = %e, "cannot write pid file");
+    }
+    tokio::spawn(ctl::server::serve(
+        broker.clone(),
+        ctl_listener,
+        stop_tx.clone(),
+        shutdown_rx.clone(),
+    ));
+    let sweeper = {
+        let broker = broker.clone();
+        let mut shutdown = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { broker.sweep_expired(std::time::Instant::now()); }
+                    _ = shutdown.changed() => break,
+                }
+            }
+        })
+    };
+    tracing::info!(node = %broker.config.node.name, version = ctl::VERSION, "quay is running");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => tracing::info!("SIGTERM: shutting down"),
+        _ = stop_rx.changed() => tracing::info!("stop requested: shutting down"),
+    }
+    let _ = shutdown_tx.send(true);
+    while listeners.join_next().await.is_some() {}
+    // Connections close with Server Shutting Down; give them a bounded time.
+    drop(alive_tx);
+    let drain = alive_rx.recv();
+    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        tracing::warn!("connections did not close within 10s");
+    }
+    let _ = sweeper.await;
+    let writer = broker.store.writer().clone();
+    match tokio::task::spawn_blocking(move || writer.barrier()).await {
+        Ok(Ok(())) => tracing::info!("store flushed"),
+        _ => tracing::error!("store flush failed at shutdown"),
+    }
+    let _ = std::fs::remove_file(&ctl_path);
+    let _ = std::fs::remove_file(&pid_path);
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The retained-message index: which topics hold a retained message.
+//!
+//! Only topics are in memory; messages stay in the store's `retained` column family
+//! and are read when a subscription asks for them.
+
+use std::collections::BTreeSet;
+use std::sync::RwLock;
+
+use crate::topic;
+
+#[derive(Debug, Default)]
+pub struct RetainedIndex {
+    topics: RwLock<BTreeSet<String>>,
+}
+
+impl RetainedIndex {
+    pub fn insert(&self, topic: &str) -> bool {
+        self.write().insert(topic.to_owned())
+    }
+
+    pub fn remove(&self, topic: &str) -> bool {
+        self.write().remove(topic)
+    }
+
+    pub fn contains(&self, topic: &str) -> bool {
+        self.read().contains(topic)
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// Retained topics matched by `filter`. Scans only the range sharing the filter's
+    /// literal prefix (the levels before its first wildcard).
+    pub fn matching(&self, filter: &str) -> Vec<String> {
+        let topics = self.read();
+        if !topic::has_wildcard(filter) {
+            return topics.get(filter).into_iter().cloned().collect();
+        }
+        let literal: Vec<&str> = filter
+            .split('/')
+            .take_while(|l| *l != "+" && *l != "#")
+            .collect();
+        let prefix = literal.join("/");
+        topics
+            .range(prefix.clone()..)
+            .take_while(|t| t.starts_with(&prefix))
+            .filter(|t| topic::matches(filter, t))
+            .cloned()
+            .collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeSet<String>> {
+        self.topics.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeSet<String>> {
+        self.topics.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_lookups_use_the_literal_prefix() {
+        let idx = RetainedIndex::default();
+        for t in ["a/b", "a/c/d", "ab/x", "b", "$SYS/x", "a"] {
+            idx.insert(t);
+        }
+        assert_eq!(idx.matching("a/+"), vec!["a/b"]);
+        assert_eq!(idx.matching("a/#"), vec!["a", "a/b", "a/c/d"]);
+        assert_eq!(idx.matching("#"), vec!["a", "a/b", "a/c/d", "ab/x", "b"]);
+        assert_eq!(idx.matching("$SYS/#"), vec!["$SYS/x"]);
+        assert_eq!(idx.matching("b"), vec!["b"]);
+        assert!(idx.remove("b"));
+        assert!(idx.matching("b").is_empty());
+    }
+}

@@ -1,0 +1,111 @@
+//! The per-client session state machine, sans-IO.
+//!
+//! A `Session` takes deliveries, acks, pages read from the store and clock ticks
+//! (`now` is always a parameter) and returns `Action`s: packets to send, store writes to
+//! submit, queue pages to read. It never touches a socket, a clock or the disk; the
+//! connection driver (`crate::connection`) executes its actions.
+//!
+//! Persistent sessions keep their queue in the store. Entries have a sequence number
+//! (`seq`) assigned by the store writer, in order; the packet id of a stored entry is
+//! derived from its seq, so ids survive restarts without a write per send. The session
+//! holds at most a page of them in memory (the `Cursor` says what is loaded).
+
+mod inbound;
+mod outbound;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quay_storage::Op;
+
+pub use inbound::{Inbound, Qos2Arrival};
+pub use outbound::{Cursor, Outbound};
+
+use crate::codec::QoS;
+use crate::message::Message;
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Outbound QoS 1/2 window (zone max_inflight, lowered by the client's Receive Maximum).
+    pub max_inflight: u16,
+    pub retry_interval: Duration,
+    /// In-memory queue bound for non-persistent sessions (0 = unlimited); persistent
+    /// sessions enforce it in the store.
+    pub max_mqueue_len: usize,
+    pub max_awaiting_rel: usize,
+    pub await_rel_timeout: Duration,
+    /// Stored entries read per page, and the most held in memory at once.
+    pub page_size: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_inflight: 32,
+            retry_interval: Duration::from_secs(30),
+            max_mqueue_len: 1000,
+            max_awaiting_rel: 100,
+            await_rel_timeout: Duration::from_secs(300),
+            page_size: 256,
+        }
+    }
+}
+
+/// A message on its way to this session's client.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Queue sequence number when the delivery is stored (persistent sessions).
+    pub seq: Option<u64>,
+    /// Store id of the message (meaningful with `seq`).
+    pub msg_id: u64,
+    pub msg: Arc<Message>,
+    /// QoS granted for this delivery: min(publish, subscription).
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+impl Outgoing {
+    fn queue_entry(&self, released: bool) -> quay_storage::QueueEntry {
+        quay_storage::QueueEntry {
+            msg_id: self.msg_id,
+            qos: self.qos as u8,
+            retain: self.retain,
+            released,
+            subscription_ids: self.subscription_ids.clone(),
+        }
+    }
+}
+
+/// Why a delivery was dropped (counted in metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    QueueFull,
+    Expired,
+    /// A stored entry whose message is gone (should not happen; logged).
+    Missing,
+}
+
+#[derive(Debug)]
+pub enum Action {
+    /// Send a PUBLISH (`packet_id` is None for QoS 0).
+    Publish {
+        packet_id: Option<u16>,
+        dup: bool,
+        out: Outgoing,
+    },
+    PubRel(u16),
+    /// Submit a store write nobody waits for.
+    Store(Op),
+    /// Read up to `limit` stored entries from `from` and call `Outbound::loaded`.
+    LoadQueue { from: u64, limit: usize },
+    Dropped(DropReason),
+}
+
+/// Packet id of a stored delivery: a bijection of seq mod 65535 onto 1..=65535.
+pub fn packet_id_of_seq(seq: u64) -> u16 {
+    (seq % 65_535) as u16 + 1
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,421 @@
+//! Server-to-client delivery: the queue, the inflight window, retries and the cursor
+//! over the stored queue.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use quay_storage::{ClientId, Op, QueueEntry};
+
+use super::{packet_id_of_seq, Action, DropReason, Outgoing, SessionConfig};
+use crate::codec::QoS;
+use crate::message::Message;
+
+/// What of the stored queue is in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// Not persistent: nothing is stored.
+    Volatile,
+    /// Entries from `from` on are stored and not loaded; `loading` while a read is out.
+    Disk { from: u64, loading: bool },
+    /// Everything stored is loaded; the next stored delivery should carry seq `next`.
+    Live { next: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    AwaitAck,
+    AwaitRec,
+    AwaitComp,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    out: Outgoing,
+    stage: Stage,
+    sent_at: Instant,
+}
+
+#[derive(Debug)]
+pub struct Outbound {
+    client: ClientId,
+    config: SessionConfig,
+    window: usize,
+    inflight: BTreeMap<u16, InFlight>,
+    pending: VecDeque<Outgoing>,
+    cursor: Cursor,
+    next_volatile_id: u16,
+}
+
+impl Outbound {
+    /// A session's outbound side. Persistent sessions start with everything on disk.
+    pub fn new(client: ClientId, persistent: bool, config: SessionConfig) -> Outbound {
+        let window = config.max_inflight.max(1) as usize;
+        Outbound {
+            client,
+            config,
+            window,
+            inflight: BTreeMap::new(),
+            pending: VecDeque::new(),
+            cursor: if persistent {
+                Cursor::Disk {
+                    from: 0,
+                    loading: false,
+                }
+            } else {
+                Cursor::Volatile
+            },
+            next_volatile_id: 1,
+        }
+    }
+
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// A connection took the session: resend what is unacknowledged (with DUP) and
+    /// start sending. `receive_max` is the client's Receive Maximum (v5) or 65535.
+    pub fn attach(&mut self, receive_max: u16, now: Instant) -> Vec<Action> {
+        self.window = (self.config.max_inflight.min(receive_max)).max(1) as usize;
+        let mut actions = Vec::new();
+        for (id, f) in self.inflight.iter_mut() {
+            f.sent_at = now;
+            actions.push(match f.stage {
+                Stage::AwaitComp => Action::PubRel(*id),
+                _ => Action::Publish {
+                    packet_id: Some(*id),
+                    dup: true,
+                    out: f.out.clone(),
+                },
+            });
+        }
+        self.pump(now, &mut actions);
+        actions
+    }
+
+    /// A stored delivery, completed by the store writer in seq order.
+    pub fn deliver_stored(&mut self, out: Outgoing, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(seq) = out.seq else {
+            return self.deliver_volatile(out, now);
+        };
+        match self.cursor {
+            // Stored, so the next page read will bring it.
+            Cursor::Disk { .. } => {}
+            Cursor::Volatile => {
+                tracing::warn!(client_id = %self.client, seq, "stored delivery for a volatile session");
+            }
+            Cursor::Live { next } if seq < next => {}
+            Cursor::Live { next } if seq > next || self.pending.len() >= self.config.page_size => {
+                // Out of memory budget (or a gap): read it back from disk later.
+                self.cursor = Cursor::Disk {
+                    from: next,
+                    loading: false,
+                };
+            }
+            Cursor::Live { .. } => {
+                self.cursor = Cursor::Live { next: seq + 1 };
+                self.pending.push_back(out);
+            }
+        }
+        self.pump(now, &mut actions);
+        actions
+    }
+
+    /// A delivery that is not stored (non-persistent session, or QoS 0 to an online one).
+    pub fn deliver_volatile(&mut self, out: Outgoing, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let limit = self.config.max_mqueue_len;
+        if limit != 0 && self.pending.len() >= limit {
+            // EMQX's policy: the oldest queued message gives way.
+            if let Some(old) = self.pending.pop_front() {
+                self.finish_dropped(&old, DropReason::QueueFull, &mut actions);
+            }
+        }
+        self.pending.push_back(out);
+        self.pump(now, &mut actions);
+        actions
+    }
+
+    /// A page read for `Action::LoadQueue { from, limit }`; `msgs` holds each entry's
+    /// message (None where it is gone).
+    pub fn loaded(
+        &mut self,
+        from: u64,
+        limit: usize,
+        entries: Vec<(u64, QueueEntry, Option<Arc<Message>>)>,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.cursor
+            != (Cursor::Disk {
+                from,
+                loading: true,
+            })
+        {
+            return actions; // stale read
+        }
+        let full_page = entries.len() >= limit;
+        let mut next = from;
+        for (seq, entry, msg) in entries {
+            next = seq + 1;
+            let id = packet_id_of_seq(seq);
+            if entry.released {
+                let msg = msg.unwrap_or_else(|| Arc::new(placeholder()));
+                self.inflight.insert(
+                    id,
+                    InFlight {
+                        out: Outgoing {
+                            seq: Some(seq),
+                            msg_id: entry.msg_id,
+                            msg,
+                            qos: QoS::ExactlyOnce,
+                            retain: entry.retain,
+                            subscription_ids: entry.subscription_ids,
+                        },
+                        stage: Stage::AwaitComp,
+                        sent_at: now,
+                    },
+                );
+                actions.push(Action::PubRel(id));
+                continue;
+            }
+            let Some(msg) = msg else {
+                tracing::warn!(client_id = %self.client, seq, msg_id = entry.msg_id, "queued message is missing");
+                actions.push(self.ack_op(seq, None));
+                actions.push(Action::Dropped(DropReason::Missing));
+                continue;
+            };
+            self.pending.push_back(Outgoing {
+                seq: Some(seq),
+                msg_id: entry.msg_id,
+                msg,
+                qos: QoS::from_u8(entry.qos).unwrap_or(QoS::AtMostOnce),
+                retain: entry.retain,
+                subscription_ids: entry.subscription_ids,
+            });
+        }
+        self.cursor = if full_page {
+            Cursor::Disk {
+                from: next,
+                loading: false,
+            }
+        } else {
+            Cursor::Live { next }
+        };
+        self.pump(now, &mut actions);
+        actions
+    }
+
+    pub fn on_puback(&mut self, packet_id: u16, now: Instant) -> Vec<Action> {
+        self.complete(packet_id, Stage::AwaitAck, now)
+    }
+
+    pub fn on_pubcomp(&mut self, packet_id: u16, now: Instant) -> Vec<Action> {
+        self.complete(packet_id, Stage::AwaitComp, now)
+    }
+
+    /// PUBREC: `failed` when the v5 reason code is an error, which ends the flow.
+    /// Returns None when the packet id is unknown (the caller answers PUBREL 0x92).
+    pub fn on_pubrec(&mut self, packet_id: u16, failed: bool, now: Instant) -> Option<Vec<Action>> {
+        let f = self.inflight.get_mut(&packet_id)?;
+        let mut actions = Vec::new();
+        match f.stage {
+            Stage::AwaitRec if failed => return Some(self.complete(packet_id, Stage::AwaitRec, now)),
+            Stage::AwaitRec => {
+                f.stage = Stage::AwaitComp;
+                f.sent_at = now;
+                if let Some(seq) = f.out.seq {
+                    actions.push(Action::Store(Op::Release {
+                        client: self.client.clone(),
+                        seq,
+                        entry: f.out.queue_entry(true),
+                    }));
+                }
+                actions.push(Action::PubRel(packet_id));
+            }
+            // A repeated PUBREC: repeat the PUBREL.
+            Stage::AwaitComp => actions.push(Action::PubRel(packet_id)),
+            Stage::AwaitAck => return None,
+        }
+        Some(actions)
+    }
+
+    /// Drop an in-flight delivery that cannot be sent (too large for the client), as
+    /// if it had been acknowledged.
+    pub fn discard(&mut self, packet_id: u16, now: Instant) -> Vec<Action> {
+        match self.inflight.get(&packet_id).map(|f| f.stage) {
+            Some(stage) => self.complete(packet_id, stage, now),
+            None => Vec::new(),
+        }
+    }
+
+    fn complete(&mut self, packet_id: u16, stage: Stage, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match self.inflight.get(&packet_id) {
+            Some(f) if f.stage == stage => {}
+            _ => {
+                tracing::debug!(client_id = %self.client, packet_id, ?stage, "ack for unknown packet id");
+                return actions;
+            }
+        }
+        if let Some(f) = self.inflight.remove(&packet_id) {
+            if let Some(seq) = f.out.seq {
+                let msg_id = (stage != Stage::AwaitComp).then_some(f.out.msg_id);
+                actions.push(self.ack_op(seq, msg_id));
+            }
+        }
+        self.pump(now, &mut actions);
+        actions
+    }
+
+    /// Resend what has waited `retry_interval`; returns packets to send.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let retry = self.config.retry_interval;
+        for (id, f) in self.inflight.iter_mut() {
+            if now.saturating_duration_since(f.sent_at) >= retry {
+                f.sent_at = now;
+                actions.push(match f.stage {
+                    Stage::AwaitComp => Action::PubRel(*id),
+                    _ => Action::Publish {
+                        packet_id: Some(*id),
+                        dup: true,
+                        out: f.out.clone(),
+                    },
+                });
+            }
+        }
+        actions
+    }
+
+    /// When `tick` next has work.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.inflight
+            .values()
+            .map(|f| f.sent_at + self.config.retry_interval)
+            .min()
+    }
+
+    fn pump(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let now_ms = crate::message::now_ms();
+        while self.inflight.len() < self.window {
+            let Some(out) = self.pending.pop_front() else {
+                break;
+            };
+            if out.msg.is_expired(now_ms) {
+                self.finish_dropped(&out, DropReason::Expired, actions);
+                continue;
+            }
+            if out.qos == QoS::AtMostOnce {
+                if let Some(seq) = out.seq {
+                    actions.push(self.ack_op(seq, Some(out.msg_id)));
+                }
+                actions.push(Action::Publish {
+                    packet_id: None,
+                    dup: false,
+                    out,
+                });
+                continue;
+            }
+            let id = match out.seq {
+                Some(seq) => packet_id_of_seq(seq),
+                None => match self.free_volatile_id() {
+                    Some(id) => id,
+                    None => {
+                        self.pending.push_front(out);
+                        break;
+                    }
+                },
+            };
+            if self.inflight.contains_key(&id) {
+                // Its id is still taken (a wrapped seq): wait for that ack.
+                self.pending.push_front(out);
+                break;
+            }
+            let stage = if out.qos == QoS::AtLeastOnce {
+                Stage::AwaitAck
+            } else {
+                Stage::AwaitRec
+            };
+            actions.push(Action::Publish {
+                packet_id: Some(id),
+                dup: false,
+                out: out.clone(),
+            });
+            self.inflight.insert(
+                id,
+                InFlight {
+                    out,
+                    stage,
+                    sent_at: now,
+                },
+            );
+        }
+        if let Cursor::Disk {
+            from,
+            loading: false,
+        } = self.cursor
+        {
+            if self.pending.len() < self.config.page_size / 2 {
+                self.cursor = Cursor::Disk {
+                    from,
+                    loading: true,
+                };
+                actions.push(Action::LoadQueue {
+                    from,
+                    limit: self.config.page_size,
+                });
+            }
+        }
+    }
+
+    fn free_volatile_id(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let id = self.next_volatile_id;
+            self.next_volatile_id = self.next_volatile_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    fn finish_dropped(&self, out: &Outgoing, reason: DropReason, actions: &mut Vec<Action>) {
+        if let Some(seq) = out.seq {
+            actions.push(self.ack_op(seq, Some(out.msg_id)));
+        }
+        actions.push(Action::Dropped(reason));
+    }
+
+    fn ack_op(&self, seq: u64, msg_id: Option<u64>) -> Action {
+        Action::Store(Op::Ack {
+            client: self.client.clone(),
+            seq,
+            msg_id,
+        })
+    }
+}
+
+/// Stand-in for a released QoS 2 entry, whose message is no longer needed (only its
+/// packet id is: PUBREL carries no payload).
+fn placeholder() -> Message {
+    Message {
+        topic: bytes::Bytes::new(),
+        payload: bytes::Bytes::new(),
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        from: Arc::from(""),
+        publish_ms: 0,
+        expiry_ms: 0,
+        properties: Default::default(),
+    }
+}

@@ -1,0 +1,258 @@
+//! Session state machine tests: no sockets, no disk, a clock we move by hand.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quay_storage::{Op, QueueEntry};
+
+use super::*;
+use crate::codec::QoS;
+use crate::message::Message;
+
+fn message(payload: &str, expiry_ms: u64) -> Arc<Message> {
+    Arc::new(Message {
+        topic: Bytes::from_static(b"t"),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        from: Arc::from("pub"),
+        publish_ms: 0,
+        expiry_ms,
+        properties: Default::default(),
+    })
+}
+
+fn volatile(payload: &str, qos: QoS) -> Outgoing {
+    Outgoing {
+        seq: None,
+        msg_id: 0,
+        msg: message(payload, 0),
+        qos,
+        retain: false,
+        subscription_ids: vec![],
+    }
+}
+
+fn stored(seq: u64, qos: QoS) -> Outgoing {
+    Outgoing {
+        seq: Some(seq),
+        msg_id: 100 + seq,
+        ..volatile(&format!("m{seq}"), qos)
+    }
+}
+
+fn config(max_inflight: u16, page_size: usize) -> SessionConfig {
+    SessionConfig {
+        max_inflight,
+        retry_interval: Duration::from_secs(30),
+        max_mqueue_len: 3,
+        page_size,
+        ..SessionConfig::default()
+    }
+}
+
+/// (packet id, dup, payload) of each PUBLISH action.
+fn publishes(actions: &[Action]) -> Vec<(Option<u16>, bool, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish { packet_id, dup, out } => Some((
+                *packet_id,
+                *dup,
+                String::from_utf8_lossy(&out.msg.payload).into_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn acks(actions: &[Action]) -> Vec<(u64, Option<u64>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Store(Op::Ack { seq, msg_id, .. }) => Some((*seq, *msg_id)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_inflight_window_holds_back_until_acked() {
+    let now = Instant::now();
+    let mut s = Outbound::new(Arc::from("c"), false, config(2, 16));
+    assert!(s.attach(65535, now).is_empty());
+    let mut sent = Vec::new();
+    for p in ["a", "b", "c"] {
+        sent.extend(publishes(&s.deliver_volatile(volatile(p, QoS::AtLeastOnce), now)));
+    }
+    assert_eq!(sent, vec![(Some(1), false, "a".into()), (Some(2), false, "b".into())]);
+    assert_eq!(s.pending_len(), 1);
+    let next = s.on_puback(1, now);
+    assert_eq!(publishes(&next), vec![(Some(3), false, "c".into())]);
+    // An ack for an id not in flight changes nothing.
+    assert!(s.on_puback(1, now).is_empty());
+}
+
+#[test]
+fn receive_maximum_lowers_the_window() {
+    let now = Instant::now();
+    let mut s = Outbound::new(Arc::from("c"), false, config(32, 16));
+    s.attach(1, now);
+    let a = s.deliver_volatile(volatile("a", QoS::AtLeastOnce), now);
+    let b = s.deliver_volatile(volatile("b", QoS::AtLeastOnce), now);
+    assert_eq!(publishes(&a).len(), 1);
+    assert!(publishes(&b).is_empty());
+}
+
+#[test]
+fn unacked_messages_are_retried_with_dup_after_the_interval() {
+    let t0 = Instant::now();
+    let mut s = Outbound::new(Arc::from("c"), false, config(4, 16));
+    s.attach(65535, t0);
+    s.deliver_volatile(volatile("a", QoS::AtLeastOnce), t0);
+    assert!(s.tick(t0 + Duration::from_secs(29)).is_empty());
+    assert_eq!(s.next_timeout(), Some(t0 + Duration::from_secs(30)));
+    let retry = s.tick(t0 + Duration::from_secs(30));
+    assert_eq!(publishes(&retry), vec![(Some(1), true, "a".into())]);
+    // And on reattach (reconnect), everything unacked goes again with DUP.
+    let again = s.attach(65535, t0 + Duration::from_secs(31));
+    assert_eq!(publishes(&again), vec![(Some(1), true, "a".into())]);
+}
+
+#[test]
+fn qos2_outbound_releases_then_completes() {
+    let now = Instant::now();
+    let mut s = Outbound::new(Arc::from("c"), true, config(4, 16));
+    s.attach(65535, now);
+    s.loaded(0, 16, vec![], now); // nothing stored yet: goes live at seq 0
+    assert_eq!(s.cursor(), Cursor::Live { next: 0 });
+    let sent = s.deliver_stored(stored(0, QoS::ExactlyOnce), now);
+    assert_eq!(publishes(&sent), vec![(Some(1), false, "m0".into())]);
+    let rec = s.on_pubrec(1, false, now).expect("known id");
+    assert!(matches!(rec[0], Action::Store(Op::Release { seq: 0, ref entry, .. }) if entry.released));
+    assert!(matches!(rec[1], Action::PubRel(1)));
+    assert!(s.on_pubrec(9, false, now).is_none(), "unknown id");
+    let comp = s.on_pubcomp(1, now);
+    assert_eq!(acks(&comp), vec![(0, None)], "the message reference went with PUBREC");
+}
+
+#[test]
+fn a_persistent_session_pages_its_queue_from_the_store() {
+    let now = Instant::now();
+    let mut s = Outbound::new(Arc::from("c"), true, config(2, 4));
+    let first = s.attach(65535, now);
+    assert!(matches!(first[..], [Action::LoadQueue { from: 0, limit: 4 }]));
+    let entry = |seq: u64, released: bool| {
+        (
+            seq,
+            QueueEntry { msg_id: 100 + seq, qos: 1, retain: false, released, subscription_ids: vec![] },
+            Some(message(&format!("m{seq}"), 0)),
+        )
+    };
+    // A full page: a released QoS2 entry (PUBREL again) and three to send.
+    let page = vec![entry(5, true), entry(6, false), entry(7, false), entry(8, false)];
+    let actions = s.loaded(0, 4, page, now);
+    assert!(actions.iter().any(|a| matches!(a, Action::PubRel(6))), "pid of seq 5 is 6");
+    // Window 2 is taken by the PUBREL and one PUBLISH.
+    assert_eq!(publishes(&actions), vec![(Some(7), false, "m6".into())]);
+    assert_eq!(s.cursor(), Cursor::Disk { from: 9, loading: true }, "half-empty memory asks for more");
+    assert!(actions.iter().any(|a| matches!(a, Action::LoadQueue { from: 9, .. })));
+    // Deliveries arriving while in disk mode are left to the next page.
+    assert!(publishes(&s.deliver_stored(stored(9, QoS::AtLeastOnce), now)).is_empty());
+    let actions = s.loaded(9, 4, vec![entry(9, false)], now);
+    assert!(publishes(&actions).is_empty(), "window still full");
+    assert_eq!(s.cursor(), Cursor::Live { next: 10 });
+    // A late duplicate of a loaded seq is ignored; the next seq is taken.
+    s.deliver_stored(stored(9, QoS::AtLeastOnce), now);
+    s.deliver_stored(stored(10, QoS::AtLeastOnce), now);
+    assert_eq!(s.pending_len(), 4, "m7 m8 m9 m10");
+    let acked = s.on_puback(7, now);
+    assert_eq!(acks(&acked), vec![(6, Some(106))]);
+    assert_eq!(publishes(&acked), vec![(Some(8), false, "m7".into())]);
+}
+
+#[test]
+fn live_overflow_falls_back_to_the_store() {
+    let now = Instant::now();
+    let mut s = Outbound::new(Arc::from("c"), true, config(1, 2));
+    s.attach(65535, now);
+    s.loaded(0, 2, vec![], now);
+    for seq in 0..3 {
+        s.deliver_stored(stored(seq, QoS::AtLeastOnce), now);
+    }
+    // seq 0 in flight, seq 1 and 2 pending = page size; seq 3 overflows.
+    let a = s.deliver_stored(stored(3, QoS::AtLeastOnce), now);
+    assert!(publishes(&a).is_empty());
+    assert_eq!(s.cursor(), Cursor::Disk { from: 3, loading: false });
+}
+
+#[test]
+fn the_volatile_queue_drops_its_oldest_when_full() {
+    let now = Instant::now();
+    let mut s = Outbound::new(Arc::from("c"), false, config(1, 16));
+    s.attach(65535, now);
+    for p in ["a", "b", "c", "d"] {
+        s.deliver_volatile(volatile(p, QoS::AtLeastOnce), now);
+    }
+    // "a" in flight; queue of 3 holds b c d; "e" pushes out "b".
+    let dropped = s.deliver_volatile(volatile("e", QoS::AtLeastOnce), now);
+    assert!(matches!(dropped[..], [Action::Dropped(DropReason::QueueFull)]));
+    let next = s.on_puback(1, now);
+    assert_eq!(publishes(&next), vec![(Some(2), false, "c".into())]);
+}
+
+#[test]
+fn expired_messages_are_dropped_not_sent() {
+    let now = Instant::now();
+    let mut s = Outbound::new(Arc::from("c"), true, config(4, 16));
+    s.attach(65535, now);
+    s.loaded(0, 16, vec![], now);
+    let mut out = stored(0, QoS::AtLeastOnce);
+    out.msg = message("old", 1); // expired in 1970
+    let actions = s.deliver_stored(out, now);
+    assert!(publishes(&actions).is_empty());
+    assert_eq!(acks(&actions), vec![(0, Some(100))]);
+    assert!(actions.iter().any(|a| matches!(a, Action::Dropped(DropReason::Expired))));
+}
+
+#[test]
+fn qos0_stored_entries_are_acked_when_sent() {
+    let now = Instant::now();
+    let mut s = Outbound::new(Arc::from("c"), true, config(4, 16));
+    s.attach(65535, now);
+    s.loaded(0, 16, vec![], now);
+    let actions = s.deliver_stored(stored(0, QoS::AtMostOnce), now);
+    assert_eq!(publishes(&actions), vec![(None, false, "m0".into())]);
+    assert_eq!(acks(&actions), vec![(0, Some(100))]);
+}
+
+#[test]
+fn seq_derived_packet_ids_wrap_and_wait_for_a_busy_id() {
+    assert_eq!(packet_id_of_seq(0), 1);
+    assert_eq!(packet_id_of_seq(65_534), 65_535);
+    assert_eq!(packet_id_of_seq(65_535), 1);
+    let now = Instant::now();
+    let mut s = Outbound::new(Arc::from("c"), true, config(4, 16));
+    s.attach(65535, now);
+    s.loaded(0, 16, vec![], now);
+    s.deliver_stored(stored(0, QoS::AtLeastOnce), now);
+    // Pretend seqs 1..65534 were acked; seq 65535 maps to id 1, still in flight.
+    let mut s2 = s;
+    s2.deliver_stored(stored(1, QoS::AtLeastOnce), now);
+    assert_eq!(s2.inflight_len(), 2);
+}
+
+#[test]
+fn inbound_qos2_ids_are_remembered_until_pubrel_or_timeout() {
+    let t0 = Instant::now();
+    let mut i = Inbound::new(2, [7], t0);
+    assert_eq!(i.arrival(7), Qos2Arrival::Duplicate, "restored from the store");
+    assert_eq!(i.arrival(8), Qos2Arrival::New);
+    i.record(8, t0);
+    assert_eq!(i.arrival(9), Qos2Arrival::TooMany);
+    assert!(i.release(7));
+    assert!(!i.release(7));
+    assert_eq!(i.expire(t0 + Duration::from_secs(10), Duration::from_secs(5)), vec![8]);
+    assert!(i.is_empty());
+}

@@ -1,0 +1,335 @@
+//! Values stored under the keys in `keys.rs`: typed records with a version byte.
+//!
+//! RocksDB's block checksums catch bit rot; these decoders catch everything else
+//! (truncation, a newer format, a bug) and return a typed error instead of panicking.
+
+use bytes::Bytes;
+use thiserror::Error;
+
+const VERSION: u8 = 1;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("{record}: unknown format version {version}")]
+    Version { record: &'static str, version: u8 },
+    #[error("{record}: truncated at byte {at}")]
+    Truncated { record: &'static str, at: usize },
+    #[error("{record}: {what} is not UTF-8")]
+    Utf8 { record: &'static str, what: &'static str },
+    #[error("{record}: {extra} trailing bytes")]
+    Trailing { record: &'static str, extra: usize },
+}
+
+/// A message as written once to the `msgs` log (and as a copy in `retained`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Unix milliseconds when the broker accepted it.
+    pub publish_ms: u64,
+    /// Unix milliseconds after which it must not be delivered; 0 = never expires.
+    pub expiry_ms: u64,
+    pub qos: u8,
+    pub retain: bool,
+    /// Publisher's client id (for No Local and logs).
+    pub from: String,
+    pub topic: Bytes,
+    pub payload: Bytes,
+    /// The broker's own encoding of the pass-through v5 properties; opaque here.
+    pub properties: Bytes,
+}
+
+/// One queued delivery of a message to a persistent session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub msg_id: u64,
+    /// QoS the subscriber gets (min of publish and subscription QoS).
+    pub qos: u8,
+    /// RETAIN flag to deliver with.
+    pub retain: bool,
+    /// QoS 2 outbound: PUBREC received, only PUBREL/PUBCOMP remain.
+    pub released: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionRecord {
+    pub protocol_level: u8,
+    /// Seconds the session outlives its connection; u32::MAX = never expires.
+    pub expiry_interval_s: u32,
+    /// Unix milliseconds of the last disconnect; 0 = connected (or the broker died).
+    pub disconnected_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SubscriptionRecord {
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: u8,
+    /// 0 = none.
+    pub subscription_id: u32,
+}
+
+struct Out(Vec<u8>);
+
+impl Out {
+    fn new() -> Out {
+        Out(vec![VERSION])
+    }
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        // Lengths are u32: MQTT caps a packet at 256 MiB.
+        self.u32(v.len() as u32);
+        self.0.extend_from_slice(v);
+    }
+}
+
+struct In<'a> {
+    record: &'static str,
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> In<'a> {
+    fn new(record: &'static str, buf: &'a [u8]) -> Result<In<'a>, RecordError> {
+        let mut input = In { record, buf, at: 0 };
+        let version = input.u8()?;
+        if version != VERSION {
+            return Err(RecordError::Version { record, version });
+        }
+        Ok(input)
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+        let end = self.at.checked_add(n).filter(|end| *end <= self.buf.len());
+        let end = end.ok_or(RecordError::Truncated {
+            record: self.record,
+            at: self.at,
+        })?;
+        let out = &self.buf[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+    fn u8(&mut self) -> Result<u8, RecordError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, RecordError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, RecordError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], RecordError> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+    fn string(&mut self, what: &'static str) -> Result<String, RecordError> {
+        let raw = self.bytes()?;
+        String::from_utf8(raw.to_vec()).map_err(|_| RecordError::Utf8 {
+            record: self.record,
+            what,
+        })
+    }
+    fn finish(self) -> Result<(), RecordError> {
+        match self.buf.len() - self.at {
+            0 => Ok(()),
+            extra => Err(RecordError::Trailing {
+                record: self.record,
+                extra,
+            }),
+        }
+    }
+}
+
+impl StoredMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Out::new();
+        out.u64(self.publish_ms);
+        out.u64(self.expiry_ms);
+        out.u8(self.qos);
+        out.u8(self.retain as u8);
+        out.bytes(self.from.as_bytes());
+        out.bytes(&self.topic);
+        out.bytes(&self.properties);
+        out.bytes(&self.payload);
+        out.0
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<StoredMessage, RecordError> {
+        let mut input = In::new("message", buf)?;
+        let msg = StoredMessage {
+            publish_ms: input.u64()?,
+            expiry_ms: input.u64()?,
+            qos: input.u8()?,
+            retain: input.u8()? != 0,
+            from: input.string("publisher client id")?,
+            topic: Bytes::copy_from_slice(input.bytes()?),
+            properties: Bytes::copy_from_slice(input.bytes()?),
+            payload: Bytes::copy_from_slice(input.bytes()?),
+        };
+        input.finish()?;
+        Ok(msg)
+    }
+
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expiry_ms != 0 && now_ms >= self.expiry_ms
+    }
+}
+
+impl QueueEntry {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Out::new();
+        out.u64(self.msg_id);
+        out.u8(self.qos);
+        out.u8(self.retain as u8 | (self.released as u8) << 1);
+        out.u32(self.subscription_ids.len() as u32);
+        for id in &self.subscription_ids {
+            out.u32(*id);
+        }
+        out.0
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<QueueEntry, RecordError> {
+        let mut input = In::new("queue entry", buf)?;
+        let msg_id = input.u64()?;
+        let qos = input.u8()?;
+        let flags = input.u8()?;
+        let count = input.u32()? as usize;
+        // Bounded by the record size, so a corrupt count cannot allocate wildly.
+        let mut subscription_ids = Vec::with_capacity(count.min(buf.len() / 4));
+        for _ in 0..count {
+            subscription_ids.push(input.u32()?);
+        }
+        input.finish()?;
+        Ok(QueueEntry {
+            msg_id,
+            qos,
+            retain: flags & 1 != 0,
+            released: flags & 2 != 0,
+            subscription_ids,
+        })
+    }
+}
+
+impl SessionRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Out::new();
+        out.u8(self.protocol_level);
+        out.u32(self.expiry_interval_s);
+        out.u64(self.disconnected_ms);
+        out.0
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<SessionRecord, RecordError> {
+        let mut input = In::new("session", buf)?;
+        let rec = SessionRecord {
+            protocol_level: input.u8()?,
+            expiry_interval_s: input.u32()?,
+            disconnected_ms: input.u64()?,
+        };
+        input.finish()?;
+        Ok(rec)
+    }
+}
+
+impl SubscriptionRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Out::new();
+        out.u8(self.qos);
+        out.u8(self.no_local as u8 | (self.retain_as_published as u8) << 1);
+        out.u8(self.retain_handling);
+        out.u32(self.subscription_id);
+        out.0
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<SubscriptionRecord, RecordError> {
+        let mut input = In::new("subscription", buf)?;
+        let qos = input.u8()?;
+        let flags = input.u8()?;
+        let rec = SubscriptionRecord {
+            qos,
+            no_local: flags & 1 != 0,
+            retain_as_published: flags & 2 != 0,
+            retain_handling: input.u8()?,
+            subscription_id: input.u32()?,
+        };
+        input.finish()?;
+        Ok(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn message_roundtrip(publish_ms: u64, expiry_ms: u64, qos in 0u8..3, retain: bool,
+                             from in "[ -~]{0,20}", topic in "[a-z/]{1,20}",
+                             payload in proptest::collection::vec(any::<u8>(), 0..200),
+                             props in proptest::collection::vec(any::<u8>(), 0..20)) {
+            let msg = StoredMessage { publish_ms, expiry_ms, qos, retain, from,
+                topic: Bytes::from(topic), payload: Bytes::from(payload), properties: Bytes::from(props) };
+            let bytes = msg.encode();
+            prop_assert_eq!(StoredMessage::decode(&bytes).unwrap(), msg);
+            // Every strict prefix is rejected, never mis-read.
+            for cut in 0..bytes.len() {
+                prop_assert!(StoredMessage::decode(&bytes[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn queue_entry_roundtrip(msg_id: u64, qos in 0u8..3, retain: bool, released: bool,
+                                 ids in proptest::collection::vec(1u32..268_435_455, 0..4)) {
+            let e = QueueEntry { msg_id, qos, retain, released, subscription_ids: ids };
+            prop_assert_eq!(QueueEntry::decode(&e.encode()).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn session_and_subscription_roundtrip() {
+        let s = SessionRecord {
+            protocol_level: 5,
+            expiry_interval_s: 7200,
+            disconnected_ms: 12345,
+        };
+        assert_eq!(SessionRecord::decode(&s.encode()).unwrap(), s);
+        let sub = SubscriptionRecord {
+            qos: 2,
+            no_local: true,
+            retain_as_published: false,
+            retain_handling: 1,
+            subscription_id: 9,
+        };
+        assert_eq!(SubscriptionRecord::decode(&sub.encode()).unwrap(), sub);
+    }
+
+    #[test]
+    fn rejects_unknown_version_and_trailing_bytes() {
+        let mut bytes = SessionRecord::default().encode();
+        bytes[0] = 9;
+        assert_eq!(
+            SessionRecord::decode(&bytes),
+            Err(RecordError::Version {
+                record: "session",
+                version: 9
+            })
+        );
+        let mut bytes = SessionRecord::default().encode();
+        bytes.push(0);
+        assert!(matches!(
+            SessionRecord::decode(&bytes),
+            Err(RecordError::Trailing { extra: 1, .. })
+        ));
+    }
+}

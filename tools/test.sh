@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Run every test of Quay on a fresh Debian 12 machine: installs what it needs
+# (idempotently), builds once in the release profile, then runs the Rust unit and
+# integration tests and the Python suites against the real binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quay-target}"
+export CARGO_TERM_COLOR=never
+
+apt_packages=(libclang-dev protobuf-compiler mosquitto mosquitto-clients)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The Debian mosquitto package starts a broker on :1883; tests use their own ports,
+# and benchmarks start their own Mosquitto, so the service is not needed.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi
+
+python3 - <<'PY' || python3 -m pip install -q "paho-mqtt>=2,<3" "pytest>=7"
+import importlib.util, sys
+sys.exit(0 if all(importlib.util.find_spec(m) for m in ("paho", "pytest")) else 1)
+PY
+
+echo "== build (release, once for everything)"
+cargo build --release --workspace --all-targets
+
+echo "== rust tests"
+cargo test --release --workspace
+
+echo "== python tests (paho-mqtt, mosquitto clients) against the real binary"
+export QUAY_BIN_DIR="$CARGO_TARGET_DIR/release"
+python3 -m pytest -q -p no:cacheprovider tests/python
