@@ -19,9 +19,12 @@ fn level(name: &str) -> &'static str {
 }
 
 pub fn init(config: &LogConfig) -> std::io::Result<()> {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},rocksdb=warn", level(config.level.as_str()))));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{},rocksdb=warn", level(config.level.as_str())))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     let to_file = || -> std::io::Result<Mutex<std::fs::File>> {
         std::fs::create_dir_all(&config.dir)?;
         let file = OpenOptions::new()

@@ -109,7 +109,10 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     // Connections close with Server Shutting Down; give them a bounded time.
     drop(alive_tx);
     let drain = alive_rx.recv();
-    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("connections did not close within 10s");
     }
     let _ = sweeper.await;

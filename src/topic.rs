@@ -103,24 +103,43 @@ mod tests {
         assert!(validate_name("a/b", 0).is_ok());
         assert!(validate_name("/", 0).is_ok());
         assert_eq!(validate_name("", 0), Err(TopicError::Empty));
-        assert!(matches!(validate_name("a/+", 0), Err(TopicError::WildcardInName(_))));
+        assert!(matches!(
+            validate_name("a/+", 0),
+            Err(TopicError::WildcardInName(_))
+        ));
         assert!(matches!(validate_name("a\0b", 0), Err(TopicError::Nul(_))));
         assert!(validate_filter("a/+/c/#", 0).is_ok());
         assert!(validate_filter("#", 0).is_ok());
         assert!(validate_filter("+", 0).is_ok());
-        assert!(matches!(validate_filter("a/#/c", 0), Err(TopicError::BadMultiLevel(_))));
-        assert!(matches!(validate_filter("a/b#", 0), Err(TopicError::BadMultiLevel(_))));
-        assert!(matches!(validate_filter("a/b+", 0), Err(TopicError::BadSingleLevel(_))));
+        assert!(matches!(
+            validate_filter("a/#/c", 0),
+            Err(TopicError::BadMultiLevel(_))
+        ));
+        assert!(matches!(
+            validate_filter("a/b#", 0),
+            Err(TopicError::BadMultiLevel(_))
+        ));
+        assert!(matches!(
+            validate_filter("a/b+", 0),
+            Err(TopicError::BadSingleLevel(_))
+        ));
         assert!(matches!(
             validate_name("a/b/c", 2),
-            Err(TopicError::TooManyLevels { levels: 3, max: 2, .. })
+            Err(TopicError::TooManyLevels {
+                levels: 3,
+                max: 2,
+                ..
+            })
         ));
     }
 
     #[test]
     fn matching_follows_the_spec_examples() {
         assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
-        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
+        assert!(matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/ranking"
+        ));
         assert!(matches("sport/#", "sport"));
         assert!(matches("#", "a/b/c"));
         assert!(matches("sport/tennis/+", "sport/tennis/player1"));

@@ -13,8 +13,11 @@ use quay::codec::{decode, decode_connect, encode, Packet, ProtocolVersion};
 /// Small enough that the size check is reached by fuzz inputs.
 const MAX_PACKET_SIZE: usize = 4096;
 
-const VERSIONS: [ProtocolVersion; 3] =
-    [ProtocolVersion::V3_1, ProtocolVersion::V3_1_1, ProtocolVersion::V5];
+const VERSIONS: [ProtocolVersion; 3] = [
+    ProtocolVersion::V3_1,
+    ProtocolVersion::V3_1_1,
+    ProtocolVersion::V5,
+];
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);
@@ -37,7 +40,11 @@ fn decode_stream(buf: &mut BytesMut, version: ProtocolVersion) {
         let before = buf.clone();
         match decode(buf, version, MAX_PACKET_SIZE) {
             Ok(Some(packet)) => {
-                assert!(buf.len() < before.len(), "{} consumed nothing", packet.name());
+                assert!(
+                    buf.len() < before.len(),
+                    "{} consumed nothing",
+                    packet.name()
+                );
                 check_accepted(&packet, version);
             }
             Ok(None) => {
@@ -58,7 +65,10 @@ fn check_accepted(packet: &Packet, version: ProtocolVersion) {
     match decode(&mut encoded, version, usize::MAX) {
         Ok(Some(again)) => {
             assert_eq!(&again, packet, "round trip changed the packet");
-            assert!(encoded.is_empty(), "re-encoded {len} bytes decode with bytes left over");
+            assert!(
+                encoded.is_empty(),
+                "re-encoded {len} bytes decode with bytes left over"
+            );
         }
         other => panic!("re-encoded {packet:?} decodes as {other:?}"),
     }

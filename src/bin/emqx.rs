@@ -10,7 +10,11 @@ use quay::config::Config;
 use quay::ctl;
 
 #[derive(Parser)]
-#[command(name = "emqx", version, about = "Quay, a durable MQTT broker (EMQX-compatible commands)")]
+#[command(
+    name = "emqx",
+    version,
+    about = "Quay, a durable MQTT broker (EMQX-compatible commands)"
+)]
 struct Cli {
     /// Config file (default: ./etc/emqx.conf, else the etc/ of the release this binary is in)
     #[arg(long, global = true)]
@@ -80,7 +84,9 @@ fn foreground(config: Config) -> Result<()> {
 fn call(config: &Config, args: &[&str]) -> std::io::Result<ctl::Reply> {
     let socket = ctl::socket_path(&config.node.data_dir);
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(ctl::call(&socket, &args, Duration::from_secs(10)))
 }
 
@@ -124,7 +130,10 @@ fn start(config: &Config, config_path: Option<&Path>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
-            bail!("node exited during start ({status}); see {}", out_path.display());
+            bail!(
+                "node exited during start ({status}); see {}",
+                out_path.display()
+            );
         }
         if call(config, &["ping"]).is_ok() {
             println!("quay {} is started successfully!", ctl::VERSION);
@@ -137,7 +146,8 @@ fn start(config: &Config, config_path: Option<&Path>) -> Result<()> {
 
 fn stop(config: &Config) -> Result<()> {
     let pid_file = config.node.data_dir.join("emqx.pid");
-    call(config, &["stop"]).map_err(|_| anyhow::anyhow!("Node '{}' not responding to pings.", config.node.name))?;
+    call(config, &["stop"])
+        .map_err(|_| anyhow::anyhow!("Node '{}' not responding to pings.", config.node.name))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if !pid_file.exists() && call(config, &["ping"]).is_err() {

@@ -105,7 +105,9 @@ impl Broker {
                 expired.push(client);
                 continue;
             }
-            let offline_since = now.checked_sub(Duration::from_millis(offline_ms)).unwrap_or(now);
+            let offline_since = now
+                .checked_sub(Duration::from_millis(offline_ms))
+                .unwrap_or(now);
             let client: Arc<str> = Arc::from(client.as_str());
             let zone = self.config.zone("external");
             self.registry.insert(SessionHandle::new(
@@ -150,7 +152,10 @@ impl Broker {
             }
         }
         if !expired.is_empty() {
-            tracing::info!(count = expired.len(), "sessions expired while the broker was down");
+            tracing::info!(
+                count = expired.len(),
+                "sessions expired while the broker was down"
+            );
             let ops = expired
                 .into_iter()
                 .map(|c| Op::DeleteSession {

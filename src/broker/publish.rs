@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use quay_storage::{Op, QueueEntry};
 
-use super::registry::{ConnEvent, SessionHandle};
+use super::registry::{Delivered, SessionHandle};
 use super::Broker;
 use crate::codec::QoS;
 use crate::message::Message;
@@ -73,8 +73,9 @@ impl Broker {
                     max_len,
                 });
                 stored.push((t.handle, out));
-            } else if online {
-                t.handle.send(ConnEvent::Deliver(out));
+            } else if online && t.handle.deliver(out) == Delivered::Dropped {
+                Metrics::inc(&self.metrics.messages_dropped);
+                Metrics::inc(&self.metrics.messages_dropped_queue_full);
             }
         }
         if matched == 0 {
@@ -102,7 +103,8 @@ impl Broker {
                         match seq {
                             Some(seq) => {
                                 out.seq = Some(seq);
-                                handle.send(ConnEvent::Deliver(out));
+                                // Dropped or offline: it is stored, the session reads it back.
+                                let _ = handle.deliver(out);
                             }
                             None => {
                                 Metrics::inc(&broker.metrics.messages_dropped_queue_full);
@@ -134,7 +136,11 @@ impl Broker {
         }
         let limits = &self.config.retainer;
         if limits.max_payload_size > 0 && msg.payload.len() as u64 > limits.max_payload_size {
-            tracing::warn!(topic, size = msg.payload.len(), "retained payload too large; not retained");
+            tracing::warn!(
+                topic,
+                size = msg.payload.len(),
+                "retained payload too large; not retained"
+            );
             return;
         }
         if limits.max_retained_messages > 0

@@ -6,6 +6,7 @@
 //! maps. Locks are std locks held for map operations only, never across an await.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
@@ -21,9 +22,13 @@ use crate::session::Outgoing;
 pub enum ConnEvent {
     Deliver(Outgoing),
     /// The store finished writing what a PUBLISH from this client needed.
-    Durable { packet_id: u16, qos: QoS, ok: bool },
+    Durable {
+        packet_id: u16,
+        qos: QoS,
+        ok: bool,
+    },
     /// SUBSCRIBE/UNSUBSCRIBE/CONNECT-time writes are durable: send this reply.
-    Reply(crate::codec::Packet, Vec<Outgoing>),
+    Reply(Box<crate::codec::Packet>, Vec<Outgoing>),
     /// Close with this reason (takeover 0x8E, admin kick 0x98, shutdown 0x8B).
     Kick(ReasonCode),
 }
@@ -76,10 +81,17 @@ pub struct SessionState {
     pub protocol_level: u8,
 }
 
+/// Deliveries that may wait in a connection's channel before new ones are dropped.
+/// Dropping a stored delivery loses nothing: the session sees the gap in sequence
+/// numbers and reads it back from the store. Volatile ones are counted as dropped.
+pub const MAX_BACKLOG: usize = 10_000;
+
 #[derive(Debug)]
 pub struct SessionHandle {
     pub client_id: ClientId,
     state: Mutex<SessionState>,
+    /// Deliveries sent to the connection and not yet taken by it.
+    backlog: AtomicUsize,
 }
 
 impl SessionHandle {
@@ -87,6 +99,7 @@ impl SessionHandle {
         Arc::new(SessionHandle {
             client_id,
             state: Mutex::new(state),
+            backlog: AtomicUsize::new(0),
         })
     }
 
@@ -96,6 +109,26 @@ impl SessionHandle {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Hand a delivery to the connection, if any and if its backlog has room.
+    pub fn deliver(&self, out: Outgoing) -> Delivered {
+        if self.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
+            return Delivered::Dropped;
+        }
+        if self.send(ConnEvent::Deliver(out)) {
+            self.backlog.fetch_add(1, Ordering::Relaxed);
+            Delivered::Sent
+        } else {
+            Delivered::Offline
+        }
+    }
+
+    /// The connection took one delivery off its channel.
+    pub fn took_delivery(&self) {
+        let _ = self
+            .backlog
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
     /// Send to the connection holding this session, if any. False when offline.
     pub fn send(&self, event: ConnEvent) -> bool {
         match &self.state().conn {
@@ -103,6 +136,14 @@ impl SessionHandle {
             None => false,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    Sent,
+    Offline,
+    /// The connection is too far behind.
+    Dropped,
 }
 
 #[derive(Default)]
@@ -160,7 +201,12 @@ impl Registry {
                 _ => {}
             }
         }
-        let filters: Vec<String> = handle.state().subscriptions.drain().map(|(f, _)| f).collect();
+        let filters: Vec<String> = handle
+            .state()
+            .subscriptions
+            .drain()
+            .map(|(f, _)| f)
+            .collect();
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
         for f in filters {
             if let Some((h, _)) = routes.get(&f, &handle.client_id) {

@@ -94,8 +94,8 @@ fn check_fixed_header(
         AUTH if !version.is_v5() => Err(DecodeError::InvalidPacketType(AUTH)),
         PUBLISH => {
             let qos = publish_qos(flags)?;
-            // v5 calls this a Protocol Error [MQTT-3.3.1-2]; v3 brokers in the wild send
-            // it, and 3.1.1 gives no consequence, so v3 accepts it as is.
+            // A Protocol Error in v5. 3.1.1 states the rule [MQTT-3.3.1-2] without a
+            // consequence, so v3 accepts it (and keeps the flag) to tolerate lax clients.
             if version.is_v5() && qos == QoS::AtMostOnce && flags & 0x08 != 0 {
                 return Err(DecodeError::Protocol(
                     "PUBLISH with QoS 0 has the DUP flag set",
@@ -103,11 +103,15 @@ fn check_fixed_header(
             }
             Ok(())
         }
-        6 | 8 | 10 if flags != 0b0010 => Err(DecodeError::InvalidFlags {
+        // MQTT 3.1 defines DUP on these too (they are QoS 1 messages there), so a 3.1
+        // client may set it when it retries one.
+        6 | 8 | 10 if flags == 0b0010 || (version == ProtocolVersion::V3_1 && flags == 0b1010) => {
+            Ok(())
+        }
+        6 | 8 | 10 => Err(DecodeError::InvalidFlags {
             packet: type_name(packet_type),
             flags,
         }),
-        6 | 8 | 10 => Ok(()),
         _ if flags != 0 => Err(DecodeError::InvalidFlags {
             packet: type_name(packet_type),
             flags,

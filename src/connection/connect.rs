@@ -69,7 +69,11 @@ pub(super) async fn accept(
     // (its store writes are submitted by then; the barrier below makes them durable).
     let existing = broker.registry.get(&client_id);
     if let Some(old) = &existing {
-        let link = old.state().conn.as_ref().map(|l| (l.tx.clone(), l.closed.clone()));
+        let link = old
+            .state()
+            .conn
+            .as_ref()
+            .map(|l| (l.tx.clone(), l.closed.clone()));
         if let Some((old_tx, mut old_closed)) = link {
             tracing::info!(client_id = %client_id, "session taken over");
             Metrics::inc(&broker.metrics.sessions_takenover);
@@ -260,7 +264,9 @@ fn validate(broker: &Broker, zone: &ZoneConfig, connect: &mut Connect) -> Result
     if connect.client_id.len() > mqtt.max_clientid_len {
         return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
     }
-    if connect.properties.receive_maximum == Some(0) || connect.properties.maximum_packet_size == Some(0) {
+    if connect.properties.receive_maximum == Some(0)
+        || connect.properties.maximum_packet_size == Some(0)
+    {
         return Err(ReasonCode::PROTOCOL_ERROR);
     }
     if let Some(will) = &connect.will {
@@ -324,7 +330,11 @@ impl Connection {
         let Some(will) = self.will.take().filter(|_| publish_will) else {
             return;
         };
-        let delay_s = will.properties.will_delay_interval.unwrap_or(0).min(expiry_s);
+        let delay_s = will
+            .properties
+            .will_delay_interval
+            .unwrap_or(0)
+            .min(expiry_s);
         let mut props = Message::pass_through(&will.properties);
         props.user_properties = will.properties.user_properties.clone();
         let msg = Message {

@@ -116,11 +116,14 @@ pub async fn serve(
     Metrics::inc(&broker.metrics.packets_connect);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (closed_tx, closed_rx) = watch::channel(());
-    let mut conn = match connect::accept(&broker, zone, peer, *connect, tx, closed_rx, &mut writer).await {
-        Some(conn) => conn,
-        None => return,
-    };
-    let close = conn.run(&mut reader, &mut writer, &mut rbuf, &mut rx, &mut shutdown).await;
+    let mut conn =
+        match connect::accept(&broker, zone, peer, *connect, tx, closed_rx, &mut writer).await {
+            Some(conn) => conn,
+            None => return,
+        };
+    let close = conn
+        .run(&mut reader, &mut writer, &mut rbuf, &mut rx, &mut shutdown)
+        .await;
     conn.finish(close, &mut writer).await;
     drop(closed_tx);
 }
@@ -209,7 +212,11 @@ impl Connection {
         };
         let retry = self.outbound.next_timeout().unwrap_or(far);
         // QoS 2 ids awaiting PUBREL are swept once a second at most.
-        let rel = if self.inbound.is_empty() { far } else { Instant::now() + Duration::from_secs(1) };
+        let rel = if self.inbound.is_empty() {
+            far
+        } else {
+            Instant::now() + Duration::from_secs(1)
+        };
         keepalive.min(retry).min(rel)
     }
 
@@ -226,10 +233,12 @@ impl Connection {
         for id in self.inbound.expire(now, self.zone.await_rel_timeout) {
             tracing::warn!(client_id = %self.client_id, packet_id = id, "PUBREL not received in time; id released");
             if self.persistent {
-                self.broker.store.writer().submit_detached(vec![quay_storage::Op::DeleteAwaitingRel {
-                    client: self.client_id.clone(),
-                    packet_id: id,
-                }]);
+                self.broker.store.writer().submit_detached(vec![
+                    quay_storage::Op::DeleteAwaitingRel {
+                        client: self.client_id.clone(),
+                        packet_id: id,
+                    },
+                ]);
             }
         }
         Ok(())
@@ -239,6 +248,7 @@ impl Connection {
         let now = Instant::now();
         match event {
             ConnEvent::Deliver(out) => {
+                self.handle.took_delivery();
                 let actions = if out.seq.is_some() {
                     self.outbound.deliver_stored(out, now)
                 } else {

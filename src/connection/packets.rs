@@ -33,10 +33,18 @@ impl Connection {
                 let actions = self.outbound.on_puback(r.packet_id, now);
                 self.execute(actions);
             }
-            Packet::PubRec(r) => match self.outbound.on_pubrec(r.packet_id, r.reason.is_error(), now) {
-                Some(actions) => self.execute(actions),
-                None => self.send(&Packet::PubRel(resp(r.packet_id, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND))),
-            },
+            Packet::PubRec(r) => {
+                match self
+                    .outbound
+                    .on_pubrec(r.packet_id, r.reason.is_error(), now)
+                {
+                    Some(actions) => self.execute(actions),
+                    None => self.send(&Packet::PubRel(resp(
+                        r.packet_id,
+                        ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+                    ))),
+                }
+            }
             Packet::PubComp(r) => {
                 let actions = self.outbound.on_pubcomp(r.packet_id, now);
                 self.execute(actions);
@@ -44,10 +52,13 @@ impl Connection {
             Packet::PubRel(r) => {
                 let reason = if self.inbound.release(r.packet_id) {
                     if self.persistent {
-                        self.broker.store.writer().submit_detached(vec![Op::DeleteAwaitingRel {
-                            client: self.client_id.clone(),
-                            packet_id: r.packet_id,
-                        }]);
+                        self.broker
+                            .store
+                            .writer()
+                            .submit_detached(vec![Op::DeleteAwaitingRel {
+                                client: self.client_id.clone(),
+                                packet_id: r.packet_id,
+                            }]);
                     }
                     ReasonCode::Success
                 } else {
@@ -80,8 +91,9 @@ impl Connection {
     }
 
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
-        let mqtt = &self.broker.config.mqtt;
-        let metrics = &self.broker.metrics;
+        let broker = self.broker.clone();
+        let mqtt = &broker.config.mqtt;
+        let metrics = &broker.metrics;
         Metrics::inc(&metrics.messages_received);
         Metrics::inc(match p.qos {
             QoS::AtMostOnce => &metrics.messages_qos0_received,
@@ -135,10 +147,15 @@ impl Connection {
                     return Ok(());
                 }
                 Qos2Arrival::TooMany if self.version.is_v5() => {
-                    self.send(&Packet::PubRec(resp(packet_id, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)));
+                    self.send(&Packet::PubRec(resp(
+                        packet_id,
+                        ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    )));
                     return Ok(());
                 }
-                Qos2Arrival::TooMany => return Err(Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)),
+                Qos2Arrival::TooMany => {
+                    return Err(Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED))
+                }
                 Qos2Arrival::New => {
                     if self.persistent {
                         extra.push(Op::PutAwaitingRel {
@@ -211,7 +228,12 @@ impl Connection {
 
     fn on_subscribe(&mut self, s: Subscribe) {
         let mqtt = &self.broker.config.mqtt;
-        let sub_id = s.properties.subscription_identifiers.first().copied().unwrap_or(0);
+        let sub_id = s
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied()
+            .unwrap_or(0);
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut ops = Vec::new();
         let mut retained = Vec::new();
@@ -228,7 +250,8 @@ impl Connection {
             {
                 ReasonCode::QUOTA_EXCEEDED
             } else {
-                let granted = QoS::from_u8((options.qos as u8).min(mqtt.max_qos_allowed)).unwrap_or_default();
+                let granted =
+                    QoS::from_u8((options.qos as u8).min(mqtt.max_qos_allowed)).unwrap_or_default();
                 let opts = SubOpts {
                     qos: granted,
                     ..SubOpts::from_options(options, sub_id)
@@ -309,7 +332,7 @@ impl Connection {
     /// Send `reply` (then `retained`) once `ops` are durable; at once when there are none.
     fn reply_when_durable(&mut self, ops: Vec<Op>, reply: Packet, retained: Vec<Outgoing>) {
         if ops.is_empty() {
-            let _ = self.on_event(ConnEvent::Reply(reply, retained));
+            let _ = self.on_event(ConnEvent::Reply(Box::new(reply), retained));
             return;
         }
         let tx = self.tx.clone();
@@ -321,7 +344,7 @@ impl Connection {
                     let _ = tx.send(ConnEvent::Kick(ReasonCode::UNSPECIFIED_ERROR));
                     return;
                 }
-                let _ = tx.send(ConnEvent::Reply(reply, retained));
+                let _ = tx.send(ConnEvent::Reply(Box::new(reply), retained));
             }),
         );
     }

@@ -70,7 +70,11 @@ pub fn run_command(broker: &Arc<Broker>, args: &[String]) -> Reply {
         ["clients", "list"] => ok(list(broker, |s| s.state().conn.is_some(), client_line)),
         ["clients", "show", id] => show(broker, id, client_line),
         ["clients", "kick", id] => match broker.registry.get(id) {
-            Some(h) if h.send(crate::broker::registry::ConnEvent::Kick(ReasonCode::ADMINISTRATIVE_ACTION)) => {
+            Some(h)
+                if h.send(crate::broker::registry::ConnEvent::Kick(
+                    ReasonCode::ADMINISTRATIVE_ACTION,
+                )) =>
+            {
                 ok("ok\n".into())
             }
             _ => Reply {
@@ -95,10 +99,18 @@ pub fn run_command(broker: &Arc<Broker>, args: &[String]) -> Reply {
     }
 }
 
-fn list(broker: &Broker, keep: impl Fn(&SessionHandle) -> bool, line: fn(&SessionHandle) -> String) -> String {
+fn list(
+    broker: &Broker,
+    keep: impl Fn(&SessionHandle) -> bool,
+    line: fn(&SessionHandle) -> String,
+) -> String {
     let mut sessions = broker.registry.all();
     sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-    sessions.iter().filter(|s| keep(s)).map(|s| line(s)).collect()
+    sessions
+        .iter()
+        .filter(|s| keep(s))
+        .map(|s| line(s))
+        .collect()
 }
 
 fn show(broker: &Broker, id: &str, line: fn(&SessionHandle) -> String) -> Reply {

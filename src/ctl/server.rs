@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
@@ -33,17 +33,23 @@ pub async fn serve(
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
-            let mut reader = BufReader::new(read).take(64 * 1024);
+            let mut reader = BufReader::new(read.take(64 * 1024));
             if reader.read_line(&mut line).await.is_err() {
                 return;
             }
             let reply = match serde_json::from_str::<Vec<String>>(&line) {
                 Ok(args) if args.first().map(String::as_str) == Some("stop") => {
                     let _ = stop.send(true);
-                    Reply { code: 0, output: "ok\n".into() }
+                    Reply {
+                        code: 0,
+                        output: "ok\n".into(),
+                    }
                 }
                 Ok(args) => run_command(&broker, &args),
-                Err(e) => Reply { code: 2, output: format!("bad request: {e}\n") },
+                Err(e) => Reply {
+                    code: 2,
+                    output: format!("bad request: {e}\n"),
+                },
             };
             if let Ok(mut bytes) = serde_json::to_vec(&reply) {
                 bytes.push(b'\n');
@@ -59,7 +65,10 @@ pub fn bind(path: &PathBuf) -> std::io::Result<UnixListener> {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
-                format!("another node is running with this data dir ({})", path.display()),
+                format!(
+                    "another node is running with this data dir ({})",
+                    path.display()
+                ),
             ));
         }
         std::fs::remove_file(path)?;

@@ -28,7 +28,9 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
     alive: tokio::sync::mpsc::Sender<()>,
 ) {
-    let limit = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
+    let limit = Arc::new(Semaphore::new(
+        config.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     let zone = broker.config.zone(&config.zone).clone();
     let mut stop = shutdown.clone();
     loop {

@@ -24,7 +24,11 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    pub fn new(max_awaiting_rel: usize, restored: impl IntoIterator<Item = u16>, now: Instant) -> Inbound {
+    pub fn new(
+        max_awaiting_rel: usize,
+        restored: impl IntoIterator<Item = u16>,
+        now: Instant,
+    ) -> Inbound {
         Inbound {
             awaiting_rel: restored.into_iter().map(|id| (id, now)).collect(),
             max_awaiting_rel,

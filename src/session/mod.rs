@@ -98,7 +98,10 @@ pub enum Action {
     /// Submit a store write nobody waits for.
     Store(Op),
     /// Read up to `limit` stored entries from `from` and call `Outbound::loaded`.
-    LoadQueue { from: u64, limit: usize },
+    LoadQueue {
+        from: u64,
+        limit: usize,
+    },
     Dropped(DropReason),
 }
 

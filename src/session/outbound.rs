@@ -23,10 +23,11 @@ pub enum Cursor {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which packet an in-flight delivery waits for.
 enum Stage {
-    AwaitAck,
-    AwaitRec,
-    AwaitComp,
+    Ack,
+    Rec,
+    Comp,
 }
 
 #[derive(Debug)]
@@ -89,7 +90,7 @@ impl Outbound {
         for (id, f) in self.inflight.iter_mut() {
             f.sent_at = now;
             actions.push(match f.stage {
-                Stage::AwaitComp => Action::PubRel(*id),
+                Stage::Comp => Action::PubRel(*id),
                 _ => Action::Publish {
                     packet_id: Some(*id),
                     dup: true,
@@ -181,7 +182,7 @@ impl Outbound {
                             retain: entry.retain,
                             subscription_ids: entry.subscription_ids,
                         },
-                        stage: Stage::AwaitComp,
+                        stage: Stage::Comp,
                         sent_at: now,
                     },
                 );
@@ -216,11 +217,11 @@ impl Outbound {
     }
 
     pub fn on_puback(&mut self, packet_id: u16, now: Instant) -> Vec<Action> {
-        self.complete(packet_id, Stage::AwaitAck, now)
+        self.complete(packet_id, Stage::Ack, now)
     }
 
     pub fn on_pubcomp(&mut self, packet_id: u16, now: Instant) -> Vec<Action> {
-        self.complete(packet_id, Stage::AwaitComp, now)
+        self.complete(packet_id, Stage::Comp, now)
     }
 
     /// PUBREC: `failed` when the v5 reason code is an error, which ends the flow.
@@ -229,9 +230,9 @@ impl Outbound {
         let f = self.inflight.get_mut(&packet_id)?;
         let mut actions = Vec::new();
         match f.stage {
-            Stage::AwaitRec if failed => return Some(self.complete(packet_id, Stage::AwaitRec, now)),
-            Stage::AwaitRec => {
-                f.stage = Stage::AwaitComp;
+            Stage::Rec if failed => return Some(self.complete(packet_id, Stage::Rec, now)),
+            Stage::Rec => {
+                f.stage = Stage::Comp;
                 f.sent_at = now;
                 if let Some(seq) = f.out.seq {
                     actions.push(Action::Store(Op::Release {
@@ -243,8 +244,8 @@ impl Outbound {
                 actions.push(Action::PubRel(packet_id));
             }
             // A repeated PUBREC: repeat the PUBREL.
-            Stage::AwaitComp => actions.push(Action::PubRel(packet_id)),
-            Stage::AwaitAck => return None,
+            Stage::Comp => actions.push(Action::PubRel(packet_id)),
+            Stage::Ack => return None,
         }
         Some(actions)
     }
@@ -269,7 +270,7 @@ impl Outbound {
         }
         if let Some(f) = self.inflight.remove(&packet_id) {
             if let Some(seq) = f.out.seq {
-                let msg_id = (stage != Stage::AwaitComp).then_some(f.out.msg_id);
+                let msg_id = (stage != Stage::Comp).then_some(f.out.msg_id);
                 actions.push(self.ack_op(seq, msg_id));
             }
         }
@@ -285,7 +286,7 @@ impl Outbound {
             if now.saturating_duration_since(f.sent_at) >= retry {
                 f.sent_at = now;
                 actions.push(match f.stage {
-                    Stage::AwaitComp => Action::PubRel(*id),
+                    Stage::Comp => Action::PubRel(*id),
                     _ => Action::Publish {
                         packet_id: Some(*id),
                         dup: true,
@@ -342,9 +343,9 @@ impl Outbound {
                 break;
             }
             let stage = if out.qos == QoS::AtLeastOnce {
-                Stage::AwaitAck
+                Stage::Ack
             } else {
-                Stage::AwaitRec
+                Stage::Rec
             };
             actions.push(Action::Publish {
                 packet_id: Some(id),

@@ -111,7 +111,10 @@ pub fn sub_key(client: &str, filter: &str) -> Result<Vec<u8>, KeyError> {
 }
 
 /// Split a per-client key into (client id, rest).
-pub fn split_client_key<'a>(cf: &'static str, key: &'a [u8]) -> Result<(&'a str, &'a [u8]), KeyError> {
+pub fn split_client_key<'a>(
+    cf: &'static str,
+    key: &'a [u8],
+) -> Result<(&'a str, &'a [u8]), KeyError> {
     if key.len() < 2 {
         return Err(KeyError::Prefix { cf });
     }

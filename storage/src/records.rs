@@ -15,7 +15,10 @@ pub enum RecordError {
     #[error("{record}: truncated at byte {at}")]
     Truncated { record: &'static str, at: usize },
     #[error("{record}: {what} is not UTF-8")]
-    Utf8 { record: &'static str, what: &'static str },
+    Utf8 {
+        record: &'static str,
+        what: &'static str,
+    },
     #[error("{record}: {extra} trailing bytes")]
     Trailing { record: &'static str, extra: usize },
 }

@@ -162,8 +162,8 @@ impl Store {
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (key, value) = item?;
             let (client, filter) = keys::split_client_key(keys::CF_SUBS, &key)?;
-            let filter = std::str::from_utf8(filter)
-                .map_err(|_| KeyError::Prefix { cf: keys::CF_SUBS })?;
+            let filter =
+                std::str::from_utf8(filter).map_err(|_| KeyError::Prefix { cf: keys::CF_SUBS })?;
             out.push((
                 client.to_owned(),
                 filter.to_owned(),
@@ -187,9 +187,9 @@ impl Store {
             read.set_iterate_upper_bound(end);
         }
         let mut out = Vec::new();
-        let iter = self
-            .db
-            .iterator_cf_opt(cf, read, IteratorMode::From(&start, Direction::Forward));
+        let iter =
+            self.db
+                .iterator_cf_opt(cf, read, IteratorMode::From(&start, Direction::Forward));
         for item in iter.take(limit) {
             let (key, value) = item?;
             out.push((keys::decode_queue_seq(&key)?, QueueEntry::decode(&value)?));

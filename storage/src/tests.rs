@@ -55,20 +55,56 @@ fn a_message_is_written_once_and_deleted_after_the_last_ack() {
     let seqs = submit(
         &store,
         vec![
-            Op::Message { id, msg: msg("t/1", b"hello") },
-            Op::Enqueue { client: a.clone(), entry: entry(id), max_len: 0 },
-            Op::Enqueue { client: b.clone(), entry: entry(id), max_len: 0 },
+            Op::Message {
+                id,
+                msg: msg("t/1", b"hello"),
+            },
+            Op::Enqueue {
+                client: a.clone(),
+                entry: entry(id),
+                max_len: 0,
+            },
+            Op::Enqueue {
+                client: b.clone(),
+                entry: entry(id),
+                max_len: 0,
+            },
         ],
     )
     .unwrap();
     assert_eq!(seqs, vec![Some(0), Some(0)]);
     assert_eq!(store.queue_range("a", 0, 10).unwrap().len(), 1);
-    assert_eq!(store.messages(&[id]).unwrap()[0].as_ref().unwrap().payload, &b"hello"[..]);
+    assert_eq!(
+        store.messages(&[id]).unwrap()[0].as_ref().unwrap().payload,
+        &b"hello"[..]
+    );
 
-    submit(&store, vec![Op::Ack { client: a, seq: 0, msg_id: Some(id) }]).unwrap();
-    assert!(store.messages(&[id]).unwrap()[0].is_some(), "b still holds it");
-    submit(&store, vec![Op::Ack { client: b, seq: 0, msg_id: Some(id) }]).unwrap();
-    assert!(store.messages(&[id]).unwrap()[0].is_none(), "no reference left");
+    submit(
+        &store,
+        vec![Op::Ack {
+            client: a,
+            seq: 0,
+            msg_id: Some(id),
+        }],
+    )
+    .unwrap();
+    assert!(
+        store.messages(&[id]).unwrap()[0].is_some(),
+        "b still holds it"
+    );
+    submit(
+        &store,
+        vec![Op::Ack {
+            client: b,
+            seq: 0,
+            msg_id: Some(id),
+        }],
+    )
+    .unwrap();
+    assert!(
+        store.messages(&[id]).unwrap()[0].is_none(),
+        "no reference left"
+    );
 }
 
 #[test]
@@ -80,8 +116,15 @@ fn an_unreferenced_message_is_not_written() {
     let r = submit(
         &store,
         vec![
-            Op::Message { id, msg: msg("t", b"x") },
-            Op::Enqueue { client: a.clone(), entry: entry(id), max_len: 0 },
+            Op::Message {
+                id,
+                msg: msg("t", b"x"),
+            },
+            Op::Enqueue {
+                client: a.clone(),
+                entry: entry(id),
+                max_len: 0,
+            },
         ],
     )
     .unwrap();
@@ -91,8 +134,15 @@ fn an_unreferenced_message_is_not_written() {
     let r = submit(
         &store,
         vec![
-            Op::Message { id: id2, msg: msg("t", b"y") },
-            Op::Enqueue { client: a, entry: entry(id2), max_len: 1 },
+            Op::Message {
+                id: id2,
+                msg: msg("t", b"y"),
+            },
+            Op::Enqueue {
+                client: a,
+                entry: entry(id2),
+                max_len: 1,
+            },
         ],
     )
     .unwrap();
@@ -108,19 +158,48 @@ fn sequences_and_references_survive_reopen() {
     {
         let store = open(dir.path());
         id = store.next_msg_id();
-        let mut ops = vec![Op::Message { id, msg: msg("t", b"x") }];
+        let mut ops = vec![Op::Message {
+            id,
+            msg: msg("t", b"x"),
+        }];
         for _ in 0..3 {
-            ops.push(Op::Enqueue { client: a.clone(), entry: entry(id), max_len: 0 });
+            ops.push(Op::Enqueue {
+                client: a.clone(),
+                entry: entry(id),
+                max_len: 0,
+            });
         }
-        assert_eq!(submit(&store, ops).unwrap(), vec![Some(0), Some(1), Some(2)]);
+        assert_eq!(
+            submit(&store, ops).unwrap(),
+            vec![Some(0), Some(1), Some(2)]
+        );
     }
     let store = open(dir.path());
-    assert!(store.next_msg_id() > id, "ids are not reused while referenced");
-    let r = submit(&store, vec![Op::Enqueue { client: a.clone(), entry: entry(id), max_len: 0 }]).unwrap();
+    assert!(
+        store.next_msg_id() > id,
+        "ids are not reused while referenced"
+    );
+    let r = submit(
+        &store,
+        vec![Op::Enqueue {
+            client: a.clone(),
+            entry: entry(id),
+            max_len: 0,
+        }],
+    )
+    .unwrap();
     assert_eq!(r, vec![Some(3)], "next seq continues after reopen");
     // Four references now (3 + 1); acking all four deletes the message.
     for seq in 0..4 {
-        submit(&store, vec![Op::Ack { client: a.clone(), seq, msg_id: Some(id) }]).unwrap();
+        submit(
+            &store,
+            vec![Op::Ack {
+                client: a.clone(),
+                seq,
+                msg_id: Some(id),
+            }],
+        )
+        .unwrap();
     }
     assert!(store.messages(&[id]).unwrap()[0].is_none());
     assert!(store.queue_range("dev", 0, 10).unwrap().is_empty());
@@ -135,11 +214,32 @@ fn deleting_a_session_releases_its_queue_and_subscriptions() {
     submit(
         &store,
         vec![
-            Op::PutSession { client: a.clone(), record: SessionRecord { protocol_level: 4, expiry_interval_s: 60, disconnected_ms: 0 } },
-            Op::PutSubscription { client: a.clone(), filter: "t/#".into(), record: SubscriptionRecord::default() },
-            Op::PutAwaitingRel { client: a.clone(), packet_id: 7 },
-            Op::Message { id, msg: msg("t/1", b"x") },
-            Op::Enqueue { client: a.clone(), entry: entry(id), max_len: 0 },
+            Op::PutSession {
+                client: a.clone(),
+                record: SessionRecord {
+                    protocol_level: 4,
+                    expiry_interval_s: 60,
+                    disconnected_ms: 0,
+                },
+            },
+            Op::PutSubscription {
+                client: a.clone(),
+                filter: "t/#".into(),
+                record: SubscriptionRecord::default(),
+            },
+            Op::PutAwaitingRel {
+                client: a.clone(),
+                packet_id: 7,
+            },
+            Op::Message {
+                id,
+                msg: msg("t/1", b"x"),
+            },
+            Op::Enqueue {
+                client: a.clone(),
+                entry: entry(id),
+                max_len: 0,
+            },
         ],
     )
     .unwrap();
@@ -159,12 +259,45 @@ fn released_entries_keep_their_slot_but_not_the_message() {
     let store = open(dir.path());
     let a: ClientId = Arc::from("a");
     let id = store.next_msg_id();
-    submit(&store, vec![Op::Message { id, msg: msg("t", b"x") }, Op::Enqueue { client: a.clone(), entry: entry(id), max_len: 0 }]).unwrap();
-    let released = QueueEntry { released: true, ..entry(id) };
-    submit(&store, vec![Op::Release { client: a.clone(), seq: 0, entry: released.clone() }]).unwrap();
+    submit(
+        &store,
+        vec![
+            Op::Message {
+                id,
+                msg: msg("t", b"x"),
+            },
+            Op::Enqueue {
+                client: a.clone(),
+                entry: entry(id),
+                max_len: 0,
+            },
+        ],
+    )
+    .unwrap();
+    let released = QueueEntry {
+        released: true,
+        ..entry(id)
+    };
+    submit(
+        &store,
+        vec![Op::Release {
+            client: a.clone(),
+            seq: 0,
+            entry: released.clone(),
+        }],
+    )
+    .unwrap();
     assert!(store.messages(&[id]).unwrap()[0].is_none());
     assert_eq!(store.queue_range("a", 0, 10).unwrap(), vec![(0, released)]);
-    submit(&store, vec![Op::Ack { client: a, seq: 0, msg_id: None }]).unwrap();
+    submit(
+        &store,
+        vec![Op::Ack {
+            client: a,
+            seq: 0,
+            msg_id: None,
+        }],
+    )
+    .unwrap();
     assert!(store.queue_range("a", 0, 10).unwrap().is_empty());
 }
 
@@ -177,14 +310,29 @@ fn retained_messages_are_stored_listed_and_expired() {
     submit(
         &store,
         vec![
-            Op::PutRetained { topic: Bytes::from_static(b"r/1"), msg: msg("r/1", b"a") },
-            Op::PutRetained { topic: Bytes::from_static(b"r/2"), msg: expiring },
+            Op::PutRetained {
+                topic: Bytes::from_static(b"r/1"),
+                msg: msg("r/1", b"a"),
+            },
+            Op::PutRetained {
+                topic: Bytes::from_static(b"r/2"),
+                msg: expiring,
+            },
         ],
     )
     .unwrap();
     assert_eq!(store.retained_topics().unwrap().len(), 2);
-    assert_eq!(store.expired_retained(150).unwrap(), vec![Bytes::from_static(b"r/2")]);
-    submit(&store, vec![Op::DeleteRetained { topic: Bytes::from_static(b"r/1") }]).unwrap();
+    assert_eq!(
+        store.expired_retained(150).unwrap(),
+        vec![Bytes::from_static(b"r/2")]
+    );
+    submit(
+        &store,
+        vec![Op::DeleteRetained {
+            topic: Bytes::from_static(b"r/1"),
+        }],
+    )
+    .unwrap();
     assert!(store.retained(b"r/1").unwrap().is_none());
 }
 
@@ -198,7 +346,21 @@ fn compaction_reclaims_deleted_messages() {
     for _ in 0..2000 {
         let id = store.next_msg_id();
         ids.push(id);
-        submit(&store, vec![Op::Message { id, msg: msg("t", &payload) }, Op::Enqueue { client: a.clone(), entry: entry(id), max_len: 0 }]).unwrap();
+        submit(
+            &store,
+            vec![
+                Op::Message {
+                    id,
+                    msg: msg("t", &payload),
+                },
+                Op::Enqueue {
+                    client: a.clone(),
+                    entry: entry(id),
+                    max_len: 0,
+                },
+            ],
+        )
+        .unwrap();
     }
     store.compact().unwrap();
     let full = store.live_data_bytes();
@@ -206,5 +368,8 @@ fn compaction_reclaims_deleted_messages() {
     submit(&store, vec![Op::DeleteSession { client: a }]).unwrap();
     store.compact().unwrap();
     let after = store.live_data_bytes();
-    assert!(after < full / 10, "after delete + compact: {after} of {full}");
+    assert!(
+        after < full / 10,
+        "after delete + compact: {after} of {full}"
+    );
 }

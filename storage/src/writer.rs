@@ -32,7 +32,10 @@ pub type ClientId = Arc<str>;
 pub enum Op {
     /// Append a message to the log. Its reference count is the number of `Enqueue` ops
     /// in the same request that name it and are accepted; with none, it is not written.
-    Message { id: u64, msg: StoredMessage },
+    Message {
+        id: u64,
+        msg: StoredMessage,
+    },
     /// Queue a delivery for a persistent session unless its queue already holds
     /// `max_len` entries (0 = no limit). The completion reports the assigned sequence
     /// number, or `None` when the queue was full and the delivery dropped.
@@ -60,17 +63,33 @@ pub enum Op {
         record: SessionRecord,
     },
     /// Remove a session with its subscriptions, queue and QoS 2 state.
-    DeleteSession { client: ClientId },
+    DeleteSession {
+        client: ClientId,
+    },
     PutSubscription {
         client: ClientId,
         filter: String,
         record: SubscriptionRecord,
     },
-    DeleteSubscription { client: ClientId, filter: String },
-    PutAwaitingRel { client: ClientId, packet_id: u16 },
-    DeleteAwaitingRel { client: ClientId, packet_id: u16 },
-    PutRetained { topic: Bytes, msg: StoredMessage },
-    DeleteRetained { topic: Bytes },
+    DeleteSubscription {
+        client: ClientId,
+        filter: String,
+    },
+    PutAwaitingRel {
+        client: ClientId,
+        packet_id: u16,
+    },
+    DeleteAwaitingRel {
+        client: ClientId,
+        packet_id: u16,
+    },
+    PutRetained {
+        topic: Bytes,
+        msg: StoredMessage,
+    },
+    DeleteRetained {
+        topic: Bytes,
+    },
 }
 
 /// Sequence numbers assigned to a request's `Enqueue` ops, in op order.
@@ -228,10 +247,13 @@ impl Writer {
                     entry,
                     max_len,
                 } => {
-                    let len = self.queue_len(client)?;
-                    if *max_len != 0 && len >= *max_len {
-                        enqueued.push(None);
-                        continue;
+                    if *max_len != 0 {
+                        let len = self.queue_len(client, *max_len)?;
+                        if len >= *max_len {
+                            enqueued.push(None);
+                            continue;
+                        }
+                        self.queue_len.insert(client.clone(), len + 1);
                     }
                     let seq = self.next_seq(client)?;
                     batch.put_cf(
@@ -240,8 +262,10 @@ impl Writer {
                         entry.encode(),
                     );
                     self.next_seq.insert(client.clone(), seq + 1);
-                    self.queue_len.insert(client.clone(), len + 1);
-                    match new_messages.iter_mut().find(|(id, _, _)| *id == entry.msg_id) {
+                    match new_messages
+                        .iter_mut()
+                        .find(|(id, _, _)| *id == entry.msg_id)
+                    {
                         Some((_, _, refs)) => *refs += 1,
                         // A message written by an earlier request.
                         None => self.add_ref(batch, entry.msg_id, 1)?,
@@ -254,7 +278,10 @@ impl Writer {
                     seq,
                     msg_id,
                 } => {
-                    batch.delete_cf(cf(&self.db, keys::CF_QUEUE)?, keys::queue_key(client, *seq)?);
+                    batch.delete_cf(
+                        cf(&self.db, keys::CF_QUEUE)?,
+                        keys::queue_key(client, *seq)?,
+                    );
                     if let Some(len) = self.queue_len.get_mut(client) {
                         *len = len.saturating_sub(1);
                     }
@@ -271,7 +298,11 @@ impl Writer {
                     self.release_ref(batch, entry.msg_id)?;
                 }
                 Op::PutSession { client, record } => {
-                    batch.put_cf(cf(&self.db, keys::CF_SESSIONS)?, client.as_bytes(), record.encode());
+                    batch.put_cf(
+                        cf(&self.db, keys::CF_SESSIONS)?,
+                        client.as_bytes(),
+                        record.encode(),
+                    );
                 }
                 Op::DeleteSession { client } => self.delete_session(batch, client, pending)?,
                 Op::PutSubscription {
@@ -313,8 +344,16 @@ impl Writer {
             if refs == 0 {
                 continue;
             }
-            batch.put_cf(cf(&self.db, keys::CF_MSGS)?, keys::msg_key(id), msg.encode());
-            batch.put_cf(cf(&self.db, keys::CF_REFS)?, keys::msg_key(id), refs.to_be_bytes());
+            batch.put_cf(
+                cf(&self.db, keys::CF_MSGS)?,
+                keys::msg_key(id),
+                msg.encode(),
+            );
+            batch.put_cf(
+                cf(&self.db, keys::CF_REFS)?,
+                keys::msg_key(id),
+                refs.to_be_bytes(),
+            );
             self.refs.insert(id, refs);
         }
         Ok(enqueued)
@@ -338,7 +377,10 @@ impl Writer {
         Ok(next)
     }
 
-    fn queue_len(&mut self, client: &ClientId) -> Result<u64> {
+    /// The queue's length, counted at most up to `cap` the first time (so a deep
+    /// queue never stalls the writer); a count that hit the cap is not cached, since
+    /// the real length may be larger.
+    fn queue_len(&mut self, client: &ClientId, cap: u64) -> Result<u64> {
         if let Some(len) = self.queue_len.get(client) {
             return Ok(*len);
         }
@@ -353,11 +395,13 @@ impl Writer {
             read,
             IteratorMode::From(&prefix, Direction::Forward),
         );
-        for item in iter {
+        for item in iter.take(cap as usize) {
             item?;
             len += 1;
         }
-        self.queue_len.insert(client.clone(), len);
+        if len < cap {
+            self.queue_len.insert(client.clone(), len);
+        }
         Ok(len)
     }
 
@@ -376,7 +420,11 @@ impl Writer {
 
     fn add_ref(&mut self, batch: &mut WriteBatch, msg_id: u64, n: u32) -> Result<()> {
         let refs = self.refs_of(msg_id)? + n;
-        batch.put_cf(cf(&self.db, keys::CF_REFS)?, keys::msg_key(msg_id), refs.to_be_bytes());
+        batch.put_cf(
+            cf(&self.db, keys::CF_REFS)?,
+            keys::msg_key(msg_id),
+            refs.to_be_bytes(),
+        );
         self.refs.insert(msg_id, refs);
         Ok(())
     }
@@ -388,7 +436,11 @@ impl Writer {
             batch.delete_cf(cf(&self.db, keys::CF_REFS)?, keys::msg_key(msg_id));
             self.refs.remove(&msg_id);
         } else {
-            batch.put_cf(cf(&self.db, keys::CF_REFS)?, keys::msg_key(msg_id), refs.to_be_bytes());
+            batch.put_cf(
+                cf(&self.db, keys::CF_REFS)?,
+                keys::msg_key(msg_id),
+                refs.to_be_bytes(),
+            );
             self.refs.insert(msg_id, refs);
         }
         Ok(())

@@ -76,26 +76,31 @@ def test_wildcards_plus_and_hash(shared_broker):
             c.disconnect()
 
 
-def test_sys_topics_not_matched_by_leading_wildcards(shared_broker):
-    marker = unique_id("sys")
+def test_dollar_topics_not_matched_by_leading_wildcards(shared_broker):
+    """MQTT 4.7.2: '#' and '+/..' never match topics starting with '$' ($SYS included)."""
+    marker = unique_id("sys").encode()
     everything = connected(shared_broker.port)
     plus = connected(shared_broker.port)
-    sys_sub = connected(shared_broker.port)
+    dollar_sub = connected(shared_broker.port)
     pub = connected(shared_broker.port)
     try:
         everything.subscribe("#", qos=1)
         plus.subscribe("+/x", qos=1)
-        sys_sub.subscribe("$SYS/x", qos=1)
-        pub.publish("$SYS/x", marker.encode(), qos=1)
-        pub.publish("normal/x", marker.encode(), qos=1)
-        assert [m.topic for m in sys_sub.wait_messages(1)] == ["$SYS/x"]
-        assert any(m.topic == "normal/x" and m.payload == marker.encode() for m in plus.wait_messages(1))
-        assert everything.wait_messages(1)
+        dollar_sub.subscribe("$app/#", qos=1)
+        pub.publish("$SYS/x", marker, qos=1)
+        pub.publish("$app/x", marker, qos=1)
+        pub.publish("normal/x", marker, qos=1)
+        # Positive controls: the $ topic is routed, and the wildcard subscribers work.
+        assert [(m.topic, m.payload) for m in dollar_sub.wait_messages(1)] == [("$app/x", marker)]
+        assert plus._wait(lambda: any(m.topic == "normal/x" and m.payload == marker for m in plus.messages), 5)
+        assert everything._wait(
+            lambda: any(m.topic == "normal/x" and m.payload == marker for m in everything.messages), 5
+        )
         settle(0.5)
         assert not [m.topic for m in everything.messages if m.topic.startswith("$")], "# matched a $ topic"
         assert not [m.topic for m in plus.messages if m.topic.startswith("$")], "+/x matched a $ topic"
     finally:
-        for c in (everything, plus, sys_sub, pub):
+        for c in (everything, plus, dollar_sub, pub):
             c.disconnect()
 
 

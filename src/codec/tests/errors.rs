@@ -118,6 +118,21 @@ fn invalid_fixed_header_flags() {
             flags: 2
         }
     );
+    // MQTT 3.1 let PUBREL, SUBSCRIBE and UNSUBSCRIBE carry DUP; later versions do not.
+    assert_eq!(
+        dec(&[0x6a, 2, 0, 1], V3_1),
+        Ok(Packet::PubRel(PubResp::new(1)))
+    );
+    for version in [V3_1_1, V5] {
+        let e = err(&[0x6a, 2, 0, 1], version);
+        assert_eq!(
+            e,
+            E::InvalidFlags {
+                packet: "PUBREL",
+                flags: 0x0a
+            }
+        );
+    }
 }
 
 #[test]

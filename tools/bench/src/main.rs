@@ -1,1 +1,157 @@
-fn main() {}
+//! `quay-bench`: the load generator behind `tools/bench/run.sh`.
+//!
+//! Each invocation runs one scenario against one already-running broker on loopback,
+//! prints its figures and appends them to a results file; `report` turns that file into
+//! Quay-vs-Mosquitto lines and a markdown table. Starting, pinning and stopping brokers
+//! is the script's job, never this binary's.
+//!
+//! It talks raw MQTT 3.1.1 through Quay's own codec on a single-threaded runtime, so
+//! the generator stays cheap enough not to be what limits the numbers (its CPU use is
+//! printed with every figure to prove it).
+
+mod client;
+mod load;
+mod measure;
+mod proc;
+mod report;
+mod scenarios;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use measure::Figure;
+use scenarios::{drain, fanin, fanout, idle, qos1, restart, Target};
+
+#[derive(Parser)]
+#[command(name = "quay-bench", about = "MQTT load generator: Quay vs Mosquitto")]
+struct Cli {
+    /// Broker address; loopback only.
+    #[arg(long, global = true, default_value = "127.0.0.1")]
+    host: IpAddr,
+    #[arg(long, global = true, default_value_t = 1883)]
+    port: u16,
+    /// The broker's pid, for its CPU time and memory.
+    #[arg(long, global = true)]
+    broker_pid: Option<u32>,
+    /// Name the figures are filed under: quay or mosquitto.
+    #[arg(long, global = true, default_value = "quay")]
+    broker: String,
+    /// File the figures are appended to (tab-separated, read by `report`).
+    #[arg(long, global = true)]
+    results: Option<PathBuf>,
+    /// Wall-clock bound of each measured phase, seconds.
+    #[arg(long, global = true, default_value_t = 60)]
+    time_limit_s: u64,
+    /// A phase with no progress for this long is over, seconds.
+    #[arg(long, global = true, default_value_t = 5)]
+    stall_s: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Many QoS 0 publishers to one wildcard subscriber
+    Fanin(fanin::FaninArgs),
+    /// QoS 1 publishers with a window, each to its own persistent subscriber
+    Qos1(qos1::Qos1Args),
+    /// One QoS 0 publisher to many subscribers of one topic
+    Fanout(fanout::FanoutArgs),
+    /// Broker memory per idle connection
+    Idle(idle::IdleArgs),
+    /// Queue QoS 1 messages for an offline session, then time draining them
+    Drain(drain::DrainArgs),
+    /// Restart step 1: queue messages for an offline session
+    RestartFill(restart::RestartFillArgs),
+    /// Restart step 2: time from process start to accepting, after the script restarted it
+    RestartWait(restart::RestartWaitArgs),
+    /// Restart step 3: drain the queue and count what survived
+    RestartVerify(restart::RestartVerifyArgs),
+    /// Wait until the broker accepts TCP connections (no figures)
+    WaitAccept,
+    /// Print the comparison lines (and optionally the markdown table) from --results
+    Report {
+        /// Only this scenario's lines
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Print the markdown table instead of the lines
+        #[arg(long)]
+        markdown: bool,
+    },
+}
+
+impl Command {
+    fn scenario(&self) -> &'static str {
+        match self {
+            Command::Fanin(_) => "fanin",
+            Command::Qos1(_) => "qos1",
+            Command::Fanout(_) => "fanout",
+            Command::Idle(_) => "idle",
+            Command::Drain(_) => "drain",
+            Command::RestartFill(_) | Command::RestartWait(_) | Command::RestartVerify(_) => {
+                "restart"
+            }
+            Command::WaitAccept | Command::Report { .. } => "",
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if !cli.host.is_loopback() {
+        bail!(
+            "--host {} is not a loopback address; this tool only loads brokers on this machine",
+            cli.host
+        );
+    }
+    let target = Target {
+        addr: SocketAddr::new(cli.host, cli.port),
+        broker_pid: cli.broker_pid,
+        time_limit: Duration::from_secs(cli.time_limit_s),
+        stall: Duration::from_secs(cli.stall_s),
+    };
+    if let Command::Report { scenario, markdown } = &cli.command {
+        let path = cli.results.as_deref().context("report needs --results")?;
+        let figures = report::load(path)?;
+        if *markdown {
+            report::print_markdown(&figures);
+        } else {
+            report::print_lines(&figures, scenario.as_deref());
+        }
+        return Ok(());
+    }
+    // One thread: the script pins this process to one core, and a single-threaded
+    // runtime spends nothing on cross-thread wake-ups.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let mut figures = runtime.block_on(run(&target, &cli.command))?;
+    for f in &mut figures {
+        f.scenario = cli.command.scenario().to_string();
+        f.broker = cli.broker.clone();
+    }
+    measure::record(&figures, cli.results.as_deref())
+}
+
+async fn run(target: &Target, command: &Command) -> Result<Vec<Figure>> {
+    match command {
+        Command::Fanin(args) => fanin::run(target, args).await,
+        Command::Qos1(args) => qos1::run(target, args).await,
+        Command::Fanout(args) => fanout::run(target, args).await,
+        Command::Idle(args) => idle::run(target, args).await,
+        Command::Drain(args) => drain::run(target, args).await,
+        Command::RestartFill(args) => restart::fill_queue(target, args).await,
+        Command::RestartWait(args) => restart::wait_restarted(target, args).await,
+        Command::RestartVerify(args) => restart::verify(target, args).await,
+        Command::WaitAccept => {
+            restart::wait_accept(target.addr, target.time_limit).await?;
+            Ok(Vec::new())
+        }
+        Command::Report { .. } => unreachable!("handled before the runtime starts"),
+    }
+}

@@ -306,7 +306,8 @@ pub fn record(figures: &[Figure], results: Option<&Path>) -> Result<()> {
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
         for f in figures {
-            writeln!(file, "{}", f.to_line()).with_context(|| format!("writing {}", path.display()))?;
+            writeln!(file, "{}", f.to_line())
+                .with_context(|| format!("writing {}", path.display()))?;
         }
     }
     Ok(())
@@ -336,7 +337,10 @@ mod tests {
         let p = Progress::new(10);
         p.add(10);
         let far = Instant::now() + Duration::from_secs(10);
-        assert_eq!(p.wait(far, Duration::from_secs(5)).await.unwrap(), Ending::Complete);
+        assert_eq!(
+            p.wait(far, Duration::from_secs(5)).await.unwrap(),
+            Ending::Complete
+        );
         let q = Progress::new(10);
         q.add(3);
         let ending = q.wait(far, Duration::from_millis(150)).await.unwrap();

@@ -30,7 +30,11 @@ pub fn process_cpu(pid: u32) -> Result<Duration> {
 fn ticks_to_duration(ticks: u64) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let per_second = if per_second > 0 { per_second as u64 } else { 100 };
+    let per_second = if per_second > 0 {
+        per_second as u64
+    } else {
+        100
+    };
     Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / per_second)
 }
 

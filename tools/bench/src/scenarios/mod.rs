@@ -1,0 +1,95 @@
+//! One module per benchmark scenario. Each sets up its connections, measures one
+//! interval (wall clock, broker CPU, generator CPU) and returns its figures; none of
+//! them starts or stops a broker (the runner script does) or prints a comparison.
+
+pub mod drain;
+pub mod fanin;
+pub mod fanout;
+pub mod idle;
+pub mod qos1;
+pub mod restart;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use quay::codec::QoS;
+
+use crate::client::{ConnectOptions, MqttConn};
+use crate::measure::{Ending, Progress};
+
+/// The broker under test and the bounds every scenario keeps.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// For CPU and memory figures; without it those are left out.
+    pub broker_pid: Option<u32>,
+    /// Wall-clock bound of each measured phase.
+    pub time_limit: Duration,
+    /// A phase with no progress for this long is over.
+    pub stall: Duration,
+}
+
+impl Target {
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.time_limit
+    }
+
+    pub async fn connect(&self, options: &ConnectOptions) -> Result<MqttConn> {
+        bounded(self.time_limit, MqttConn::connect(self.addr, options)).await
+    }
+
+    /// A fresh persistent session subscribed to `filter` at `qos`, then disconnected, so
+    /// the broker queues what is published to it.
+    pub async fn park_persistent_subscriber(
+        &self,
+        client_id: &str,
+        filter: &str,
+        qos: QoS,
+    ) -> Result<()> {
+        // Clean first so an earlier run's session cannot deliver before the SUBACK.
+        self.connect(&ConnectOptions::clean(client_id))
+            .await?
+            .disconnect()
+            .await?;
+        let mut conn = self.connect(&ConnectOptions::persistent(client_id)).await?;
+        conn.subscribe(&[filter.to_string()], qos).await?;
+        bounded(self.time_limit, conn.disconnect()).await
+    }
+
+    /// Wait on `progress` within this target's bounds.
+    pub async fn wait(&self, progress: &Progress) -> Result<Ending> {
+        progress.wait(self.deadline(), self.stall).await
+    }
+}
+
+/// `work`, or an error once `limit` has passed.
+pub async fn bounded<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result,
+        Err(_) => anyhow::bail!("no answer from the broker within {limit:?}"),
+    }
+}
+
+/// "complete" or how the phase ended early, for notes.
+pub fn ending_note(ending: Ending) -> &'static str {
+    match ending {
+        Ending::Complete => "complete",
+        Ending::Stalled => "stalled",
+        Ending::Deadline => "hit the time limit",
+    }
+}
+
+/// `n` shared across `parts` as evenly as possible: part `i`'s share.
+pub fn share(n: u64, parts: u64, i: u64) -> u64 {
+    n / parts + u64::from(i < n % parts)
+}
+
+/// A fresh shared counter.
+pub fn progress(target: u64) -> Arc<Progress> {
+    Arc::new(Progress::new(target))
+}
