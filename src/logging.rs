@@ -1,6 +1,7 @@
 //! Logging set-up from `log.*` (tracing-subscriber). `RUST_LOG` overrides the level.
 
 use std::fs::OpenOptions;
+use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use tracing_subscriber::fmt::writer::MakeWriterExt;

@@ -116,13 +116,20 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         tracing::warn!("connections did not close within 10s");
     }
     let _ = sweeper.await;
-    let writer = broker.store.writer().clone();
-    match tokio::task::spawn_blocking(move || writer.barrier()).await {
+    // Everything acknowledged is durable already; flushing memtables makes the next
+    // start skip WAL replay.
+    let store = broker.store.clone();
+    match tokio::task::spawn_blocking(move || store.writer().barrier().and_then(|_| store.flush()))
+        .await
+    {
         Ok(Ok(())) => tracing::info!("store flushed"),
         _ => tracing::error!("store flush failed at shutdown"),
     }
     let _ = std::fs::remove_file(&ctl_path);
     let _ = std::fs::remove_file(&pid_path);
+    if let Ok(broker) = Arc::try_unwrap(broker) {
+        broker.store.close();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -121,6 +121,12 @@ impl Store {
         })
     }
 
+    /// Stop the writer (committing what was submitted) and release the database once
+    /// every other clone of this store is gone.
+    pub fn close(self) {
+        self.writer.stop();
+    }
+
     pub fn writer(&self) -> &WriterHandle {
         &self.writer
     }
@@ -263,6 +269,14 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Flush memtables to SST files, so the next open has no WAL to replay.
+    pub fn flush(&self) -> Result<()> {
+        for name in keys::ALL_CFS {
+            self.db.flush_cf(self.cf(name)?)?;
+        }
+        Ok(())
     }
 
     /// Flush memtables and compact every column family so deleted data leaves the disk.

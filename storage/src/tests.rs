@@ -173,6 +173,7 @@ fn sequences_and_references_survive_reopen() {
             submit(&store, ops).unwrap(),
             vec![Some(0), Some(1), Some(2)]
         );
+        store.close();
     }
     let store = open(dir.path());
     assert!(
@@ -341,7 +342,16 @@ fn compaction_reclaims_deleted_messages() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let a: ClientId = Arc::from("a");
-    let payload = vec![7u8; 4096];
+    // Incompressible bytes (xorshift), so LZ4 cannot hide the size.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let payload: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
     let mut ids = Vec::new();
     for _ in 0..2000 {
         let id = store.next_msg_id();

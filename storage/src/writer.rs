@@ -14,8 +14,8 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
-use std::thread;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -101,6 +101,12 @@ struct Request {
     done: Option<Completion>,
 }
 
+enum Msg {
+    Write(Request),
+    /// Commit what is gathered, then exit.
+    Stop,
+}
+
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     pub fsync: bool,
@@ -110,17 +116,18 @@ pub struct WriterConfig {
 
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: Sender<Request>,
+    tx: Sender<Msg>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl WriterHandle {
     /// Queue `ops`; `done` runs on the writer thread once they are durable (or failed).
     /// It must be quick and must not block: hand results to another task.
     pub fn submit(&self, ops: Vec<Op>, done: Completion) {
-        if let Err(mpsc::SendError(req)) = self.tx.send(Request {
+        if let Err(mpsc::SendError(Msg::Write(req))) = self.tx.send(Msg::Write(Request {
             ops,
             done: Some(done),
-        }) {
+        })) {
             if let Some(done) = req.done {
                 done(Err(StoreError::Closed));
             }
@@ -129,7 +136,11 @@ impl WriterHandle {
 
     /// Queue `ops` with nobody waiting (acks, cleanup): durable with the next batch.
     pub fn submit_detached(&self, ops: Vec<Op>) {
-        if self.tx.send(Request { ops, done: None }).is_err() {
+        if self
+            .tx
+            .send(Msg::Write(Request { ops, done: None }))
+            .is_err()
+        {
             tracing::error!("store writer stopped; a write was dropped");
         }
     }
@@ -145,6 +156,16 @@ impl WriterHandle {
         );
         rx.recv().map_err(|_| StoreError::Closed)?
     }
+
+    /// Commit what was submitted, stop the writer thread and wait for it. Later
+    /// submits fail with `Closed`.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
 }
 
 pub(crate) fn spawn(db: Arc<DB>, config: WriterConfig) -> WriterHandle {
@@ -159,11 +180,18 @@ pub(crate) fn spawn(db: Arc<DB>, config: WriterConfig) -> WriterHandle {
     let spawned = thread::Builder::new()
         .name("quay-store-writer".into())
         .spawn(move || writer.run(rx));
-    if let Err(e) = spawned {
-        // Without a writer every submit fails with Closed; nothing is acknowledged.
-        tracing::error!(error = %e, "cannot start the store writer thread");
+    let thread = match spawned {
+        Ok(t) => Some(t),
+        Err(e) => {
+            // Without a writer every submit fails with Closed; nothing is acknowledged.
+            tracing::error!(error = %e, "cannot start the store writer thread");
+            None
+        }
+    };
+    WriterHandle {
+        tx,
+        thread: Arc::new(Mutex::new(thread)),
     }
-    WriterHandle { tx }
 }
 
 struct Writer {
@@ -175,28 +203,49 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, rx: Receiver<Request>) {
-        while let Ok(first) = rx.recv() {
+    fn run(&mut self, rx: Receiver<Msg>) {
+        let mut stopping = false;
+        while !stopping {
+            let Ok(Msg::Write(first)) = rx.recv() else {
+                break;
+            };
             let mut requests = vec![first];
             let deadline = Instant::now() + self.config.batch_window;
             while requests.len() < self.config.batch_max {
                 // Take whatever is already waiting; then wait out the window.
-                match rx.try_recv() {
-                    Ok(r) => requests.push(r),
+                let next = match rx.try_recv() {
+                    Ok(m) => Ok(m),
                     Err(_) => {
                         let now = Instant::now();
                         if now >= deadline {
                             break;
                         }
-                        match rx.recv_timeout(deadline - now) {
-                            Ok(r) => requests.push(r),
-                            Err(RecvTimeoutError::Timeout) => break,
-                            Err(RecvTimeoutError::Disconnected) => break,
-                        }
+                        rx.recv_timeout(deadline - now)
+                    }
+                };
+                match next {
+                    Ok(Msg::Write(r)) => requests.push(r),
+                    Ok(Msg::Stop) => {
+                        stopping = true;
+                        break;
+                    }
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        stopping = true;
+                        break;
                     }
                 }
             }
             self.commit(requests);
+        }
+        // Whatever arrived after the stop is refused, not silently dropped.
+        while let Ok(msg) = rx.try_recv() {
+            if let Msg::Write(Request {
+                done: Some(done), ..
+            }) = msg
+            {
+                done(Err(StoreError::Closed));
+            }
         }
         tracing::debug!("store writer stopped");
     }

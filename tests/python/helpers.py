@@ -173,7 +173,10 @@ class Client:
         if isinstance(topic, list):
             rc, mid = self.c.subscribe(topic, properties=properties)
         else:
-            rc, mid = self.c.subscribe(topic, options if options is not None else qos, properties=properties)
+            if options is not None:
+                rc, mid = self.c.subscribe(topic, options=options, properties=properties)
+            else:
+                rc, mid = self.c.subscribe(topic, qos, properties=properties)
         assert rc == mqtt.MQTT_ERR_SUCCESS, f"subscribe not sent: {rc}"
         assert self._wait(lambda: mid in self.subacks, timeout_s), f"no SUBACK for {topic} within {timeout_s}s"
         return [int(code.value) if hasattr(code, "value") else int(code) for code in self.subacks[mid]]
@@ -211,18 +214,6 @@ class Client:
         if self.c.is_connected():
             self.c.disconnect(properties=properties)
             self._wait(lambda: bool(self.disconnects), 5)
-        self.stop()
-
-    def drop(self):
-        """Abnormal disconnect: close the TCP socket without sending DISCONNECT."""
-        sock = self.c.socket()
-        if sock is not None:
-            try:
-                sock.shutdown(2)
-            except OSError:
-                pass
-            sock.close()
-        self._wait(lambda: bool(self.disconnects), 5)
         self.stop()
 
     def stop(self):

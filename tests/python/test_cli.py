@@ -5,7 +5,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -18,8 +17,19 @@ def run(args, env, timeout_s=60):
                           stdin=subprocess.DEVNULL)
 
 
-def test_ctl_status(broker):
-    r = broker.ctl("status")
+def ctl_ready(broker):
+    """The MQTT port accepts a moment before the control socket exists; wait for both."""
+    assert wait_until(lambda: broker.ctl("ping").returncode == 0, 10), "emqx_ctl cannot reach the node"
+    return broker
+
+
+@pytest.fixture
+def node(broker):
+    return ctl_ready(broker)
+
+
+def test_ctl_status(node):
+    r = node.ctl("status")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "Node 'emqx@127.0.0.1' is started"
@@ -34,39 +44,39 @@ def test_ctl_status_when_node_is_down(broker_factory):
 
 
 @pytest.mark.parametrize("protocol", [V311, V5], ids=["3.1.1", "5.0"])
-def test_ctl_clients_list_and_kick(broker, protocol):
+def test_ctl_clients_list_and_kick(node, protocol):
     cid = unique_id("kickme")
-    c = connected(broker.port, cid, protocol=protocol)
-    bystander = connected(broker.port, unique_id("stay"))
+    c = connected(node.port, cid, protocol=protocol)
+    bystander = connected(node.port, unique_id("stay"))
     try:
-        listed = broker.ctl("clients", "list")
+        listed = node.ctl("clients", "list")
         assert listed.returncode == 0
         assert f"Client({cid}," in listed.stdout, listed.stdout
         assert f"Client({bystander.client_id}," in listed.stdout
 
-        kicked = broker.ctl("clients", "kick", cid)
+        kicked = node.ctl("clients", "kick", cid)
         assert kicked.returncode == 0, kicked.stdout + kicked.stderr
         assert kicked.stdout.strip() == "ok"
         assert c.wait_disconnect(timeout_s=5), "kicked client still connected"
         if protocol == V5:
             reason, _ = c.disconnects[0]
             assert reason == 0x98, f"expected DISCONNECT Administrative action (0x98), got {reason}"
-        assert wait_until(lambda: f"Client({cid}," not in broker.ctl("clients", "list").stdout, 5)
-        assert f"Client({bystander.client_id}," in broker.ctl("clients", "list").stdout
+        assert wait_until(lambda: f"Client({cid}," not in node.ctl("clients", "list").stdout, 5)
+        assert f"Client({bystander.client_id}," in node.ctl("clients", "list").stdout
         assert bystander.disconnects == []
     finally:
         c.stop()
         bystander.disconnect()
 
 
-def test_ctl_kick_unknown_client(broker):
-    r = broker.ctl("clients", "kick", "no-such-client")
+def test_ctl_kick_unknown_client(node):
+    r = node.ctl("clients", "kick", "no-such-client")
     assert r.returncode != 0
     assert "Not Found" in r.stdout
 
 
-def test_ctl_unknown_command_prints_usage(broker):
-    r = broker.ctl("frobnicate")
+def test_ctl_unknown_command_prints_usage(node):
+    r = node.ctl("frobnicate")
     assert r.returncode != 0
     assert "Usage" in r.stdout and "clients list" in r.stdout
 

@@ -20,7 +20,9 @@ def require(tool):
 
 
 class LineReader:
-    """Reads a process's stdout on a thread so the test can wait for a line with a timeout."""
+    """Reads a process's stdout on a thread so the test can wait for a line with a timeout.
+
+    mosquitto_sub block-buffers a pipe; it runs under `stdbuf -oL` so lines arrive at once."""
 
     def __init__(self, proc):
         self.proc = proc
@@ -64,7 +66,7 @@ def mosquitto_pub(port, *args):
 def test_mosquitto_sub_receives_qos_0_1_2(shared_broker, version):
     base = f"t{unique_id('')}"
     sub = subprocess.Popen(
-        [require("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(shared_broker.port),
+        ["stdbuf", "-oL", require("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(shared_broker.port),
          "-C", "3", "-t", f"{base}/#", "-q", "1", "-V", version, "-v", "-d", "-i", unique_id("msub")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -110,8 +112,8 @@ def test_mosquitto_retained(shared_broker, version):
 def test_mosquitto_pub_v5_properties_reach_v5_subscriber(shared_broker):
     topic = f"mprop/{unique_id('p')}"
     sub = subprocess.Popen(
-        [require("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(shared_broker.port), "-t", topic,
-         "-C", "1", "-V", "mqttv5", "-d", "-F", "%t|%p|%C|%P"],
+        ["stdbuf", "-oL", require("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(shared_broker.port),
+         "-t", topic, "-C", "1", "-V", "mqttv5", "-d", "-F", "%t|%p|%C|%P"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

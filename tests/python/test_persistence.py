@@ -96,7 +96,7 @@ def test_session_and_queue_survive_restart(broker, protocol, crash):
 
 def test_subscription_survives_restart_for_messages_published_after(broker):
     topic = "pers/after/restart"
-    cid, kwargs = offline_subscriber(broker.port, f"pers/after/+", qos=1)
+    cid, kwargs = offline_subscriber(broker.port, "pers/after/+", qos=1)
     broker.restart()
     publish_all(broker.port, topic, [b"published after restart"])
     c = connected(broker.port, cid, **kwargs)
@@ -108,25 +108,29 @@ def test_subscription_survives_restart_for_messages_published_after(broker):
         c.disconnect()
 
 
-def test_unacked_inflight_redelivered_with_dup_on_reconnect(shared_broker):
+@pytest.mark.parametrize("version", [4, 5], ids=["3.1.1", "5.0"])
+def test_unacked_inflight_redelivered_with_dup_on_reconnect(shared_broker, version):
+    """MQTT-3.3.1-1 / 5.0 4.4: a resent PUBLISH has DUP=1 and its original packet id."""
     topic = f"pers/{unique_id('dup')}"
     cid = unique_id("inflight")
-    with raw.RawClient(shared_broker.port) as c:
-        assert c.connect(cid, clean=False)["rc"] == 0
+    session = [(raw.P_SESSION_EXPIRY, 600)]
+    with raw.RawClient(shared_broker.port, version=version) as c:
+        assert c.connect(cid, clean=False, properties=session)["rc"] == 0
         assert c.subscribe(1, [(topic, 1)]) == [1]
         publish_all(shared_broker.port, topic, [b"ack me later"])
-        first = raw.parse_publish(c.recv_type(raw.PUBLISH), 4)
+        first = raw.parse_publish(c.recv_type(raw.PUBLISH), version)
         assert first["payload"] == b"ack me later" and first["dup"] is False
         # Close without PUBACK.
-    with raw.RawClient(shared_broker.port) as c:
-        ack = c.connect(cid, clean=False)
+    with raw.RawClient(shared_broker.port, version=version) as c:
+        ack = c.connect(cid, clean=False, properties=session)
         assert ack["session_present"] is True
-        again = raw.parse_publish(c.recv_type(raw.PUBLISH), 4)
-        assert (again["payload"], again["dup"], again["qos"]) == (b"ack me later", True, 1)
+        again = raw.parse_publish(c.recv_type(raw.PUBLISH), version)
+        assert (again["payload"], again["qos"], again["pid"]) == (b"ack me later", 1, first["pid"])
+        assert again["dup"] is True, "redelivered PUBLISH without the DUP flag"
         c.send(raw.ack(raw.PUBACK, again["pid"]))
-        c.send(raw.disconnect())
-    with raw.RawClient(shared_broker.port) as c:
-        assert c.connect(cid, clean=False)["session_present"] is True
+        c.send(raw.disconnect(version=version))
+    with raw.RawClient(shared_broker.port, version=version) as c:
+        assert c.connect(cid, clean=False, properties=session)["session_present"] is True
         with pytest.raises(TimeoutError):
             p = c.recv_type(raw.PUBLISH, timeout_s=1.0)
             pytest.fail(f"acked message redelivered: {p}")

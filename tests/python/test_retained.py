@@ -60,7 +60,7 @@ def test_wildcard_subscribe_gets_every_matching_retained(shared_broker):
     sub = connected(shared_broker.port)
     try:
         sub.subscribe(f"{base}/#", qos=1)
-        got = sub.wait_messages(3)
+        sub.wait_messages(3)
         settle(0.3)
         assert sorted((m.topic, m.payload, m.retain) for m in sub.messages) == sorted(
             (t, t.encode(), True) for t in topics

@@ -2,9 +2,8 @@
 
 import time
 
-from paho.mqtt.packettypes import PacketTypes
-
-from helpers import V5, connect_props, connected, props, unique_id
+import rawmqtt as raw
+from helpers import V5, connect_props, connected, unique_id
 
 
 def v5_session(port, cid, expiry_s):
@@ -37,15 +36,29 @@ def test_session_gone_after_expiry(shared_broker):
 
 
 def test_disconnect_can_shorten_session_expiry(shared_broker):
-    """v5 DISCONNECT may carry a new Session Expiry Interval (here 0: end it now)."""
+    """v5 DISCONNECT may carry a new Session Expiry Interval; 0 ends the session with the
+    connection (MQTT 5.0 3.1.2.11.2), so a reconnect after the close finds no session."""
     cid = unique_id("shorten")
-    c = v5_session(shared_broker.port, cid, 600)
-    c.disconnect(properties=props(PacketTypes.DISCONNECT, SessionExpiryInterval=0))
-    c = v5_session(shared_broker.port, cid, 600)
-    try:
-        assert c.session_present is False
-    finally:
-        c.disconnect()
+    with raw.RawClient(shared_broker.port, version=5) as c:
+        assert c.connect(cid, clean=False, properties=[(raw.P_SESSION_EXPIRY, 600)])["rc"] == 0
+        c.send(raw.packet(raw.DISCONNECT, 0, bytes([0]) + raw.encode_props([(raw.P_SESSION_EXPIRY, 0)])))
+        c.wait_closed(timeout_s=5)
+    with raw.RawClient(shared_broker.port, version=5) as c:
+        ack = c.connect(cid, clean=False, properties=[(raw.P_SESSION_EXPIRY, 600)])
+        assert ack["session_present"] is False, "session outlived a DISCONNECT with Session Expiry Interval 0"
+
+
+def test_v5_session_without_expiry_ends_with_connection(shared_broker):
+    """No Session Expiry Interval (0): the session ends when the connection closes."""
+    cid = unique_id("noexp")
+    with raw.RawClient(shared_broker.port, version=5) as c:
+        assert c.connect(cid, clean=True)["rc"] == 0
+        assert c.subscribe(1, [("noexp/t", 1)]) == [1]
+        c.send(raw.disconnect(version=5))
+        c.wait_closed(timeout_s=5)
+    with raw.RawClient(shared_broker.port, version=5) as c:
+        ack = c.connect(cid, clean=False, properties=[(raw.P_SESSION_EXPIRY, 600)])
+        assert ack["session_present"] is False, "a session with expiry 0 outlived its connection"
 
 
 def test_expired_session_data_is_removed_from_disk(broker):

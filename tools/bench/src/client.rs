@@ -5,10 +5,13 @@
 //! and a subscriber can answer every PUBLISH of one `read` with one write of PUBACKs.
 //! Buffers are reused across calls; nothing here allocates per message except what the
 //! codec's decoder hands back (`Bytes` views into the read buffer).
-//! This module never measures anything and never decides how long to wait: callers
-//! wrap calls in their own deadlines.
+//! The handshakes (connect, subscribe, disconnect) give up after `HANDSHAKE_LIMIT`; the
+//! load loops built on `fill`/`flush` are bounded by their callers. This module never
+//! measures anything.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
@@ -19,6 +22,8 @@ use quay::codec::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// How long a broker may take to answer CONNECT or SUBSCRIBE, or to close after DISCONNECT.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 const VERSION: ProtocolVersion = ProtocolVersion::V3_1_1;
 /// Large enough for any packet the benchmarks exchange; the broker never sends bigger.
 const MAX_PACKET_SIZE: usize = 1 << 20;
@@ -68,6 +73,15 @@ pub struct MqttConn {
 impl MqttConn {
     /// TCP connect, CONNECT, and wait for a successful CONNACK.
     pub async fn connect(addr: SocketAddr, options: &ConnectOptions) -> Result<MqttConn> {
+        handshake(
+            &options.client_id,
+            "CONNACK",
+            MqttConn::connect_unbounded(addr, options),
+        )
+        .await
+    }
+
+    async fn connect_unbounded(addr: SocketAddr, options: &ConnectOptions) -> Result<MqttConn> {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr} as {:?}", options.client_id))?;
@@ -108,6 +122,11 @@ impl MqttConn {
 
     /// Subscribe to each filter at `qos` and wait for the SUBACK; a refused filter is an error.
     pub async fn subscribe(&mut self, filters: &[String], qos: QoS) -> Result<()> {
+        let client_id = self.client_id.clone();
+        handshake(&client_id, "SUBACK", self.subscribe_unbounded(filters, qos)).await
+    }
+
+    async fn subscribe_unbounded(&mut self, filters: &[String], qos: QoS) -> Result<()> {
         let options = SubscriptionOptions {
             qos,
             ..SubscriptionOptions::default()
@@ -137,8 +156,18 @@ impl MqttConn {
         }
     }
 
-    /// Send DISCONNECT and wait until the broker closes the socket (bounded by the caller).
-    pub async fn disconnect(mut self) -> Result<()> {
+    /// Send DISCONNECT and wait until the broker closes the socket, as MQTT says it must.
+    pub async fn disconnect(self) -> Result<()> {
+        let client_id = self.client_id.clone();
+        handshake(
+            &client_id,
+            "the broker to close after DISCONNECT",
+            self.disconnect_unbounded(),
+        )
+        .await
+    }
+
+    async fn disconnect_unbounded(mut self) -> Result<()> {
         self.queue(&Packet::Disconnect(Disconnect {
             reason: ReasonCode::NORMAL_DISCONNECTION,
             properties: Properties::default(),
@@ -192,11 +221,6 @@ impl MqttConn {
         Ok(())
     }
 
-    /// Bytes queued and not yet flushed.
-    pub fn pending_write(&self) -> usize {
-        self.write_buf.len()
-    }
-
     /// Write everything queued.
     pub async fn flush(&mut self) -> Result<()> {
         if self.write_buf.is_empty() {
@@ -238,6 +262,18 @@ impl MqttConn {
             }
             self.fill().await?;
         }
+    }
+}
+
+/// `work` unless it takes longer than `HANDSHAKE_LIMIT`.
+async fn handshake<T>(
+    client_id: &str,
+    waiting_for: &str,
+    work: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(HANDSHAKE_LIMIT, work).await {
+        Ok(result) => result,
+        Err(_) => bail!("{client_id}: waited {HANDSHAKE_LIMIT:?} for {waiting_for}"),
     }
 }
 

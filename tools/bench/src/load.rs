@@ -31,19 +31,45 @@ where
     });
 }
 
+/// Closed-loop QoS 0: publishers hold back while too much is published and not yet
+/// delivered, so the run measures what the broker sustains without piling up backlog
+/// (which a broker may rightly shed: QoS 0 allows it).
+#[derive(Clone)]
+pub struct Pacing {
+    pub delivered: Arc<Progress>,
+    /// Deliveries each PUBLISH makes (the number of matching subscribers).
+    pub deliveries_per_message: u64,
+    /// Messages (all publishers together) that may be published and not yet delivered.
+    pub max_ahead: u64,
+}
+
+impl Pacing {
+    /// Wait until `sent` messages may be on their way.
+    async fn allow(&self, sent: u64) {
+        let ahead = self.max_ahead * self.deliveries_per_message;
+        let needed = (sent * self.deliveries_per_message).saturating_sub(ahead);
+        self.delivered.reach(needed).await;
+    }
+}
+
 /// Publish `count` copies of the QoS 0 `template`, numbered from `first_seq`, in batches.
-/// `sent` counts messages handed to the kernel.
+/// `sent` counts messages handed to the kernel by all publishers; with `pacing`, a
+/// batch waits until it would not put more than `max_ahead` undelivered messages out.
 pub async fn publish_qos0(
     mut conn: MqttConn,
     template: Publish,
     first_seq: u64,
     count: u64,
     sent: Arc<Progress>,
+    pacing: Option<Pacing>,
 ) -> Result<()> {
     let mut seq = first_seq;
     let end = first_seq + count;
     while seq < end {
         let batch_end = (seq + QOS0_BATCH).min(end);
+        if let Some(pacing) = &pacing {
+            pacing.allow(sent.count() + (batch_end - seq)).await;
+        }
         for s in seq..batch_end {
             conn.queue_publish_seq(&template, None, s)?;
         }
@@ -117,8 +143,9 @@ pub async fn subscribe_loop(
         conn.fill().await?;
         let (mut fresh, mut repeats) = (0u64, 0u64);
         while let Some(packet) = conn.next_buffered()? {
-            let Packet::Publish(publish) = packet else {
-                bail!("{}: subscriber got {}", conn.client_id, packet.name());
+            let publish = match packet {
+                Packet::Publish(publish) => publish,
+                other => bail!("{}: subscriber got {}", conn.client_id, other.name()),
             };
             if let Some(id) = publish.packet_id {
                 conn.queue_puback(id)?;

@@ -71,8 +71,6 @@ enum Command {
     RestartWait(restart::RestartWaitArgs),
     /// Restart step 3: drain the queue and count what survived
     RestartVerify(restart::RestartVerifyArgs),
-    /// Wait until the broker accepts TCP connections (no figures)
-    WaitAccept,
     /// Print the comparison lines (and optionally the markdown table) from --results
     Report {
         /// Only this scenario's lines
@@ -95,7 +93,7 @@ impl Command {
             Command::RestartFill(_) | Command::RestartWait(_) | Command::RestartVerify(_) => {
                 "restart"
             }
-            Command::WaitAccept | Command::Report { .. } => "",
+            Command::Report { .. } => "",
         }
     }
 }
@@ -148,10 +146,6 @@ async fn run(target: &Target, command: &Command) -> Result<Vec<Figure>> {
         Command::RestartFill(args) => restart::fill_queue(target, args).await,
         Command::RestartWait(args) => restart::wait_restarted(target, args).await,
         Command::RestartVerify(args) => restart::verify(target, args).await,
-        Command::WaitAccept => {
-            restart::wait_accept(target.addr, target.time_limit).await?;
-            Ok(Vec::new())
-        }
         Command::Report { .. } => unreachable!("handled before the runtime starts"),
     }
 }

@@ -26,6 +26,8 @@ pub struct Progress {
     failed: AtomicBool,
     error: Mutex<Option<String>>,
     done: Notify,
+    /// Woken on every `add`, for publishers that pace themselves on deliveries.
+    advanced: Notify,
 }
 
 /// How a wait for a `Progress` ended.
@@ -47,11 +49,8 @@ impl Progress {
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
             done: Notify::new(),
+            advanced: Notify::new(),
         }
-    }
-
-    pub fn target(&self) -> u64 {
-        self.target
     }
 
     pub fn count(&self) -> u64 {
@@ -71,6 +70,19 @@ impl Progress {
             .store(self.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if total >= self.target {
             self.done.notify_one();
+        }
+        self.advanced.notify_waiters();
+    }
+
+    /// Wait until the count is at least `count` (unbounded: the scenario's wait on the
+    /// other side ends the run, and dropping the task ends this wait).
+    pub async fn reach(&self, count: u64) {
+        loop {
+            let advanced = self.advanced.notified();
+            if self.count() >= count {
+                return;
+            }
+            advanced.await;
         }
     }
 
@@ -144,10 +156,6 @@ impl Interval {
             cpu: CpuSample::take(broker_pid)?,
             started: Instant::now(),
         })
-    }
-
-    pub fn started(&self) -> Instant {
-        self.started
     }
 
     /// Ends the interval at `end` for the wall clock (e.g. the last delivery) and now for CPU.

@@ -37,7 +37,7 @@ impl Target {
     }
 
     pub async fn connect(&self, options: &ConnectOptions) -> Result<MqttConn> {
-        bounded(self.time_limit, MqttConn::connect(self.addr, options)).await
+        MqttConn::connect(self.addr, options).await
     }
 
     /// A fresh persistent session subscribed to `filter` at `qos`, then disconnected, so
@@ -55,7 +55,7 @@ impl Target {
             .await?;
         let mut conn = self.connect(&ConnectOptions::persistent(client_id)).await?;
         conn.subscribe(&[filter.to_string()], qos).await?;
-        bounded(self.time_limit, conn.disconnect()).await
+        conn.disconnect().await
     }
 
     /// Wait on `progress` within this target's bounds.

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Quay vs Mosquitto, side by side, on loopback.
+#
+#   tools/bench/run.sh [scenario...]     scenarios: fanin qos1 fanout idle drain restart (default: all)
+#
+# Each scenario starts a fresh broker (Quay, then Mosquitto 2) pinned to one core
+# (BENCH_BROKER_CPU, default 0) and runs the generator pinned to another
+# (BENCH_GEN_CPU, default 1), so both brokers get the same single core. Prints one
+# line per figure and, at the end, a markdown table for the README.
+#
+# Knobs (environment):
+#   CARGO_TARGET_DIR          default $HOME/.cache/quay-target
+#   BENCH_FANIN_ARGS ...      extra arguments per scenario, e.g. BENCH_FANIN_ARGS="--messages 500000"
+#   (BENCH_QOS1_ARGS, BENCH_FANOUT_ARGS, BENCH_IDLE_ARGS, BENCH_DRAIN_ARGS)
+#   BENCH_RESTART_MESSAGES    messages queued before the restart (default 1000000)
+#   BENCH_TIME_LIMIT_S        wall-clock bound of each measured phase (default 60)
+#   BENCH_KEEP=1              keep the work directory (logs, data, results)
+#   EMQX_*                    passed through to Quay, e.g. EMQX_STORAGE__FSYNC=none
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/quay-target}
+BROKER_CPU=${BENCH_BROKER_CPU:-0}
+GEN_CPU=${BENCH_GEN_CPU:-1}
+TIME_LIMIT_S=${BENCH_TIME_LIMIT_S:-60}
+RESTART_MESSAGES=${BENCH_RESTART_MESSAGES:-1000000}
+ALL=(fanin qos1 fanout idle drain restart)
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=("${ALL[@]}")
+for s in "${SCENARIOS[@]}"; do
+    case " ${ALL[*]} " in *" $s "*) ;; *) echo "unknown scenario '$s' (known: ${ALL[*]})" >&2; exit 2 ;; esac
+done
+
+log() { echo "[bench] $*" >&2; }
+
+if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+    log "installing mosquitto"
+    apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null
+fi
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+log "building (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+(cd "$ROOT" && cargo build --release -q -p quay-bench -p quay --bins)
+BENCH="$CARGO_TARGET_DIR/release/quay-bench"
+EMQX="$CARGO_TARGET_DIR/release/emqx"
+QUAY_CONF="$ROOT/etc/emqx.conf"
+
+WORK=$(mktemp -d /tmp/quay-bench.XXXXXX)
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+BROKER_PID=""
+PORT=""
+
+cleanup() {
+    if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
+        kill -KILL "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+    fi
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A loopback port nobody listens on, starting from a different one each call.
+NEXT_PORT=${BENCH_PORT_BASE:-21883}
+free_port() {
+    while (exec 3<>"/dev/tcp/127.0.0.1/$NEXT_PORT") 2>/dev/null; do NEXT_PORT=$((NEXT_PORT + 1)); done
+    PORT=$NEXT_PORT
+    NEXT_PORT=$((NEXT_PORT + 1))
+}
+
+bench() {
+    taskset -c "$GEN_CPU" "$BENCH" --port "$PORT" --time-limit-s "$TIME_LIMIT_S" "$@"
+}
+
+# start_quay DIR [nowait]: Quay in the foreground on $PORT with its data in DIR.
+start_quay() {
+    local dir=$1
+    mkdir -p "$dir/data" "$dir/log"
+    local internal=$((PORT + 10000))
+    EMQX_LISTENER__TCP__EXTERNAL="127.0.0.1:$PORT" \
+    EMQX_LISTENER__TCP__INTERNAL="127.0.0.1:$internal" \
+    EMQX_NODE__DATA_DIR="$dir/data" \
+    EMQX_LOG__DIR="$dir/log" \
+    EMQX_ZONE__EXTERNAL__MAX_MQUEUE_LEN=0 \
+    EMQX_ZONE__EXTERNAL__MAX_INFLIGHT=128 \
+        taskset -c "$BROKER_CPU" "$EMQX" --config "$QUAY_CONF" foreground >>"$dir/log/console.log" 2>&1 &
+    BROKER_PID=$!
+    [ "${2:-}" = nowait ] || wait_broker "$dir/log/console.log"
+}
+
+# start_mosquitto DIR PERSIST [nowait]: Mosquitto 2 on $PORT; PERSIST is true or false.
+start_mosquitto() {
+    local dir=$1 persist=$2
+    mkdir -p "$dir"
+    cat >"$dir/mosquitto.conf" <<EOF
+listener $PORT 127.0.0.1
+allow_anonymous true
+user root
+# 0 = no limit, as max_mqueue_len = 0 for Quay; the drain and restart queues need it.
+max_queued_messages 0
+max_inflight_messages 128
+persistence $persist
+persistence_location $dir/
+autosave_interval 0
+log_dest file $dir/mosquitto.log
+log_type error
+log_type warning
+EOF
+    taskset -c "$BROKER_CPU" "$MOSQUITTO" -c "$dir/mosquitto.conf" >>"$dir/console.log" 2>&1 &
+    BROKER_PID=$!
+    [ "${3:-}" = nowait ] || wait_broker "$dir/console.log"
+}
+
+# Until the broker accepts on $PORT (60 s at most); its log's tail if it died or hung.
+wait_broker() {
+    local i
+    for ((i = 0; i < 1200; i++)); do
+        if ! kill -0 "$BROKER_PID" 2>/dev/null; then break; fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    log "broker did not start; last lines of $1:"
+    tail -n 20 "$1" >&2 || true
+    return 1
+}
+
+# Graceful stop (SIGTERM, bounded); sets STOP_MS.
+stop_broker() {
+    local t0 i
+    t0=$(date +%s%N)
+    kill -TERM "$BROKER_PID" 2>/dev/null || true
+    for ((i = 0; i < 1200; i++)); do
+        kill -0 "$BROKER_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    if kill -0 "$BROKER_PID" 2>/dev/null; then
+        log "broker $BROKER_PID did not stop within 60s; killing it"
+        kill -KILL "$BROKER_PID" 2>/dev/null || true
+    fi
+    wait "$BROKER_PID" 2>/dev/null || true
+    STOP_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
+    BROKER_PID=""
+}
+
+start_broker() { # start_broker NAME DIR PERSIST [nowait]
+    if [ "$1" = quay ]; then start_quay "$2" "${4:-}"; else start_mosquitto "$2" "$3" "${4:-}"; fi
+}
+
+# run_one SCENARIO BROKER: one scenario against one fresh broker; failures are reported, not fatal.
+run_one() {
+    local scenario=$1 broker=$2 dir="$WORK/$1-$2" t0
+    local common=(--broker "$broker" --results "$RESULTS")
+    free_port
+    case $scenario in
+    restart)
+        start_broker "$broker" "$dir" true
+        bench "${common[@]}" --broker-pid "$BROKER_PID" restart-fill --messages "$RESTART_MESSAGES" || return 1
+        stop_broker
+        t0=$(date +%s%N)
+        start_broker "$broker" "$dir" true nowait
+        bench "${common[@]}" --broker-pid "$BROKER_PID" restart-wait --since-unix-ns "$t0" --shutdown-ms "$STOP_MS" || return 1
+        bench "${common[@]}" --broker-pid "$BROKER_PID" restart-verify --messages "$RESTART_MESSAGES" || return 1
+        ;;
+    *)
+        start_broker "$broker" "$dir" false
+        local var="BENCH_${scenario^^}_ARGS"
+        # shellcheck disable=SC2086 # word splitting of the extra arguments is intended
+        bench "${common[@]}" --broker-pid "$BROKER_PID" "$scenario" ${!var:-} || return 1
+        ;;
+    esac
+    stop_broker
+}
+
+log "broker on cpu $BROKER_CPU, generator on cpu $GEN_CPU; work dir $WORK"
+for scenario in "${SCENARIOS[@]}"; do
+    for broker in quay mosquitto; do
+        log "$scenario: $broker"
+        if ! run_one "$scenario" "$broker"; then
+            log "$scenario on $broker failed (logs in $WORK/$scenario-$broker; BENCH_KEEP=1 keeps them)"
+            [ -n "$BROKER_PID" ] && stop_broker
+        fi
+    done
+    bench --results "$RESULTS" report --scenario "$scenario"
+done
+
+echo
+echo "Quay advantage: Quay ÷ Mosquitto where higher is better, Mosquitto ÷ Quay where lower is better."
+echo "CPU is broker CPU time (user+system) per unit over the measured interval; both brokers pinned to one core."
+echo
+bench --results "$RESULTS" report --markdown
