@@ -25,7 +25,8 @@ pub fn init(config: &LogConfig) -> std::io::Result<()> {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
     let to_file = || -> std::io::Result<Mutex<std::fs::File>> {
         std::fs::create_dir_all(&config.dir)?;
         let file = OpenOptions::new()

@@ -287,9 +287,12 @@ impl Figure {
 /// Print each figure for a human and append it to the results file, if one is given.
 pub fn record(figures: &[Figure], results: Option<&Path>) -> Result<()> {
     for f in figures {
-        let cpu = f
-            .cpu_us_per_unit
-            .map_or(String::new(), |c| format!("  broker {c:.2} µs cpu/unit"));
+        // For a rate, CPU per unit times units per second is the broker's share of its core.
+        let cpu = match (f.cpu_us_per_unit, f.unit.ends_with("/s")) {
+            (Some(c), true) => format!("  broker {c:.2} µs cpu/unit, {:.0}% cpu", c * f.value / 1e4),
+            (Some(c), false) => format!("  broker {c:.2} µs cpu/unit"),
+            (None, _) => String::new(),
+        };
         let generator = f
             .generator_cpu_pct
             .map_or(String::new(), |g| format!("  generator {g:.0}% cpu"));

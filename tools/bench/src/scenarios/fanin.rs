@@ -76,8 +76,12 @@ pub async fn run(target: &Target, args: &FaninArgs) -> Result<Vec<Figure>> {
     let ending = target.wait(&delivered).await?;
     let elapsed = interval.stop_at(delivered.last_progress())?;
     let received = delivered.count();
+    let pacing_note = match args.max_ahead {
+        0 => "open loop".to_string(),
+        n => format!("at most {n} msgs ahead"),
+    };
     let note = format!(
-        "{}; sent {}, received {}, lost {}, {:.2}s",
+        "{}, {pacing_note}; sent {}, received {}, lost {}, {:.2}s",
         ending_note(ending),
         sent.count(),
         received,

@@ -69,8 +69,12 @@ pub async fn run(target: &Target, args: &FanoutArgs) -> Result<Vec<Figure>> {
     let ending = target.wait(&delivered).await?;
     let elapsed = interval.stop_at(delivered.last_progress())?;
     let received = delivered.count();
+    let pacing_note = match args.max_ahead {
+        0 => "open loop".to_string(),
+        n => format!("at most {n} msgs ahead"),
+    };
     let note = format!(
-        "{}; {} subscribers, published {}, delivered {} of {}, lost {}, {:.2}s",
+        "{}, {pacing_note}; {} subscribers, published {}, delivered {} of {}, lost {}, {:.2}s",
         ending_note(ending),
         args.subscribers,
         sent.count(),
