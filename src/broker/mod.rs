@@ -123,6 +123,12 @@ impl Broker {
                     connected_at_ms: 0,
                     peer: String::new(),
                     protocol_level: record.protocol_level,
+                    // Online when the broker died: anything stored may have been sent.
+                    dup_below: if record.disconnected_ms == 0 {
+                        u64::MAX
+                    } else {
+                        record.dup_below
+                    },
                 },
             ));
         }

@@ -54,6 +54,7 @@ impl Broker {
                 // Routed messages lose RETAIN unless the subscriber asked to keep it.
                 retain: msg.retain && t.retain_as_published,
                 subscription_ids: t.subscription_ids,
+                resend: false,
             };
             let (persistent, online, max_len) = {
                 let st = t.handle.state();

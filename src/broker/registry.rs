@@ -79,6 +79,8 @@ pub struct SessionState {
     pub connected_at_ms: u64,
     pub peer: String,
     pub protocol_level: u8,
+    /// Stored entries below this seq may have been sent (see `Outbound::dup_below`).
+    pub dup_below: u64,
 }
 
 /// Deliveries that may wait in a connection's channel before new ones are dropped.

@@ -92,6 +92,7 @@ pub(super) async fn accept(
         tx: tx.clone(),
         closed,
     };
+    let mut dup_below = 0;
     let handle = match (resume, existing) {
         (true, Some(h)) => {
             Metrics::inc(&broker.metrics.sessions_resumed);
@@ -104,6 +105,7 @@ pub(super) async fn accept(
             st.connected_at_ms = now_ms();
             st.peer = peer.to_string();
             st.protocol_level = version.level();
+            dup_below = st.dup_below;
             drop(st);
             h
         }
@@ -136,6 +138,7 @@ pub(super) async fn accept(
                     connected_at_ms: now_ms(),
                     peer: peer.to_string(),
                     protocol_level: version.level(),
+                    dup_below: 0,
                 },
             );
             broker.registry.insert(h.clone());
@@ -147,6 +150,7 @@ pub(super) async fn accept(
             protocol_level: version.level(),
             expiry_interval_s: expiry_s,
             disconnected_ms: 0,
+            dup_below,
         };
         let op = Op::PutSession {
             client: client_id.clone(),
@@ -215,7 +219,7 @@ pub(super) async fn accept(
         client_id: client_id.clone(),
         handle,
         persistent,
-        outbound: Outbound::new(client_id.clone(), persistent, session_config),
+        outbound: Outbound::new(client_id.clone(), persistent, dup_below, session_config),
         inbound: Inbound::new(zone.max_awaiting_rel, restored, now),
         keep_alive: Duration::from_secs(keep_alive as u64),
         will: connect.will.take(),
@@ -303,23 +307,35 @@ impl Connection {
     /// Give the session back: offline (persistent) or gone; publish the will if due.
     pub(super) fn detach(&mut self, publish_will: bool) {
         let now = Instant::now();
+        let dup_below = self.outbound.dup_below();
         let (ours, generation, expiry_s) = {
             let mut st = self.handle.state();
             let ours = st.conn.as_ref().is_some_and(|l| l.conn_id == self.conn_id);
             if ours {
                 st.conn = None;
                 st.offline_since = Some(now);
+                st.dup_below = dup_below;
             }
             (ours, st.generation, st.expiry_interval_s)
         };
         if ours {
-            if self.persistent {
+            if self.persistent && expiry_s == 0 {
+                // v5 DISCONNECT set the expiry to 0: the session ends with the connection.
+                self.broker.registry.remove(&self.handle);
+                self.broker
+                    .store
+                    .writer()
+                    .submit_detached(vec![Op::DeleteSession {
+                        client: self.client_id.clone(),
+                    }]);
+            } else if self.persistent {
                 let op = Op::PutSession {
                     client: self.client_id.clone(),
                     record: SessionRecord {
                         protocol_level: self.version.level(),
                         expiry_interval_s: expiry_s,
                         disconnected_ms: now_ms(),
+                        dup_below,
                     },
                 };
                 self.broker.store.writer().submit_detached(vec![op]);

@@ -283,6 +283,7 @@ impl Connection {
                             qos: msg.qos.min(granted),
                             retain: true,
                             subscription_ids: if sub_id != 0 { vec![sub_id] } else { vec![] },
+                            resend: false,
                             msg: Arc::clone(&msg),
                         });
                     }

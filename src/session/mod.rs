@@ -63,6 +63,8 @@ pub struct Outgoing {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
+    /// Possibly sent before (a stored entry re-read after a reconnect): send with DUP.
+    pub resend: bool,
 }
 
 impl Outgoing {

@@ -46,11 +46,21 @@ pub struct Outbound {
     pending: VecDeque<Outgoing>,
     cursor: Cursor,
     next_volatile_id: u16,
+    /// Stored entries below this seq may have been sent by an earlier connection.
+    dup_below: u64,
+    /// One past the highest stored seq sent by this connection.
+    sent_hi: u64,
 }
 
 impl Outbound {
-    /// A session's outbound side. Persistent sessions start with everything on disk.
-    pub fn new(client: ClientId, persistent: bool, config: SessionConfig) -> Outbound {
+    /// A session's outbound side. Persistent sessions start with everything on disk;
+    /// stored entries below `dup_below` count as sent before (DUP on resend).
+    pub fn new(
+        client: ClientId,
+        persistent: bool,
+        dup_below: u64,
+        config: SessionConfig,
+    ) -> Outbound {
         let window = config.max_inflight.max(1) as usize;
         Outbound {
             client,
@@ -67,7 +77,14 @@ impl Outbound {
                 Cursor::Volatile
             },
             next_volatile_id: 1,
+            dup_below,
+            sent_hi: 0,
         }
+    }
+
+    /// What the next connection's `dup_below` should be.
+    pub fn dup_below(&self) -> u64 {
+        self.dup_below.max(self.sent_hi)
     }
 
     pub fn cursor(&self) -> Cursor {
@@ -181,6 +198,7 @@ impl Outbound {
                             qos: QoS::ExactlyOnce,
                             retain: entry.retain,
                             subscription_ids: entry.subscription_ids,
+                            resend: true,
                         },
                         stage: Stage::Comp,
                         sent_at: now,
@@ -202,6 +220,7 @@ impl Outbound {
                 qos: QoS::from_u8(entry.qos).unwrap_or(QoS::AtMostOnce),
                 retain: entry.retain,
                 subscription_ids: entry.subscription_ids,
+                resend: seq < self.dup_below,
             });
         }
         self.cursor = if full_page {
@@ -318,6 +337,7 @@ impl Outbound {
             }
             if out.qos == QoS::AtMostOnce {
                 if let Some(seq) = out.seq {
+                    self.sent_hi = self.sent_hi.max(seq + 1);
                     actions.push(self.ack_op(seq, Some(out.msg_id)));
                 }
                 actions.push(Action::Publish {
@@ -347,9 +367,12 @@ impl Outbound {
             } else {
                 Stage::Rec
             };
+            if let Some(seq) = out.seq {
+                self.sent_hi = self.sent_hi.max(seq + 1);
+            }
             actions.push(Action::Publish {
                 packet_id: Some(id),
-                dup: false,
+                dup: out.resend,
                 out: out.clone(),
             });
             self.inflight.insert(

@@ -31,6 +31,7 @@ fn volatile(payload: &str, qos: QoS) -> Outgoing {
         qos,
         retain: false,
         subscription_ids: vec![],
+        resend: false,
     }
 }
 
@@ -84,7 +85,7 @@ fn acks(actions: &[Action]) -> Vec<(u64, Option<u64>)> {
 #[test]
 fn the_inflight_window_holds_back_until_acked() {
     let now = Instant::now();
-    let mut s = Outbound::new(Arc::from("c"), false, config(2, 16));
+    let mut s = Outbound::new(Arc::from("c"), false, 0, config(2, 16));
     assert!(s.attach(65535, now).is_empty());
     let mut sent = Vec::new();
     for p in ["a", "b", "c"] {
@@ -106,7 +107,7 @@ fn the_inflight_window_holds_back_until_acked() {
 #[test]
 fn receive_maximum_lowers_the_window() {
     let now = Instant::now();
-    let mut s = Outbound::new(Arc::from("c"), false, config(32, 16));
+    let mut s = Outbound::new(Arc::from("c"), false, 0, config(32, 16));
     s.attach(1, now);
     let a = s.deliver_volatile(volatile("a", QoS::AtLeastOnce), now);
     let b = s.deliver_volatile(volatile("b", QoS::AtLeastOnce), now);
@@ -117,7 +118,7 @@ fn receive_maximum_lowers_the_window() {
 #[test]
 fn unacked_messages_are_retried_with_dup_after_the_interval() {
     let t0 = Instant::now();
-    let mut s = Outbound::new(Arc::from("c"), false, config(4, 16));
+    let mut s = Outbound::new(Arc::from("c"), false, 0, config(4, 16));
     s.attach(65535, t0);
     s.deliver_volatile(volatile("a", QoS::AtLeastOnce), t0);
     assert!(s.tick(t0 + Duration::from_secs(29)).is_empty());
@@ -132,7 +133,7 @@ fn unacked_messages_are_retried_with_dup_after_the_interval() {
 #[test]
 fn qos2_outbound_releases_then_completes() {
     let now = Instant::now();
-    let mut s = Outbound::new(Arc::from("c"), true, config(4, 16));
+    let mut s = Outbound::new(Arc::from("c"), true, 0, config(4, 16));
     s.attach(65535, now);
     s.loaded(0, 16, vec![], now); // nothing stored yet: goes live at seq 0
     assert_eq!(s.cursor(), Cursor::Live { next: 0 });
@@ -155,7 +156,7 @@ fn qos2_outbound_releases_then_completes() {
 #[test]
 fn a_persistent_session_pages_its_queue_from_the_store() {
     let now = Instant::now();
-    let mut s = Outbound::new(Arc::from("c"), true, config(2, 4));
+    let mut s = Outbound::new(Arc::from("c"), true, 0, config(2, 4));
     let first = s.attach(65535, now);
     assert!(matches!(
         first[..],
@@ -219,7 +220,7 @@ fn a_persistent_session_pages_its_queue_from_the_store() {
 #[test]
 fn live_overflow_falls_back_to_the_store() {
     let now = Instant::now();
-    let mut s = Outbound::new(Arc::from("c"), true, config(1, 2));
+    let mut s = Outbound::new(Arc::from("c"), true, 0, config(1, 2));
     s.attach(65535, now);
     s.loaded(0, 2, vec![], now);
     for seq in 0..3 {
@@ -240,7 +241,7 @@ fn live_overflow_falls_back_to_the_store() {
 #[test]
 fn the_volatile_queue_drops_its_oldest_when_full() {
     let now = Instant::now();
-    let mut s = Outbound::new(Arc::from("c"), false, config(1, 16));
+    let mut s = Outbound::new(Arc::from("c"), false, 0, config(1, 16));
     s.attach(65535, now);
     for p in ["a", "b", "c", "d"] {
         s.deliver_volatile(volatile(p, QoS::AtLeastOnce), now);
@@ -258,7 +259,7 @@ fn the_volatile_queue_drops_its_oldest_when_full() {
 #[test]
 fn expired_messages_are_dropped_not_sent() {
     let now = Instant::now();
-    let mut s = Outbound::new(Arc::from("c"), true, config(4, 16));
+    let mut s = Outbound::new(Arc::from("c"), true, 0, config(4, 16));
     s.attach(65535, now);
     s.loaded(0, 16, vec![], now);
     let mut out = stored(0, QoS::AtLeastOnce);
@@ -274,7 +275,7 @@ fn expired_messages_are_dropped_not_sent() {
 #[test]
 fn qos0_stored_entries_are_acked_when_sent() {
     let now = Instant::now();
-    let mut s = Outbound::new(Arc::from("c"), true, config(4, 16));
+    let mut s = Outbound::new(Arc::from("c"), true, 0, config(4, 16));
     s.attach(65535, now);
     s.loaded(0, 16, vec![], now);
     let actions = s.deliver_stored(stored(0, QoS::AtMostOnce), now);
@@ -288,7 +289,7 @@ fn seq_derived_packet_ids_wrap_and_wait_for_a_busy_id() {
     assert_eq!(packet_id_of_seq(65_534), 65_535);
     assert_eq!(packet_id_of_seq(65_535), 1);
     let now = Instant::now();
-    let mut s = Outbound::new(Arc::from("c"), true, config(4, 16));
+    let mut s = Outbound::new(Arc::from("c"), true, 0, config(4, 16));
     s.attach(65535, now);
     s.loaded(0, 16, vec![], now);
     s.deliver_stored(stored(0, QoS::AtLeastOnce), now);
@@ -317,4 +318,35 @@ fn inbound_qos2_ids_are_remembered_until_pubrel_or_timeout() {
         vec![8]
     );
     assert!(i.is_empty());
+}
+
+#[test]
+fn entries_sent_by_an_earlier_connection_are_resent_with_dup() {
+    let now = Instant::now();
+    let mut first = Outbound::new(Arc::from("c"), true, 0, config(4, 16));
+    first.attach(65535, now);
+    first.loaded(0, 16, vec![], now);
+    first.deliver_stored(stored(0, QoS::AtLeastOnce), now);
+    assert_eq!(first.dup_below(), 1, "seq 0 was sent");
+    // The next connection re-reads seq 0 (unacked) and a never-sent seq 1.
+    let mut second = Outbound::new(Arc::from("c"), true, first.dup_below(), config(4, 16));
+    second.attach(65535, now);
+    let entry = |seq: u64| {
+        (
+            seq,
+            QueueEntry {
+                msg_id: 100 + seq,
+                qos: 1,
+                retain: false,
+                released: false,
+                subscription_ids: vec![],
+            },
+            Some(message(&format!("m{seq}"), 0)),
+        )
+    };
+    let actions = second.loaded(0, 16, vec![entry(0), entry(1)], now);
+    assert_eq!(
+        publishes(&actions),
+        vec![(Some(1), true, "m0".into()), (Some(2), false, "m1".into())]
+    );
 }

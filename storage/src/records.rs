@@ -60,6 +60,8 @@ pub struct SessionRecord {
     pub expiry_interval_s: u32,
     /// Unix milliseconds of the last disconnect; 0 = connected (or the broker died).
     pub disconnected_ms: u64,
+    /// Queue entries below this seq may have been sent: resend them with DUP.
+    pub dup_below: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -229,6 +231,7 @@ impl SessionRecord {
         out.u8(self.protocol_level);
         out.u32(self.expiry_interval_s);
         out.u64(self.disconnected_ms);
+        out.u64(self.dup_below);
         out.0
     }
 
@@ -238,6 +241,7 @@ impl SessionRecord {
             protocol_level: input.u8()?,
             expiry_interval_s: input.u32()?,
             disconnected_ms: input.u64()?,
+            dup_below: input.u64()?,
         };
         input.finish()?;
         Ok(rec)
@@ -305,6 +309,7 @@ mod tests {
             protocol_level: 5,
             expiry_interval_s: 7200,
             disconnected_ms: 12345,
+            dup_below: 42,
         };
         assert_eq!(SessionRecord::decode(&s.encode()).unwrap(), s);
         let sub = SubscriptionRecord {

@@ -221,6 +221,7 @@ fn deleting_a_session_releases_its_queue_and_subscriptions() {
                     protocol_level: 4,
                     expiry_interval_s: 60,
                     disconnected_ms: 0,
+                    dup_below: 0,
                 },
             },
             Op::PutSubscription {

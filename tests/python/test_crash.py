@@ -3,8 +3,10 @@
 This is the product's promise: PUBACK/PUBREC go out only once the message is fsynced.
 """
 
+import threading
 import time
 
+import rawmqtt as raw
 from helpers import V5, connect_props, connected, settle, unique_id
 
 N = 200
@@ -129,3 +131,101 @@ def test_crash_while_subscriber_is_draining(broker):
         )
     finally:
         second.disconnect()
+
+
+def test_concurrent_publishers_survive_kill_9(broker):
+    """Several connections publishing at once land in shared group-commit batches."""
+    topic = "crash/many"
+    cid = unique_id("crashmany")
+    sub = connected(broker.port, cid, clean=False)
+    sub.subscribe(topic, qos=1)
+    sub.disconnect()
+
+    publishers, per_publisher = 4, 100
+    expected = {f"p{p}-{i:03d}".encode() for p in range(publishers) for i in range(per_publisher)}
+    results, errors = [], []
+
+    def run(p):
+        try:
+            payloads = [f"p{p}-{i:03d}".encode() for i in range(per_publisher)]
+            results.append(publish_and_wait_all(broker.port, topic, payloads, qos=1))
+        except AssertionError as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in range(publishers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=ACK_TIMEOUT_S + 10)
+    assert not errors, errors
+    assert len(results) == publishers
+    broker.kill()
+    for pub in results:
+        pub.stop()
+    broker.start()
+
+    sub = connected(broker.port, cid, clean=False)
+    try:
+        assert sub.session_present is True
+        sub.wait_messages(len(expected), timeout_s=DELIVERY_TIMEOUT_S)
+        missing = expected - set(sub.payloads())
+        assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {sorted(missing)[:5]}"
+    finally:
+        sub.disconnect()
+
+
+def test_crash_again_during_recovery(broker):
+    """kill -9, restart, kill -9 again before any client connects, restart: nothing lost."""
+    topic = "crash/twice"
+    cid = unique_id("crashtwice")
+    sub = connected(broker.port, cid, clean=False)
+    sub.subscribe(topic, qos=1)
+    sub.disconnect()
+    payloads = [f"t-{i:03d}".encode() for i in range(100)]
+    pub = publish_and_wait_all(broker.port, topic, payloads, qos=1)
+    broker.kill()
+    pub.stop()
+    broker.start()
+    broker.kill()
+    broker.start()
+
+    sub = connected(broker.port, cid, clean=False)
+    try:
+        assert sub.session_present is True
+        sub.wait_messages(len(payloads), timeout_s=DELIVERY_TIMEOUT_S)
+        missing = set(payloads) - set(sub.payloads())
+        assert not missing, f"{len(missing)} messages lost across two crashes"
+    finally:
+        sub.disconnect()
+
+
+def test_qos2_crash_between_pubrec_and_pubrel(broker):
+    """PUBREC means the broker owns the message: after kill -9 the publisher's PUBREL is
+    completed and the subscriber gets the message exactly once."""
+    topic = "crash/pubrel"
+    sub_id, pub_id = unique_id("relsub"), unique_id("relpub")
+    sub = connected(broker.port, sub_id, clean=False)
+    sub.subscribe(topic, qos=2)
+    sub.disconnect()
+
+    with raw.RawClient(broker.port) as p:
+        assert p.connect(pub_id, clean=False)["rc"] == 0
+        p.send(raw.publish(topic, b"owned by the broker", qos=2, pid=9))
+        assert p.recv_type(raw.PUBREC).body[:2] == b"\x00\x09"
+        broker.kill()
+    broker.start()
+
+    with raw.RawClient(broker.port) as p:
+        ack = p.connect(pub_id, clean=False)
+        assert ack["session_present"] is True, "publisher's persistent session lost in the crash"
+        p.send(raw.ack(raw.PUBREL, 9))
+        assert p.recv_type(raw.PUBCOMP).body[:2] == b"\x00\x09"
+        p.send(raw.disconnect())
+
+    sub = connected(broker.port, sub_id, clean=False)
+    try:
+        sub.wait_messages(1, timeout_s=10)
+        settle(1.5)
+        assert sub.payloads() == [b"owned by the broker"]
+    finally:
+        sub.disconnect()

@@ -132,3 +132,20 @@ def test_unsubscribe_stops_delivery(shared_broker):
     finally:
         sub.disconnect()
         pub.disconnect()
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_large_payload_round_trip(shared_broker, qos):
+    """900 KB: under the default 1 MB mqtt.max_packet_size, stored and delivered intact."""
+    topic = f"large/{unique_id('t')}"
+    payload = bytes(range(256)) * (900_000 // 256)
+    sub = connected(shared_broker.port)
+    pub = connected(shared_broker.port)
+    try:
+        sub.subscribe(topic, qos=2)
+        pub.publish(topic, payload, qos=qos)
+        (m,) = sub.wait_messages(1)
+        assert m.payload == payload and m.qos == qos
+    finally:
+        sub.disconnect()
+        pub.disconnect()

@@ -301,3 +301,25 @@ def test_maximum_packet_size_from_client(shared_broker):
         # Still connected and usable.
         c.send(raw.pingreq())
         assert c.recv_type(raw.PINGRESP).type == raw.PINGRESP
+
+
+def test_retained_message_expires(shared_broker):
+    base = f"retexp/{unique_id('t')}"
+    pub = v5(shared_broker.port)
+    sub = None
+    try:
+        pub.publish(f"{base}/short", b"short", qos=1, retain=True, properties=publish_props(MessageExpiryInterval=1))
+        pub.publish(f"{base}/long", b"long", qos=1, retain=True, properties=publish_props(MessageExpiryInterval=60))
+        time.sleep(2.5)
+        sub = v5(shared_broker.port)
+        sub.subscribe(f"{base}/#", qos=1)
+        sub.wait_messages(1)
+        settle(0.7)
+        got = {m.topic: m.prop("MessageExpiryInterval") for m in sub.messages}
+        assert set(got) == {f"{base}/long"}, f"expired retained message delivered: {got}"
+        assert 50 <= got[f"{base}/long"] <= 58, f"retained expiry not decremented: {got}"
+    finally:
+        pub.publish(f"{base}/long", b"", qos=1, retain=True)
+        pub.disconnect()
+        if sub is not None:
+            sub.disconnect()

@@ -50,13 +50,16 @@ RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
 BROKER_PID=""
 PORT=""
+INTERNAL_PORT=""
+# Keep the work directory when asked to, and whenever something failed.
+KEEP=${BENCH_KEEP:-0}
 
 cleanup() {
     if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
         kill -KILL "$BROKER_PID" 2>/dev/null || true
         wait "$BROKER_PID" 2>/dev/null || true
     fi
-    if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    if [ "$KEEP" = 1 ]; then log "kept $WORK (logs, data, results.tsv)"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -77,9 +80,8 @@ bench() {
 start_quay() {
     local dir=$1
     mkdir -p "$dir/data" "$dir/log"
-    local internal=$((PORT + 10000))
     EMQX_LISTENER__TCP__EXTERNAL="127.0.0.1:$PORT" \
-    EMQX_LISTENER__TCP__INTERNAL="127.0.0.1:$internal" \
+    EMQX_LISTENER__TCP__INTERNAL="127.0.0.1:$INTERNAL_PORT" \
     EMQX_NODE__DATA_DIR="$dir/data" \
     EMQX_LOG__DIR="$dir/log" \
     EMQX_ZONE__EXTERNAL__MAX_MQUEUE_LEN=0 \
@@ -138,8 +140,14 @@ stop_broker() {
         log "broker $BROKER_PID did not stop within 60s; killing it"
         kill -KILL "$BROKER_PID" 2>/dev/null || true
     fi
-    wait "$BROKER_PID" 2>/dev/null || true
+    local code=0
+    wait "$BROKER_PID" 2>/dev/null || code=$?
     STOP_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
+    # A graceful stop exits 0; anything else (a crash on shutdown) is worth knowing.
+    if [ "$code" != 0 ]; then
+        log "broker $BROKER_PID exited with code $code on SIGTERM (its log is in $WORK)"
+        KEEP=1
+    fi
     BROKER_PID=""
 }
 
@@ -151,6 +159,8 @@ start_broker() { # start_broker NAME DIR PERSIST [nowait]
 run_one() {
     local scenario=$1 broker=$2 dir="$WORK/$1-$2" t0
     local common=(--broker "$broker" --results "$RESULTS")
+    free_port
+    INTERNAL_PORT=$PORT # Quay's second listener
     free_port
     case $scenario in
     restart)
@@ -177,7 +187,8 @@ for scenario in "${SCENARIOS[@]}"; do
     for broker in quay mosquitto; do
         log "$scenario: $broker"
         if ! run_one "$scenario" "$broker"; then
-            log "$scenario on $broker failed (logs in $WORK/$scenario-$broker; BENCH_KEEP=1 keeps them)"
+            log "$scenario on $broker failed (logs kept in $WORK/$scenario-$broker)"
+            KEEP=1
             [ -n "$BROKER_PID" ] && stop_broker
         fi
     done

@@ -289,7 +289,9 @@ pub fn record(figures: &[Figure], results: Option<&Path>) -> Result<()> {
     for f in figures {
         // For a rate, CPU per unit times units per second is the broker's share of its core.
         let cpu = match (f.cpu_us_per_unit, f.unit.ends_with("/s")) {
-            (Some(c), true) => format!("  broker {c:.2} µs cpu/unit, {:.0}% cpu", c * f.value / 1e4),
+            (Some(c), true) => {
+                format!("  broker {c:.2} µs cpu/unit, {:.0}% cpu", c * f.value / 1e4)
+            }
             (Some(c), false) => format!("  broker {c:.2} µs cpu/unit"),
             (None, _) => String::new(),
         };

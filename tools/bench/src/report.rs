@@ -58,9 +58,9 @@ fn rows<'a>(figures: &'a [Figure], scenario: Option<&str>) -> Vec<Row<'a>> {
     rows
 }
 
-/// A number as people read it: whole above 100, a few decimals below.
+/// A number as people read it: whole above 100 (and when whole), a few decimals below.
 pub fn human(v: f64) -> String {
-    if v.abs() >= 100.0 {
+    if v.abs() >= 100.0 || v.fract() == 0.0 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
         format!("{v:.1}")
