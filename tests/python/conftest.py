@@ -4,6 +4,11 @@ Every broker gets its own short temp root (`/tmp/quay-XXXX`: the control socket 
 the data dir and Unix socket paths are limited to ~108 bytes), is stopped at teardown and
 its root removed. When a test fails, the log of every broker it used is attached to the
 failure report.
+
+Run from the repo root (needs `pip install -r tests/python/requirements.txt` and the Debian
+package mosquitto-clients):
+
+    QUAY_BIN_DIR=/root/.cache/quay-target/release python3 -m pytest -q -p no:cacheprovider tests/python
 """
 
 import os
