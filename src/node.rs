@@ -127,9 +127,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     }
     let _ = std::fs::remove_file(&ctl_path);
     let _ = std::fs::remove_file(&pid_path);
-    if let Ok(broker) = Arc::try_unwrap(broker) {
-        broker.store.close();
-    }
+    broker.store.shutdown();
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The broker: shared state every connection uses (registry and routes, retained
 //! index, store, metrics), startup recovery, and the publish path.
 
+pub mod mailbox;
 mod publish;
 pub mod registry;
 

@@ -28,9 +28,7 @@ impl Broker {
     pub fn publish(self: &Arc<Self>, msg: Message, extra: Vec<Op>, done: PublishDone) -> usize {
         let msg = Arc::new(msg);
         let mut ops = extra;
-        if msg.retain {
-            self.retain(&msg, &mut ops);
-        }
+        let retained = msg.retain && self.retain(&msg, &mut ops);
         let topic = msg.topic_str();
         let targets = self.registry.targets(topic);
         let msg_id = self.store.next_msg_id();
@@ -98,26 +96,31 @@ impl Broker {
         let broker = self.clone();
         self.store.writer().submit(
             ops,
-            Box::new(move |result| match result {
-                Ok(seqs) => {
-                    for ((handle, mut out), seq) in stored.into_iter().zip(seqs) {
-                        match seq {
-                            Some(seq) => {
-                                out.seq = Some(seq);
-                                // Dropped or offline: it is stored, the session reads it back.
-                                let _ = handle.deliver(out);
-                            }
-                            None => {
-                                Metrics::inc(&broker.metrics.messages_dropped_queue_full);
-                                Metrics::inc(&broker.metrics.messages_dropped);
+            Box::new(move |result| {
+                if retained {
+                    broker.retained.committed(msg.topic_str(), &msg);
+                }
+                match result {
+                    Ok(seqs) => {
+                        for ((handle, mut out), seq) in stored.into_iter().zip(seqs) {
+                            match seq {
+                                Some(seq) => {
+                                    out.seq = Some(seq);
+                                    // Dropped or offline: it is stored, the session reads it back.
+                                    let _ = handle.deliver(out);
+                                }
+                                None => {
+                                    Metrics::inc(&broker.metrics.messages_dropped_queue_full);
+                                    Metrics::inc(&broker.metrics.messages_dropped);
+                                }
                             }
                         }
+                        done(true);
                     }
-                    done(true);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, topic = %msg.topic_str(), "publish not stored");
-                    done(false);
+                    Err(e) => {
+                        tracing::error!(error = %e, topic = %msg.topic_str(), "publish not stored");
+                        done(false);
+                    }
                 }
             }),
         );
@@ -125,7 +128,8 @@ impl Broker {
     }
 
     /// Update the retained store for a PUBLISH with RETAIN set (empty payload deletes).
-    fn retain(&self, msg: &Arc<Message>, ops: &mut Vec<Op>) {
+    /// True when a message was set (and is pending until its write commits).
+    fn retain(&self, msg: &Arc<Message>, ops: &mut Vec<Op>) -> bool {
         let topic = msg.topic_str();
         if msg.payload.is_empty() {
             if self.retained.remove(topic) {
@@ -133,7 +137,7 @@ impl Broker {
                     topic: msg.topic.clone(),
                 });
             }
-            return;
+            return false;
         }
         let limits = &self.config.retainer;
         if limits.max_payload_size > 0 && msg.payload.len() as u64 > limits.max_payload_size {
@@ -142,34 +146,37 @@ impl Broker {
                 size = msg.payload.len(),
                 "retained payload too large; not retained"
             );
-            return;
+            return false;
         }
         if limits.max_retained_messages > 0
             && !self.retained.contains(topic)
             && self.retained.len() >= limits.max_retained_messages
         {
             tracing::warn!(topic, "retained message limit reached; not retained");
-            return;
+            return false;
         }
         let mut stored = msg.to_stored();
         if stored.expiry_ms == 0 && !limits.expiry_interval.is_zero() {
             stored.expiry_ms = msg.publish_ms + limits.expiry_interval.as_millis() as u64;
         }
+        self.retained.set_pending(topic, msg.clone());
         self.retained.insert(topic);
         Metrics::inc(&self.metrics.messages_retained);
         ops.push(Op::PutRetained {
             topic: msg.topic.clone(),
             msg: stored,
         });
+        true
     }
 
     /// Retained messages for a new subscription to `filter`, live ones only.
     pub fn retained_for(&self, filter: &str) -> Vec<Arc<Message>> {
         let now = crate::message::now_ms();
-        self.retained
-            .matching(filter)
-            .into_iter()
-            .filter_map(|topic| match self.store.retained(topic.as_bytes()) {
+        let read = |topic: String| -> Option<Arc<Message>> {
+            if let Some(msg) = self.retained.pending(&topic) {
+                return (!msg.is_expired(now)).then_some(msg);
+            }
+            match self.store.retained(topic.as_bytes()) {
                 Ok(Some(stored)) if !stored.is_expired(now) => {
                     Some(Arc::new(Message::from_stored(stored)))
                 }
@@ -178,7 +185,12 @@ impl Broker {
                     tracing::warn!(topic, error = %e, "cannot read retained message");
                     None
                 }
-            })
+            }
+        };
+        self.retained
+            .matching(filter)
+            .into_iter()
+            .filter_map(read)
             .collect()
     }
 }

@@ -6,11 +6,12 @@
 //! maps. Locks are std locks held for map operations only, never across an await.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+
+use super::mailbox::Mailbox;
 
 use crate::codec::{QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use crate::message::ClientId;
@@ -37,7 +38,7 @@ pub enum ConnEvent {
 #[derive(Debug)]
 pub struct ConnLink {
     pub conn_id: u64,
-    pub tx: mpsc::UnboundedSender<ConnEvent>,
+    pub mailbox: Arc<Mailbox>,
     /// Its sender lives as long as the connection task: `changed()` erring means the
     /// task has finished (and submitted all its store writes).
     pub closed: watch::Receiver<()>,
@@ -92,8 +93,6 @@ pub const MAX_BACKLOG: usize = 10_000;
 pub struct SessionHandle {
     pub client_id: ClientId,
     state: Mutex<SessionState>,
-    /// Deliveries sent to the connection and not yet taken by it.
-    backlog: AtomicUsize,
 }
 
 impl SessionHandle {
@@ -101,7 +100,6 @@ impl SessionHandle {
         Arc::new(SessionHandle {
             client_id,
             state: Mutex::new(state),
-            backlog: AtomicUsize::new(0),
         })
     }
 
@@ -113,30 +111,29 @@ impl SessionHandle {
 
     /// Hand a delivery to the connection, if any and if its backlog has room.
     pub fn deliver(&self, out: Outgoing) -> Delivered {
-        if self.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
+        let Some(mailbox) = self.mailbox() else {
+            return Delivered::Offline;
+        };
+        if mailbox.len() >= MAX_BACKLOG {
             return Delivered::Dropped;
         }
-        if self.send(ConnEvent::Deliver(out)) {
-            self.backlog.fetch_add(1, Ordering::Relaxed);
-            Delivered::Sent
-        } else {
-            Delivered::Offline
-        }
-    }
-
-    /// The connection took one delivery off its channel.
-    pub fn took_delivery(&self) {
-        let _ = self
-            .backlog
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        mailbox.push(ConnEvent::Deliver(out));
+        Delivered::Sent
     }
 
     /// Send to the connection holding this session, if any. False when offline.
     pub fn send(&self, event: ConnEvent) -> bool {
-        match &self.state().conn {
-            Some(link) => link.tx.send(event).is_ok(),
+        match self.mailbox() {
+            Some(mailbox) => {
+                mailbox.push(event);
+                true
+            }
             None => false,
         }
+    }
+
+    fn mailbox(&self) -> Option<Arc<Mailbox>> {
+        self.state().conn.as_ref().map(|l| l.mailbox.clone())
     }
 }
 

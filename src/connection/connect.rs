@@ -9,9 +9,10 @@ use bytes::BytesMut;
 use quay_storage::{Op, SessionRecord};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::Connection;
+use crate::broker::mailbox::Mailbox;
 use crate::broker::registry::{ConnEvent, ConnLink, SessionHandle, SessionState};
 use crate::broker::Broker;
 use crate::codec::{self, ConnAck, Connect, Packet, Properties, ProtocolVersion, QoS, ReasonCode};
@@ -27,7 +28,7 @@ pub(super) async fn accept(
     zone: ZoneConfig,
     peer: SocketAddr,
     mut connect: Connect,
-    tx: mpsc::UnboundedSender<ConnEvent>,
+    mailbox: Arc<Mailbox>,
     closed: watch::Receiver<()>,
     writer: &mut OwnedWriteHalf,
 ) -> Option<Connection> {
@@ -73,14 +74,18 @@ pub(super) async fn accept(
             .state()
             .conn
             .as_ref()
-            .map(|l| (l.tx.clone(), l.closed.clone()));
-        if let Some((old_tx, mut old_closed)) = link {
+            .map(|l| (l.mailbox.clone(), l.closed.clone()));
+        if let Some((old_mailbox, mut old_closed)) = link {
             tracing::info!(client_id = %client_id, "session taken over");
             Metrics::inc(&broker.metrics.sessions_takenover);
-            let _ = old_tx.send(ConnEvent::Kick(ReasonCode::SESSION_TAKEN_OVER));
+            old_mailbox.push(ConnEvent::Kick(ReasonCode::SESSION_TAKEN_OVER));
             let _ = tokio::time::timeout(Duration::from_secs(10), old_closed.changed()).await;
         }
     }
+    // Store writes this connect depends on (a predecessor's acks, a discarded or new
+    // persistent session): CONNACK waits until they are durable. A clean session with
+    // no stored predecessor needs none.
+    let mut needs_barrier = persistent || existing.as_ref().is_some_and(|h| h.state().persistent);
     let resume = !connect.clean_start
         && existing.as_ref().is_some_and(|h| {
             let st = h.state();
@@ -89,7 +94,7 @@ pub(super) async fn accept(
     let conn_id = broker.next_conn_id();
     let link = ConnLink {
         conn_id,
-        tx: tx.clone(),
+        mailbox: mailbox.clone(),
         closed,
     };
     let mut dup_below = 0;
@@ -160,9 +165,8 @@ pub(super) async fn accept(
     }
     // Everything submitted before (the old connection's acks, the session record) is
     // durable before we read the stored queue or acknowledge the session.
-    let writer_handle = broker.store.writer().clone();
-    let barrier = tokio::task::spawn_blocking(move || writer_handle.barrier()).await;
-    if !matches!(barrier, Ok(Ok(()))) {
+    needs_barrier |= resume;
+    if needs_barrier && !store_barrier(broker).await {
         tracing::error!(client_id = %client_id, "store unavailable at connect");
         broker.registry.remove(&handle);
         refuse(ReasonCode::SERVER_UNAVAILABLE).await;
@@ -232,8 +236,8 @@ pub(super) async fn accept(
         alias_out: Default::default(),
         alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         pending_in: Default::default(),
-        tx,
-        wbuf: BytesMut::with_capacity(4096),
+        mailbox,
+        wbuf: BytesMut::new(),
         last_packet_at: now,
         zone,
     };
@@ -247,6 +251,18 @@ pub(super) async fn accept(
     let actions = conn.outbound.attach(receive_max, now);
     conn.execute(actions);
     Some(conn)
+}
+
+/// Wait, without blocking a thread, until everything submitted so far is durable.
+async fn store_barrier(broker: &Broker) -> bool {
+    let (tx, rx) = oneshot::channel();
+    broker.store.writer().submit(
+        Vec::new(),
+        Box::new(move |result| {
+            let _ = tx.send(result.is_ok());
+        }),
+    );
+    rx.await.unwrap_or(false)
 }
 
 /// Checks that refuse the connection with a CONNACK reason.

@@ -18,8 +18,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
+use crate::broker::mailbox::Mailbox;
 use crate::broker::registry::{ConnEvent, SessionHandle};
 use crate::broker::Broker;
 use crate::codec::{self, Disconnect, LastWill, Packet, ProtocolVersion, ReasonCode};
@@ -63,7 +64,7 @@ pub(crate) struct Connection {
     alias_out_max: u16,
     /// Inbound QoS 1/2 packet ids waiting for the store: did they match a subscriber?
     pending_in: HashMap<u16, bool>,
-    tx: mpsc::UnboundedSender<ConnEvent>,
+    mailbox: Arc<Mailbox>,
     wbuf: BytesMut,
     last_packet_at: Instant,
 }
@@ -79,7 +80,8 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let max_packet = broker.config.mqtt.max_packet_size as usize;
-    let mut rbuf = BytesMut::with_capacity(4096);
+    // Buffers start empty and grow on demand: idle connections must stay small.
+    let mut rbuf = BytesMut::new();
     // CONNECT must arrive within idle_timeout.
     let connect = tokio::time::timeout(zone.idle_timeout, async {
         loop {
@@ -114,15 +116,22 @@ pub async fn serve(
         }
     };
     Metrics::inc(&broker.metrics.packets_connect);
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mailbox = Arc::new(Mailbox::default());
     let (closed_tx, closed_rx) = watch::channel(());
-    let mut conn =
-        match connect::accept(&broker, zone, peer, *connect, tx, closed_rx, &mut writer).await {
-            Some(conn) => conn,
-            None => return,
-        };
+    let accepted = connect::accept(
+        &broker,
+        zone,
+        peer,
+        *connect,
+        mailbox.clone(),
+        closed_rx,
+        &mut writer,
+    );
+    let Some(mut conn) = accepted.await else {
+        return;
+    };
     let close = conn
-        .run(&mut reader, &mut writer, &mut rbuf, &mut rx, &mut shutdown)
+        .run(&mut reader, &mut writer, &mut rbuf, &mailbox, &mut shutdown)
         .await;
     conn.finish(close, &mut writer).await;
     drop(closed_tx);
@@ -134,7 +143,7 @@ impl Connection {
         reader: &mut tokio::net::tcp::OwnedReadHalf,
         writer: &mut OwnedWriteHalf,
         rbuf: &mut BytesMut,
-        rx: &mut mpsc::UnboundedReceiver<ConnEvent>,
+        mailbox: &Mailbox,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Close {
         let max_packet = self.broker.config.mqtt.max_packet_size as usize;
@@ -149,7 +158,11 @@ impl Connection {
                     return Close::Lost;
                 }
                 Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
-                self.wbuf.clear();
+                if self.wbuf.capacity() > 64 * 1024 {
+                    self.wbuf = BytesMut::new();
+                } else {
+                    self.wbuf.clear();
+                }
             }
             let deadline = self.next_deadline();
             tokio::select! {
@@ -161,19 +174,21 @@ impl Connection {
                         if let Err(close) = self.decode_all(rbuf, max_packet) {
                             return close;
                         }
+                        if rbuf.is_empty() && rbuf.capacity() > 64 * 1024 {
+                            *rbuf = BytesMut::new();
+                        }
                     }
                 },
-                event = rx.recv() => {
-                    let Some(event) = event else { return Close::Lost };
-                    if let Err(close) = self.on_event(event) {
-                        return close;
-                    }
-                    // Drain what else is ready, bounded, before writing once.
-                    for _ in 0..256 {
-                        match rx.try_recv() {
-                            Ok(event) => if let Err(close) = self.on_event(event) { return close },
-                            Err(_) => break,
+                _ = mailbox.wait() => {
+                    // Take what is there, bounded, before writing once.
+                    for _ in 0..1024 {
+                        let Some(event) = mailbox.pop() else { break };
+                        if let Err(close) = self.on_event(event) {
+                            return close;
                         }
+                    }
+                    if !mailbox.is_empty() {
+                        mailbox.push_wakeup();
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {
@@ -248,7 +263,6 @@ impl Connection {
         let now = Instant::now();
         match event {
             ConnEvent::Deliver(out) => {
-                self.handle.took_delivery();
                 let actions = if out.seq.is_some() {
                     self.outbound.deliver_stored(out, now)
                 } else {

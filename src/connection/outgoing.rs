@@ -5,8 +5,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
-
 use super::Connection;
 use crate::codec::{self, Packet, Properties, PubResp, Publish, ReasonCode};
 use crate::message::{now_ms, Message};
@@ -114,20 +112,23 @@ impl Connection {
             properties,
             payload: msg.payload.clone(),
         });
-        let mut buf = BytesMut::new();
-        if let Err(e) = codec::encode(&packet, self.version, &mut buf) {
+        // Encoded straight into the write buffer; taken back out if too large.
+        let before = self.wbuf.len();
+        if let Err(e) = codec::encode(&packet, self.version, &mut self.wbuf) {
             tracing::warn!(client_id = %self.client_id, error = %e, "cannot encode PUBLISH");
+            self.wbuf.truncate(before);
             return false;
         }
-        if buf.len() > self.client_max_packet {
-            tracing::info!(client_id = %self.client_id, size = buf.len(), max = self.client_max_packet, "PUBLISH larger than the client accepts; dropped");
+        let size = self.wbuf.len() - before;
+        if size > self.client_max_packet {
+            self.wbuf.truncate(before);
+            tracing::info!(client_id = %self.client_id, size, max = self.client_max_packet, "PUBLISH larger than the client accepts; dropped");
             Metrics::inc(&self.broker.metrics.messages_dropped_too_large);
             return false;
         }
         if let Some(alias) = new_alias {
             self.alias_out.insert(msg.topic.clone(), alias);
         }
-        self.wbuf.extend_from_slice(&buf);
         Metrics::inc(&self.broker.metrics.packets_sent);
         Metrics::inc(&self.broker.metrics.messages_sent);
         true

@@ -167,14 +167,14 @@ impl Connection {
             }
         }
         let qos = p.qos;
-        let tx = self.tx.clone();
+        let mailbox = self.mailbox.clone();
         // Placeholder until `publish` returns; the Durable event is handled after.
         self.pending_in.insert(packet_id, true);
         let matched = self.broker.publish(
             msg,
             extra,
             Box::new(move |ok| {
-                let _ = tx.send(ConnEvent::Durable { packet_id, qos, ok });
+                mailbox.push(ConnEvent::Durable { packet_id, qos, ok });
             }),
         );
         self.pending_in.insert(packet_id, matched > 0);
@@ -336,16 +336,16 @@ impl Connection {
             let _ = self.on_event(ConnEvent::Reply(Box::new(reply), retained));
             return;
         }
-        let tx = self.tx.clone();
+        let mailbox = self.mailbox.clone();
         self.broker.store.writer().submit(
             ops,
             Box::new(move |result| {
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "subscription change not stored");
-                    let _ = tx.send(ConnEvent::Kick(ReasonCode::UNSPECIFIED_ERROR));
+                    mailbox.push(ConnEvent::Kick(ReasonCode::UNSPECIFIED_ERROR));
                     return;
                 }
-                let _ = tx.send(ConnEvent::Reply(Box::new(reply), retained));
+                mailbox.push(ConnEvent::Reply(Box::new(reply), retained));
             }),
         );
     }

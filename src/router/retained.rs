@@ -1,24 +1,51 @@
 //! The retained-message index: which topics hold a retained message.
 //!
 //! Only topics are in memory; messages stay in the store's `retained` column family
-//! and are read when a subscription asks for them.
+//! and are read when a subscription asks for them. A message whose store write is
+//! still in flight is kept in `pending` until the write commits, so a subscriber that
+//! comes in between still gets it.
 
-use std::collections::BTreeSet;
-use std::sync::RwLock;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 
+use crate::message::Message;
 use crate::topic;
 
 #[derive(Debug, Default)]
 pub struct RetainedIndex {
     topics: RwLock<BTreeSet<String>>,
+    pending: Mutex<HashMap<String, Arc<Message>>>,
 }
 
 impl RetainedIndex {
+    /// `msg` is being written for `topic`; serve it from memory until `committed`.
+    pub fn set_pending(&self, topic: &str, msg: Arc<Message>) {
+        self.pending_map().insert(topic.to_owned(), msg);
+    }
+
+    /// The write of `msg` committed (or failed): read `topic` from the store again,
+    /// unless a newer message replaced it meanwhile.
+    pub fn committed(&self, topic: &str, msg: &Arc<Message>) {
+        let mut pending = self.pending_map();
+        if pending.get(topic).is_some_and(|m| Arc::ptr_eq(m, msg)) {
+            pending.remove(topic);
+        }
+    }
+
+    pub fn pending(&self, topic: &str) -> Option<Arc<Message>> {
+        self.pending_map().get(topic).cloned()
+    }
+
+    fn pending_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Message>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn insert(&self, topic: &str) -> bool {
         self.write().insert(topic.to_owned())
     }
 
     pub fn remove(&self, topic: &str) -> bool {
+        self.pending_map().remove(topic);
         self.write().remove(topic)
     }
 

@@ -8,7 +8,7 @@
 //! | column family | key                                  | value                |
 //! |---------------|--------------------------------------|----------------------|
 //! | `msgs`        | msg_id u64                           | `StoredMessage`      |
-//! | `refs`        | msg_id u64                           | u32 live references  |
+//! | `refs`        | msg_id u64                           | u32 references (absent = 1) |
 //! | `sessions`    | client                               | `SessionRecord`      |
 //! | `subs`        | client_prefix · filter bytes         | `SubscriptionRecord` |
 //! | `queue`       | client_prefix · seq u64              | `QueueEntry`         |

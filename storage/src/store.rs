@@ -88,6 +88,10 @@ impl Store {
             let mut cf_opts = Options::default();
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
+            if *name == keys::CF_REFS {
+                // Most lookups miss (single-reference messages have no key).
+                table.set_bloom_filter(10.0, false);
+            }
             cf_opts.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
@@ -124,7 +128,14 @@ impl Store {
     /// Stop the writer (committing what was submitted) and release the database once
     /// every other clone of this store is gone.
     pub fn close(self) {
+        self.shutdown();
+    }
+
+    /// Stop the writer and RocksDB's background flushes and compactions, waiting for
+    /// them. For process exit: no RocksDB thread may run while the process tears down.
+    pub fn shutdown(&self) {
         self.writer.stop();
+        self.db.cancel_all_background_work(true);
     }
 
     pub fn writer(&self) -> &WriterHandle {

@@ -257,11 +257,15 @@ impl Writer {
         for req in &requests {
             results.push(self.apply(&mut batch, &req.ops, &mut pending));
         }
+        // fsync only when someone waits for durability. A batch of detached writes
+        // (acks, cleanup) still reaches the WAL in the OS, so it survives a process
+        // crash; the next synced batch makes it durable against power loss too.
+        let waited = requests.iter().any(|r| r.done.is_some());
         let outcome = if batch.is_empty() {
             Ok(())
         } else {
             let mut opts = WriteOptions::default();
-            opts.set_sync(self.config.fsync);
+            opts.set_sync(self.config.fsync && waited);
             self.db.write_opt(batch, &opts)
         };
         if let Err(e) = &outcome {
@@ -398,12 +402,16 @@ impl Writer {
                 keys::msg_key(id),
                 msg.encode(),
             );
-            batch.put_cf(
-                cf(&self.db, keys::CF_REFS)?,
-                keys::msg_key(id),
-                refs.to_be_bytes(),
-            );
-            self.refs.insert(id, refs);
+            // No `refs` key means one reference: the common single-subscriber case
+            // costs no extra key.
+            if refs > 1 {
+                batch.put_cf(
+                    cf(&self.db, keys::CF_REFS)?,
+                    keys::msg_key(id),
+                    refs.to_be_bytes(),
+                );
+                self.refs.insert(id, refs);
+            }
         }
         Ok(enqueued)
     }
@@ -463,7 +471,8 @@ impl Writer {
             .get_cf(cf(&self.db, keys::CF_REFS)?, keys::msg_key(msg_id))?;
         Ok(match stored {
             Some(v) if v.len() == 4 => u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
-            _ => 0,
+            // Absent: a message written with a single reference.
+            _ => 1,
         })
     }
 
@@ -479,10 +488,13 @@ impl Writer {
     }
 
     fn release_ref(&mut self, batch: &mut WriteBatch, msg_id: u64) -> Result<()> {
-        let refs = self.refs_of(msg_id)?.saturating_sub(1);
+        let before = self.refs_of(msg_id)?;
+        let refs = before.saturating_sub(1);
         if refs == 0 {
             batch.delete_cf(cf(&self.db, keys::CF_MSGS)?, keys::msg_key(msg_id));
-            batch.delete_cf(cf(&self.db, keys::CF_REFS)?, keys::msg_key(msg_id));
+            if before > 1 {
+                batch.delete_cf(cf(&self.db, keys::CF_REFS)?, keys::msg_key(msg_id));
+            }
             self.refs.remove(&msg_id);
         } else {
             batch.put_cf(
