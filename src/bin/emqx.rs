@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 use quay::config::Config;
 use quay::ctl;
 
+/// mimalloc: less fragmentation per idle connection and cheaper small allocations
+/// than glibc's per-thread arenas (measured with tools/bench).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "emqx",

@@ -20,39 +20,35 @@ pub struct Mailbox {
 
 impl Mailbox {
     pub fn push(&self, event: ConnEvent) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(event);
+        self.queue().push_back(event);
         // Stores a permit when nobody waits, so a wake-up is never lost.
         self.notify.notify_one();
     }
 
-    pub fn pop(&self) -> Option<ConnEvent> {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let event = queue.pop_front();
-        if queue.is_empty() && queue.capacity() > 64 {
-            // A burst is over: give the memory back.
-            *queue = VecDeque::new();
+    /// Push unless `max` events already wait; false when full.
+    pub fn push_bounded(&self, event: ConnEvent, max: usize) -> bool {
+        {
+            let mut queue = self.queue();
+            if queue.len() >= max {
+                return false;
+            }
+            queue.push_back(event);
         }
-        event
-    }
-
-    pub fn len(&self) -> usize {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Make the next `wait` return at once (the reader stopped with events left).
-    pub fn push_wakeup(&self) {
         self.notify.notify_one();
+        true
+    }
+
+    /// Everything waiting, in order, in one lock (the queue keeps no memory).
+    pub fn take_all(&self) -> VecDeque<ConnEvent> {
+        std::mem::take(&mut *self.queue())
     }
 
     /// Resolves when something was pushed since the last wake-up.
     pub async fn wait(&self) {
         self.notify.notified().await
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<ConnEvent>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

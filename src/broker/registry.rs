@@ -111,29 +111,30 @@ impl SessionHandle {
 
     /// Hand a delivery to the connection, if any and if its backlog has room.
     pub fn deliver(&self, out: Outgoing) -> Delivered {
-        let Some(mailbox) = self.mailbox() else {
-            return Delivered::Offline;
-        };
-        if mailbox.len() >= MAX_BACKLOG {
-            return Delivered::Dropped;
+        // Pushed under the session lock: no Arc clone on the hot path. Lock order is
+        // session state, then mailbox; the connection takes only the mailbox lock.
+        match &self.state().conn {
+            None => Delivered::Offline,
+            Some(link)
+                if link
+                    .mailbox
+                    .push_bounded(ConnEvent::Deliver(out), MAX_BACKLOG) =>
+            {
+                Delivered::Sent
+            }
+            Some(_) => Delivered::Dropped,
         }
-        mailbox.push(ConnEvent::Deliver(out));
-        Delivered::Sent
     }
 
     /// Send to the connection holding this session, if any. False when offline.
     pub fn send(&self, event: ConnEvent) -> bool {
-        match self.mailbox() {
-            Some(mailbox) => {
-                mailbox.push(event);
+        match &self.state().conn {
+            Some(link) => {
+                link.mailbox.push(event);
                 true
             }
             None => false,
         }
-    }
-
-    fn mailbox(&self) -> Option<Arc<Mailbox>> {
-        self.state().conn.as_ref().map(|l| l.mailbox.clone())
     }
 }
 

@@ -236,6 +236,7 @@ pub(super) async fn accept(
         alias_out: Default::default(),
         alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         pending_in: Default::default(),
+        store_ops: Vec::new(),
         mailbox,
         wbuf: BytesMut::new(),
         last_packet_at: now,

@@ -64,6 +64,8 @@ pub(crate) struct Connection {
     alias_out_max: u16,
     /// Inbound QoS 1/2 packet ids waiting for the store: did they match a subscriber?
     pending_in: HashMap<u16, bool>,
+    /// Detached store writes (acks, releases), submitted once per loop turn.
+    store_ops: Vec<quay_storage::Op>,
     mailbox: Arc<Mailbox>,
     wbuf: BytesMut,
     last_packet_at: Instant,
@@ -137,6 +139,18 @@ pub async fn serve(
     drop(closed_tx);
 }
 
+/// Read what the socket has (up to 16 KiB) through a stack buffer, appending to
+/// `rbuf`: the connection's own buffer grows only to what is really pending.
+fn read_some(
+    reader: &tokio::net::tcp::OwnedReadHalf,
+    rbuf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    let mut scratch = [0u8; 16 * 1024];
+    let n = reader.try_read(&mut scratch)?;
+    rbuf.extend_from_slice(&scratch[..n]);
+    Ok(n)
+}
+
 impl Connection {
     async fn run(
         &mut self,
@@ -152,6 +166,7 @@ impl Connection {
             return close;
         }
         loop {
+            self.flush_store_ops();
             if !self.wbuf.is_empty() {
                 let n = self.wbuf.len();
                 if writer.write_all(&self.wbuf).await.is_err() {
@@ -166,29 +181,33 @@ impl Connection {
             }
             let deadline = self.next_deadline();
             tokio::select! {
-                read = reader.read_buf(rbuf) => match read {
-                    Ok(0) | Err(_) => return Close::Lost,
-                    Ok(n) => {
-                        Metrics::add(&self.broker.metrics.bytes_received, n as u64);
-                        self.last_packet_at = Instant::now();
-                        if let Err(close) = self.decode_all(rbuf, max_packet) {
-                            return close;
-                        }
-                        if rbuf.is_empty() && rbuf.capacity() > 64 * 1024 {
-                            *rbuf = BytesMut::new();
-                        }
+                ready = reader.readable() => {
+                    if ready.is_err() {
+                        return Close::Lost;
                     }
-                },
+                    match read_some(reader, rbuf) {
+                        Ok(0) => return Close::Lost,
+                        Ok(n) => {
+                            Metrics::add(&self.broker.metrics.bytes_received, n as u64);
+                            self.last_packet_at = Instant::now();
+                            if let Err(close) = self.decode_all(rbuf, max_packet) {
+                                return close;
+                            }
+                            if rbuf.is_empty() {
+                                // Decoded payloads keep their own share of the old
+                                // allocation; an idle connection holds none.
+                                *rbuf = BytesMut::new();
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Close::Lost,
+                    }
+                }
                 _ = mailbox.wait() => {
-                    // Take what is there, bounded, before writing once.
-                    for _ in 0..1024 {
-                        let Some(event) = mailbox.pop() else { break };
+                    for event in mailbox.take_all() {
                         if let Err(close) = self.on_event(event) {
                             return close;
                         }
-                    }
-                    if !mailbox.is_empty() {
-                        mailbox.push_wakeup();
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {
@@ -248,12 +267,10 @@ impl Connection {
         for id in self.inbound.expire(now, self.zone.await_rel_timeout) {
             tracing::warn!(client_id = %self.client_id, packet_id = id, "PUBREL not received in time; id released");
             if self.persistent {
-                self.broker.store.writer().submit_detached(vec![
-                    quay_storage::Op::DeleteAwaitingRel {
-                        client: self.client_id.clone(),
-                        packet_id: id,
-                    },
-                ]);
+                self.store_ops.push(quay_storage::Op::DeleteAwaitingRel {
+                    client: self.client_id.clone(),
+                    packet_id: id,
+                });
             }
         }
         Ok(())
@@ -295,6 +312,9 @@ impl Connection {
     /// Leave: say why (v5), publish the will if due, and hand the session back to
     /// the registry (offline) or end it.
     async fn finish(mut self, close: Close, writer: &mut OwnedWriteHalf) {
+        // Before anything else: a successor waits for this task to end and then for
+        // the store, so our acks must be submitted by then.
+        self.flush_store_ops();
         let reason = match &close {
             Close::Error(r) | Close::Kicked(r) => Some(*r),
             _ => None,

@@ -15,7 +15,6 @@ impl Connection {
     /// Run actions until none are left (some produce more: a page read, a discard).
     pub(super) fn execute(&mut self, actions: Vec<crate::session::Action>) {
         let mut work: VecDeque<Action> = actions.into();
-        let mut store_ops = Vec::new();
         while let Some(action) = work.pop_front() {
             match action {
                 Action::Publish {
@@ -34,7 +33,7 @@ impl Connection {
                     reason: ReasonCode::Success,
                     properties: Properties::default(),
                 })),
-                Action::Store(op) => store_ops.push(op),
+                Action::Store(op) => self.store_ops.push(op),
                 Action::LoadQueue { from, limit } => work.extend(self.load_page(from, limit)),
                 Action::Dropped(reason) => {
                     let m = &self.broker.metrics;
@@ -46,8 +45,13 @@ impl Connection {
                 }
             }
         }
-        if !store_ops.is_empty() {
-            self.broker.store.writer().submit_detached(store_ops);
+    }
+
+    /// Submit the store writes gathered since the last call, as one request.
+    pub(super) fn flush_store_ops(&mut self) {
+        if !self.store_ops.is_empty() {
+            let ops = std::mem::take(&mut self.store_ops);
+            self.broker.store.writer().submit_detached(ops);
         }
     }
 

@@ -52,13 +52,10 @@ impl Connection {
             Packet::PubRel(r) => {
                 let reason = if self.inbound.release(r.packet_id) {
                     if self.persistent {
-                        self.broker
-                            .store
-                            .writer()
-                            .submit_detached(vec![Op::DeleteAwaitingRel {
-                                client: self.client_id.clone(),
-                                packet_id: r.packet_id,
-                            }]);
+                        self.store_ops.push(Op::DeleteAwaitingRel {
+                            client: self.client_id.clone(),
+                            packet_id: r.packet_id,
+                        });
                     }
                     ReasonCode::Success
                 } else {

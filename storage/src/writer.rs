@@ -209,22 +209,28 @@ impl Writer {
             let Ok(Msg::Write(first)) = rx.recv() else {
                 break;
             };
+            let mut waited = first.done.is_some();
             let mut requests = vec![first];
+            // Gather what is already queued. Wait out the window only for a batch
+            // that will be fsynced (someone waits): that is what the wait amortizes.
+            // Detached writes (acks) go at once, without extra wake-ups.
             let deadline = Instant::now() + self.config.batch_window;
             while requests.len() < self.config.batch_max {
-                // Take whatever is already waiting; then wait out the window.
                 let next = match rx.try_recv() {
                     Ok(m) => Ok(m),
                     Err(_) => {
                         let now = Instant::now();
-                        if now >= deadline {
+                        if !waited || now >= deadline {
                             break;
                         }
                         rx.recv_timeout(deadline - now)
                     }
                 };
                 match next {
-                    Ok(Msg::Write(r)) => requests.push(r),
+                    Ok(Msg::Write(r)) => {
+                        waited |= r.done.is_some();
+                        requests.push(r);
+                    }
                     Ok(Msg::Stop) => {
                         stopping = true;
                         break;
