@@ -226,7 +226,7 @@ pub(super) async fn accept(
         outbound: Outbound::new(client_id.clone(), persistent, dup_below, session_config),
         inbound: Inbound::new(zone.max_awaiting_rel, restored, now),
         keep_alive: Duration::from_secs(keep_alive as u64),
-        will: connect.will.take(),
+        will: connect.will.take().map(Box::new),
         client_max_packet: connect
             .properties
             .maximum_packet_size

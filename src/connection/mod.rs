@@ -54,7 +54,8 @@ pub(crate) struct Connection {
     outbound: Outbound,
     inbound: Inbound,
     keep_alive: Duration,
-    will: Option<LastWill>,
+    /// Boxed: a full v5 property set is large and most clients have no will.
+    will: Option<Box<LastWill>>,
     /// Largest packet the client accepts (v5 Maximum Packet Size).
     client_max_packet: usize,
     /// Topic aliases the client set (v5).
@@ -84,8 +85,10 @@ pub async fn serve(
     let max_packet = broker.config.mqtt.max_packet_size as usize;
     // Buffers start empty and grow on demand: idle connections must stay small.
     let mut rbuf = BytesMut::new();
-    // CONNECT must arrive within idle_timeout.
-    let connect = tokio::time::timeout(zone.idle_timeout, async {
+    // CONNECT must arrive within idle_timeout. The connect and teardown stages are
+    // boxed: they are large and short-lived, and inlined they would size the future
+    // that an idle connection keeps for its whole life.
+    let connect = Box::pin(tokio::time::timeout(zone.idle_timeout, async {
         loop {
             match codec::decode_connect(&mut rbuf, max_packet) {
                 Ok(Some(p)) => return Ok(p),
@@ -97,7 +100,7 @@ pub async fn serve(
                 Ok(_) => {}
             }
         }
-    })
+    }))
     .await;
     let connect = match connect {
         Ok(Ok(Packet::Connect(c))) => c,
@@ -120,7 +123,7 @@ pub async fn serve(
     Metrics::inc(&broker.metrics.packets_connect);
     let mailbox = Arc::new(Mailbox::default());
     let (closed_tx, closed_rx) = watch::channel(());
-    let accepted = connect::accept(
+    let accepted = Box::pin(connect::accept(
         &broker,
         zone,
         peer,
@@ -128,14 +131,14 @@ pub async fn serve(
         mailbox.clone(),
         closed_rx,
         &mut writer,
-    );
+    ));
     let Some(mut conn) = accepted.await else {
         return;
     };
     let close = conn
         .run(&mut reader, &mut writer, &mut rbuf, &mailbox, &mut shutdown)
         .await;
-    conn.finish(close, &mut writer).await;
+    Box::pin(conn.finish(close, &mut writer)).await;
     drop(closed_tx);
 }
 
@@ -342,5 +345,29 @@ impl Connection {
         };
         tracing::info!(client_id = %self.client_id, peer = %self.peer, ?close, "disconnected");
         self.detach(publish_will);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle connection keeps this future alive for its whole life: it is the
+    /// largest part of its memory. Connect and teardown stages are boxed to keep it
+    /// small; this guards against inlining a large stage again.
+    #[tokio::test]
+    async fn the_connection_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::defaults(dir.path());
+        config.node.data_dir = dir.path().join("data");
+        let broker = crate::broker::Broker::open(config).unwrap();
+        let zone = broker.config.zone("external").clone();
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let fut = super::serve(broker.clone(), zone, stream, peer, shutdown);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 2560, "connection future is {size} bytes");
+        assert!(std::mem::size_of::<super::Connection>() <= 768);
     }
 }
