@@ -240,13 +240,24 @@ impl Connection {
         }
     }
 
+    /// Silence after which the client is gone: keepalive × backoff × 2 (EMQX's rule,
+    /// 1.5× by default); None without keepalive or when too large to matter.
+    fn keepalive_timeout(&self) -> Option<Duration> {
+        if self.keep_alive.is_zero() {
+            return None;
+        }
+        Duration::try_from_secs_f64(
+            self.keep_alive.as_secs_f64() * self.zone.keepalive_backoff * 2.0,
+        )
+        .ok()
+    }
+
     fn next_deadline(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
-        let keepalive = if self.keep_alive.is_zero() {
-            far
-        } else {
-            self.last_packet_at + self.keep_alive.mul_f64(self.zone.keepalive_backoff * 2.0)
-        };
+        let keepalive = self
+            .keepalive_timeout()
+            .and_then(|t| self.last_packet_at.checked_add(t))
+            .unwrap_or(far);
         let retry = self.outbound.next_timeout().unwrap_or(far);
         // QoS 2 ids awaiting PUBREL are swept once a second at most.
         let rel = if self.inbound.is_empty() {
@@ -258,9 +269,9 @@ impl Connection {
     }
 
     fn on_timer(&mut self, now: Instant) -> Result<(), Close> {
-        if !self.keep_alive.is_zero()
-            && now.saturating_duration_since(self.last_packet_at)
-                >= self.keep_alive.mul_f64(self.zone.keepalive_backoff * 2.0)
+        if self
+            .keepalive_timeout()
+            .is_some_and(|t| now.saturating_duration_since(self.last_packet_at) >= t)
         {
             tracing::info!(client_id = %self.client_id, "keepalive timeout");
             return Err(Close::Error(ReasonCode::KEEP_ALIVE_TIMEOUT));

@@ -319,9 +319,10 @@ impl Outbound {
 
     /// When `tick` next has work.
     pub fn next_timeout(&self) -> Option<Instant> {
+        // checked: a configured interval may be absurdly large, never a panic.
         self.inflight
             .values()
-            .map(|f| f.sent_at + self.config.retry_interval)
+            .filter_map(|f| f.sent_at.checked_add(self.config.retry_interval))
             .min()
     }
 

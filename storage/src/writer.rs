@@ -214,7 +214,8 @@ impl Writer {
             // Gather what is already queued. Wait out the window only for a batch
             // that will be fsynced (someone waits): that is what the wait amortizes.
             // Detached writes (acks) go at once, without extra wake-ups.
-            let deadline = Instant::now() + self.config.batch_window;
+            let now = Instant::now();
+            let deadline = now.checked_add(self.config.batch_window).unwrap_or(now);
             while requests.len() < self.config.batch_max {
                 let next = match rx.try_recv() {
                     Ok(m) => Ok(m),
