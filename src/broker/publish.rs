@@ -33,6 +33,7 @@ impl Broker {
         let targets = self.registry.targets(topic);
         let msg_id = self.store.next_msg_id();
         let mut stored: Vec<(Arc<SessionHandle>, Outgoing)> = Vec::new();
+        let mut enqueues: Vec<Op> = Vec::new();
         let mut matched = 0;
         for t in targets {
             if t.no_local && *t.handle.client_id == *msg.from {
@@ -53,6 +54,7 @@ impl Broker {
                 retain: msg.retain && t.retain_as_published,
                 subscription_ids: t.subscription_ids,
                 resend: false,
+                inline: false,
             };
             let (persistent, online, max_len) = {
                 let st = t.handle.state();
@@ -60,7 +62,7 @@ impl Broker {
             };
             let store_qos0 = self.config.zone("external").mqueue_store_qos0;
             if persistent && (qos != QoS::AtMostOnce || (!online && store_qos0)) {
-                ops.push(Op::Enqueue {
+                enqueues.push(Op::Enqueue {
                     client: t.handle.client_id.clone(),
                     entry: QueueEntry {
                         msg_id,
@@ -68,6 +70,7 @@ impl Broker {
                         retain: out.retain,
                         released: false,
                         subscription_ids: out.subscription_ids.clone(),
+                        inline: None,
                     },
                     max_len,
                 });
@@ -80,18 +83,24 @@ impl Broker {
         if matched == 0 {
             Metrics::inc(&self.metrics.messages_dropped_no_subscribers);
         }
+        match (enqueues.as_mut_slice(), stored.as_mut_slice()) {
+            ([], _) => {}
+            // One persistent subscriber: the message goes inside its queue entry, still
+            // written once, and its ack is one delete.
+            ([Op::Enqueue { entry, .. }], [(_, out)]) => {
+                entry.inline = Some(msg.to_stored());
+                out.inline = true;
+            }
+            _ => ops.push(Op::Message {
+                id: msg_id,
+                msg: msg.to_stored(),
+            }),
+        }
+        // Enqueues follow the Message op: the writer counts references in op order.
+        ops.append(&mut enqueues);
         if ops.is_empty() {
             done(true);
             return matched;
-        }
-        if !stored.is_empty() {
-            ops.insert(
-                0,
-                Op::Message {
-                    id: msg_id,
-                    msg: msg.to_stored(),
-                },
-            );
         }
         let broker = self.clone();
         self.store.writer().submit(

@@ -64,18 +64,32 @@ impl Connection {
                 return self.outbound.loaded(from, limit, Vec::new(), now);
             }
         };
-        let ids: Vec<u64> = entries.iter().map(|(_, e)| e.msg_id).collect();
-        let msgs = match self.broker.store.messages(&ids) {
-            Ok(m) => m,
+        // Inline entries carry their message; the rest are read from the log at once.
+        let ids: Vec<u64> = entries
+            .iter()
+            .filter(|(_, e)| e.inline.is_none())
+            .map(|(_, e)| e.msg_id)
+            .collect();
+        let mut logged = match self.broker.store.messages(&ids) {
+            Ok(m) => m.into_iter(),
             Err(e) => {
                 tracing::error!(client_id = %self.client_id, error = %e, "cannot read queued messages");
-                vec![None; ids.len()]
+                vec![None; ids.len()].into_iter()
             }
         };
         let page = entries
             .into_iter()
-            .zip(msgs)
-            .map(|((seq, entry), msg)| (seq, entry, msg.map(|m| Arc::new(Message::from_stored(m)))))
+            .map(|(seq, entry)| {
+                let stored = match &entry.inline {
+                    Some(m) => Some(m.clone()),
+                    None => logged.next().flatten(),
+                };
+                (
+                    seq,
+                    entry,
+                    stored.map(|m| Arc::new(Message::from_stored(m))),
+                )
+            })
             .collect();
         self.outbound.loaded(from, limit, page, now)
     }

@@ -281,6 +281,7 @@ impl Connection {
                             retain: true,
                             subscription_ids: if sub_id != 0 { vec![sub_id] } else { vec![] },
                             resend: false,
+                            inline: false,
                             msg: Arc::clone(&msg),
                         });
                     }

@@ -65,16 +65,26 @@ pub struct Outgoing {
     pub subscription_ids: Vec<u32>,
     /// Possibly sent before (a stored entry re-read after a reconnect): send with DUP.
     pub resend: bool,
+    /// The stored entry holds the message itself (see `QueueEntry::inline`): acking
+    /// it releases no reference in the message log.
+    pub inline: bool,
 }
 
 impl Outgoing {
-    fn queue_entry(&self, released: bool) -> quay_storage::QueueEntry {
+    /// The message-log reference this delivery holds, if any.
+    pub fn msg_ref(&self) -> Option<u64> {
+        (!self.inline).then_some(self.msg_id)
+    }
+
+    /// The stored form of a released QoS 2 entry: no message (inline or not) is kept.
+    fn released_entry(&self) -> quay_storage::QueueEntry {
         quay_storage::QueueEntry {
             msg_id: self.msg_id,
             qos: self.qos as u8,
             retain: self.retain,
-            released,
+            released: true,
             subscription_ids: self.subscription_ids.clone(),
+            inline: None,
         }
     }
 }

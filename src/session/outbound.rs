@@ -199,6 +199,7 @@ impl Outbound {
                             retain: entry.retain,
                             subscription_ids: entry.subscription_ids,
                             resend: true,
+                            inline: false,
                         },
                         stage: Stage::Comp,
                         sent_at: now,
@@ -221,6 +222,7 @@ impl Outbound {
                 retain: entry.retain,
                 subscription_ids: entry.subscription_ids,
                 resend: seq < self.dup_below,
+                inline: entry.inline.is_some(),
             });
         }
         self.cursor = if full_page {
@@ -257,7 +259,8 @@ impl Outbound {
                     actions.push(Action::Store(Op::Release {
                         client: self.client.clone(),
                         seq,
-                        entry: f.out.queue_entry(true),
+                        entry: f.out.released_entry(),
+                        msg_id: f.out.msg_ref(),
                     }));
                 }
                 actions.push(Action::PubRel(packet_id));
@@ -289,7 +292,11 @@ impl Outbound {
         }
         if let Some(f) = self.inflight.remove(&packet_id) {
             if let Some(seq) = f.out.seq {
-                let msg_id = (stage != Stage::Comp).then_some(f.out.msg_id);
+                let msg_id = if stage == Stage::Comp {
+                    None
+                } else {
+                    f.out.msg_ref()
+                };
                 actions.push(self.ack_op(seq, msg_id));
             }
         }
@@ -339,7 +346,7 @@ impl Outbound {
             if out.qos == QoS::AtMostOnce {
                 if let Some(seq) = out.seq {
                     self.sent_hi = self.sent_hi.max(seq + 1);
-                    actions.push(self.ack_op(seq, Some(out.msg_id)));
+                    actions.push(self.ack_op(seq, out.msg_ref()));
                 }
                 actions.push(Action::Publish {
                     packet_id: None,
@@ -416,7 +423,7 @@ impl Outbound {
 
     fn finish_dropped(&self, out: &Outgoing, reason: DropReason, actions: &mut Vec<Action>) {
         if let Some(seq) = out.seq {
-            actions.push(self.ack_op(seq, Some(out.msg_id)));
+            actions.push(self.ack_op(seq, out.msg_ref()));
         }
         actions.push(Action::Dropped(reason));
     }

@@ -32,6 +32,7 @@ fn volatile(payload: &str, qos: QoS) -> Outgoing {
         retain: false,
         subscription_ids: vec![],
         resend: false,
+        inline: false,
     }
 }
 
@@ -171,6 +172,7 @@ fn a_persistent_session_pages_its_queue_from_the_store() {
                 retain: false,
                 released,
                 subscription_ids: vec![],
+                inline: None,
             },
             Some(message(&format!("m{seq}"), 0)),
         )
@@ -340,6 +342,7 @@ fn entries_sent_by_an_earlier_connection_are_resent_with_dup() {
                 retain: false,
                 released: false,
                 subscription_ids: vec![],
+                inline: None,
             },
             Some(message(&format!("m{seq}"), 0)),
         )

@@ -51,6 +51,9 @@ pub struct QueueEntry {
     /// QoS 2 outbound: PUBREC received, only PUBREL/PUBCOMP remain.
     pub released: bool,
     pub subscription_ids: Vec<u32>,
+    /// The message itself, when this entry is its only reference (one persistent
+    /// subscriber): then it is not in `msgs` and `msg_id` names nothing there.
+    pub inline: Option<StoredMessage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -195,10 +198,13 @@ impl QueueEntry {
         let mut out = Out::new();
         out.u64(self.msg_id);
         out.u8(self.qos);
-        out.u8(self.retain as u8 | (self.released as u8) << 1);
+        out.u8(self.retain as u8 | (self.released as u8) << 1 | (self.inline.is_some() as u8) << 2);
         out.u32(self.subscription_ids.len() as u32);
         for id in &self.subscription_ids {
             out.u32(*id);
+        }
+        if let Some(msg) = &self.inline {
+            out.bytes(&msg.encode());
         }
         out.0
     }
@@ -214,6 +220,11 @@ impl QueueEntry {
         for _ in 0..count {
             subscription_ids.push(input.u32()?);
         }
+        let inline = if flags & 4 != 0 {
+            Some(StoredMessage::decode(input.bytes()?)?)
+        } else {
+            None
+        };
         input.finish()?;
         Ok(QueueEntry {
             msg_id,
@@ -221,6 +232,7 @@ impl QueueEntry {
             retain: flags & 1 != 0,
             released: flags & 2 != 0,
             subscription_ids,
+            inline,
         })
     }
 }
@@ -298,8 +310,21 @@ mod tests {
         #[test]
         fn queue_entry_roundtrip(msg_id: u64, qos in 0u8..3, retain: bool, released: bool,
                                  ids in proptest::collection::vec(1u32..268_435_455, 0..4)) {
-            let e = QueueEntry { msg_id, qos, retain, released, subscription_ids: ids };
-            prop_assert_eq!(QueueEntry::decode(&e.encode()).unwrap(), e);
+            let e = QueueEntry { msg_id, qos, retain, released, subscription_ids: ids, inline: None };
+            prop_assert_eq!(QueueEntry::decode(&e.encode()).unwrap(), e.clone());
+            let inline = QueueEntry {
+                inline: Some(StoredMessage {
+                    publish_ms: 1, expiry_ms: 0, qos, retain, from: "p".into(),
+                    topic: Bytes::from_static(b"t/1"), payload: Bytes::from(vec![7u8; 40]),
+                    properties: Bytes::new(),
+                }),
+                ..e
+            };
+            let bytes = inline.encode();
+            prop_assert_eq!(QueueEntry::decode(&bytes).unwrap(), inline);
+            for cut in 0..bytes.len() {
+                prop_assert!(QueueEntry::decode(&bytes[..cut]).is_err());
+            }
         }
     }
 

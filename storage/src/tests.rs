@@ -27,6 +27,7 @@ fn entry(msg_id: u64) -> QueueEntry {
         retain: false,
         released: false,
         subscription_ids: vec![],
+        inline: None,
     }
 }
 
@@ -286,6 +287,7 @@ fn released_entries_keep_their_slot_but_not_the_message() {
             client: a.clone(),
             seq: 0,
             entry: released.clone(),
+            msg_id: Some(id),
         }],
     )
     .unwrap();
@@ -383,4 +385,41 @@ fn compaction_reclaims_deleted_messages() {
         after < full / 10,
         "after delete + compact: {after} of {full}"
     );
+}
+
+#[test]
+fn an_inline_message_lives_in_its_queue_entry_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a: ClientId = Arc::from("a");
+    let id = store.next_msg_id();
+    let inline = QueueEntry {
+        inline: Some(msg("t", b"only copy")),
+        ..entry(id)
+    };
+    let r = submit(
+        &store,
+        vec![Op::Enqueue {
+            client: a.clone(),
+            entry: inline.clone(),
+            max_len: 0,
+        }],
+    )
+    .unwrap();
+    assert_eq!(r, vec![Some(0)]);
+    assert!(
+        store.messages(&[id]).unwrap()[0].is_none(),
+        "not in the log"
+    );
+    assert_eq!(store.queue_range("a", 0, 10).unwrap(), vec![(0, inline)]);
+    submit(
+        &store,
+        vec![Op::Ack {
+            client: a,
+            seq: 0,
+            msg_id: None,
+        }],
+    )
+    .unwrap();
+    assert!(store.queue_range("a", 0, 10).unwrap().is_empty());
 }

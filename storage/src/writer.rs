@@ -52,11 +52,12 @@ pub enum Op {
         msg_id: Option<u64>,
     },
     /// QoS 2 outbound PUBREC: the entry now only waits for PUBCOMP; its message
-    /// reference is released.
+    /// reference (`msg_id`, none for an inline message) is released.
     Release {
         client: ClientId,
         seq: u64,
         entry: QueueEntry,
+        msg_id: Option<u64>,
     },
     PutSession {
         client: ClientId,
@@ -322,15 +323,18 @@ impl Writer {
                         entry.encode(),
                     );
                     self.next_seq.insert(client.clone(), seq + 1);
-                    match new_messages
-                        .iter_mut()
-                        .find(|(id, _, _)| *id == entry.msg_id)
-                    {
-                        Some((_, _, refs)) => *refs += 1,
-                        // A message written by an earlier request.
-                        None => self.add_ref(batch, entry.msg_id, 1)?,
+                    // An inline message is its own only reference: nothing to count.
+                    if entry.inline.is_none() {
+                        match new_messages
+                            .iter_mut()
+                            .find(|(id, _, _)| *id == entry.msg_id)
+                        {
+                            Some((_, _, refs)) => *refs += 1,
+                            // A message written by an earlier request.
+                            None => self.add_ref(batch, entry.msg_id, 1)?,
+                        }
+                        pending.add(client, entry.msg_id);
                     }
-                    pending.add(client, entry.msg_id);
                     enqueued.push(Some(seq));
                 }
                 Op::Ack {
@@ -349,13 +353,20 @@ impl Writer {
                         self.release_ref(batch, *id)?;
                     }
                 }
-                Op::Release { client, seq, entry } => {
+                Op::Release {
+                    client,
+                    seq,
+                    entry,
+                    msg_id,
+                } => {
                     batch.put_cf(
                         cf(&self.db, keys::CF_QUEUE)?,
                         keys::queue_key(client, *seq)?,
                         entry.encode(),
                     );
-                    self.release_ref(batch, entry.msg_id)?;
+                    if let Some(id) = msg_id {
+                        self.release_ref(batch, *id)?;
+                    }
                 }
                 Op::PutSession { client, record } => {
                     batch.put_cf(
@@ -538,7 +549,7 @@ impl Writer {
             for item in iter {
                 let (_, value) = item?;
                 let entry = QueueEntry::decode(&value)?;
-                if !entry.released {
+                if !entry.released && entry.inline.is_none() {
                     held.push(entry.msg_id);
                 }
             }
