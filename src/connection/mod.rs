@@ -209,6 +209,13 @@ impl Connection {
                 _ = mailbox.wait() => {
                     for event in mailbox.take_all() {
                         if let Err(close) = self.on_event(event) {
+                            if let Close::Kicked(_) = close {
+                                // What the client sent before it was replaced (a PUBACK,
+                                // a DISCONNECT) still counts: process it first.
+                                if let Err(earlier) = self.drain_socket(reader, rbuf, max_packet) {
+                                    return earlier;
+                                }
+                            }
                             return close;
                         }
                     }
@@ -221,6 +228,22 @@ impl Connection {
                 _ = shutdown.changed() => return Close::Kicked(ReasonCode::SERVER_SHUTTING_DOWN),
             }
         }
+    }
+
+    /// Process what is already readable, without waiting (bounded: 64 reads).
+    fn drain_socket(
+        &mut self,
+        reader: &tokio::net::tcp::OwnedReadHalf,
+        rbuf: &mut BytesMut,
+        max_packet: usize,
+    ) -> Result<(), Close> {
+        for _ in 0..64 {
+            match read_some(reader, rbuf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => self.decode_all(rbuf, max_packet)?,
+            }
+        }
+        Ok(())
     }
 
     fn decode_all(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<(), Close> {
