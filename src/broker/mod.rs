@@ -121,6 +121,8 @@ impl Broker {
                     subscriptions: Default::default(),
                     generation: 0,
                     max_mqueue_len: zone.max_mqueue_len as u64,
+                    upgrade_qos: zone.upgrade_qos,
+                    mqueue_store_qos0: zone.mqueue_store_qos0,
                     connected_at_ms: 0,
                     peer: String::new(),
                     protocol_level: record.protocol_level,

@@ -40,7 +40,17 @@ impl Broker {
                 continue;
             }
             matched += 1;
-            let qos = if self.config.zone("external").upgrade_qos {
+            let (persistent, online, max_len, upgrade_qos, store_qos0) = {
+                let st = t.handle.state();
+                (
+                    st.persistent,
+                    st.conn.is_some(),
+                    st.max_mqueue_len,
+                    st.upgrade_qos,
+                    st.mqueue_store_qos0,
+                )
+            };
+            let qos = if upgrade_qos {
                 t.qos
             } else {
                 msg.qos.min(t.qos)
@@ -56,11 +66,6 @@ impl Broker {
                 resend: false,
                 inline: false,
             };
-            let (persistent, online, max_len) = {
-                let st = t.handle.state();
-                (st.persistent, st.conn.is_some(), st.max_mqueue_len)
-            };
-            let store_qos0 = self.config.zone("external").mqueue_store_qos0;
             if persistent && (qos != QoS::AtMostOnce || (!online && store_qos0)) {
                 enqueues.push(Op::Enqueue {
                     client: t.handle.client_id.clone(),

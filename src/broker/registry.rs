@@ -76,7 +76,11 @@ pub struct SessionState {
     pub subscriptions: HashMap<String, SubOpts>,
     /// Bumped on every connect; a delayed will checks it did not change.
     pub generation: u64,
+    /// From the zone of the listener the client last connected through (zone
+    /// `external` for sessions recovered at start, until their client reconnects).
     pub max_mqueue_len: u64,
+    pub upgrade_qos: bool,
+    pub mqueue_store_qos0: bool,
     pub connected_at_ms: u64,
     pub peer: String,
     pub protocol_level: u8,

@@ -110,6 +110,9 @@ pub(super) async fn accept(
             st.connected_at_ms = now_ms();
             st.peer = peer.to_string();
             st.protocol_level = version.level();
+            st.max_mqueue_len = zone.max_mqueue_len as u64;
+            st.upgrade_qos = zone.upgrade_qos;
+            st.mqueue_store_qos0 = zone.mqueue_store_qos0;
             dup_below = st.dup_below;
             drop(st);
             h
@@ -140,6 +143,8 @@ pub(super) async fn accept(
                     subscriptions: Default::default(),
                     generation: 1,
                     max_mqueue_len: zone.max_mqueue_len as u64,
+                    upgrade_qos: zone.upgrade_qos,
+                    mqueue_store_qos0: zone.mqueue_store_qos0,
                     connected_at_ms: now_ms(),
                     peer: peer.to_string(),
                     protocol_level: version.level(),

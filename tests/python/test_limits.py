@@ -56,6 +56,39 @@ def test_max_mqueue_len_caps_offline_queue(broker_factory):
         c.disconnect()
 
 
+def test_each_listener_applies_its_own_zone(broker_factory):
+    """A session follows the zone of the listener its client connected through:
+    zone.internal.mqueue_store_qos0 = false keeps QoS 0 out of its offline queue while
+    zone.external (true) would store them."""
+    b = broker_factory({"zone.external.mqueue_store_qos0": "true", "zone.internal.mqueue_store_qos0": "false"})
+    topic = "zone/t"
+    sessions = {}
+    for name, port in (("ext", b.port), ("int", b.internal_port)):
+        cid = unique_id(f"zone-{name}")
+        c = connected(port, cid, clean=False)
+        c.subscribe(topic, qos=1)
+        c.disconnect()
+        sessions[name] = (cid, port)
+    pub = connected(b.port)
+    sent = [f"z{i:02d}".encode() for i in range(5)]
+    for p in sent:
+        pub.publish(topic, p, qos=0)
+    pub.publish(topic, b"qos1", qos=1)
+    pub.disconnect()
+    got = {}
+    for name, (cid, port) in sessions.items():
+        c = connected(port, cid, clean=False)
+        try:
+            assert c.session_present is True
+            c.wait_messages(1)
+            settle(1.5)
+            got[name] = sorted(c.payloads())
+        finally:
+            c.disconnect()
+    assert got["ext"] == sorted(sent + [b"qos1"]), got
+    assert got["int"] == [b"qos1"], f"internal zone stored QoS 0 while offline: {got}"
+
+
 def test_max_inflight_window_v311(broker_factory):
     b = broker_factory({"zone.external.max_inflight": 3})
     cid = unique_id("inflight")
