@@ -218,7 +218,7 @@ pub(super) async fn accept(
         max_mqueue_len: zone.max_mqueue_len,
         max_awaiting_rel: zone.max_awaiting_rel,
         await_rel_timeout: zone.await_rel_timeout,
-        page_size: 256,
+        page_size: 1024,
     };
     let mut conn = Connection {
         broker: broker.clone(),
