@@ -46,7 +46,7 @@ impl Default for SessionConfig {
             max_mqueue_len: 1000,
             max_awaiting_rel: 100,
             await_rel_timeout: Duration::from_secs(300),
-            page_size: 256,
+            page_size: 1024,
         }
     }
 }
