@@ -66,12 +66,27 @@ impl Default for StoreConfig {
     }
 }
 
-/// Shared handle: cheap to clone.
+/// Shared handle: cheap to clone. Dropping the last clone stops the writer and
+/// RocksDB's background work, so no RocksDB thread outlives the store (a thread still
+/// compacting while the process exits aborts it).
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: Arc<DB>,
     next_msg_id: Arc<AtomicU64>,
     writer: WriterHandle,
+    _close_on_drop: Arc<CloseOnDrop>,
+}
+
+struct CloseOnDrop {
+    db: Arc<DB>,
+    writer: WriterHandle,
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.writer.stop();
+        self.db.cancel_all_background_work(true);
+    }
 }
 
 impl Store {
@@ -119,6 +134,10 @@ impl Store {
             },
         );
         Ok(Store {
+            _close_on_drop: Arc::new(CloseOnDrop {
+                db: db.clone(),
+                writer: writer.clone(),
+            }),
             db,
             next_msg_id,
             writer,

@@ -164,7 +164,11 @@ impl WriterHandle {
         let _ = self.tx.send(Msg::Stop);
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
-            let _ = thread.join();
+            // A completion running on the writer thread may drop the last store
+            // handle: never join yourself.
+            if thread.thread().id() != thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }
