@@ -54,10 +54,6 @@ impl Inbound {
         self.awaiting_rel.remove(&packet_id).is_some()
     }
 
-    pub fn len(&self) -> usize {
-        self.awaiting_rel.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.awaiting_rel.is_empty()
     }

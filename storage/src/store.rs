@@ -144,12 +144,6 @@ impl Store {
         })
     }
 
-    /// Stop the writer (committing what was submitted) and release the database once
-    /// every other clone of this store is gone.
-    pub fn close(self) {
-        self.shutdown();
-    }
-
     /// Stop the writer and RocksDB's background flushes and compactions, waiting for
     /// them. For process exit: no RocksDB thread may run while the process tears down.
     pub fn shutdown(&self) {

@@ -174,7 +174,8 @@ fn sequences_and_references_survive_reopen() {
             submit(&store, ops).unwrap(),
             vec![Some(0), Some(1), Some(2)]
         );
-        store.close();
+        // Dropping the last handle stops the writer and releases the database.
+        drop(store);
     }
     let store = open(dir.path());
     assert!(
