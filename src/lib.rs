@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 mod connection;
 pub mod ctl;
+mod hibernate;
 pub mod listener;
 pub mod logging;
 pub mod message;

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
+use crate::connection::Hibernation;
 use crate::{ctl, listener};
 
 #[derive(Debug, Error)]
@@ -27,6 +28,8 @@ pub enum NodeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot start the hibernation poller: {0}")]
+    Hibernation(std::io::Error),
     #[error("control socket {path}: {source}")]
     Ctl {
         path: String,
@@ -58,6 +61,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         tracing::info!(listener = %l.name, addr = %l.bind, "listening (mqtt:tcp)");
         bound.push((l.clone(), listener));
     }
+    let hibernation = Hibernation::start().map_err(NodeError::Hibernation)?;
     let mut listeners = JoinSet::new();
     for (l, listener) in bound {
         listeners.spawn(listener::tcp::serve(
@@ -66,6 +70,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             listener,
             shutdown_rx.clone(),
             alive_tx.clone(),
+            hibernation.clone(),
         ));
     }
     let ctl_path = ctl::socket_path(&data_dir);
@@ -106,6 +111,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     }
     let _ = shutdown_tx.send(true);
     while listeners.join_next().await.is_some() {}
+    // Hibernated connections have no task to see the signal: wake them.
+    hibernation.shutdown();
     // Connections close with Server Shutting Down; give them a bounded time.
     drop(alive_tx);
     let drain = alive_rx.recv();

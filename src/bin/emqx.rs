@@ -1,5 +1,6 @@
 //! `emqx`: start, stop, run in the foreground, ping — as EMQX's start script does.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -72,10 +73,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// mimalloc returns freed pages to the OS lazily, from inside later allocator calls:
+/// a worker that goes quiet (every connection hibernated, say) would keep what its
+/// tasks freed. So a worker about to sleep collects, at most once a second.
+fn return_free_memory() {
+    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
+    LAST.with(|last| {
+        let now = Instant::now();
+        if last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            last.set(Some(now));
+            // SAFETY: no arguments to uphold; collects this thread's heap.
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        }
+    });
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("quay")
+        .on_thread_park(return_free_memory)
         .build()
         .context("starting the async runtime")
 }

@@ -4,43 +4,79 @@
 //! connection must cost little memory: an empty `VecDeque` allocates nothing, where a
 //! channel allocates a block of slots up front. Pushing never blocks (the writer thread
 //! pushes from its completions); deliveries are bounded by the caller (`MAX_BACKLOG`).
+//!
+//! A hibernated connection has no task waiting on the `Notify`: it leaves a `Waker`
+//! here instead, which the next push wakes. The mailbox also tells whoever asks when
+//! its connection has finished (`close`, `closed`), which a takeover waits for.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::task::Waker;
 
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use super::registry::ConnEvent;
 
 #[derive(Debug, Default)]
 pub struct Mailbox {
-    queue: Mutex<VecDeque<ConnEvent>>,
+    inner: Mutex<Inner>,
     notify: Notify,
+}
+
+#[derive(Debug)]
+struct Inner {
+    queue: VecDeque<ConnEvent>,
+    /// Set by a hibernating connection; taken (and woken) by the next push.
+    waker: Option<Waker>,
+    /// Who waits for `closed` (a takeover, rarely anyone); None once closed.
+    on_close: Option<Vec<oneshot::Sender<()>>>,
+}
+
+impl Default for Inner {
+    fn default() -> Inner {
+        Inner {
+            queue: VecDeque::new(),
+            waker: None,
+            on_close: Some(Vec::new()),
+        }
+    }
 }
 
 impl Mailbox {
     pub fn push(&self, event: ConnEvent) {
-        self.queue().push_back(event);
-        // Stores a permit when nobody waits, so a wake-up is never lost.
-        self.notify.notify_one();
+        let waker = {
+            let mut inner = self.inner();
+            inner.queue.push_back(event);
+            inner.waker.take()
+        };
+        self.wake(waker);
     }
 
     /// Push unless `max` events already wait; false when full.
     pub fn push_bounded(&self, event: ConnEvent, max: usize) -> bool {
-        {
-            let mut queue = self.queue();
-            if queue.len() >= max {
+        let waker = {
+            let mut inner = self.inner();
+            if inner.queue.len() >= max {
                 return false;
             }
-            queue.push_back(event);
-        }
-        self.notify.notify_one();
+            inner.queue.push_back(event);
+            inner.waker.take()
+        };
+        self.wake(waker);
         true
+    }
+
+    fn wake(&self, waker: Option<Waker>) {
+        // Stores a permit when nobody waits, so a wake-up is never lost.
+        self.notify.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Everything waiting, in order, in one lock (the queue keeps no memory).
     pub fn take_all(&self) -> VecDeque<ConnEvent> {
-        std::mem::take(&mut *self.queue())
+        std::mem::take(&mut self.inner().queue)
     }
 
     /// Resolves when something was pushed since the last wake-up.
@@ -48,7 +84,43 @@ impl Mailbox {
         self.notify.notified().await
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<ConnEvent>> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    /// Leave `waker` for the next push, unless events already wait (false).
+    pub fn arm(&self, waker: Waker) -> bool {
+        let mut inner = self.inner();
+        if !inner.queue.is_empty() {
+            return false;
+        }
+        inner.waker = Some(waker);
+        true
+    }
+
+    /// The connection has finished: wake whoever waits in `closed`.
+    pub fn close(&self) {
+        let waiting = {
+            let mut inner = self.inner();
+            inner.waker = None;
+            inner.on_close.take()
+        };
+        for tx in waiting.into_iter().flatten() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Resolves once `close` was called.
+    pub async fn closed(&self) {
+        let rx = {
+            let mut inner = self.inner();
+            let Some(waiting) = inner.on_close.as_mut() else {
+                return;
+            };
+            let (tx, rx) = oneshot::channel();
+            waiting.push(tx);
+            rx
+        };
+        let _ = rx.await;
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -40,6 +40,8 @@ pub struct Broker {
     /// One background compaction at a time.
     compacting: Arc<AtomicBool>,
     pub started_at: Instant,
+    /// Connections hibernating now (see `crate::hibernate`).
+    pub hibernated: AtomicU64,
 }
 
 impl Broker {
@@ -68,6 +70,7 @@ impl Broker {
             next_conn_id: AtomicU64::new(1),
             compacting: Arc::new(AtomicBool::new(false)),
             started_at: Instant::now(),
+            hibernated: AtomicU64::new(0),
         });
         broker.recover()?;
         tracing::info!(

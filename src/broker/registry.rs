@@ -9,8 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
-use tokio::sync::watch;
-
 use super::mailbox::Mailbox;
 
 use crate::codec::{QoS, ReasonCode, RetainHandling, SubscriptionOptions};
@@ -38,10 +36,9 @@ pub enum ConnEvent {
 #[derive(Debug)]
 pub struct ConnLink {
     pub conn_id: u64,
+    /// Closed (`Mailbox::closed`) once the connection has finished and submitted all
+    /// its store writes.
     pub mailbox: Arc<Mailbox>,
-    /// Its sender lives as long as the connection task: `changed()` erring means the
-    /// task has finished (and submitted all its store writes).
-    pub closed: watch::Receiver<()>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

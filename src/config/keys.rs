@@ -35,6 +35,7 @@ const MQTT_KEYS: &[&str] = &[
 ];
 const ZONE_KEYS: &[&str] = &[
     "idle_timeout",
+    "hibernate_after",
     "max_inflight",
     "retry_interval",
     "max_awaiting_rel",
@@ -211,6 +212,9 @@ impl Builder {
         let mut z = self.zones.get(zone).cloned().unwrap_or_default();
         match field {
             "idle_timeout" => z.idle_timeout = duration(entry)?,
+            "hibernate_after" => {
+                z.hibernate_after = Some(duration(entry)?).filter(|d| !d.is_zero())
+            }
             "max_inflight" => z.max_inflight = short(entry, 1)?,
             "retry_interval" => z.retry_interval = duration(entry)?,
             "max_awaiting_rel" => z.max_awaiting_rel = count(entry, 0)?,

@@ -143,6 +143,9 @@ pub struct MqttConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZoneConfig {
     pub idle_timeout: Duration,
+    /// Quiet time after which a connection hibernates (gives up its task until the
+    /// next packet, delivery or deadline); None (`0s`) never.
+    pub hibernate_after: Option<Duration>,
     /// 1..=65535.
     pub max_inflight: u16,
     pub retry_interval: Duration,
@@ -264,6 +267,7 @@ impl ZoneConfig {
     /// What any zone starts from: the defaults of `zone.<name>.*` keys it does not set.
     pub const DEFAULT: ZoneConfig = ZoneConfig {
         idle_timeout: Duration::from_secs(15),
+        hibernate_after: Some(Duration::from_secs(5)),
         max_inflight: 32,
         retry_interval: Duration::from_secs(30),
         max_awaiting_rel: 100,

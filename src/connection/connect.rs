@@ -9,9 +9,9 @@ use bytes::BytesMut;
 use quay_storage::{Op, SessionRecord};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-use super::Connection;
+use super::{Connection, Env};
 use crate::broker::mailbox::Mailbox;
 use crate::broker::registry::{ConnEvent, ConnLink, SessionHandle, SessionState};
 use crate::broker::Broker;
@@ -24,14 +24,13 @@ use crate::topic;
 
 /// Handle CONNECT; on success the CONNACK is written and the connection returned.
 pub(super) async fn accept(
-    broker: &Arc<Broker>,
-    zone: ZoneConfig,
+    env: Env,
     peer: SocketAddr,
     mut connect: Connect,
-    mailbox: Arc<Mailbox>,
-    closed: watch::Receiver<()>,
     writer: &mut OwnedWriteHalf,
 ) -> Option<Connection> {
+    let broker = &env.broker;
+    let zone = &env.zone;
     let version = connect.protocol;
     let refuse = |reason: ReasonCode| async move {
         tracing::info!(%peer, ?reason, "connection refused");
@@ -49,7 +48,7 @@ pub(super) async fn accept(
             let _ = writer.write_all(&buf).await;
         }
     };
-    if let Err(reason) = validate(broker, &zone, &mut connect) {
+    if let Err(reason) = validate(broker, zone, &mut connect) {
         refuse(reason).await;
         return None;
     }
@@ -63,23 +62,19 @@ pub(super) async fn accept(
         }
     }
     let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
-    let expiry_s = session_expiry(&connect, &zone, &mut ack_props);
+    let expiry_s = session_expiry(&connect, zone, &mut ack_props);
     let persistent = expiry_s > 0;
 
     // Take over a connection that holds this client id, and wait until it has gone
     // (its store writes are submitted by then; the barrier below makes them durable).
     let existing = broker.registry.get(&client_id);
     if let Some(old) = &existing {
-        let link = old
-            .state()
-            .conn
-            .as_ref()
-            .map(|l| (l.mailbox.clone(), l.closed.clone()));
-        if let Some((old_mailbox, mut old_closed)) = link {
+        let link = old.state().conn.as_ref().map(|l| l.mailbox.clone());
+        if let Some(old_mailbox) = link {
             tracing::info!(client_id = %client_id, "session taken over");
             Metrics::inc(&broker.metrics.sessions_takenover);
             old_mailbox.push(ConnEvent::Kick(ReasonCode::SESSION_TAKEN_OVER));
-            let _ = tokio::time::timeout(Duration::from_secs(10), old_closed.changed()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), old_mailbox.closed()).await;
         }
     }
     // Store writes this connect depends on (a predecessor's acks, a discarded or new
@@ -92,10 +87,10 @@ pub(super) async fn accept(
             st.persistent && st.conn.is_none()
         });
     let conn_id = broker.next_conn_id();
+    let mailbox = Arc::new(Mailbox::default());
     let link = ConnLink {
         conn_id,
         mailbox: mailbox.clone(),
-        closed,
     };
     let mut dup_below = 0;
     let handle = match (resume, existing) {
@@ -174,6 +169,7 @@ pub(super) async fn accept(
     if needs_barrier && !store_barrier(broker).await {
         tracing::error!(client_id = %client_id, "store unavailable at connect");
         broker.registry.remove(&handle);
+        mailbox.close();
         refuse(ReasonCode::SERVER_UNAVAILABLE).await;
         return None;
     }
@@ -216,12 +212,20 @@ pub(super) async fn accept(
         max_inflight: zone.max_inflight,
         retry_interval: zone.retry_interval,
         max_mqueue_len: zone.max_mqueue_len,
-        max_awaiting_rel: zone.max_awaiting_rel,
-        await_rel_timeout: zone.await_rel_timeout,
         page_size: 1024,
     };
+    let Env {
+        broker,
+        zone,
+        shutdown,
+        hibernation,
+        guard,
+    } = env;
     let mut conn = Connection {
         broker: broker.clone(),
+        shutdown,
+        hibernation,
+        _guard: guard,
         conn_id,
         peer,
         version,
@@ -230,13 +234,9 @@ pub(super) async fn accept(
         persistent,
         outbound: Outbound::new(client_id.clone(), persistent, dup_below, session_config),
         inbound: Inbound::new(zone.max_awaiting_rel, restored, now),
-        keep_alive: Duration::from_secs(keep_alive as u64),
+        keep_alive,
         will: connect.will.take().map(Box::new),
-        client_max_packet: connect
-            .properties
-            .maximum_packet_size
-            .map(|m| m as usize)
-            .unwrap_or(usize::MAX),
+        client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
         alias_in: Default::default(),
         alias_out: Default::default(),
         alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
@@ -245,6 +245,7 @@ pub(super) async fn accept(
         mailbox,
         wbuf: BytesMut::new(),
         last_packet_at: now,
+        active_at: now,
         zone,
     };
     conn.send(&Packet::ConnAck(ConnAck {

@@ -9,8 +9,9 @@ mod connect;
 mod outgoing;
 mod packets;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,13 +19,14 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use crate::broker::mailbox::Mailbox;
 use crate::broker::registry::{ConnEvent, SessionHandle};
 use crate::broker::Broker;
 use crate::codec::{self, Disconnect, LastWill, Packet, ProtocolVersion, ReasonCode};
 use crate::config::ZoneConfig;
+use crate::hibernate::Hibernator;
 use crate::message::ClientId;
 use crate::metrics::Metrics;
 use crate::session::{Inbound, Outbound};
@@ -42,9 +44,35 @@ pub(crate) enum Close {
     Kicked(ReasonCode),
 }
 
+/// How `Connection::run` ends.
+enum Outcome {
+    Closed(Close),
+    /// Quiet for `hibernate_after` with nothing pending: park it (see `hibernate`).
+    Idle,
+}
+
+/// What a listener gives each connection it accepts.
+pub(crate) struct Env {
+    pub broker: Arc<Broker>,
+    pub zone: Arc<ZoneConfig>,
+    pub shutdown: watch::Receiver<bool>,
+    pub hibernation: Hibernation,
+    /// Held for the connection's whole life, hibernated or not.
+    pub guard: ConnGuard,
+}
+
+/// A listener's connection slot and the node's count of live connections.
+pub(crate) struct ConnGuard {
+    pub _permit: OwnedSemaphorePermit,
+    pub _alive: mpsc::Sender<()>,
+}
+
 pub(crate) struct Connection {
     broker: Arc<Broker>,
-    zone: ZoneConfig,
+    zone: Arc<ZoneConfig>,
+    shutdown: watch::Receiver<bool>,
+    hibernation: Hibernation,
+    _guard: ConnGuard,
     conn_id: u64,
     peer: SocketAddr,
     version: ProtocolVersion,
@@ -53,42 +81,75 @@ pub(crate) struct Connection {
     persistent: bool,
     outbound: Outbound,
     inbound: Inbound,
-    keep_alive: Duration,
+    /// Seconds; 0 = none.
+    keep_alive: u16,
     /// Boxed: a full v5 property set is large and most clients have no will.
     will: Option<Box<LastWill>>,
     /// Largest packet the client accepts (v5 Maximum Packet Size).
-    client_max_packet: usize,
+    client_max_packet: u32,
     /// Topic aliases the client set (v5).
-    alias_in: HashMap<u16, Bytes>,
+    alias_in: BTreeMap<u16, Bytes>,
     /// Topic aliases we set, and how many the client allows.
-    alias_out: HashMap<Bytes, u16>,
+    alias_out: BTreeMap<Bytes, u16>,
     alias_out_max: u16,
     /// Inbound QoS 1/2 packet ids waiting for the store: did they match a subscriber?
-    pending_in: HashMap<u16, bool>,
+    pending_in: BTreeMap<u16, bool>,
     /// Detached store writes (acks, releases), submitted once per loop turn.
     store_ops: Vec<quay_storage::Op>,
     mailbox: Arc<Mailbox>,
     wbuf: BytesMut,
     last_packet_at: Instant,
+    /// Last packet or mailbox event: hibernation counts from here.
+    active_at: Instant,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Finished (or its task was dropped): a successor waiting in a takeover goes on.
+        self.mailbox.close();
+    }
+}
+
+/// Idle connections parked without a task (see `crate::hibernate`).
+#[derive(Clone)]
+pub struct Hibernation(Arc<Hibernator<Box<Connection>>>);
+
+impl Hibernation {
+    /// Start the poller; woken connections resume as tasks on the current runtime.
+    pub fn start() -> std::io::Result<Hibernation> {
+        let runtime = tokio::runtime::Handle::current();
+        let hibernator = Hibernator::start(move |conn: Box<Connection>, socket| {
+            runtime.spawn(resume(conn, socket));
+        })?;
+        Ok(Hibernation(hibernator))
+    }
+
+    /// Wake every hibernated connection (they see the shutdown signal) and park no more.
+    pub fn shutdown(&self) {
+        self.0.shutdown();
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Serve one accepted TCP connection until it closes.
-pub async fn serve(
-    broker: Arc<Broker>,
-    zone: ZoneConfig,
-    stream: TcpStream,
-    peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(crate) async fn serve(env: Env, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
+    let broker = env.broker.clone();
     let max_packet = broker.config.mqtt.max_packet_size as usize;
     // Buffers start empty and grow on demand: idle connections must stay small.
     let mut rbuf = BytesMut::new();
     // CONNECT must arrive within idle_timeout. The connect and teardown stages are
     // boxed: they are large and short-lived, and inlined they would size the future
-    // that an idle connection keeps for its whole life.
-    let connect = Box::pin(tokio::time::timeout(zone.idle_timeout, async {
+    // of every connection.
+    let connect = Box::pin(tokio::time::timeout(env.zone.idle_timeout, async {
         loop {
             match codec::decode_connect(&mut rbuf, max_packet) {
                 Ok(Some(p)) => return Ok(p),
@@ -121,25 +182,53 @@ pub async fn serve(
         }
     };
     Metrics::inc(&broker.metrics.packets_connect);
-    let mailbox = Arc::new(Mailbox::default());
-    let (closed_tx, closed_rx) = watch::channel(());
-    let accepted = Box::pin(connect::accept(
-        &broker,
-        zone,
-        peer,
-        *connect,
-        mailbox.clone(),
-        closed_rx,
-        &mut writer,
-    ));
-    let Some(mut conn) = accepted.await else {
+    let accepted = Box::pin(connect::accept(env, peer, *connect, &mut writer));
+    let Some(conn) = accepted.await else {
         return;
     };
-    let close = conn
-        .run(&mut reader, &mut writer, &mut rbuf, &mailbox, &mut shutdown)
-        .await;
-    Box::pin(conn.finish(close, &mut writer)).await;
-    drop(closed_tx);
+    let stream = reader.reunite(writer).expect("halves of one stream");
+    drive(conn, stream, rbuf).await;
+}
+
+/// Run a connection until it closes or hibernates.
+async fn drive(mut conn: Connection, mut stream: TcpStream, mut rbuf: BytesMut) {
+    loop {
+        let (mut reader, mut writer) = stream.into_split();
+        let close = match conn.run(&mut reader, &mut writer, &mut rbuf).await {
+            Outcome::Closed(close) => close,
+            Outcome::Idle => {
+                let socket = reader.reunite(writer).expect("halves of one stream");
+                match conn.hibernate(socket) {
+                    Ok(()) => return,
+                    // Not parked after all (shutting down): go on.
+                    Err((back, Some(socket))) => {
+                        conn = *back;
+                        stream = socket;
+                        continue;
+                    }
+                    Err((back, None)) => {
+                        Box::pin(back.finish(Close::Lost, None)).await;
+                        return;
+                    }
+                }
+            }
+        };
+        Box::pin(conn.finish(close, Some(&mut writer))).await;
+        return;
+    }
+}
+
+/// A hibernated connection woke up: run it as a task again.
+async fn resume(conn: Box<Connection>, socket: std::net::TcpStream) {
+    conn.broker.hibernated.fetch_sub(1, Ordering::Relaxed);
+    match TcpStream::from_std(socket) {
+        // Out of the box: a running connection lives in its task.
+        Ok(stream) => drive(*conn, stream, BytesMut::new()).await,
+        Err(e) => {
+            tracing::warn!(client_id = %conn.client_id, error = %e, "cannot resume a hibernated connection");
+            Box::pin(conn.finish(Close::Lost, None)).await;
+        }
+    }
 }
 
 /// Read what the socket has (up to 16 KiB) through a stack buffer, appending to
@@ -160,20 +249,20 @@ impl Connection {
         reader: &mut tokio::net::tcp::OwnedReadHalf,
         writer: &mut OwnedWriteHalf,
         rbuf: &mut BytesMut,
-        mailbox: &Mailbox,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Close {
+    ) -> Outcome {
         let max_packet = self.broker.config.mqtt.max_packet_size as usize;
+        let mailbox = self.mailbox.clone();
+        let mut shutdown = self.shutdown.clone();
         // Packets already buffered behind the CONNECT.
         if let Err(close) = self.decode_all(rbuf, max_packet) {
-            return close;
+            return Outcome::Closed(close);
         }
         loop {
             self.flush_store_ops();
             if !self.wbuf.is_empty() {
                 let n = self.wbuf.len();
                 if writer.write_all(&self.wbuf).await.is_err() {
-                    return Close::Lost;
+                    return Outcome::Closed(Close::Lost);
                 }
                 Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
                 if self.wbuf.capacity() > 64 * 1024 {
@@ -186,15 +275,16 @@ impl Connection {
             tokio::select! {
                 ready = reader.readable() => {
                     if ready.is_err() {
-                        return Close::Lost;
+                        return Outcome::Closed(Close::Lost);
                     }
                     match read_some(reader, rbuf) {
-                        Ok(0) => return Close::Lost,
+                        Ok(0) => return Outcome::Closed(Close::Lost),
                         Ok(n) => {
                             Metrics::add(&self.broker.metrics.bytes_received, n as u64);
                             self.last_packet_at = Instant::now();
+                            self.active_at = self.last_packet_at;
                             if let Err(close) = self.decode_all(rbuf, max_packet) {
-                                return close;
+                                return Outcome::Closed(close);
                             }
                             if rbuf.is_empty() {
                                 // Decoded payloads keep their own share of the old
@@ -203,29 +293,92 @@ impl Connection {
                             }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Close::Lost,
+                        Err(_) => return Outcome::Closed(Close::Lost),
                     }
                 }
                 _ = mailbox.wait() => {
+                    self.active_at = Instant::now();
                     for event in mailbox.take_all() {
                         if let Err(close) = self.on_event(event) {
                             if let Close::Kicked(_) = close {
                                 // What the client sent before it was replaced (a PUBACK,
                                 // a DISCONNECT) still counts: process it first.
                                 if let Err(earlier) = self.drain_socket(reader, rbuf, max_packet) {
-                                    return earlier;
+                                    return Outcome::Closed(earlier);
                                 }
                             }
-                            return close;
+                            return Outcome::Closed(close);
                         }
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    if let Err(close) = self.on_timer(Instant::now()) {
-                        return close;
+                    let now = Instant::now();
+                    if let Err(close) = self.on_timer(now) {
+                        return Outcome::Closed(close);
+                    }
+                    if self.may_hibernate(now, rbuf) {
+                        return Outcome::Idle;
                     }
                 }
-                _ = shutdown.changed() => return Close::Kicked(ReasonCode::SERVER_SHUTTING_DOWN),
+                _ = shutdown.changed() => return Outcome::Closed(Close::Kicked(ReasonCode::SERVER_SHUTTING_DOWN)),
+            }
+        }
+    }
+
+    /// Quiet for `hibernate_after`, with nothing buffered, in flight or awaited?
+    /// When the time has come but something is pending, look again one period later.
+    fn may_hibernate(&mut self, now: Instant, rbuf: &BytesMut) -> bool {
+        let Some(after) = self.zone.hibernate_after else {
+            return false;
+        };
+        if now < self.active_at + after {
+            return false;
+        }
+        let idle = rbuf.is_empty()
+            && self.wbuf.is_empty()
+            && self.store_ops.is_empty()
+            && self.pending_in.is_empty()
+            && self.outbound.is_idle()
+            && self.inbound.is_empty();
+        if !idle {
+            self.active_at = now;
+        }
+        idle
+    }
+
+    /// Park in the hibernator until the socket, the mailbox, the keepalive deadline
+    /// or shutdown wakes it. Err gives the connection back with its socket (None: the
+    /// socket was lost on the way).
+    #[allow(clippy::type_complexity)]
+    fn hibernate(mut self, socket: TcpStream) -> Result<(), (Box<Self>, Option<TcpStream>)> {
+        // Nothing is pending (`may_hibernate`): give back what buffers kept.
+        self.wbuf = BytesMut::new();
+        self.store_ops = Vec::new();
+        self.outbound.shrink();
+        let socket = match socket.into_std() {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::warn!(client_id = %self.client_id, error = %e, "cannot hibernate");
+                return Err((Box::new(self), None));
+            }
+        };
+        let deadline = self
+            .keepalive_timeout()
+            .and_then(|t| self.last_packet_at.checked_add(t));
+        let mailbox = self.mailbox.clone();
+        let hibernator = self.hibernation.0.clone();
+        let broker = self.broker.clone();
+        tracing::debug!(client_id = %self.client_id, "hibernating");
+        broker.hibernated.fetch_add(1, Ordering::Relaxed);
+        // Boxed now, late: the boxes of hibernated connections are allocated together
+        // instead of among the short-lived allocations of their connects, so they
+        // pack densely and the memory their tasks used goes back to the OS.
+        match hibernator.park(Box::new(self), socket, deadline, |waker| mailbox.arm(waker)) {
+            Ok(()) => Ok(()),
+            Err((conn, socket)) => {
+                broker.hibernated.fetch_sub(1, Ordering::Relaxed);
+                let socket = TcpStream::from_std(socket).ok();
+                Err((conn, socket))
             }
         }
     }
@@ -266,13 +419,11 @@ impl Connection {
     /// Silence after which the client is gone: keepalive × backoff × 2 (EMQX's rule,
     /// 1.5× by default); None without keepalive or when too large to matter.
     fn keepalive_timeout(&self) -> Option<Duration> {
-        if self.keep_alive.is_zero() {
+        if self.keep_alive == 0 {
             return None;
         }
-        Duration::try_from_secs_f64(
-            self.keep_alive.as_secs_f64() * self.zone.keepalive_backoff * 2.0,
-        )
-        .ok()
+        Duration::try_from_secs_f64(f64::from(self.keep_alive) * self.zone.keepalive_backoff * 2.0)
+            .ok()
     }
 
     fn next_deadline(&self) -> Instant {
@@ -288,7 +439,12 @@ impl Connection {
         } else {
             Instant::now() + Duration::from_secs(1)
         };
-        keepalive.min(retry).min(rel)
+        let hibernate = self
+            .zone
+            .hibernate_after
+            .and_then(|after| self.active_at.checked_add(after))
+            .unwrap_or(far);
+        keepalive.min(retry).min(rel).min(hibernate)
     }
 
     fn on_timer(&mut self, now: Instant) -> Result<(), Close> {
@@ -348,7 +504,7 @@ impl Connection {
 
     /// Leave: say why (v5), publish the will if due, and hand the session back to
     /// the registry (offline) or end it.
-    async fn finish(mut self, close: Close, writer: &mut OwnedWriteHalf) {
+    async fn finish(mut self, close: Close, writer: Option<&mut OwnedWriteHalf>) {
         // Before anything else: a successor waits for this task to end and then for
         // the store, so our acks must be submitted by then.
         self.flush_store_ops();
@@ -365,10 +521,12 @@ impl Connection {
                 },
             }));
         }
-        if !self.wbuf.is_empty() {
-            let _ = writer.write_all(&self.wbuf).await;
+        if let Some(writer) = writer {
+            if !self.wbuf.is_empty() {
+                let _ = writer.write_all(&self.wbuf).await;
+            }
+            let _ = writer.shutdown().await;
         }
-        let _ = writer.shutdown().await;
         Metrics::inc(&self.broker.metrics.disconnections);
         let publish_will = match close {
             Close::ByClient { with_will } => with_will,
@@ -384,9 +542,10 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
-    /// An idle connection keeps this future alive for its whole life: it is the
-    /// largest part of its memory. Connect and teardown stages are boxed to keep it
-    /// small; this guards against inlining a large stage again.
+    /// A busy connection keeps this future (its task); a hibernated one keeps only
+    /// its boxed `Connection`, the largest part of an idle connection's memory. The
+    /// connect and teardown stages are boxed to keep the future small, and the
+    /// `Connection` fits mimalloc's 512-byte size class; this guards both.
     #[tokio::test]
     async fn the_connection_future_stays_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -397,11 +556,26 @@ mod tests {
         let mut config = crate::config::Config::defaults(dir.path());
         config.node.data_dir = dir.path().join("data");
         let broker = crate::broker::Broker::open(config).unwrap();
-        let zone = broker.config.zone("external").clone();
+        let zone = std::sync::Arc::new(broker.config.zone("external").clone());
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
-        let fut = super::serve(broker.clone(), zone, stream, peer, shutdown);
+        let (alive, _alive_rx) = tokio::sync::mpsc::channel(1);
+        let permit = std::sync::Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let env = super::Env {
+            broker: broker.clone(),
+            zone,
+            shutdown,
+            hibernation: super::Hibernation::start().unwrap(),
+            guard: super::ConnGuard {
+                _permit: permit,
+                _alive: alive,
+            },
+        };
+        let fut = super::serve(env, stream, peer);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 2560, "connection future is {size} bytes");
-        assert!(std::mem::size_of::<super::Connection>() <= 768);
+        let conn = std::mem::size_of::<super::Connection>();
+        assert!(conn <= 512, "Connection is {conn} bytes");
     }
 }

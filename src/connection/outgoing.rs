@@ -138,7 +138,7 @@ impl Connection {
             return false;
         }
         let size = self.wbuf.len() - before;
-        if size > self.client_max_packet {
+        if size > self.client_max_packet as usize {
             self.wbuf.truncate(before);
             tracing::info!(client_id = %self.client_id, size, max = self.client_max_packet, "PUBLISH larger than the client accepts; dropped");
             Metrics::inc(&self.broker.metrics.messages_dropped_too_large);

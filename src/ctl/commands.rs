@@ -53,7 +53,8 @@ pub fn run_command(broker: &Arc<Broker>, args: &[String]) -> Reply {
             let sessions = broker.registry.all();
             let connected = sessions.iter().filter(|s| s.state().conn.is_some()).count();
             ok(format!(
-                "connections.count       : {connected}\nsessions.count          : {}\nsessions.persistent.count : {}\nsubscriptions.count     : {}\nretained.count          : {}\n",
+                "connections.count       : {connected}\nconnections.hibernated  : {}\nsessions.count          : {}\nsessions.persistent.count : {}\nsubscriptions.count     : {}\nretained.count          : {}\n",
+                broker.hibernated.load(std::sync::atomic::Ordering::Relaxed),
                 sessions.len(),
                 sessions.iter().filter(|s| s.state().persistent).count(),
                 broker.registry.route_count(),

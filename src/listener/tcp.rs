@@ -8,6 +8,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::broker::Broker;
 use crate::config::ListenerConfig;
+use crate::connection::{ConnGuard, Env, Hibernation};
 
 /// Bind now (so start-up fails on a taken port), serve in the background.
 pub fn bind(config: &ListenerConfig) -> std::io::Result<TcpListener> {
@@ -20,18 +21,20 @@ pub fn bind(config: &ListenerConfig) -> std::io::Result<TcpListener> {
     socket.listen(config.backlog)
 }
 
-/// Accept until `shutdown` flips; every connection task holds a clone of `alive`.
+/// Accept until `shutdown` flips; every connection holds a clone of `alive`, also
+/// while it hibernates.
 pub async fn serve(
     broker: Arc<Broker>,
     config: ListenerConfig,
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
     alive: tokio::sync::mpsc::Sender<()>,
+    hibernation: Hibernation,
 ) {
     let limit = Arc::new(Semaphore::new(
         config.max_connections.min(Semaphore::MAX_PERMITS),
     ));
-    let zone = broker.config.zone(&config.zone).clone();
+    let zone = Arc::new(broker.config.zone(&config.zone).clone());
     let mut stop = shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -51,14 +54,16 @@ pub async fn serve(
             tracing::warn!(listener = %config.name, %peer, max = config.max_connections, "max_connections reached; refused");
             continue;
         };
-        let broker = broker.clone();
-        let zone = zone.clone();
-        let shutdown = shutdown.clone();
-        let alive = alive.clone();
-        tokio::spawn(async move {
-            crate::connection::serve(broker, zone, stream, peer, shutdown).await;
-            drop(permit);
-            drop(alive);
-        });
+        let env = Env {
+            broker: broker.clone(),
+            zone: zone.clone(),
+            shutdown: shutdown.clone(),
+            hibernation: hibernation.clone(),
+            guard: ConnGuard {
+                _permit: permit,
+                _alive: alive.clone(),
+            },
+        };
+        tokio::spawn(crate::connection::serve(env, stream, peer));
     }
 }

@@ -4,7 +4,7 @@
 //! (and, for persistent sessions, stored with the message's batch) until PUBREL, so a
 //! retransmitted PUBLISH is recognised and not routed again, even after a restart.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub enum Qos2Arrival {
 
 #[derive(Debug, Default)]
 pub struct Inbound {
-    awaiting_rel: HashMap<u16, Instant>,
+    awaiting_rel: BTreeMap<u16, Instant>,
     max_awaiting_rel: usize,
 }
 

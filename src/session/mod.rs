@@ -32,8 +32,6 @@ pub struct SessionConfig {
     /// In-memory queue bound for non-persistent sessions (0 = unlimited); persistent
     /// sessions enforce it in the store.
     pub max_mqueue_len: usize,
-    pub max_awaiting_rel: usize,
-    pub await_rel_timeout: Duration,
     /// Stored entries read per page, and the most held in memory at once.
     pub page_size: usize,
 }
@@ -44,8 +42,6 @@ impl Default for SessionConfig {
             max_inflight: 32,
             retry_interval: Duration::from_secs(30),
             max_mqueue_len: 1000,
-            max_awaiting_rel: 100,
-            await_rel_timeout: Duration::from_secs(300),
             page_size: 1024,
         }
     }

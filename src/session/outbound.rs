@@ -95,6 +95,19 @@ impl Outbound {
         self.inflight.len()
     }
 
+    /// Nothing in flight, queued or left on disk to load: nothing will happen
+    /// until a delivery arrives.
+    pub fn is_idle(&self) -> bool {
+        self.inflight.is_empty()
+            && self.pending.is_empty()
+            && !matches!(self.cursor, Cursor::Disk { .. })
+    }
+
+    /// Give back queue memory kept from busier times.
+    pub fn shrink(&mut self) {
+        self.pending.shrink_to_fit();
+    }
+
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }

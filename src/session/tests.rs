@@ -50,7 +50,6 @@ fn config(max_inflight: u16, page_size: usize) -> SessionConfig {
         retry_interval: Duration::from_secs(30),
         max_mqueue_len: 3,
         page_size,
-        ..SessionConfig::default()
     }
 }
 
