@@ -1,6 +1,7 @@
 //! `idle`: open many connections that CONNECT and then say nothing (keep-alive 0), and
-//! read the broker's resident memory before and after. The figures are KiB of broker
-//! memory per connection and how fast the broker accepted the connections.
+//! read the broker's resident memory before and after they have been quiet for
+//! `--settle-s`. The figures are KiB of broker memory per connection and how fast the
+//! broker accepted the connections.
 //!
 //! The generator holds every socket, and so does the broker: with a per-process limit
 //! of 20,000 open files, 10,000 is the most either side can afford with headroom.
@@ -24,8 +25,10 @@ const MAX_CONNECTIONS: u64 = 10_000;
 pub struct IdleArgs {
     #[arg(long, default_value_t = 10_000)]
     pub connections: u64,
-    /// Time the broker gets to settle before memory is read again.
-    #[arg(long, default_value_t = 2)]
+    /// Time the broker gets to settle before memory is read again: long enough for
+    /// Quay's idle connections to hibernate (`zone.external.hibernate_after`, 5 s by
+    /// default) and for freed memory to go back to the OS.
+    #[arg(long, default_value_t = 10)]
     pub settle_s: u64,
 }
 
