@@ -168,6 +168,7 @@ impl<T: Send + 'static> Hibernator<T> {
     }
 
     /// How many items are parked now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.state().parked.len()
     }

@@ -128,14 +128,6 @@ impl Hibernation {
     pub fn shutdown(&self) {
         self.0.shutdown();
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Serve one accepted TCP connection until it closes.
