@@ -5,6 +5,7 @@ pub mod mailbox;
 mod publish;
 pub mod registry;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,6 +94,8 @@ impl Broker {
         let sessions = self.store.sessions()?;
         let total = sessions.len();
         let mut expired = Vec::new();
+        // One shared name per zone, not one per session.
+        let mut zone_names: HashMap<String, Arc<str>> = HashMap::new();
         for (i, (client, record)) in sessions.into_iter().enumerate() {
             if i > 0 && i % 10_000 == 0 {
                 tracing::info!(done = i, total, "recovering sessions");
@@ -113,7 +116,17 @@ impl Broker {
                 .checked_sub(Duration::from_millis(offline_ms))
                 .unwrap_or(now);
             let client: Arc<str> = Arc::from(client.as_str());
-            let zone = self.config.zone("external");
+            // Records written before the zone was kept belong to the default zone.
+            let name = if record.zone.is_empty() {
+                crate::config::DEFAULT_ZONE_NAME
+            } else {
+                record.zone.as_str()
+            };
+            let zone_name = zone_names
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::from(name))
+                .clone();
+            let zone = self.config.zone(name);
             self.registry.insert(SessionHandle::new(
                 client,
                 SessionState {
@@ -123,11 +136,12 @@ impl Broker {
                     offline_since: Some(offline_since),
                     subscriptions: Default::default(),
                     generation: 0,
+                    zone: zone_name,
                     max_mqueue_len: zone.max_mqueue_len as u64,
                     upgrade_qos: zone.upgrade_qos,
                     mqueue_store_qos0: zone.mqueue_store_qos0,
                     connected_at_ms: 0,
-                    peer: String::new(),
+                    peer: Box::from(""),
                     protocol_level: record.protocol_level,
                     // Online when the broker died: anything stored may have been sent.
                     dup_below: if record.disconnected_ms == 0 {

@@ -73,13 +73,15 @@ pub struct SessionState {
     pub subscriptions: HashMap<String, SubOpts>,
     /// Bumped on every connect; a delayed will checks it did not change.
     pub generation: u64,
-    /// From the zone of the listener the client last connected through (zone
-    /// `external` for sessions recovered at start, until their client reconnects).
+    /// The zone of the listener the client last connected through (stored with the
+    /// session, so a session recovered at start keeps its zone's limits), and the
+    /// settings from it that apply while the session is offline.
+    pub zone: Arc<str>,
     pub max_mqueue_len: u64,
     pub upgrade_qos: bool,
     pub mqueue_store_qos0: bool,
     pub connected_at_ms: u64,
-    pub peer: String,
+    pub peer: Box<str>,
     pub protocol_level: u8,
     /// Stored entries below this seq may have been sent (see `Outbound::dup_below`).
     pub dup_below: u64,

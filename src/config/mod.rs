@@ -353,10 +353,13 @@ impl ListenerConfig {
     }
 }
 
+/// The zone of listeners that name none, and of sessions stored before their zone was.
+pub const DEFAULT_ZONE_NAME: &str = "external";
+
 fn default_zone_of_listener(listener: &str) -> &'static str {
     match listener {
         "internal" => "internal",
-        _ => "external",
+        _ => DEFAULT_ZONE_NAME,
     }
 }
 

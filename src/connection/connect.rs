@@ -103,8 +103,9 @@ pub(super) async fn accept(
             st.offline_since = None;
             st.generation += 1;
             st.connected_at_ms = now_ms();
-            st.peer = peer.to_string();
+            st.peer = peer.to_string().into();
             st.protocol_level = version.level();
+            st.zone = env.zone_name.clone();
             st.max_mqueue_len = zone.max_mqueue_len as u64;
             st.upgrade_qos = zone.upgrade_qos;
             st.mqueue_store_qos0 = zone.mqueue_store_qos0;
@@ -137,11 +138,12 @@ pub(super) async fn accept(
                     offline_since: None,
                     subscriptions: Default::default(),
                     generation: 1,
+                    zone: env.zone_name.clone(),
                     max_mqueue_len: zone.max_mqueue_len as u64,
                     upgrade_qos: zone.upgrade_qos,
                     mqueue_store_qos0: zone.mqueue_store_qos0,
                     connected_at_ms: now_ms(),
-                    peer: peer.to_string(),
+                    peer: peer.to_string().into(),
                     protocol_level: version.level(),
                     dup_below: 0,
                 },
@@ -156,6 +158,7 @@ pub(super) async fn accept(
             expiry_interval_s: expiry_s,
             disconnected_ms: 0,
             dup_below,
+            zone: env.zone_name.to_string(),
         };
         let op = Op::PutSession {
             client: client_id.clone(),
@@ -220,6 +223,7 @@ pub(super) async fn accept(
         shutdown,
         hibernation,
         guard,
+        zone_name: _,
     } = env;
     let mut conn = Connection {
         broker: broker.clone(),
@@ -331,7 +335,7 @@ impl Connection {
     pub(super) fn detach(&mut self, publish_will: bool) {
         let now = Instant::now();
         let dup_below = self.outbound.dup_below();
-        let (ours, generation, expiry_s) = {
+        let (ours, generation, expiry_s, zone) = {
             let mut st = self.handle.state();
             let ours = st.conn.as_ref().is_some_and(|l| l.conn_id == self.conn_id);
             if ours {
@@ -339,7 +343,7 @@ impl Connection {
                 st.offline_since = Some(now);
                 st.dup_below = dup_below;
             }
-            (ours, st.generation, st.expiry_interval_s)
+            (ours, st.generation, st.expiry_interval_s, st.zone.clone())
         };
         if ours {
             if self.persistent && expiry_s == 0 {
@@ -359,6 +363,7 @@ impl Connection {
                         expiry_interval_s: expiry_s,
                         disconnected_ms: now_ms(),
                         dup_below,
+                        zone: zone.to_string(),
                     },
                 };
                 self.broker.store.writer().submit_detached(vec![op]);

@@ -55,6 +55,8 @@ enum Outcome {
 pub(crate) struct Env {
     pub broker: Arc<Broker>,
     pub zone: Arc<ZoneConfig>,
+    /// The zone's name, kept with the session.
+    pub zone_name: Arc<str>,
     pub shutdown: watch::Receiver<bool>,
     pub hibernation: Hibernation,
     /// Held for the connection's whole life, hibernated or not.
@@ -557,6 +559,7 @@ mod tests {
         let env = super::Env {
             broker: broker.clone(),
             zone,
+            zone_name: "external".into(),
             shutdown,
             hibernation: super::Hibernation::start().unwrap(),
             guard: super::ConnGuard {
@@ -569,5 +572,8 @@ mod tests {
         assert!(size <= 2560, "connection future is {size} bytes");
         let conn = std::mem::size_of::<super::Connection>();
         assert!(conn <= 512, "Connection is {conn} bytes");
+        // Each session's handle, with its Arc counts, in mimalloc's 192-byte class.
+        let handle = std::mem::size_of::<crate::broker::registry::SessionHandle>();
+        assert!(handle + 16 <= 192, "SessionHandle is {handle} bytes");
     }
 }

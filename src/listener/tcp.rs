@@ -35,6 +35,7 @@ pub async fn serve(
         config.max_connections.min(Semaphore::MAX_PERMITS),
     ));
     let zone = Arc::new(broker.config.zone(&config.zone).clone());
+    let zone_name: Arc<str> = Arc::from(config.zone.as_str());
     let mut stop = shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -57,6 +58,7 @@ pub async fn serve(
         let env = Env {
             broker: broker.clone(),
             zone: zone.clone(),
+            zone_name: zone_name.clone(),
             shutdown: shutdown.clone(),
             hibernation: hibernation.clone(),
             guard: ConnGuard {

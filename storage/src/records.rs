@@ -65,6 +65,10 @@ pub struct SessionRecord {
     pub disconnected_ms: u64,
     /// Queue entries below this seq may have been sent: resend them with DUP.
     pub dup_below: u64,
+    /// The zone of the listener the client last connected through, whose queue
+    /// limits apply while it is offline; empty in records written before it was kept
+    /// (read as the default zone).
+    pub zone: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -146,6 +150,10 @@ impl<'a> In<'a> {
             record: self.record,
             what,
         })
+    }
+    /// Nothing left: a field added later is absent from older records.
+    fn at_end(&self) -> bool {
+        self.at == self.buf.len()
     }
     fn finish(self) -> Result<(), RecordError> {
         match self.buf.len() - self.at {
@@ -244,6 +252,7 @@ impl SessionRecord {
         out.u32(self.expiry_interval_s);
         out.u64(self.disconnected_ms);
         out.u64(self.dup_below);
+        out.bytes(self.zone.as_bytes());
         out.0
     }
 
@@ -254,6 +263,11 @@ impl SessionRecord {
             expiry_interval_s: input.u32()?,
             disconnected_ms: input.u64()?,
             dup_below: input.u64()?,
+            zone: if input.at_end() {
+                String::new()
+            } else {
+                input.string("zone")?
+            },
         };
         input.finish()?;
         Ok(rec)
@@ -335,8 +349,13 @@ mod tests {
             expiry_interval_s: 7200,
             disconnected_ms: 12345,
             dup_below: 42,
+            zone: "internal".into(),
         };
         assert_eq!(SessionRecord::decode(&s.encode()).unwrap(), s);
+        // Written before the zone was kept: the fields up to dup_below.
+        let old = &s.encode()[..1 + 1 + 4 + 8 + 8];
+        let read = SessionRecord::decode(old).unwrap();
+        assert_eq!((read.dup_below, read.zone.as_str()), (42, ""));
         let sub = SubscriptionRecord {
             qos: 2,
             no_local: true,

@@ -224,6 +224,7 @@ fn deleting_a_session_releases_its_queue_and_subscriptions() {
                     expiry_interval_s: 60,
                     disconnected_ms: 0,
                     dup_below: 0,
+                    zone: String::new(),
                 },
             },
             Op::PutSubscription {

@@ -134,3 +134,23 @@ def test_unacked_inflight_redelivered_with_dup_on_reconnect(shared_broker, versi
         with pytest.raises(TimeoutError):
             p = c.recv_type(raw.PUBLISH, timeout_s=1.0)
             pytest.fail(f"acked message redelivered: {p}")
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["graceful", "kill-9"])
+def test_recovered_session_keeps_the_queue_limit_of_its_zone(broker_factory, crash):
+    """A session made through the internal listener keeps zone internal's queue bound
+    after a restart, not the default zone's, while its client is still away."""
+    b = broker_factory({"zone.external.max_mqueue_len": 5, "zone.internal.max_mqueue_len": 50})
+    topic = "pers/zone/limit"
+    cid, kwargs = offline_subscriber(b.internal_port, topic)
+    b.restart(crash=crash)
+    sent = [f"queued-{i}".encode() for i in range(20)]
+    publish_all(b.port, topic, sent)
+    c = connected(b.internal_port, cid, **kwargs)
+    try:
+        assert c.session_present is True
+        got = c.wait_messages(len(sent))
+        settle()
+        assert [m.payload for m in c.messages] == sent, f"{len(got)} of {len(sent)} delivered"
+    finally:
+        c.disconnect()
