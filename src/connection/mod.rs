@@ -3,7 +3,8 @@
 //! It reads bytes, decodes packets, feeds them to the session state machine and the
 //! broker, executes the actions that come back (send, store, load a page), and
 //! handles events from the broker (deliveries, durable acks, kicks). One task per
-//! connection; a failure here closes this connection only.
+//! busy connection; an idle one hibernates without a task (`Connection::hibernate`,
+//! `crate::hibernate`). A failure here closes this connection only.
 
 mod connect;
 mod outgoing;
