@@ -5,7 +5,7 @@ pub mod mailbox;
 mod publish;
 pub mod registry;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use quay_storage::{Op, Store, StoreConfig};
 use thiserror::Error;
 
-use crate::config::{Config, FsyncPolicy};
+use crate::config::{Config, FsyncPolicy, Zone, DEFAULT_ZONE_NAME};
 use crate::metrics::Metrics;
 use crate::router::RetainedIndex;
 use registry::{Registry, SessionHandle, SessionState, SubOpts};
@@ -43,6 +43,8 @@ pub struct Broker {
     pub started_at: Instant,
     /// Connections hibernating now (see `crate::hibernate`).
     pub hibernated: AtomicU64,
+    /// Every configured zone, shared by its listeners, connections and sessions.
+    zones: BTreeMap<String, Arc<Zone>>,
 }
 
 impl Broker {
@@ -63,7 +65,6 @@ impl Broker {
             source,
         })?;
         let broker = Arc::new(Broker {
-            config: Arc::new(config),
             store,
             registry: Registry::default(),
             retained: RetainedIndex::default(),
@@ -72,6 +73,18 @@ impl Broker {
             compacting: Arc::new(AtomicBool::new(false)),
             started_at: Instant::now(),
             hibernated: AtomicU64::new(0),
+            zones: config
+                .zones
+                .iter()
+                .map(|(name, z)| {
+                    let zone = Zone {
+                        name: name.clone(),
+                        config: z.clone(),
+                    };
+                    (name.clone(), Arc::new(zone))
+                })
+                .collect(),
+            config: Arc::new(config),
         });
         broker.recover()?;
         tracing::info!(
@@ -84,6 +97,18 @@ impl Broker {
         Ok(broker)
     }
 
+    /// The zone called `name`; the default zone's settings under that name if it is
+    /// not configured (a session stored before its zone was removed from the config).
+    pub fn zone(&self, name: &str) -> Arc<Zone> {
+        match self.zones.get(name) {
+            Some(zone) => zone.clone(),
+            None => Arc::new(Zone {
+                name: name.to_owned(),
+                config: self.config.zone(name).clone(),
+            }),
+        }
+    }
+
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -94,8 +119,6 @@ impl Broker {
         let sessions = self.store.sessions()?;
         let total = sessions.len();
         let mut expired = Vec::new();
-        // One shared name per zone, not one per session.
-        let mut zone_names: HashMap<String, Arc<str>> = HashMap::new();
         for (i, (client, record)) in sessions.into_iter().enumerate() {
             if i > 0 && i % 10_000 == 0 {
                 tracing::info!(done = i, total, "recovering sessions");
@@ -117,16 +140,10 @@ impl Broker {
                 .unwrap_or(now);
             let client: Arc<str> = Arc::from(client.as_str());
             // Records written before the zone was kept belong to the default zone.
-            let name = if record.zone.is_empty() {
-                crate::config::DEFAULT_ZONE_NAME
-            } else {
-                record.zone.as_str()
+            let zone = match record.zone.as_str() {
+                "" => self.zone(DEFAULT_ZONE_NAME),
+                name => self.zone(name),
             };
-            let zone_name = zone_names
-                .entry(name.to_owned())
-                .or_insert_with(|| Arc::from(name))
-                .clone();
-            let zone = self.config.zone(name);
             self.registry.insert(SessionHandle::new(
                 client,
                 SessionState {
@@ -136,10 +153,7 @@ impl Broker {
                     offline_since: Some(offline_since),
                     subscriptions: Default::default(),
                     generation: 0,
-                    zone: zone_name,
-                    max_mqueue_len: zone.max_mqueue_len as u64,
-                    upgrade_qos: zone.upgrade_qos,
-                    mqueue_store_qos0: zone.mqueue_store_qos0,
+                    zone,
                     connected_at_ms: 0,
                     peer: Box::from(""),
                     protocol_level: record.protocol_level,

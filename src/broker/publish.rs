@@ -45,9 +45,9 @@ impl Broker {
                 (
                     st.persistent,
                     st.conn.is_some(),
-                    st.max_mqueue_len,
-                    st.upgrade_qos,
-                    st.mqueue_store_qos0,
+                    st.zone.max_mqueue_len as u64,
+                    st.zone.upgrade_qos,
+                    st.zone.mqueue_store_qos0,
                 )
             };
             let qos = if upgrade_qos {

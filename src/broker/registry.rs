@@ -12,6 +12,7 @@ use std::time::Instant;
 use super::mailbox::Mailbox;
 
 use crate::codec::{QoS, ReasonCode, RetainHandling, SubscriptionOptions};
+use crate::config::Zone;
 use crate::message::ClientId;
 use crate::router::TopicTrie;
 use crate::session::Outgoing;
@@ -74,12 +75,8 @@ pub struct SessionState {
     /// Bumped on every connect; a delayed will checks it did not change.
     pub generation: u64,
     /// The zone of the listener the client last connected through (stored with the
-    /// session, so a session recovered at start keeps its zone's limits), and the
-    /// settings from it that apply while the session is offline.
-    pub zone: Arc<str>,
-    pub max_mqueue_len: u64,
-    pub upgrade_qos: bool,
-    pub mqueue_store_qos0: bool,
+    /// session, so a session recovered at start keeps its zone's limits while offline).
+    pub zone: Arc<Zone>,
     pub connected_at_ms: u64,
     pub peer: Box<str>,
     pub protocol_level: u8,

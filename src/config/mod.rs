@@ -356,6 +356,21 @@ impl ListenerConfig {
 /// The zone of listeners that name none, and of sessions stored before their zone was.
 pub const DEFAULT_ZONE_NAME: &str = "external";
 
+/// A zone with its name, shared by the listeners, connections and sessions in it.
+#[derive(Debug)]
+pub struct Zone {
+    pub name: String,
+    pub config: ZoneConfig,
+}
+
+impl std::ops::Deref for Zone {
+    type Target = ZoneConfig;
+
+    fn deref(&self) -> &ZoneConfig {
+        &self.config
+    }
+}
+
 fn default_zone_of_listener(listener: &str) -> &'static str {
     match listener {
         "internal" => "internal",

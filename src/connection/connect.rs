@@ -105,10 +105,7 @@ pub(super) async fn accept(
             st.connected_at_ms = now_ms();
             st.peer = peer.to_string().into();
             st.protocol_level = version.level();
-            st.zone = env.zone_name.clone();
-            st.max_mqueue_len = zone.max_mqueue_len as u64;
-            st.upgrade_qos = zone.upgrade_qos;
-            st.mqueue_store_qos0 = zone.mqueue_store_qos0;
+            st.zone = zone.clone();
             dup_below = st.dup_below;
             drop(st);
             h
@@ -138,10 +135,7 @@ pub(super) async fn accept(
                     offline_since: None,
                     subscriptions: Default::default(),
                     generation: 1,
-                    zone: env.zone_name.clone(),
-                    max_mqueue_len: zone.max_mqueue_len as u64,
-                    upgrade_qos: zone.upgrade_qos,
-                    mqueue_store_qos0: zone.mqueue_store_qos0,
+                    zone: zone.clone(),
                     connected_at_ms: now_ms(),
                     peer: peer.to_string().into(),
                     protocol_level: version.level(),
@@ -158,7 +152,7 @@ pub(super) async fn accept(
             expiry_interval_s: expiry_s,
             disconnected_ms: 0,
             dup_below,
-            zone: env.zone_name.to_string(),
+            zone: zone.name.clone(),
         };
         let op = Op::PutSession {
             client: client_id.clone(),
@@ -223,7 +217,6 @@ pub(super) async fn accept(
         shutdown,
         hibernation,
         guard,
-        zone_name: _,
     } = env;
     let mut conn = Connection {
         broker: broker.clone(),
@@ -363,7 +356,7 @@ impl Connection {
                         expiry_interval_s: expiry_s,
                         disconnected_ms: now_ms(),
                         dup_below,
-                        zone: zone.to_string(),
+                        zone: zone.name.clone(),
                     },
                 };
                 self.broker.store.writer().submit_detached(vec![op]);

@@ -26,7 +26,7 @@ use crate::broker::mailbox::Mailbox;
 use crate::broker::registry::{ConnEvent, SessionHandle};
 use crate::broker::Broker;
 use crate::codec::{self, Disconnect, LastWill, Packet, ProtocolVersion, ReasonCode};
-use crate::config::ZoneConfig;
+use crate::config::Zone;
 use crate::hibernate::Hibernator;
 use crate::message::ClientId;
 use crate::metrics::Metrics;
@@ -55,9 +55,7 @@ enum Outcome {
 /// What a listener gives each connection it accepts.
 pub(crate) struct Env {
     pub broker: Arc<Broker>,
-    pub zone: Arc<ZoneConfig>,
-    /// The zone's name, kept with the session.
-    pub zone_name: Arc<str>,
+    pub zone: Arc<Zone>,
     pub shutdown: watch::Receiver<bool>,
     pub hibernation: Hibernation,
     /// Held for the connection's whole life, hibernated or not.
@@ -72,7 +70,7 @@ pub(crate) struct ConnGuard {
 
 pub(crate) struct Connection {
     broker: Arc<Broker>,
-    zone: Arc<ZoneConfig>,
+    zone: Arc<Zone>,
     shutdown: watch::Receiver<bool>,
     hibernation: Hibernation,
     _guard: ConnGuard,
@@ -551,7 +549,7 @@ mod tests {
         let mut config = crate::config::Config::defaults(dir.path());
         config.node.data_dir = dir.path().join("data");
         let broker = crate::broker::Broker::open(config).unwrap();
-        let zone = std::sync::Arc::new(broker.config.zone("external").clone());
+        let zone = broker.zone("external");
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
         let (alive, _alive_rx) = tokio::sync::mpsc::channel(1);
         let permit = std::sync::Arc::new(tokio::sync::Semaphore::new(1))
@@ -560,7 +558,6 @@ mod tests {
         let env = super::Env {
             broker: broker.clone(),
             zone,
-            zone_name: "external".into(),
             shutdown,
             hibernation: super::Hibernation::start().unwrap(),
             guard: super::ConnGuard {

@@ -34,8 +34,7 @@ pub async fn serve(
     let limit = Arc::new(Semaphore::new(
         config.max_connections.min(Semaphore::MAX_PERMITS),
     ));
-    let zone = Arc::new(broker.config.zone(&config.zone).clone());
-    let zone_name: Arc<str> = Arc::from(config.zone.as_str());
+    let zone = broker.zone(&config.zone);
     let mut stop = shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -58,7 +57,6 @@ pub async fn serve(
         let env = Env {
             broker: broker.clone(),
             zone: zone.clone(),
-            zone_name: zone_name.clone(),
             shutdown: shutdown.clone(),
             hibernation: hibernation.clone(),
             guard: ConnGuard {
