@@ -20,6 +20,19 @@ def offline_subscriber(port, topic, qos=1, protocol=V311):
     return cid, kwargs
 
 
+def resume_and_receive(port, cid, kwargs, n):
+    """Reconnect the persistent session `cid`, check it was present, and return every
+    message that arrived once `n` did and a moment passed (to catch extras)."""
+    c = connected(port, cid, **kwargs)
+    try:
+        assert c.session_present is True
+        c.wait_messages(n)
+        settle(0.5)
+        return list(c.messages)
+    finally:
+        c.disconnect()
+
+
 def publish_all(port, topic, payloads, qos=1):
     pub = connected(port)
     try:
@@ -35,14 +48,9 @@ def test_offline_messages_delivered_on_resume(shared_broker, protocol):
     cid, kwargs = offline_subscriber(shared_broker.port, topic, protocol=protocol)
     sent = [f"offline-{i}".encode() for i in range(10)]
     publish_all(shared_broker.port, topic, sent)
-    c = connected(shared_broker.port, cid, **kwargs)
-    try:
-        assert c.session_present is True
-        got = c.wait_messages(len(sent))
-        assert [m.payload for m in got] == sent
-        assert all(m.qos == 1 for m in got)
-    finally:
-        c.disconnect()
+    got = resume_and_receive(shared_broker.port, cid, kwargs, len(sent))
+    assert [m.payload for m in got] == sent
+    assert all(m.qos == 1 for m in got)
 
 
 def test_qos0_queued_too_as_mqueue_store_qos0_defaults_true(shared_broker):
@@ -83,15 +91,9 @@ def test_session_and_queue_survive_restart(broker, protocol, crash):
 
     broker.restart(crash=crash)
 
-    c = connected(broker.port, cid, **kwargs)
-    try:
-        assert c.session_present is True
-        got = c.wait_messages(len(sent))
-        settle(0.5)
-        assert [m.payload for m in c.messages] == sent
-        assert [m.qos for m in got] == [1] * 5 + [2] * 5
-    finally:
-        c.disconnect()
+    got = resume_and_receive(broker.port, cid, kwargs, len(sent))
+    assert [m.payload for m in got] == sent
+    assert [m.qos for m in got] == [1] * 5 + [2] * 5
 
 
 def test_subscription_survives_restart_for_messages_published_after(broker):
@@ -146,11 +148,5 @@ def test_recovered_session_keeps_the_queue_limit_of_its_zone(broker_factory, cra
     b.restart(crash=crash)
     sent = [f"queued-{i}".encode() for i in range(20)]
     publish_all(b.port, topic, sent)
-    c = connected(b.internal_port, cid, **kwargs)
-    try:
-        assert c.session_present is True
-        got = c.wait_messages(len(sent))
-        settle()
-        assert [m.payload for m in c.messages] == sent, f"{len(got)} of {len(sent)} delivered"
-    finally:
-        c.disconnect()
+    got = resume_and_receive(b.internal_port, cid, kwargs, len(sent))
+    assert [m.payload for m in got] == sent, f"{len(got)} of {len(sent)} delivered"
