@@ -186,90 +186,104 @@ impl<E: std::fmt::Debug> Pump<E> {
     }
 }
 
+/// The client API both protocol versions share, written once over the names a version's
+/// module imports (`AsyncClient`, `Event`, `Packet`, `ConnAck`, `Publish`, `QoS`, ...).
+macro_rules! client_api {
+    () => {
+        pub struct Conn {
+            pub client: AsyncClient,
+            pub pump: Pump<Event>,
+            pub connack: ConnAck,
+        }
+
+        /// Start the event loop on its own task and wait for a successful CONNACK.
+        async fn open(options: MqttOptions) -> Conn {
+            let (client, mut eventloop) = AsyncClient::new(options, 256);
+            let (tx, events) = mpsc::unbounded_channel();
+            let task = tokio::spawn(async move {
+                loop {
+                    let event = eventloop.poll().await.map_err(|e| e.to_string());
+                    let stop = event.is_err();
+                    if tx.send(event).is_err() || stop {
+                        return;
+                    }
+                }
+            });
+            let mut pump = Pump { events, task };
+            let connack = pump
+                .next("CONNACK", |e| match e {
+                    Event::Incoming(Packet::ConnAck(ack)) => Some(ack),
+                    _ => None,
+                })
+                .await;
+            assert_eq!(connack.code, ConnectReturnCode::Success);
+            Conn {
+                client,
+                pump,
+                connack,
+            }
+        }
+
+        impl Conn {
+            pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
+                self.client
+                    .subscribe(filter, qos)
+                    .await
+                    .expect("queue SUBSCRIBE");
+                let codes = self
+                    .pump
+                    .next("SUBACK", |e| match e {
+                        Event::Incoming(Packet::SubAck(ack)) => Some(ack.return_codes),
+                        _ => None,
+                    })
+                    .await;
+                assert_eq!(codes, vec![SubscribeReasonCode::Success(qos)]);
+            }
+
+            /// Publishes QoS 1 and waits for its PUBACK.
+            pub async fn publish_acked(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
+                self.client
+                    .publish(topic, QoS::AtLeastOnce, retain, payload)
+                    .await
+                    .expect("queue PUBLISH");
+                self.pump
+                    .next("PUBACK", |e| {
+                        matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
+                    })
+                    .await;
+            }
+
+            pub async fn next_publish(&mut self) -> Publish {
+                self.pump
+                    .next("PUBLISH", |e| match e {
+                        Event::Incoming(Packet::Publish(p)) => Some(p),
+                        _ => None,
+                    })
+                    .await
+            }
+
+            pub async fn disconnect(mut self) {
+                self.client.disconnect().await.expect("queue DISCONNECT");
+                self.pump.closed().await;
+            }
+        }
+    };
+}
+
 mod v4 {
     use super::*;
     use rumqttc::{
         AsyncClient, ConnAck, ConnectReturnCode, Event, MqttOptions, Packet, Publish, QoS,
+        SubscribeReasonCode,
     };
 
-    pub struct Conn {
-        pub client: AsyncClient,
-        pub pump: Pump<Event>,
-        pub connack: ConnAck,
-    }
+    client_api!();
 
     pub async fn connect(port: u16, id: &str, clean: bool) -> Conn {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_clean_session(clean);
-        let (client, mut eventloop) = AsyncClient::new(options, 256);
-        let (tx, events) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                let event = eventloop.poll().await.map_err(|e| e.to_string());
-                let stop = event.is_err();
-                if tx.send(event).is_err() || stop {
-                    return;
-                }
-            }
-        });
-        let mut pump = Pump { events, task };
-        let connack = pump
-            .next("CONNACK", |e| match e {
-                Event::Incoming(Packet::ConnAck(ack)) => Some(ack),
-                _ => None,
-            })
-            .await;
-        assert_eq!(connack.code, ConnectReturnCode::Success);
-        Conn {
-            client,
-            pump,
-            connack,
-        }
-    }
-
-    impl Conn {
-        pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
-            self.client
-                .subscribe(filter, qos)
-                .await
-                .expect("queue SUBSCRIBE");
-            let codes = self
-                .pump
-                .next("SUBACK", |e| match e {
-                    Event::Incoming(Packet::SubAck(ack)) => Some(ack.return_codes),
-                    _ => None,
-                })
-                .await;
-            assert_eq!(codes, vec![rumqttc::SubscribeReasonCode::Success(qos)]);
-        }
-
-        /// Publishes QoS 1 and waits for its PUBACK.
-        pub async fn publish_acked(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
-            self.client
-                .publish(topic, QoS::AtLeastOnce, retain, payload)
-                .await
-                .expect("queue PUBLISH");
-            self.pump
-                .next("PUBACK", |e| {
-                    matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
-                })
-                .await;
-        }
-
-        pub async fn next_publish(&mut self) -> Publish {
-            self.pump
-                .next("PUBLISH", |e| match e {
-                    Event::Incoming(Packet::Publish(p)) => Some(p),
-                    _ => None,
-                })
-                .await
-        }
-
-        pub async fn disconnect(mut self) {
-            self.client.disconnect().await.expect("queue DISCONNECT");
-            self.pump.closed().await;
-        }
+        open(options).await
     }
 }
 
@@ -281,11 +295,7 @@ mod v5 {
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
-    pub struct Conn {
-        pub client: AsyncClient,
-        pub pump: Pump<Event>,
-        pub connack: ConnAck,
-    }
+    client_api!();
 
     pub async fn connect(
         port: u16,
@@ -297,73 +307,7 @@ mod v5 {
         options.set_keep_alive(Duration::from_secs(30));
         options.set_clean_start(clean_start);
         options.set_session_expiry_interval(session_expiry_s);
-        let (client, mut eventloop) = AsyncClient::new(options, 256);
-        let (tx, events) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                let event = eventloop.poll().await.map_err(|e| e.to_string());
-                let stop = event.is_err();
-                if tx.send(event).is_err() || stop {
-                    return;
-                }
-            }
-        });
-        let mut pump = Pump { events, task };
-        let connack = pump
-            .next("CONNACK", |e| match e {
-                Event::Incoming(Packet::ConnAck(ack)) => Some(ack),
-                _ => None,
-            })
-            .await;
-        assert_eq!(connack.code, ConnectReturnCode::Success);
-        Conn {
-            client,
-            pump,
-            connack,
-        }
-    }
-
-    impl Conn {
-        pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
-            self.client
-                .subscribe(filter, qos)
-                .await
-                .expect("queue SUBSCRIBE");
-            let codes = self
-                .pump
-                .next("SUBACK", |e| match e {
-                    Event::Incoming(Packet::SubAck(ack)) => Some(ack.return_codes),
-                    _ => None,
-                })
-                .await;
-            assert_eq!(codes, vec![SubscribeReasonCode::Success(qos)]);
-        }
-
-        pub async fn publish_acked(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
-            self.client
-                .publish(topic, QoS::AtLeastOnce, retain, payload)
-                .await
-                .expect("queue PUBLISH");
-            self.pump
-                .next("PUBACK", |e| {
-                    matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
-                })
-                .await;
-        }
-
-        pub async fn next_publish(&mut self) -> Publish {
-            self.pump
-                .next("PUBLISH", |e| match e {
-                    Event::Incoming(Packet::Publish(p)) => Some(p),
-                    _ => None,
-                })
-                .await
-        }
-
-        pub async fn disconnect(mut self) {
-            self.client.disconnect().await.expect("queue DISCONNECT");
-            self.pump.closed().await;
-        }
+        open(options).await
     }
 }
 
