@@ -31,6 +31,17 @@ fn entry(msg_id: u64) -> QueueEntry {
     }
 }
 
+/// A message stored once and queued for each of `clients` (queues bounded at `max_len`).
+fn publish_to(id: u64, msg: StoredMessage, clients: &[&ClientId], max_len: u64) -> Vec<Op> {
+    let mut ops = vec![Op::Message { id, msg }];
+    ops.extend(clients.iter().map(|client| Op::Enqueue {
+        client: (*client).clone(),
+        entry: entry(id),
+        max_len,
+    }));
+    ops
+}
+
 fn submit(store: &Store, ops: Vec<Op>) -> Result<Enqueued> {
     let (tx, rx) = mpsc::channel();
     store.writer().submit(
@@ -53,26 +64,7 @@ fn a_message_is_written_once_and_deleted_after_the_last_ack() {
     let a: ClientId = Arc::from("a");
     let b: ClientId = Arc::from("b");
     let id = store.next_msg_id();
-    let seqs = submit(
-        &store,
-        vec![
-            Op::Message {
-                id,
-                msg: msg("t/1", b"hello"),
-            },
-            Op::Enqueue {
-                client: a.clone(),
-                entry: entry(id),
-                max_len: 0,
-            },
-            Op::Enqueue {
-                client: b.clone(),
-                entry: entry(id),
-                max_len: 0,
-            },
-        ],
-    )
-    .unwrap();
+    let seqs = submit(&store, publish_to(id, msg("t/1", b"hello"), &[&a, &b], 0)).unwrap();
     assert_eq!(seqs, vec![Some(0), Some(0)]);
     assert_eq!(store.queue_range("a", 0, 10).unwrap().len(), 1);
     assert_eq!(
@@ -114,39 +106,11 @@ fn an_unreferenced_message_is_not_written() {
     let store = open(dir.path());
     let id = store.next_msg_id();
     let a: ClientId = Arc::from("a");
-    let r = submit(
-        &store,
-        vec![
-            Op::Message {
-                id,
-                msg: msg("t", b"x"),
-            },
-            Op::Enqueue {
-                client: a.clone(),
-                entry: entry(id),
-                max_len: 0,
-            },
-        ],
-    )
-    .unwrap();
+    let r = submit(&store, publish_to(id, msg("t", b"x"), &[&a], 0)).unwrap();
     assert_eq!(r, vec![Some(0)]);
     // Queue of max 1 is full now: the next delivery is dropped and its message not kept.
     let id2 = store.next_msg_id();
-    let r = submit(
-        &store,
-        vec![
-            Op::Message {
-                id: id2,
-                msg: msg("t", b"y"),
-            },
-            Op::Enqueue {
-                client: a,
-                entry: entry(id2),
-                max_len: 1,
-            },
-        ],
-    )
-    .unwrap();
+    let r = submit(&store, publish_to(id2, msg("t", b"y"), &[&a], 1)).unwrap();
     assert_eq!(r, vec![None]);
     assert!(store.messages(&[id2]).unwrap()[0].is_none());
 }
@@ -264,21 +228,7 @@ fn released_entries_keep_their_slot_but_not_the_message() {
     let store = open(dir.path());
     let a: ClientId = Arc::from("a");
     let id = store.next_msg_id();
-    submit(
-        &store,
-        vec![
-            Op::Message {
-                id,
-                msg: msg("t", b"x"),
-            },
-            Op::Enqueue {
-                client: a.clone(),
-                entry: entry(id),
-                max_len: 0,
-            },
-        ],
-    )
-    .unwrap();
+    submit(&store, publish_to(id, msg("t", b"x"), &[&a], 0)).unwrap();
     let released = QueueEntry {
         released: true,
         ..entry(id)
@@ -361,21 +311,7 @@ fn compaction_reclaims_deleted_messages() {
     for _ in 0..2000 {
         let id = store.next_msg_id();
         ids.push(id);
-        submit(
-            &store,
-            vec![
-                Op::Message {
-                    id,
-                    msg: msg("t", &payload),
-                },
-                Op::Enqueue {
-                    client: a.clone(),
-                    entry: entry(id),
-                    max_len: 0,
-                },
-            ],
-        )
-        .unwrap();
+        submit(&store, publish_to(id, msg("t", &payload), &[&a], 0)).unwrap();
     }
     store.compact().unwrap();
     let full = store.live_data_bytes();
