@@ -5,7 +5,7 @@ use anyhow::Result;
 use quay::codec::QoS;
 use tokio::task::JoinSet;
 
-use super::{ending_note, progress, Target};
+use super::{ending_note, pacing_note, progress, Target};
 use crate::client::{publish_template, ConnectOptions};
 use crate::load::{publish_qos0, spawn_reporting, subscribe_loop, Counting, Pacing};
 use crate::measure::{Better, Figure, Interval};
@@ -69,10 +69,7 @@ pub async fn run(target: &Target, args: &FanoutArgs) -> Result<Vec<Figure>> {
     let ending = target.wait(&delivered).await?;
     let elapsed = interval.stop_at(delivered.last_progress())?;
     let received = delivered.count();
-    let pacing_note = match args.max_ahead {
-        0 => "open loop".to_string(),
-        n => format!("at most {n} msgs ahead"),
-    };
+    let pacing_note = pacing_note(args.max_ahead);
     let note = format!(
         "{}, {pacing_note}; {} subscribers, published {}, delivered {} of {}, lost {}, {:.2}s",
         ending_note(ending),

@@ -75,6 +75,14 @@ pub async fn bounded<T>(
     }
 }
 
+/// How publishers were paced (`--max-ahead`), for notes.
+pub fn pacing_note(max_ahead: u64) -> String {
+    match max_ahead {
+        0 => "open loop".to_string(),
+        n => format!("at most {n} msgs ahead"),
+    }
+}
+
 /// "complete" or how the phase ended early, for notes.
 pub fn ending_note(ending: Ending) -> &'static str {
     match ending {
