@@ -16,6 +16,7 @@ use std::task::Waker;
 use tokio::sync::{oneshot, Notify};
 
 use super::registry::ConnEvent;
+use crate::codec::ReasonCode;
 
 #[derive(Debug, Default)]
 pub struct Mailbox {
@@ -30,6 +31,13 @@ struct Inner {
     waker: Option<Waker>,
     /// Who waits for `closed` (a takeover, rarely anyone); None once closed.
     on_close: Option<Vec<oneshot::Sender<()>>>,
+    /// A stored delivery did not fit: the connection must read its queue from the
+    /// store (`take_behind`).
+    behind: bool,
+    /// Close the connection with this reason (takeover, admin kick, store failure).
+    /// Out of band: seen even while the connection takes no events because its
+    /// client is not reading.
+    kick: Option<ReasonCode>,
 }
 
 impl Default for Inner {
@@ -38,6 +46,8 @@ impl Default for Inner {
             queue: VecDeque::new(),
             waker: None,
             on_close: Some(Vec::new()),
+            behind: false,
+            kick: None,
         }
     }
 }
@@ -66,6 +76,35 @@ impl Mailbox {
         true
     }
 
+    /// Ask the connection to close with `reason` (the first reason asked wins).
+    pub fn kick(&self, reason: ReasonCode) {
+        let waker = {
+            let mut inner = self.inner();
+            inner.kick.get_or_insert(reason);
+            inner.waker.take()
+        };
+        self.wake(waker);
+    }
+
+    pub fn take_kick(&self) -> Option<ReasonCode> {
+        self.inner().kick.take()
+    }
+
+    /// A stored delivery was left out (backlog full): see `take_behind`.
+    pub fn mark_behind(&self) {
+        let waker = {
+            let mut inner = self.inner();
+            inner.behind = true;
+            inner.waker.take()
+        };
+        self.wake(waker);
+    }
+
+    /// Whether stored deliveries were left out since the last call.
+    pub fn take_behind(&self) -> bool {
+        std::mem::take(&mut self.inner().behind)
+    }
+
     fn wake(&self, waker: Option<Waker>) {
         // Stores a permit when nobody waits, so a wake-up is never lost.
         self.notify.notify_one();
@@ -87,7 +126,7 @@ impl Mailbox {
     /// Leave `waker` for the next push, unless events already wait (false).
     pub fn arm(&self, waker: Waker) -> bool {
         let mut inner = self.inner();
-        if !inner.queue.is_empty() {
+        if !inner.queue.is_empty() || inner.behind || inner.kick.is_some() {
             return false;
         }
         inner.waker = Some(waker);

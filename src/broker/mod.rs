@@ -4,6 +4,7 @@
 pub mod mailbox;
 mod publish;
 pub mod registry;
+mod wills;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use quay_storage::{Op, Store, StoreConfig};
 use thiserror::Error;
 
 use crate::config::{Config, FsyncPolicy, Zone, DEFAULT_ZONE_NAME};
+use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router::RetainedIndex;
 use registry::{Registry, SessionHandle, SessionState, SubOpts};
@@ -36,6 +38,7 @@ pub struct Broker {
     pub store: Store,
     pub registry: Registry,
     pub retained: RetainedIndex,
+    pub wills: wills::DelayedWills,
     pub metrics: Metrics,
     next_conn_id: AtomicU64,
     /// One background compaction at a time.
@@ -45,6 +48,7 @@ pub struct Broker {
     pub hibernated: AtomicU64,
     /// Every configured zone, shared by its listeners, connections and sessions.
     zones: BTreeMap<String, Arc<Zone>>,
+    incarnation_base: u64,
 }
 
 impl Broker {
@@ -68,6 +72,7 @@ impl Broker {
             store,
             registry: Registry::default(),
             retained: RetainedIndex::default(),
+            wills: Default::default(),
             metrics: Metrics::default(),
             next_conn_id: AtomicU64::new(1),
             compacting: Arc::new(AtomicBool::new(false)),
@@ -85,12 +90,17 @@ impl Broker {
                 })
                 .collect(),
             config: Arc::new(config),
+            incarnation_base: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1),
         });
         broker.recover()?;
         tracing::info!(
             sessions = broker.registry.len(),
             routes = broker.registry.route_count(),
             retained = broker.retained.len(),
+            delayed_wills = broker.wills.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovery done"
         );
@@ -111,6 +121,13 @@ impl Broker {
 
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A fresh session incarnation, unique across restarts too: the wall clock in
+    /// nanoseconds at start plus a counter (see `SessionRecord::incarnation`).
+    pub fn next_incarnation(&self) -> u64 {
+        self.incarnation_base
+            .wrapping_add(self.next_conn_id.fetch_add(1, Ordering::Relaxed))
     }
 
     fn recover(&self) -> Result<(), quay_storage::StoreError> {
@@ -144,25 +161,28 @@ impl Broker {
                 "" => self.zone(DEFAULT_ZONE_NAME),
                 name => self.zone(name),
             };
+            // Online when the broker died: what was stored may have been sent, what
+            // is stored from now on has not.
+            let dup_below = if record.disconnected_ms == 0 {
+                self.store.next_queue_seq(&client)?
+            } else {
+                record.dup_below
+            };
             self.registry.insert(SessionHandle::new(
                 client,
                 SessionState {
+                    live: true,
+                    incarnation: record.incarnation,
                     persistent: true,
                     expiry_interval_s: record.expiry_interval_s,
                     conn: None,
                     offline_since: Some(offline_since),
                     subscriptions: Default::default(),
-                    generation: 0,
                     zone,
                     connected_at_ms: 0,
                     peer: Box::from(""),
                     protocol_level: record.protocol_level,
-                    // Online when the broker died: anything stored may have been sent.
-                    dup_below: if record.disconnected_ms == 0 {
-                        u64::MAX
-                    } else {
-                        record.dup_below
-                    },
+                    dup_below,
                 },
             ));
         }
@@ -191,6 +211,11 @@ impl Broker {
                 Err(_) => tracing::warn!(?topic, "retained topic is not UTF-8; skipped"),
             }
         }
+        for (client, will) in self.store.wills()? {
+            let msg = Message::from_stored(will.msg);
+            self.wills
+                .recovered(Arc::from(client.as_str()), will.due_ms, msg);
+        }
         if !expired.is_empty() {
             tracing::info!(
                 count = expired.len(),
@@ -209,56 +234,80 @@ impl Broker {
 
     /// Delete offline sessions whose expiry passed and retained messages whose expiry
     /// passed; compact when something was deleted so the disk space comes back.
-    pub fn sweep_expired(&self, now: Instant) -> usize {
-        let mut ops = Vec::new();
+    pub fn sweep_expired(self: &Arc<Self>, now: Instant) -> usize {
+        // Wills first: a will is due at the latest when its session ends.
+        self.publish_due_wills(crate::message::now_ms());
+        let writer = self.store.writer();
+        let mut sessions = 0;
         for handle in self.registry.all() {
-            let expired = {
-                let st = handle.state();
-                match (st.conn.is_none(), st.offline_since) {
+            // Decided and ended under the session's lock, which a resuming CONNECT
+            // also takes: a session is either revived or ended, never both.
+            let ended = self.registry.remove_if(
+                &handle,
+                |st| match (st.conn.is_none(), st.offline_since) {
                     (true, Some(since)) if st.expiry_interval_s != u32::MAX => {
                         now.saturating_duration_since(since)
                             >= Duration::from_secs(st.expiry_interval_s as u64)
                     }
                     _ => false,
-                }
-            };
-            if expired {
+                },
+                |st| {
+                    if st.persistent {
+                        writer.submit_detached(vec![Op::DeleteSession {
+                            client: handle.client_id.clone(),
+                        }]);
+                    }
+                },
+            );
+            if ended {
+                self.publish_will_now(&handle.client_id);
                 tracing::info!(client_id = %handle.client_id, "session expired");
                 Metrics::inc(&self.metrics.sessions_expired);
-                let persistent = handle.state().persistent;
-                self.registry.remove(&handle);
-                if persistent {
-                    ops.push(Op::DeleteSession {
-                        client: handle.client_id.clone(),
-                    });
-                }
+                sessions += 1;
             }
         }
-        match self.store.expired_retained(crate::message::now_ms()) {
-            Ok(topics) => {
-                for topic in topics {
-                    if let Ok(t) = std::str::from_utf8(&topic) {
-                        self.retained.remove(t);
-                    }
-                    ops.push(Op::DeleteRetained { topic });
-                }
+        // Deleted by the writer only if still expired when the delete applies: a
+        // message set after this scan survives, and so does its index entry.
+        let now_ms = crate::message::now_ms();
+        let topics = match self.store.expired_retained(now_ms) {
+            Ok(topics) => topics,
+            Err(e) => {
+                tracing::warn!(error = %e, "retained expiry sweep failed");
+                Vec::new()
             }
-            Err(e) => tracing::warn!(error = %e, "retained expiry sweep failed"),
+        };
+        let deleted = sessions + topics.len();
+        if !topics.is_empty() {
+            let ops = topics
+                .iter()
+                .map(|topic| Op::DeleteRetainedIfExpired {
+                    topic: topic.clone(),
+                    now_ms,
+                })
+                .collect();
+            let broker = self.clone();
+            writer.submit(
+                ops,
+                Box::new(move |result| {
+                    let Ok(deleted) = result else { return };
+                    for (topic, deleted) in topics.iter().zip(deleted) {
+                        if let (Some(_), Ok(t)) = (deleted, std::str::from_utf8(topic)) {
+                            broker.retained.remove_expired(t);
+                        }
+                    }
+                }),
+            );
         }
-        let deleted = ops.len();
-        if deleted > 0 {
-            self.store.writer().submit_detached(ops);
-            if !self.compacting.swap(true, Ordering::AcqRel) {
-                let store = self.store.clone();
-                let compacting = self.compacting.clone();
-                // Compaction is slow; it runs off the async workers.
-                std::thread::spawn(move || {
-                    if let Err(e) = store.writer().barrier().and_then(|_| store.compact()) {
-                        tracing::warn!(error = %e, "compaction after expiry failed");
-                    }
-                    compacting.store(false, Ordering::Release);
-                });
-            }
+        if deleted > 0 && !self.compacting.swap(true, Ordering::AcqRel) {
+            let store = self.store.clone();
+            let compacting = self.compacting.clone();
+            // Compaction is slow; it runs off the async workers.
+            std::thread::spawn(move || {
+                if let Err(e) = store.writer().barrier().and_then(|_| store.compact()) {
+                    tracing::warn!(error = %e, "compaction after expiry failed");
+                }
+                compacting.store(false, Ordering::Release);
+            });
         }
         deleted
     }

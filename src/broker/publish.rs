@@ -40,11 +40,12 @@ impl Broker {
                 continue;
             }
             matched += 1;
-            let (persistent, online, max_len, upgrade_qos, store_qos0) = {
+            let (persistent, online, incarnation, max_len, upgrade_qos, store_qos0) = {
                 let st = t.handle.state();
                 (
                     st.persistent,
                     st.conn.is_some(),
+                    st.incarnation,
                     st.zone.max_mqueue_len as u64,
                     st.zone.upgrade_qos,
                     st.zone.mqueue_store_qos0,
@@ -64,11 +65,11 @@ impl Broker {
                 retain: msg.retain && t.retain_as_published,
                 subscription_ids: t.subscription_ids,
                 resend: false,
-                inline: false,
             };
             if persistent && (qos != QoS::AtMostOnce || (!online && store_qos0)) {
                 enqueues.push(Op::Enqueue {
                     client: t.handle.client_id.clone(),
+                    incarnation,
                     entry: QueueEntry {
                         msg_id,
                         qos: qos as u8,
@@ -88,14 +89,11 @@ impl Broker {
         if matched == 0 {
             Metrics::inc(&self.metrics.messages_dropped_no_subscribers);
         }
-        match (enqueues.as_mut_slice(), stored.as_mut_slice()) {
-            ([], _) => {}
+        match enqueues.as_mut_slice() {
+            [] => {}
             // One persistent subscriber: the message goes inside its queue entry, still
             // written once, and its ack is one delete.
-            ([Op::Enqueue { entry, .. }], [(_, out)]) => {
-                entry.inline = Some(msg.to_stored());
-                out.inline = true;
-            }
+            [Op::Enqueue { entry, .. }] => entry.inline = Some(msg.to_stored()),
             _ => ops.push(Op::Message {
                 id: msg_id,
                 msg: msg.to_stored(),
@@ -120,8 +118,7 @@ impl Broker {
                             match seq {
                                 Some(seq) => {
                                     out.seq = Some(seq);
-                                    // Dropped or offline: it is stored, the session reads it back.
-                                    let _ = handle.deliver(out);
+                                    handle.deliver_stored(out);
                                 }
                                 None => {
                                     Metrics::inc(&broker.metrics.messages_dropped_queue_full);

@@ -27,10 +27,10 @@ pub enum ConnEvent {
         qos: QoS,
         ok: bool,
     },
-    /// SUBSCRIBE/UNSUBSCRIBE/CONNECT-time writes are durable: send this reply.
+    /// SUBSCRIBE/UNSUBSCRIBE/PUBREL writes are durable: send this reply.
     Reply(Box<crate::codec::Packet>, Vec<Outgoing>),
-    /// Close with this reason (takeover 0x8E, admin kick 0x98, shutdown 0x8B).
-    Kick(ReasonCode),
+    /// The release of an outbound QoS 2 delivery is durable: PUBREL may go.
+    Released(u16),
 }
 
 /// A connection's link to its session.
@@ -66,14 +66,17 @@ impl SubOpts {
 
 #[derive(Debug)]
 pub struct SessionState {
+    /// Still the registered session of its client id. Cleared, under this lock, by
+    /// `Registry::remove`: whoever holds a handle checks it before reviving it.
+    pub live: bool,
+    /// This life of the session (see `SessionRecord::incarnation`).
+    pub incarnation: u64,
     pub persistent: bool,
     pub expiry_interval_s: u32,
     pub conn: Option<ConnLink>,
     /// Set while offline: when the session expires.
     pub offline_since: Option<Instant>,
     pub subscriptions: HashMap<String, SubOpts>,
-    /// Bumped on every connect; a delayed will checks it did not change.
-    pub generation: u64,
     /// The zone of the listener the client last connected through (stored with the
     /// session, so a session recovered at start keeps its zone's limits while offline).
     pub zone: Arc<Zone>,
@@ -85,8 +88,8 @@ pub struct SessionState {
 }
 
 /// Deliveries that may wait in a connection's channel before new ones are dropped.
-/// Dropping a stored delivery loses nothing: the session sees the gap in sequence
-/// numbers and reads it back from the store. Volatile ones are counted as dropped.
+/// Dropping a stored delivery loses nothing: the connection is told it is behind and
+/// reads its queue back from the store. Volatile ones are counted as dropped.
 pub const MAX_BACKLOG: usize = 10_000;
 
 #[derive(Debug)]
@@ -126,11 +129,25 @@ impl SessionHandle {
         }
     }
 
-    /// Send to the connection holding this session, if any. False when offline.
-    pub fn send(&self, event: ConnEvent) -> bool {
+    /// Hand a stored delivery to the connection, if any. One that does not fit its
+    /// backlog is not lost (it is stored): the connection is told to read its queue
+    /// from the store instead, so it never waits for a later delivery to see the gap.
+    pub fn deliver_stored(&self, out: Outgoing) {
+        if let Some(link) = &self.state().conn {
+            if !link
+                .mailbox
+                .push_bounded(ConnEvent::Deliver(out), MAX_BACKLOG)
+            {
+                link.mailbox.mark_behind();
+            }
+        }
+    }
+
+    /// Close the connection holding this session, if any. False when offline.
+    pub fn kick(&self, reason: ReasonCode) -> bool {
         match &self.state().conn {
             Some(link) => {
-                link.mailbox.push(event);
+                link.mailbox.kick(reason);
                 true
             }
             None => false,
@@ -150,6 +167,27 @@ pub enum Delivered {
 pub struct Registry {
     sessions: Mutex<HashMap<ClientId, Arc<SessionHandle>>>,
     routes: RwLock<TopicTrie<ClientId, (Arc<SessionHandle>, SubOpts)>>,
+    /// One CONNECT at a time per client id (see `lock_client`).
+    connecting: Mutex<HashMap<ClientId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Held while a CONNECT decides and installs its session; see `Registry::lock_client`.
+pub struct ClientLock<'a> {
+    registry: &'a Registry,
+    client: ClientId,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for ClientLock<'_> {
+    fn drop(&mut self) {
+        let mut connecting = self.registry.connecting();
+        // Clones are made under this map's lock: two strong counts (the map's and
+        // ours) mean nobody else waits, so the entry can go.
+        if Arc::strong_count(&self.lock) == 2 {
+            connecting.remove(&self.client);
+        }
+    }
 }
 
 /// One matching subscriber of a published topic, merged over its matching filters.
@@ -164,6 +202,24 @@ pub struct Target {
 impl Registry {
     fn sessions(&self) -> MutexGuard<'_, HashMap<ClientId, Arc<SessionHandle>>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn connecting(&self) -> MutexGuard<'_, HashMap<ClientId, Arc<tokio::sync::Mutex<()>>>> {
+        self.connecting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serialize CONNECTs of one client id: concurrent ones take turns, each taking
+    /// over the session from the one before, so exactly one connection ends up
+    /// holding it and no two ever serve one queue.
+    pub async fn lock_client(&self, client: &ClientId) -> ClientLock<'_> {
+        let lock = self.connecting().entry(client.clone()).or_default().clone();
+        let guard = lock.clone().lock_owned().await;
+        ClientLock {
+            registry: self,
+            client: client.clone(),
+            lock,
+            _guard: guard,
+        }
     }
 
     pub fn get(&self, client: &str) -> Option<Arc<SessionHandle>> {
@@ -191,22 +247,36 @@ impl Registry {
     }
 
     /// Remove `handle` (if it is still the registered one) and all its routes.
-    pub fn remove(&self, handle: &Arc<SessionHandle>) {
-        {
+    pub fn remove(&self, handle: &Arc<SessionHandle>) -> bool {
+        self.remove_if(handle, |_| true, |_| {})
+    }
+
+    /// Remove `handle` if it is live and `decide` says so, both under its state
+    /// lock, and run `removed` under that lock too (the store write that ends the
+    /// session: submitted there, it is ordered before anything a successor writes).
+    /// True when this call removed it.
+    pub fn remove_if(
+        &self,
+        handle: &Arc<SessionHandle>,
+        decide: impl FnOnce(&SessionState) -> bool,
+        removed: impl FnOnce(&SessionState),
+    ) -> bool {
+        let filters: Vec<String> = {
             let mut sessions = self.sessions();
-            match sessions.get(&handle.client_id) {
-                Some(h) if Arc::ptr_eq(h, handle) => {
-                    sessions.remove(&handle.client_id);
-                }
-                _ => {}
+            let mut st = handle.state();
+            if !st.live || !decide(&st) {
+                return false;
             }
-        }
-        let filters: Vec<String> = handle
-            .state()
-            .subscriptions
-            .drain()
-            .map(|(f, _)| f)
-            .collect();
+            st.live = false;
+            removed(&st);
+            if sessions
+                .get(&handle.client_id)
+                .is_some_and(|h| Arc::ptr_eq(h, handle))
+            {
+                sessions.remove(&handle.client_id);
+            }
+            st.subscriptions.drain().map(|(f, _)| f).collect()
+        };
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
         for f in filters {
             if let Some((h, _)) = routes.get(&f, &handle.client_id) {
@@ -215,6 +285,7 @@ impl Registry {
                 }
             }
         }
+        true
     }
 
     /// Add or replace a subscription; returns true if it already existed.

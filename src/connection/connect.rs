@@ -13,11 +13,11 @@ use tokio::sync::oneshot;
 
 use super::{Connection, Env};
 use crate::broker::mailbox::Mailbox;
-use crate::broker::registry::{ConnEvent, ConnLink, SessionHandle, SessionState};
+use crate::broker::registry::{ConnLink, SessionHandle, SessionState};
 use crate::broker::Broker;
 use crate::codec::{self, ConnAck, Connect, Packet, Properties, ProtocolVersion, QoS, ReasonCode};
 use crate::config::ZoneConfig;
-use crate::message::{now_ms, Message};
+use crate::message::{now_ms, ClientId, Message};
 use crate::metrics::Metrics;
 use crate::session::{Inbound, Outbound, SessionConfig};
 use crate::topic;
@@ -65,76 +65,81 @@ pub(super) async fn accept(
     let expiry_s = session_expiry(&connect, zone, &mut ack_props);
     let persistent = expiry_s > 0;
 
-    // Take over a connection that holds this client id, and wait until it has gone
-    // (its store writes are submitted by then; the barrier below makes them durable).
+    // One CONNECT of this client id at a time: the takeover, the decision and the
+    // store writes below run under this lock, so exactly one connection wins.
+    let client_lock = broker.registry.lock_client(&client_id).await;
+    take_over(broker, &client_id).await;
     let existing = broker.registry.get(&client_id);
-    if let Some(old) = &existing {
-        let link = old.state().conn.as_ref().map(|l| l.mailbox.clone());
-        if let Some(old_mailbox) = link {
-            tracing::info!(client_id = %client_id, "session taken over");
-            Metrics::inc(&broker.metrics.sessions_takenover);
-            old_mailbox.push(ConnEvent::Kick(ReasonCode::SESSION_TAKEN_OVER));
-            let _ = tokio::time::timeout(Duration::from_secs(10), old_mailbox.closed()).await;
-        }
-    }
-    // Store writes this connect depends on (a predecessor's acks, a discarded or new
-    // persistent session): CONNACK waits until they are durable. A clean session with
-    // no stored predecessor needs none.
-    let mut needs_barrier = persistent || existing.as_ref().is_some_and(|h| h.state().persistent);
-    let resume = !connect.clean_start
-        && existing.as_ref().is_some_and(|h| {
-            let st = h.state();
-            st.persistent && st.conn.is_none()
-        });
     let conn_id = broker.next_conn_id();
     let mailbox = Arc::new(Mailbox::default());
     let link = ConnLink {
         conn_id,
         mailbox: mailbox.clone(),
     };
-    let mut dup_below = 0;
-    let handle = match (resume, existing) {
-        (true, Some(h)) => {
-            Metrics::inc(&broker.metrics.sessions_resumed);
-            let mut st = h.state();
-            st.persistent = persistent;
-            st.expiry_interval_s = expiry_s;
-            st.conn = Some(link);
-            st.offline_since = None;
-            st.generation += 1;
-            st.connected_at_ms = now_ms();
-            st.peer = peer.to_string().into();
-            st.protocol_level = version.level();
-            st.zone = zone.clone();
-            dup_below = st.dup_below;
-            drop(st);
-            h
+    // Resume under the session's lock, which the expiry sweep also takes: a session
+    // is either revived here or ended there, never both.
+    let mut link = Some(link);
+    let resumed = existing.filter(|_| !connect.clean_start).and_then(|h| {
+        let mut st = h.state();
+        if !(st.live && st.persistent && st.conn.is_none()) {
+            return None;
         }
-        (_, old) => {
-            let mut ops = Vec::new();
-            if let Some(old) = old {
-                Metrics::inc(&broker.metrics.sessions_discarded);
-                let was_persistent = old.state().persistent;
-                broker.registry.remove(&old);
-                if was_persistent {
-                    ops.push(Op::DeleteSession {
-                        client: client_id.clone(),
-                    });
+        // Resumed with a Session Expiry of 0 (v5): the stored queue is still
+        // delivered [MQTT-3.1.2-5], and the session ends with this connection.
+        st.expiry_interval_s = expiry_s;
+        st.conn = link.take();
+        st.offline_since = None;
+        st.connected_at_ms = now_ms();
+        st.peer = peer.to_string().into();
+        st.protocol_level = version.level();
+        st.zone = zone.clone();
+        let (dup_below, incarnation) = (st.dup_below, st.incarnation);
+        drop(st);
+        Some((h, dup_below, incarnation))
+    });
+    let resume = resumed.is_some();
+    // A resumed session is stored whatever its new expiry.
+    let persistent = persistent || resume;
+    let mut existed_persistent = false;
+    let (handle, dup_below, incarnation) = match resumed {
+        Some(resumed) => {
+            Metrics::inc(&broker.metrics.sessions_resumed);
+            broker.cancel_will(&client_id);
+            resumed
+        }
+        None => {
+            if let Some(old) = broker.registry.get(&client_id) {
+                let writer = broker.store.writer();
+                let ended = broker.registry.remove_if(
+                    &old,
+                    |_| true,
+                    |st| {
+                        if st.persistent {
+                            existed_persistent = true;
+                            writer.submit_detached(vec![Op::DeleteSession {
+                                client: client_id.clone(),
+                            }]);
+                        }
+                    },
+                );
+                if ended {
+                    Metrics::inc(&broker.metrics.sessions_discarded);
                 }
             }
-            if !ops.is_empty() {
-                broker.store.writer().submit_detached(ops);
-            }
+            // The session before this one has ended: its waiting will is due.
+            broker.publish_will_now(&client_id);
             Metrics::inc(&broker.metrics.sessions_created);
+            let incarnation = broker.next_incarnation();
             let h = SessionHandle::new(
                 client_id.clone(),
                 SessionState {
+                    live: true,
+                    incarnation,
                     persistent,
                     expiry_interval_s: expiry_s,
-                    conn: Some(link),
+                    conn: link.take(),
                     offline_since: None,
                     subscriptions: Default::default(),
-                    generation: 1,
                     zone: zone.clone(),
                     connected_at_ms: now_ms(),
                     peer: peer.to_string().into(),
@@ -143,7 +148,7 @@ pub(super) async fn accept(
                 },
             );
             broker.registry.insert(h.clone());
-            h
+            (h, 0, incarnation)
         }
     };
     if persistent {
@@ -153,6 +158,7 @@ pub(super) async fn accept(
             disconnected_ms: 0,
             dup_below,
             zone: zone.name.clone(),
+            incarnation,
         };
         let op = Op::PutSession {
             client: client_id.clone(),
@@ -160,12 +166,23 @@ pub(super) async fn accept(
         };
         broker.store.writer().submit_detached(vec![op]);
     }
-    // Everything submitted before (the old connection's acks, the session record) is
-    // durable before we read the stored queue or acknowledge the session.
-    needs_barrier |= resume;
+    drop(client_lock);
+    // Everything submitted before (the old connection's acks, a discarded session,
+    // the session record) is durable before we read the stored queue or answer. A
+    // clean session that replaced nothing stored needs no barrier.
+    let needs_barrier = persistent || resume || existed_persistent;
     if needs_barrier && !store_barrier(broker).await {
         tracing::error!(client_id = %client_id, "store unavailable at connect");
-        broker.registry.remove(&handle);
+        {
+            let mut st = handle.state();
+            if st.conn.as_ref().is_some_and(|l| l.conn_id == conn_id) {
+                st.conn = None;
+                st.offline_since = Some(Instant::now());
+            }
+        }
+        if !persistent {
+            broker.registry.remove(&handle);
+        }
         mailbox.close();
         refuse(ReasonCode::SERVER_UNAVAILABLE).await;
         return None;
@@ -257,6 +274,32 @@ pub(super) async fn accept(
     Some(conn)
 }
 
+/// Kick the connection holding `client_id`'s session, if any, and wait until it has
+/// finished (its store writes submitted, its session detached). Writes to a client
+/// are interruptible by the kick, so this does not wait for a socket that stopped
+/// reading; it never gives up, because a successor serving the queue while the old
+/// connection still does would send one message twice.
+async fn take_over(broker: &Broker, client_id: &ClientId) {
+    loop {
+        let Some(handle) = broker.registry.get(client_id) else {
+            return;
+        };
+        let old = handle.state().conn.as_ref().map(|l| l.mailbox.clone());
+        let Some(old) = old else { return };
+        tracing::info!(%client_id, "session taken over");
+        Metrics::inc(&broker.metrics.sessions_takenover);
+        old.kick(ReasonCode::SESSION_TAKEN_OVER);
+        let mut waited_s = 0;
+        while tokio::time::timeout(Duration::from_secs(10), old.closed())
+            .await
+            .is_err()
+        {
+            waited_s += 10;
+            tracing::warn!(%client_id, waited_s, "the connection being taken over has not finished yet");
+        }
+    }
+}
+
 /// Wait, without blocking a thread, until everything submitted so far is durable.
 async fn store_barrier(broker: &Broker) -> bool {
     let (tx, rx) = oneshot::channel();
@@ -328,42 +371,47 @@ impl Connection {
     pub(super) fn detach(&mut self, publish_will: bool) {
         let now = Instant::now();
         let dup_below = self.outbound.dup_below();
-        let (ours, generation, expiry_s, zone) = {
+        let writer = self.broker.store.writer();
+        let client = &self.client_id;
+        let conn_id = self.conn_id;
+        // Everything below happens under the session's lock and only if this
+        // connection still owns the session: a connection that was taken over (or
+        // whose session ended) never writes session state.
+        let ours = |st: &SessionState| st.conn.as_ref().is_some_and(|l| l.conn_id == conn_id);
+        // The session ends with this connection: clean, or v5 DISCONNECT set its
+        // expiry to 0.
+        let ended = self.broker.registry.remove_if(
+            &self.handle,
+            |st| ours(st) && (!st.persistent || st.expiry_interval_s == 0),
+            |st| {
+                if st.persistent {
+                    writer.submit_detached(vec![Op::DeleteSession {
+                        client: client.clone(),
+                    }]);
+                }
+            },
+        );
+        let expiry_s = {
             let mut st = self.handle.state();
-            let ours = st.conn.as_ref().is_some_and(|l| l.conn_id == self.conn_id);
-            if ours {
+            if !ended && st.live && ours(&st) {
                 st.conn = None;
                 st.offline_since = Some(now);
                 st.dup_below = dup_below;
-            }
-            (ours, st.generation, st.expiry_interval_s, st.zone.clone())
-        };
-        if ours {
-            if self.persistent && expiry_s == 0 {
-                // v5 DISCONNECT set the expiry to 0: the session ends with the connection.
-                self.broker.registry.remove(&self.handle);
-                self.broker
-                    .store
-                    .writer()
-                    .submit_detached(vec![Op::DeleteSession {
-                        client: self.client_id.clone(),
-                    }]);
-            } else if self.persistent {
                 let op = Op::PutSession {
-                    client: self.client_id.clone(),
+                    client: client.clone(),
                     record: SessionRecord {
                         protocol_level: self.version.level(),
-                        expiry_interval_s: expiry_s,
+                        expiry_interval_s: st.expiry_interval_s,
                         disconnected_ms: now_ms(),
                         dup_below,
-                        zone: zone.name.clone(),
+                        zone: st.zone.name.clone(),
+                        incarnation: st.incarnation,
                     },
                 };
-                self.broker.store.writer().submit_detached(vec![op]);
-            } else {
-                self.broker.registry.remove(&self.handle);
+                writer.submit_detached(vec![op]);
             }
-        }
+            st.expiry_interval_s
+        };
         let Some(will) = self.will.take().filter(|_| publish_will) else {
             return;
         };
@@ -388,21 +436,13 @@ impl Connection {
                 .unwrap_or(0),
             properties: props,
         };
-        let broker = self.broker.clone();
-        let handle = self.handle.clone();
         if delay_s == 0 {
-            broker.publish(msg, Vec::new(), Box::new(|_| {}));
+            self.broker.publish(msg, Vec::new(), Box::new(|_| {}));
             return;
         }
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(delay_s as u64)).await;
-            // A reconnect within the delay cancels the will (MQTT 5 §3.1.3.2.2).
-            let st = handle.state();
-            let reconnected = st.generation != generation || st.conn.is_some();
-            drop(st);
-            if !reconnected {
-                broker.publish(msg, Vec::new(), Box::new(|_| {}));
-            }
-        });
+        // Stored: a reconnect within the delay cancels it, the end of the session
+        // publishes it at once, a restart keeps it (see `broker::wills`).
+        let due_ms = now_ms() + u64::from(delay_s) * 1000;
+        self.broker.delay_will(self.client_id.clone(), due_ms, msg);
     }
 }

@@ -45,6 +45,14 @@ pub(crate) enum Close {
     Kicked(ReasonCode),
 }
 
+/// Above this many bytes waiting to be written, a connection takes no more events
+/// and reads no more packets until its client has read some.
+const WBUF_HIGH: usize = 256 * 1024;
+
+/// Bound on the last write to a closing connection (DISCONNECT, pending acks): a
+/// client that stopped reading cannot hold up its successor or a shutdown.
+const FINAL_WRITE: Duration = Duration::from_secs(1);
+
 /// How `Connection::run` ends.
 enum Outcome {
     Closed(Close),
@@ -251,22 +259,50 @@ impl Connection {
             return Outcome::Closed(close);
         }
         loop {
-            self.flush_store_ops();
-            if !self.wbuf.is_empty() {
-                let n = self.wbuf.len();
-                if writer.write_all(&self.wbuf).await.is_err() {
-                    return Outcome::Closed(Close::Lost);
+            // Take events only while the client reads what we already have for it:
+            // a client that stopped reading holds its deliveries in the mailbox
+            // (bounded) and the store, not in our write buffer.
+            if self.wbuf.len() < WBUF_HIGH {
+                let events = mailbox.take_all();
+                if !events.is_empty() {
+                    self.active_at = Instant::now();
+                    for event in events {
+                        if let Err(close) = self.on_event(event) {
+                            return Outcome::Closed(close);
+                        }
+                    }
                 }
-                Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
-                if self.wbuf.capacity() > 64 * 1024 {
-                    self.wbuf = BytesMut::new();
-                } else {
-                    self.wbuf.clear();
+                if mailbox.take_behind() {
+                    let actions = self.outbound.behind(Instant::now());
+                    self.execute(actions);
                 }
             }
+            if let Some(reason) = mailbox.take_kick() {
+                // What the client sent before it was replaced (a PUBACK, a
+                // DISCONNECT) still counts: process it first.
+                if let Err(earlier) = self.drain_socket(reader, rbuf, max_packet) {
+                    return Outcome::Closed(earlier);
+                }
+                return Outcome::Closed(Close::Kicked(reason));
+            }
+            self.flush_store_ops();
             let deadline = self.next_deadline();
+            // Writing is one branch among others, never awaited alone: a kick or
+            // shutdown interrupts a write to a socket that stopped reading.
             tokio::select! {
-                ready = reader.readable() => {
+                written = writer.write(&self.wbuf), if !self.wbuf.is_empty() => {
+                    match written {
+                        Ok(0) | Err(_) => return Outcome::Closed(Close::Lost),
+                        Ok(n) => {
+                            Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
+                            bytes::Buf::advance(&mut self.wbuf, n);
+                            if self.wbuf.is_empty() && self.wbuf.capacity() > 64 * 1024 {
+                                self.wbuf = BytesMut::new();
+                            }
+                        }
+                    }
+                }
+                ready = reader.readable(), if self.wbuf.len() < WBUF_HIGH => {
                     if ready.is_err() {
                         return Outcome::Closed(Close::Lost);
                     }
@@ -289,21 +325,8 @@ impl Connection {
                         Err(_) => return Outcome::Closed(Close::Lost),
                     }
                 }
-                _ = mailbox.wait() => {
-                    self.active_at = Instant::now();
-                    for event in mailbox.take_all() {
-                        if let Err(close) = self.on_event(event) {
-                            if let Close::Kicked(_) = close {
-                                // What the client sent before it was replaced (a PUBACK,
-                                // a DISCONNECT) still counts: process it first.
-                                if let Err(earlier) = self.drain_socket(reader, rbuf, max_packet) {
-                                    return Outcome::Closed(earlier);
-                                }
-                            }
-                            return Outcome::Closed(close);
-                        }
-                    }
-                }
+                // Events are taken at the top of the loop.
+                _ = mailbox.wait() => {}
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     let now = Instant::now();
                     if let Err(close) = self.on_timer(now) {
@@ -477,11 +500,20 @@ impl Connection {
             ConnEvent::Reply(packet, retained) => {
                 self.send(&packet);
                 for out in retained {
-                    let actions = self.outbound.deliver_volatile(out, now);
+                    // Stored ones (retained QoS 1/2 to a persistent session) carry
+                    // their queue seq; the rest are volatile.
+                    let actions = if out.seq.is_some() {
+                        self.outbound.deliver_stored(out, now)
+                    } else {
+                        self.outbound.deliver_volatile(out, now)
+                    };
                     self.execute(actions);
                 }
             }
-            ConnEvent::Kick(reason) => return Err(Close::Kicked(reason)),
+            ConnEvent::Released(packet_id) => {
+                let actions = self.outbound.released(packet_id, now);
+                self.execute(actions);
+            }
         }
         Ok(())
     }
@@ -515,10 +547,14 @@ impl Connection {
             }));
         }
         if let Some(writer) = writer {
-            if !self.wbuf.is_empty() {
-                let _ = writer.write_all(&self.wbuf).await;
-            }
-            let _ = writer.shutdown().await;
+            let wbuf = &self.wbuf;
+            let _ = tokio::time::timeout(FINAL_WRITE, async {
+                if !wbuf.is_empty() {
+                    let _ = writer.write_all(wbuf).await;
+                }
+                let _ = writer.shutdown().await;
+            })
+            .await;
         }
         Metrics::inc(&self.broker.metrics.disconnections);
         let publish_will = match close {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Connection;
+use crate::broker::registry::ConnEvent;
 use crate::codec::{self, Packet, Properties, PubResp, Publish, ReasonCode};
 use crate::message::{now_ms, Message};
 use crate::metrics::Metrics;
@@ -34,6 +35,9 @@ impl Connection {
                     properties: Properties::default(),
                 })),
                 Action::Store(op) => self.store_ops.push(op),
+                Action::Release { packet_id, op } => {
+                    self.when_durable(vec![op], ConnEvent::Released(packet_id));
+                }
                 Action::LoadQueue { from, limit } => work.extend(self.load_page(from, limit)),
                 Action::Dropped(reason) => {
                     let m = &self.broker.metrics;
@@ -53,6 +57,25 @@ impl Connection {
             let ops = std::mem::take(&mut self.store_ops);
             self.broker.store.writer().submit_detached(ops);
         }
+    }
+
+    /// Submit `ops` (after the detached writes gathered so far) and hand `then` to
+    /// this connection once they are durable. A failed write closes the connection:
+    /// what `then` would acknowledge is not on disk.
+    pub(super) fn when_durable(&mut self, ops: Vec<quay_storage::Op>, then: ConnEvent) {
+        self.flush_store_ops();
+        let mailbox = self.mailbox.clone();
+        let client_id = self.client_id.clone();
+        self.broker.store.writer().submit(
+            ops,
+            Box::new(move |result| match result {
+                Ok(_) => mailbox.push(then),
+                Err(e) => {
+                    tracing::error!(%client_id, error = %e, "store write failed; closing the connection");
+                    mailbox.kick(ReasonCode::UNSPECIFIED_ERROR);
+                }
+            }),
+        );
     }
 
     fn load_page(&mut self, from: u64, limit: usize) -> Vec<Action> {

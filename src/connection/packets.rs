@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use quay_storage::{Op, SubscriptionRecord};
+use quay_storage::{Op, QueueEntry, SubscriptionRecord};
 
 use super::{Close, Connection};
 use crate::broker::registry::{ConnEvent, SubOpts};
@@ -50,29 +50,37 @@ impl Connection {
                 self.execute(actions);
             }
             Packet::PubRel(r) => {
-                let reason = if self.inbound.release(r.packet_id) {
-                    if self.persistent {
-                        self.store_ops.push(Op::DeleteAwaitingRel {
+                if !self.inbound.release(r.packet_id) {
+                    let reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                    self.send(&Packet::PubComp(resp(r.packet_id, reason)));
+                } else {
+                    // PUBCOMP lets the client reuse the id: it goes only once the id's
+                    // release is durable, or a crash would bring the id back and
+                    // swallow the client's next PUBLISH with it as a duplicate.
+                    let pubcomp = Packet::PubComp(resp(r.packet_id, ReasonCode::Success));
+                    let ops = if self.persistent {
+                        vec![Op::DeleteAwaitingRel {
                             client: self.client_id.clone(),
                             packet_id: r.packet_id,
-                        });
-                    }
-                    ReasonCode::Success
-                } else {
-                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
-                };
-                self.send(&Packet::PubComp(resp(r.packet_id, reason)));
+                        }]
+                    } else {
+                        Vec::new()
+                    };
+                    self.reply_when_durable(ops, pubcomp, Vec::new());
+                }
             }
             Packet::Subscribe(s) => self.on_subscribe(s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
             Packet::PingReq => self.send(&Packet::PingResp),
             Packet::Disconnect(d) => {
                 if let Some(expiry) = d.properties.session_expiry_interval {
-                    if !self.persistent && expiry > 0 {
+                    let mut st = self.handle.state();
+                    if st.expiry_interval_s == 0 && expiry > 0 {
                         // MQTT 5 §3.14.2.2.2: cannot turn a 0 expiry into a non-zero one.
                         return Err(Close::Error(ReasonCode::PROTOCOL_ERROR));
                     }
-                    self.handle.state().expiry_interval_s = expiry;
+                    let max = self.zone.session_expiry_interval.as_secs();
+                    st.expiry_interval_s = expiry.min(max.min(u32::MAX as u64) as u32);
                 }
                 return Err(Close::ByClient {
                     with_will: d.reason == ReasonCode::DISCONNECT_WITH_WILL,
@@ -234,6 +242,7 @@ impl Connection {
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut ops = Vec::new();
         let mut retained = Vec::new();
+        let mut stored = Vec::new();
         for (filter, options) in &s.filters {
             let reason = if topic::validate_filter(filter, mqtt.max_topic_levels).is_err() {
                 ReasonCode::TOPIC_FILTER_INVALID
@@ -272,18 +281,26 @@ impl Connection {
                     RetainHandling::SendIfNew => !existed,
                     RetainHandling::Never => false,
                 };
-                if send_retained && !filter.starts_with("$share/") {
+                if send_retained {
                     for msg in self.broker.retained_for(filter) {
-                        retained.push(Outgoing {
+                        let mut out = Outgoing {
                             seq: None,
                             msg_id: 0,
                             qos: msg.qos.min(granted),
                             retain: true,
                             subscription_ids: if sub_id != 0 { vec![sub_id] } else { vec![] },
                             resend: false,
-                            inline: false,
                             msg: Arc::clone(&msg),
-                        });
+                        };
+                        if self.persistent && out.qos != QoS::AtMostOnce {
+                            // A persistent session keeps it until acknowledged, like
+                            // any QoS 1/2 delivery: stored with the subscription.
+                            out.msg_id = self.broker.store.next_msg_id();
+                            ops.push(self.enqueue_op(&out));
+                            stored.push(out);
+                        } else {
+                            retained.push(out);
+                        }
                     }
                 }
                 ReasonCode(granted as u8)
@@ -298,7 +315,60 @@ impl Connection {
             properties: Properties::default(),
             reasons,
         });
-        self.reply_when_durable(ops, ack, retained);
+        if stored.is_empty() {
+            self.reply_when_durable(ops, ack, retained);
+            return;
+        }
+        // SUBACK, then the retained messages: the stored ones with the seqs the
+        // writer gave them (in op order; a full queue drops one).
+        self.flush_store_ops();
+        let mailbox = self.mailbox.clone();
+        let metrics = self.broker.clone();
+        self.broker.store.writer().submit(
+            ops,
+            Box::new(move |result| match result {
+                Ok(seqs) => {
+                    for (mut out, seq) in stored.into_iter().zip(seqs) {
+                        match seq {
+                            Some(seq) => {
+                                out.seq = Some(seq);
+                                retained.push(out);
+                            }
+                            None => {
+                                Metrics::inc(&metrics.metrics.messages_dropped);
+                                Metrics::inc(&metrics.metrics.messages_dropped_queue_full);
+                            }
+                        }
+                    }
+                    mailbox.push(ConnEvent::Reply(Box::new(ack), retained));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "subscription not stored; closing the connection");
+                    mailbox.kick(ReasonCode::UNSPECIFIED_ERROR);
+                }
+            }),
+        );
+    }
+
+    /// The store op that queues `out` (a retained message, inline) for this session.
+    fn enqueue_op(&self, out: &Outgoing) -> Op {
+        let (incarnation, max_len) = {
+            let st = self.handle.state();
+            (st.incarnation, st.zone.max_mqueue_len as u64)
+        };
+        Op::Enqueue {
+            client: self.client_id.clone(),
+            incarnation,
+            entry: QueueEntry {
+                msg_id: out.msg_id,
+                qos: out.qos as u8,
+                retain: true,
+                released: false,
+                subscription_ids: out.subscription_ids.clone(),
+                inline: Some(out.msg.to_stored()),
+            },
+            max_len,
+        }
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
@@ -334,17 +404,6 @@ impl Connection {
             let _ = self.on_event(ConnEvent::Reply(Box::new(reply), retained));
             return;
         }
-        let mailbox = self.mailbox.clone();
-        self.broker.store.writer().submit(
-            ops,
-            Box::new(move |result| {
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "subscription change not stored");
-                    mailbox.push(ConnEvent::Kick(ReasonCode::UNSPECIFIED_ERROR));
-                    return;
-                }
-                mailbox.push(ConnEvent::Reply(Box::new(reply), retained));
-            }),
-        );
+        self.when_durable(ops, ConnEvent::Reply(Box::new(reply), retained));
     }
 }

@@ -71,13 +71,7 @@ pub fn run_command(broker: &Arc<Broker>, args: &[String]) -> Reply {
         ["clients", "list"] => ok(list(broker, |s| s.state().conn.is_some(), client_line)),
         ["clients", "show", id] => show(broker, id, client_line),
         ["clients", "kick", id] => match broker.registry.get(id) {
-            Some(h)
-                if h.send(crate::broker::registry::ConnEvent::Kick(
-                    ReasonCode::ADMINISTRATIVE_ACTION,
-                )) =>
-            {
-                ok("ok\n".into())
-            }
+            Some(h) if h.kick(ReasonCode::ADMINISTRATIVE_ACTION) => ok("ok\n".into()),
             _ => Reply {
                 code: 1,
                 output: "Not Found.\n".into(),

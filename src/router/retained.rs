@@ -49,6 +49,15 @@ impl RetainedIndex {
         self.write().remove(topic)
     }
 
+    /// Forget `topic` after the store deleted its expired message, unless a newer
+    /// message for it is on its way (pending): that one's write follows the delete.
+    pub fn remove_expired(&self, topic: &str) {
+        let pending = self.pending_map();
+        if !pending.contains_key(topic) {
+            self.write().remove(topic);
+        }
+    }
+
     pub fn contains(&self, topic: &str) -> bool {
         self.read().contains(topic)
     }

@@ -61,17 +61,9 @@ pub struct Outgoing {
     pub subscription_ids: Vec<u32>,
     /// Possibly sent before (a stored entry re-read after a reconnect): send with DUP.
     pub resend: bool,
-    /// The stored entry holds the message itself (see `QueueEntry::inline`): acking
-    /// it releases no reference in the message log.
-    pub inline: bool,
 }
 
 impl Outgoing {
-    /// The message-log reference this delivery holds, if any.
-    pub fn msg_ref(&self) -> Option<u64> {
-        (!self.inline).then_some(self.msg_id)
-    }
-
     /// The stored form of a released QoS 2 entry: no message (inline or not) is kept.
     fn released_entry(&self) -> quay_storage::QueueEntry {
         quay_storage::QueueEntry {
@@ -103,6 +95,11 @@ pub enum Action {
         out: Outgoing,
     },
     PubRel(u16),
+    /// Make `op` (a QoS 2 release) durable, then call `Outbound::released(packet_id)`.
+    Release {
+        packet_id: u16,
+        op: Op,
+    },
     /// Submit a store write nobody waits for.
     Store(Op),
     /// Read up to `limit` stored entries from `from` and call `Outbound::loaded`.

@@ -27,6 +27,10 @@ pub enum Cursor {
 enum Stage {
     Ack,
     Rec,
+    /// PUBREC received; the entry's release is being made durable. PUBREL goes out
+    /// only after that (`released`): a PUBREL followed by a crash that forgot the
+    /// release would send the PUBLISH again, a QoS 2 duplicate.
+    Releasing,
     Comp,
 }
 
@@ -119,14 +123,9 @@ impl Outbound {
         let mut actions = Vec::new();
         for (id, f) in self.inflight.iter_mut() {
             f.sent_at = now;
-            actions.push(match f.stage {
-                Stage::Comp => Action::PubRel(*id),
-                _ => Action::Publish {
-                    packet_id: Some(*id),
-                    dup: true,
-                    out: f.out.clone(),
-                },
-            });
+            if let Some(action) = resend(*id, f) {
+                actions.push(action);
+            }
         }
         self.pump(now, &mut actions);
         actions
@@ -158,6 +157,20 @@ impl Outbound {
             }
         }
         self.pump(now, &mut actions);
+        actions
+    }
+
+    /// Stored deliveries were left out of the mailbox (its backlog was full): what
+    /// is not loaded yet is read from the store.
+    pub fn behind(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Cursor::Live { next } = self.cursor {
+            self.cursor = Cursor::Disk {
+                from: next,
+                loading: false,
+            };
+            self.pump(now, &mut actions);
+        }
         actions
     }
 
@@ -212,7 +225,6 @@ impl Outbound {
                             retain: entry.retain,
                             subscription_ids: entry.subscription_ids,
                             resend: true,
-                            inline: false,
                         },
                         stage: Stage::Comp,
                         sent_at: now,
@@ -223,7 +235,7 @@ impl Outbound {
             }
             let Some(msg) = msg else {
                 tracing::warn!(client_id = %self.client, seq, msg_id = entry.msg_id, "queued message is missing");
-                actions.push(self.ack_op(seq, None));
+                actions.push(self.ack_op(seq));
                 actions.push(Action::Dropped(DropReason::Missing));
                 continue;
             };
@@ -235,7 +247,6 @@ impl Outbound {
                 retain: entry.retain,
                 subscription_ids: entry.subscription_ids,
                 resend: seq < self.dup_below,
-                inline: entry.inline.is_some(),
             });
         }
         self.cursor = if full_page {
@@ -266,23 +277,44 @@ impl Outbound {
         match f.stage {
             Stage::Rec if failed => return Some(self.complete(packet_id, Stage::Rec, now)),
             Stage::Rec => {
-                f.stage = Stage::Comp;
                 f.sent_at = now;
-                if let Some(seq) = f.out.seq {
-                    actions.push(Action::Store(Op::Release {
-                        client: self.client.clone(),
-                        seq,
-                        entry: f.out.released_entry(),
-                        msg_id: f.out.msg_ref(),
-                    }));
+                match f.out.seq {
+                    Some(seq) => {
+                        f.stage = Stage::Releasing;
+                        actions.push(Action::Release {
+                            packet_id,
+                            op: Op::Release {
+                                client: self.client.clone(),
+                                seq,
+                                entry: f.out.released_entry(),
+                            },
+                        });
+                    }
+                    None => {
+                        f.stage = Stage::Comp;
+                        actions.push(Action::PubRel(packet_id));
+                    }
                 }
-                actions.push(Action::PubRel(packet_id));
             }
+            // A repeated PUBREC: PUBREL follows once the release is durable.
+            Stage::Releasing => {}
             // A repeated PUBREC: repeat the PUBREL.
             Stage::Comp => actions.push(Action::PubRel(packet_id)),
             Stage::Ack => return None,
         }
         Some(actions)
+    }
+
+    /// The release asked for by `Action::Release` is durable: send PUBREL.
+    pub fn released(&mut self, packet_id: u16, now: Instant) -> Vec<Action> {
+        match self.inflight.get_mut(&packet_id) {
+            Some(f) if f.stage == Stage::Releasing => {
+                f.stage = Stage::Comp;
+                f.sent_at = now;
+                vec![Action::PubRel(packet_id)]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Drop an in-flight delivery that cannot be sent (too large for the client), as
@@ -305,12 +337,7 @@ impl Outbound {
         }
         if let Some(f) = self.inflight.remove(&packet_id) {
             if let Some(seq) = f.out.seq {
-                let msg_id = if stage == Stage::Comp {
-                    None
-                } else {
-                    f.out.msg_ref()
-                };
-                actions.push(self.ack_op(seq, msg_id));
+                actions.push(self.ack_op(seq));
             }
         }
         self.pump(now, &mut actions);
@@ -322,16 +349,9 @@ impl Outbound {
         let mut actions = Vec::new();
         let retry = self.config.retry_interval;
         for (id, f) in self.inflight.iter_mut() {
-            if now.saturating_duration_since(f.sent_at) >= retry {
+            if f.stage != Stage::Releasing && now.saturating_duration_since(f.sent_at) >= retry {
                 f.sent_at = now;
-                actions.push(match f.stage {
-                    Stage::Comp => Action::PubRel(*id),
-                    _ => Action::Publish {
-                        packet_id: Some(*id),
-                        dup: true,
-                        out: f.out.clone(),
-                    },
-                });
+                actions.extend(resend(*id, f));
             }
         }
         actions
@@ -342,6 +362,7 @@ impl Outbound {
         // checked: a configured interval may be absurdly large, never a panic.
         self.inflight
             .values()
+            .filter(|f| f.stage != Stage::Releasing)
             .filter_map(|f| f.sent_at.checked_add(self.config.retry_interval))
             .min()
     }
@@ -359,7 +380,7 @@ impl Outbound {
             if out.qos == QoS::AtMostOnce {
                 if let Some(seq) = out.seq {
                     self.sent_hi = self.sent_hi.max(seq + 1);
-                    actions.push(self.ack_op(seq, out.msg_ref()));
+                    actions.push(self.ack_op(seq));
                 }
                 actions.push(Action::Publish {
                     packet_id: None,
@@ -436,17 +457,30 @@ impl Outbound {
 
     fn finish_dropped(&self, out: &Outgoing, reason: DropReason, actions: &mut Vec<Action>) {
         if let Some(seq) = out.seq {
-            actions.push(self.ack_op(seq, out.msg_ref()));
+            actions.push(self.ack_op(seq));
         }
         actions.push(Action::Dropped(reason));
     }
 
-    fn ack_op(&self, seq: u64, msg_id: Option<u64>) -> Action {
+    fn ack_op(&self, seq: u64) -> Action {
         Action::Store(Op::Ack {
             client: self.client.clone(),
             seq,
-            msg_id,
         })
+    }
+}
+
+/// What to send again for an in-flight delivery (nothing while its release is being
+/// stored: PUBREL follows that).
+fn resend(packet_id: u16, f: &InFlight) -> Option<Action> {
+    match f.stage {
+        Stage::Releasing => None,
+        Stage::Comp => Some(Action::PubRel(packet_id)),
+        Stage::Ack | Stage::Rec => Some(Action::Publish {
+            packet_id: Some(packet_id),
+            dup: true,
+            out: f.out.clone(),
+        }),
     }
 }
 

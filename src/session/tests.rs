@@ -32,7 +32,6 @@ fn volatile(payload: &str, qos: QoS) -> Outgoing {
         retain: false,
         subscription_ids: vec![],
         resend: false,
-        inline: false,
     }
 }
 
@@ -72,11 +71,11 @@ fn publishes(actions: &[Action]) -> Vec<(Option<u16>, bool, String)> {
         .collect()
 }
 
-fn acks(actions: &[Action]) -> Vec<(u64, Option<u64>)> {
+fn acks(actions: &[Action]) -> Vec<u64> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Store(Op::Ack { seq, msg_id, .. }) => Some((*seq, *msg_id)),
+            Action::Store(Op::Ack { seq, .. }) => Some(*seq),
             _ => None,
         })
         .collect()
@@ -141,15 +140,34 @@ fn qos2_outbound_releases_then_completes() {
     assert_eq!(publishes(&sent), vec![(Some(1), false, "m0".into())]);
     let rec = s.on_pubrec(1, false, now).expect("known id");
     assert!(
-        matches!(rec[0], Action::Store(Op::Release { seq: 0, ref entry, .. }) if entry.released)
+        matches!(&rec[..], [Action::Release { packet_id: 1, op: Op::Release { seq: 0, entry, .. } }] if entry.released),
+        "PUBREC asks for a durable release, no PUBREL yet: {rec:?}"
     );
-    assert!(matches!(rec[1], Action::PubRel(1)));
+    // Neither a repeated PUBREC, a retry nor a reattach sends PUBREL (or the
+    // PUBLISH) before the release is durable.
+    assert!(s.on_pubrec(1, false, now).expect("known id").is_empty());
+    assert!(s.tick(now + Duration::from_secs(60)).is_empty());
+    assert_eq!(s.next_timeout(), None);
+    assert!(s.on_pubcomp(1, now).is_empty(), "PUBCOMP before PUBREL");
     assert!(s.on_pubrec(9, false, now).is_none(), "unknown id");
+    let rel = s.released(1, now);
+    assert!(matches!(&rel[..], [Action::PubRel(1)]), "{rel:?}");
+    assert!(s.released(1, now).is_empty(), "once");
     let comp = s.on_pubcomp(1, now);
-    assert_eq!(
-        acks(&comp),
-        vec![(0, None)],
-        "the message reference went with PUBREC"
+    assert_eq!(acks(&comp), vec![0]);
+}
+
+#[test]
+fn qos2_outbound_to_a_volatile_session_sends_pubrel_at_once() {
+    let now = Instant::now();
+    let mut s = Outbound::new(Arc::from("c"), false, 0, config(4, 16));
+    s.attach(65535, now);
+    let sent = s.deliver_volatile(volatile("v", QoS::ExactlyOnce), now);
+    let id = publishes(&sent)[0].0.expect("QoS 2 has an id");
+    let rec = s.on_pubrec(id, false, now).expect("known id");
+    assert!(
+        matches!(&rec[..], [Action::PubRel(i)] if *i == id),
+        "{rec:?}"
     );
 }
 
@@ -201,7 +219,7 @@ fn a_persistent_session_pages_its_queue_from_the_store() {
     // Deliveries arriving while in disk mode are left to the next page.
     assert!(publishes(&s.deliver_stored(stored(9, QoS::AtLeastOnce), now)).is_empty());
     let acked = s.on_puback(7, now);
-    assert_eq!(acks(&acked), vec![(6, Some(106))]);
+    assert_eq!(acks(&acked), vec![6]);
     assert_eq!(publishes(&acked), vec![(Some(8), false, "m7".into())]);
     assert!(
         acked
@@ -240,6 +258,23 @@ fn live_overflow_falls_back_to_the_store() {
 }
 
 #[test]
+fn a_stored_delivery_left_out_of_the_mailbox_is_read_from_the_store() {
+    let now = Instant::now();
+    let mut s = Outbound::new(Arc::from("c"), true, 0, config(4, 16));
+    s.attach(65535, now);
+    s.loaded(0, 16, vec![], now);
+    s.deliver_stored(stored(0, QoS::AtLeastOnce), now);
+    // seq 1 was the last publish and did not fit the mailbox: no later delivery
+    // will show the gap, so being told is what reads it.
+    let actions = s.behind(now);
+    assert!(
+        matches!(&actions[..], [Action::LoadQueue { from: 1, .. }]),
+        "{actions:?}"
+    );
+    assert!(s.behind(now).is_empty(), "already reading from the store");
+}
+
+#[test]
 fn the_volatile_queue_drops_its_oldest_when_full() {
     let now = Instant::now();
     let mut s = Outbound::new(Arc::from("c"), false, 0, config(1, 16));
@@ -267,7 +302,7 @@ fn expired_messages_are_dropped_not_sent() {
     out.msg = message("old", 1); // expired in 1970
     let actions = s.deliver_stored(out, now);
     assert!(publishes(&actions).is_empty());
-    assert_eq!(acks(&actions), vec![(0, Some(100))]);
+    assert_eq!(acks(&actions), vec![0]);
     assert!(actions
         .iter()
         .any(|a| matches!(a, Action::Dropped(DropReason::Expired))));
@@ -281,7 +316,7 @@ fn qos0_stored_entries_are_acked_when_sent() {
     s.loaded(0, 16, vec![], now);
     let actions = s.deliver_stored(stored(0, QoS::AtMostOnce), now);
     assert_eq!(publishes(&actions), vec![(None, false, "m0".into())]);
-    assert_eq!(acks(&actions), vec![(0, Some(100))]);
+    assert_eq!(acks(&actions), vec![0]);
 }
 
 #[test]

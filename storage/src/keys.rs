@@ -14,6 +14,7 @@
 //! | `queue`       | client_prefix · seq u64              | `QueueEntry`         |
 //! | `awaiting_rel`| client_prefix · packet_id u16        | empty                |
 //! | `retained`    | topic bytes                          | `StoredMessage`      |
+//! | `wills`       | client                               | `DelayedWill`        |
 //! | `meta`        | ascii name                           | per key              |
 
 use thiserror::Error;
@@ -26,8 +27,9 @@ pub const CF_QUEUE: &str = "queue";
 pub const CF_AWAITING_REL: &str = "awaiting_rel";
 pub const CF_RETAINED: &str = "retained";
 pub const CF_META: &str = "meta";
+pub const CF_WILLS: &str = "wills";
 
-pub const ALL_CFS: [&str; 8] = [
+pub const ALL_CFS: [&str; 9] = [
     CF_MSGS,
     CF_REFS,
     CF_SESSIONS,
@@ -36,6 +38,7 @@ pub const ALL_CFS: [&str; 8] = [
     CF_AWAITING_REL,
     CF_RETAINED,
     CF_META,
+    CF_WILLS,
 ];
 
 /// `meta` key holding the on-disk format version.

@@ -10,7 +10,10 @@ pub mod records;
 mod store;
 mod writer;
 
-pub use records::{QueueEntry, RecordError, SessionRecord, StoredMessage, SubscriptionRecord};
+pub use records::{
+    DelayedWill, EntryHead, QueueEntry, RecordError, SessionRecord, StoredMessage,
+    SubscriptionRecord,
+};
 pub use store::{Result, Store, StoreConfig, StoreError};
 pub use writer::{ClientId, Completion, Enqueued, Op, WriterHandle};
 

@@ -56,6 +56,48 @@ pub struct QueueEntry {
     pub inline: Option<StoredMessage>,
 }
 
+/// What the writer needs to know of a queue entry to complete it: which message
+/// reference it holds, if any. Read without copying an inline message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryHead {
+    pub msg_id: u64,
+    pub released: bool,
+    pub inline: bool,
+}
+
+impl EntryHead {
+    /// The message-log reference this entry holds: none once released (QoS 2 after
+    /// PUBREC) or when the message is inline.
+    pub fn msg_ref(&self) -> Option<u64> {
+        (!self.released && !self.inline).then_some(self.msg_id)
+    }
+}
+
+/// A will waiting out its Will Delay Interval after its client disconnected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelayedWill {
+    /// Unix milliseconds when it is due (at the latest when the session ends).
+    pub due_ms: u64,
+    pub msg: StoredMessage,
+}
+
+impl DelayedWill {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Out::new();
+        out.u64(self.due_ms);
+        out.bytes(&self.msg.encode());
+        out.0
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<DelayedWill, RecordError> {
+        let mut input = In::new("will", buf)?;
+        let due_ms = input.u64()?;
+        let msg = StoredMessage::decode(input.bytes()?)?;
+        input.finish()?;
+        Ok(DelayedWill { due_ms, msg })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SessionRecord {
     pub protocol_level: u8,
@@ -69,6 +111,12 @@ pub struct SessionRecord {
     /// limits apply while it is offline; empty in records written before it was kept
     /// (read as the default zone).
     pub zone: String,
+    /// Which life of this client id's session the record belongs to: a fresh value
+    /// each time a session is created (0 in records written before it was kept). An
+    /// enqueue names the incarnation it was routed to, and the writer refuses it
+    /// for any other, so a publish that raced with the end of a session can never
+    /// land in its successor's queue.
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -217,6 +265,27 @@ impl QueueEntry {
         out.0
     }
 
+    pub fn head(&self) -> EntryHead {
+        EntryHead {
+            msg_id: self.msg_id,
+            released: self.released,
+            inline: self.inline.is_some(),
+        }
+    }
+
+    /// The head of an encoded entry (its fixed fields only).
+    pub fn decode_head(buf: &[u8]) -> Result<EntryHead, RecordError> {
+        let mut input = In::new("queue entry", buf)?;
+        let msg_id = input.u64()?;
+        let _qos = input.u8()?;
+        let flags = input.u8()?;
+        Ok(EntryHead {
+            msg_id,
+            released: flags & 2 != 0,
+            inline: flags & 4 != 0,
+        })
+    }
+
     pub fn decode(buf: &[u8]) -> Result<QueueEntry, RecordError> {
         let mut input = In::new("queue entry", buf)?;
         let msg_id = input.u64()?;
@@ -253,6 +322,7 @@ impl SessionRecord {
         out.u64(self.disconnected_ms);
         out.u64(self.dup_below);
         out.bytes(self.zone.as_bytes());
+        out.u64(self.incarnation);
         out.0
     }
 
@@ -268,6 +338,7 @@ impl SessionRecord {
             } else {
                 input.string("zone")?
             },
+            incarnation: if input.at_end() { 0 } else { input.u64()? },
         };
         input.finish()?;
         Ok(rec)
@@ -350,8 +421,13 @@ mod tests {
             disconnected_ms: 12345,
             dup_below: 42,
             zone: "internal".into(),
+            incarnation: 77,
         };
         assert_eq!(SessionRecord::decode(&s.encode()).unwrap(), s);
+        // Written before the incarnation was kept.
+        let bytes = s.encode();
+        let read = SessionRecord::decode(&bytes[..bytes.len() - 8]).unwrap();
+        assert_eq!((read.zone.as_str(), read.incarnation), ("internal", 0));
         // Written before the zone was kept: the fields up to dup_below.
         let old = &s.encode()[..1 + 1 + 4 + 8 + 8];
         let read = SessionRecord::decode(old).unwrap();

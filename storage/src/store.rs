@@ -16,7 +16,9 @@ use rocksdb::{
 use thiserror::Error;
 
 use crate::keys::{self, KeyError};
-use crate::records::{QueueEntry, RecordError, SessionRecord, StoredMessage, SubscriptionRecord};
+use crate::records::{
+    DelayedWill, QueueEntry, RecordError, SessionRecord, StoredMessage, SubscriptionRecord,
+};
 use crate::writer::{self, WriterConfig, WriterHandle};
 
 /// On-disk format written in `meta/format`; a store with another value is refused.
@@ -227,6 +229,11 @@ impl Store {
         Ok(out)
     }
 
+    /// One past the highest seq in `client`'s queue (0 when empty): one seek.
+    pub fn next_queue_seq(&self, client: &str) -> Result<u64> {
+        next_queue_seq(&self.db, client)
+    }
+
     /// Messages by id, `None` where a message is gone.
     pub fn messages(&self, ids: &[u64]) -> Result<Vec<Option<StoredMessage>>> {
         let cf = self.cf(keys::CF_MSGS)?;
@@ -256,6 +263,19 @@ impl Store {
         for item in iter {
             let (key, _) = item?;
             out.push(keys::decode_awaiting_rel(&key)?);
+        }
+        Ok(out)
+    }
+
+    /// Every stored delayed will: (client, will).
+    pub fn wills(&self) -> Result<Vec<(String, DelayedWill)>> {
+        let cf = self.cf(keys::CF_WILLS)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (key, value) = item?;
+            let client = String::from_utf8(key.to_vec())
+                .map_err(|_| KeyError::Prefix { cf: keys::CF_WILLS })?;
+            out.push((client, DelayedWill::decode(&value)?));
         }
         Ok(out)
     }
@@ -335,6 +355,21 @@ impl Store {
 
 pub(crate) fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a rocksdb::ColumnFamily> {
     db.cf_handle(name).ok_or(StoreError::Closed)
+}
+
+pub(crate) fn next_queue_seq(db: &DB, client: &str) -> Result<u64> {
+    let prefix = keys::client_prefix(client)?;
+    let mut iter = db.raw_iterator_cf(cf(db, keys::CF_QUEUE)?);
+    match keys::prefix_end(&prefix) {
+        Some(end) => iter.seek_for_prev(end),
+        None => iter.seek_to_last(),
+    }
+    let next = match iter.key() {
+        Some(key) if key.starts_with(&prefix) => keys::decode_queue_seq(key)? + 1,
+        _ => 0,
+    };
+    iter.status()?;
+    Ok(next)
 }
 
 fn last_msg_id(db: &DB) -> Result<u64> {

@@ -32,13 +32,39 @@ fn entry(msg_id: u64) -> QueueEntry {
 }
 
 /// A message stored once and queued for each of `clients` (queues bounded at `max_len`).
-fn publish_to(id: u64, msg: StoredMessage, clients: &[&ClientId], max_len: u64) -> Vec<Op> {
-    let mut ops = vec![Op::Message { id, msg }];
-    ops.extend(clients.iter().map(|client| Op::Enqueue {
-        client: (*client).clone(),
-        entry: entry(id),
+/// The session record of incarnation `incarnation` for `client`.
+fn session(client: &ClientId, incarnation: u64) -> Op {
+    Op::PutSession {
+        client: client.clone(),
+        record: SessionRecord {
+            protocol_level: 4,
+            expiry_interval_s: 60,
+            incarnation,
+            ..SessionRecord::default()
+        },
+    }
+}
+
+/// Queue `entry` for the first incarnation of `client`'s session.
+fn enqueue(client: &ClientId, entry: QueueEntry, max_len: u64) -> Op {
+    Op::Enqueue {
+        client: client.clone(),
+        incarnation: 1,
+        entry,
         max_len,
-    }));
+    }
+}
+
+/// A message stored once and queued for each of `clients` (queues bounded at
+/// `max_len`), whose sessions (incarnation 1) are written first.
+fn publish_to(id: u64, msg: StoredMessage, clients: &[&ClientId], max_len: u64) -> Vec<Op> {
+    let mut ops: Vec<Op> = clients.iter().map(|client| session(client, 1)).collect();
+    ops.push(Op::Message { id, msg });
+    ops.extend(
+        clients
+            .iter()
+            .map(|client| enqueue(client, entry(id), max_len)),
+    );
     ops
 }
 
@@ -72,28 +98,12 @@ fn a_message_is_written_once_and_deleted_after_the_last_ack() {
         &b"hello"[..]
     );
 
-    submit(
-        &store,
-        vec![Op::Ack {
-            client: a,
-            seq: 0,
-            msg_id: Some(id),
-        }],
-    )
-    .unwrap();
+    submit(&store, vec![Op::Ack { client: a, seq: 0 }]).unwrap();
     assert!(
         store.messages(&[id]).unwrap()[0].is_some(),
         "b still holds it"
     );
-    submit(
-        &store,
-        vec![Op::Ack {
-            client: b,
-            seq: 0,
-            msg_id: Some(id),
-        }],
-    )
-    .unwrap();
+    submit(&store, vec![Op::Ack { client: b, seq: 0 }]).unwrap();
     assert!(
         store.messages(&[id]).unwrap()[0].is_none(),
         "no reference left"
@@ -123,16 +133,15 @@ fn sequences_and_references_survive_reopen() {
     {
         let store = open(dir.path());
         id = store.next_msg_id();
-        let mut ops = vec![Op::Message {
-            id,
-            msg: msg("t", b"x"),
-        }];
+        let mut ops = vec![
+            session(&a, 1),
+            Op::Message {
+                id,
+                msg: msg("t", b"x"),
+            },
+        ];
         for _ in 0..3 {
-            ops.push(Op::Enqueue {
-                client: a.clone(),
-                entry: entry(id),
-                max_len: 0,
-            });
+            ops.push(enqueue(&a, entry(id), 0));
         }
         assert_eq!(
             submit(&store, ops).unwrap(),
@@ -146,15 +155,7 @@ fn sequences_and_references_survive_reopen() {
         store.next_msg_id() > id,
         "ids are not reused while referenced"
     );
-    let r = submit(
-        &store,
-        vec![Op::Enqueue {
-            client: a.clone(),
-            entry: entry(id),
-            max_len: 0,
-        }],
-    )
-    .unwrap();
+    let r = submit(&store, vec![enqueue(&a, entry(id), 0)]).unwrap();
     assert_eq!(r, vec![Some(3)], "next seq continues after reopen");
     // Four references now (3 + 1); acking all four deletes the message.
     for seq in 0..4 {
@@ -163,7 +164,6 @@ fn sequences_and_references_survive_reopen() {
             vec![Op::Ack {
                 client: a.clone(),
                 seq,
-                msg_id: Some(id),
             }],
         )
         .unwrap();
@@ -181,16 +181,7 @@ fn deleting_a_session_releases_its_queue_and_subscriptions() {
     submit(
         &store,
         vec![
-            Op::PutSession {
-                client: a.clone(),
-                record: SessionRecord {
-                    protocol_level: 4,
-                    expiry_interval_s: 60,
-                    disconnected_ms: 0,
-                    dup_below: 0,
-                    zone: String::new(),
-                },
-            },
+            session(&a, 1),
             Op::PutSubscription {
                 client: a.clone(),
                 filter: "t/#".into(),
@@ -204,11 +195,7 @@ fn deleting_a_session_releases_its_queue_and_subscriptions() {
                 id,
                 msg: msg("t/1", b"x"),
             },
-            Op::Enqueue {
-                client: a.clone(),
-                entry: entry(id),
-                max_len: 0,
-            },
+            enqueue(&a, entry(id), 0),
         ],
     )
     .unwrap();
@@ -239,21 +226,12 @@ fn released_entries_keep_their_slot_but_not_the_message() {
             client: a.clone(),
             seq: 0,
             entry: released.clone(),
-            msg_id: Some(id),
         }],
     )
     .unwrap();
     assert!(store.messages(&[id]).unwrap()[0].is_none());
     assert_eq!(store.queue_range("a", 0, 10).unwrap(), vec![(0, released)]);
-    submit(
-        &store,
-        vec![Op::Ack {
-            client: a,
-            seq: 0,
-            msg_id: None,
-        }],
-    )
-    .unwrap();
+    submit(&store, vec![Op::Ack { client: a, seq: 0 }]).unwrap();
     assert!(store.queue_range("a", 0, 10).unwrap().is_empty());
 }
 
@@ -331,33 +309,209 @@ fn an_inline_message_lives_in_its_queue_entry_only() {
     let store = open(dir.path());
     let a: ClientId = Arc::from("a");
     let id = store.next_msg_id();
+    submit(&store, vec![session(&a, 1)]).unwrap();
     let inline = QueueEntry {
         inline: Some(msg("t", b"only copy")),
         ..entry(id)
     };
-    let r = submit(
-        &store,
-        vec![Op::Enqueue {
-            client: a.clone(),
-            entry: inline.clone(),
-            max_len: 0,
-        }],
-    )
-    .unwrap();
+    let r = submit(&store, vec![enqueue(&a, inline.clone(), 0)]).unwrap();
     assert_eq!(r, vec![Some(0)]);
     assert!(
         store.messages(&[id]).unwrap()[0].is_none(),
         "not in the log"
     );
     assert_eq!(store.queue_range("a", 0, 10).unwrap(), vec![(0, inline)]);
+    submit(&store, vec![Op::Ack { client: a, seq: 0 }]).unwrap();
+    assert!(store.queue_range("a", 0, 10).unwrap().is_empty());
+}
+
+/// Three persistent sessions share one logged message; `a` holds it in a queue.
+fn shared_by_three(store: &Store) -> (u64, [ClientId; 3]) {
+    let clients: [ClientId; 3] = [Arc::from("a"), Arc::from("b"), Arc::from("c")];
+    let id = store.next_msg_id();
+    let [a, b, c] = &clients;
+    submit(store, publish_to(id, msg("t", b"shared"), &[a, b, c], 0)).unwrap();
+    (id, clients)
+}
+
+#[test]
+fn an_ack_and_the_end_of_its_session_in_one_batch_release_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (id, [a, b, _]) = shared_by_three(&store);
+    // `a` acks its copy and its session ends in the same batch (clean-start
+    // reconnect): its reference goes once, not once per op.
     submit(
         &store,
-        vec![Op::Ack {
-            client: a,
-            seq: 0,
-            msg_id: None,
-        }],
+        vec![
+            Op::Ack {
+                client: a.clone(),
+                seq: 0,
+            },
+            Op::DeleteSession { client: a },
+        ],
     )
     .unwrap();
-    assert!(store.queue_range("a", 0, 10).unwrap().is_empty());
+    assert!(
+        store.messages(&[id]).unwrap()[0].is_some(),
+        "b and c still hold the message"
+    );
+    assert_eq!(store.queue_range("b", 0, 10).unwrap().len(), 1);
+    drop(store);
+    let store = open(dir.path());
+    submit(&store, vec![Op::Ack { client: b, seq: 0 }]).unwrap();
+    assert!(
+        store.messages(&[id]).unwrap()[0].is_some(),
+        "c still holds the message after a reopen and b's ack"
+    );
+}
+
+#[test]
+fn acks_and_releases_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (id, [a, b, c]) = shared_by_three(&store);
+    let ack = |client: &ClientId| Op::Ack {
+        client: client.clone(),
+        seq: 0,
+    };
+    let release = |client: &ClientId| Op::Release {
+        client: client.clone(),
+        seq: 0,
+        entry: QueueEntry {
+            released: true,
+            ..entry(id)
+        },
+    };
+    // Twice in one batch, then again in a later one: each counts once.
+    submit(&store, vec![ack(&a), ack(&a)]).unwrap();
+    submit(&store, vec![ack(&a)]).unwrap();
+    submit(&store, vec![release(&b), release(&b)]).unwrap();
+    submit(&store, vec![release(&b), ack(&b), ack(&b)]).unwrap();
+    assert!(store.messages(&[id]).unwrap()[0].is_some(), "c holds it");
+    assert_eq!(store.queue_range("c", 0, 10).unwrap().len(), 1);
+    submit(&store, vec![ack(&c)]).unwrap();
+    assert!(
+        store.messages(&[id]).unwrap()[0].is_none(),
+        "last reference"
+    );
+    // An ack after the session is gone, and a delete of a deleted session.
+    submit(
+        &store,
+        vec![
+            Op::DeleteSession { client: c.clone() },
+            ack(&c),
+            Op::DeleteSession { client: c },
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_session_deleted_in_the_batch_that_enqueued_to_it_releases_its_new_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (id, [a, b, _]) = shared_by_three(&store);
+    let id2 = store.next_msg_id();
+    let mut ops = publish_to(id2, msg("t", b"second"), &[&a, &b], 0);
+    ops.push(Op::Ack {
+        client: a.clone(),
+        seq: 1,
+    });
+    ops.push(Op::DeleteSession { client: a.clone() });
+    // The session comes back in the same batch and gets a new entry; one routed to
+    // its earlier incarnation is refused.
+    ops.push(session(&a, 2));
+    ops.push(enqueue(&a, entry(id2), 0));
+    ops.push(Op::Enqueue {
+        client: a.clone(),
+        incarnation: 2,
+        entry: entry(id2),
+        max_len: 0,
+    });
+    let seqs = submit(&store, ops).unwrap();
+    assert_eq!(seqs[2], None, "routed to the ended incarnation");
+    let queue = store.queue_range("a", 0, 10).unwrap();
+    assert_eq!(queue.len(), 1, "only the entry after the delete: {queue:?}");
+    assert!(queue[0].0 >= 2, "seqs keep rising after a delete");
+    submit(
+        &store,
+        vec![
+            Op::Ack {
+                client: b.clone(),
+                seq: 1,
+            },
+            Op::Ack {
+                client: a,
+                seq: queue[0].0,
+            },
+        ],
+    )
+    .unwrap();
+    assert!(store.messages(&[id2]).unwrap()[0].is_none());
+    assert!(store.messages(&[id]).unwrap()[0].is_some());
+}
+
+#[test]
+fn a_failed_request_leaves_no_trace_and_spares_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (id, [a, b, _]) = shared_by_three(&store);
+    // A client id too long for a key fails the request after earlier ops of it
+    // were applied: the ack, the subscription and the enqueue must not land.
+    let too_long: ClientId = Arc::from("x".repeat(70_000).as_str());
+    let (tx, rx) = mpsc::channel();
+    let tx2 = tx.clone();
+    store.writer().submit(
+        vec![
+            Op::Ack {
+                client: a.clone(),
+                seq: 0,
+            },
+            Op::PutSubscription {
+                client: a.clone(),
+                filter: "f/#".into(),
+                record: SubscriptionRecord::default(),
+            },
+            enqueue(&a, entry(id), 0),
+            Op::PutAwaitingRel {
+                client: too_long,
+                packet_id: 1,
+            },
+        ],
+        Box::new(move |r| tx.send(("bad", r.is_ok())).unwrap()),
+    );
+    store.writer().submit(
+        vec![Op::Ack {
+            client: b.clone(),
+            seq: 0,
+        }],
+        Box::new(move |r| tx2.send(("good", r.is_ok())).unwrap()),
+    );
+    let mut answers: Vec<_> = rx.iter().take(2).collect();
+    answers.sort();
+    assert_eq!(answers, vec![("bad", false), ("good", true)]);
+    assert!(store.subscriptions().unwrap().is_empty());
+    assert_eq!(
+        store.queue_range("a", 0, 10).unwrap().len(),
+        1,
+        "a's ack undone"
+    );
+    assert!(
+        store.queue_range("b", 0, 10).unwrap().is_empty(),
+        "b's ack kept"
+    );
+    // References: a and c still hold the message; two acks delete it.
+    for client in [&a, &Arc::from("c")] {
+        assert!(store.messages(&[id]).unwrap()[0].is_some());
+        submit(
+            &store,
+            vec![Op::Ack {
+                client: client.clone(),
+                seq: 0,
+            }],
+        )
+        .unwrap();
+    }
+    assert!(store.messages(&[id]).unwrap()[0].is_none());
 }

@@ -12,7 +12,7 @@
 //! store never scans queues. This module must never be called from async code in a way
 //! that blocks: `submit` only sends on a channel.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -22,7 +22,9 @@ use bytes::Bytes;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use crate::keys;
-use crate::records::{QueueEntry, SessionRecord, StoredMessage, SubscriptionRecord};
+use crate::records::{
+    DelayedWill, EntryHead, QueueEntry, SessionRecord, StoredMessage, SubscriptionRecord,
+};
 use crate::store::{cf, Result, StoreError};
 
 pub type ClientId = Arc<str>;
@@ -37,34 +39,44 @@ pub enum Op {
         msg: StoredMessage,
     },
     /// Queue a delivery for a persistent session unless its queue already holds
-    /// `max_len` entries (0 = no limit). The completion reports the assigned sequence
-    /// number, or `None` when the queue was full and the delivery dropped.
+    /// `max_len` entries (0 = no limit), or the session is not (any longer) the
+    /// `incarnation` it was routed to. The completion reports the assigned sequence
+    /// number, or `None` when the delivery was dropped.
     Enqueue {
         client: ClientId,
+        incarnation: u64,
         entry: QueueEntry,
         max_len: u64,
     },
-    /// Delivery finished (PUBACK/PUBCOMP, expiry or drop): remove the entry and, if it
-    /// still holds one, release its message reference.
+    /// Delivery finished (PUBACK/PUBCOMP, expiry or drop): remove the entry and
+    /// release the message reference it still holds. The writer reads the entry
+    /// (from this batch or the disk) to know that: an ack of an entry that is
+    /// already gone (acked twice, or its session deleted) changes nothing.
     Ack {
         client: ClientId,
         seq: u64,
-        msg_id: Option<u64>,
     },
-    /// QoS 2 outbound PUBREC: the entry now only waits for PUBCOMP; its message
-    /// reference (`msg_id`, none for an inline message) is released.
+    /// QoS 2 outbound PUBREC: the entry (`entry`, its released form) now only waits
+    /// for PUBCOMP, and its message reference is released. Idempotent like `Ack`.
     Release {
         client: ClientId,
         seq: u64,
         entry: QueueEntry,
-        msg_id: Option<u64>,
     },
     PutSession {
         client: ClientId,
         record: SessionRecord,
     },
-    /// Remove a session with its subscriptions, queue and QoS 2 state.
+    /// Remove a session with its subscriptions, queue and QoS 2 state. Not its
+    /// delayed will: that is due when the session ends, and goes when published.
     DeleteSession {
+        client: ClientId,
+    },
+    PutWill {
+        client: ClientId,
+        will: DelayedWill,
+    },
+    DeleteWill {
         client: ClientId,
     },
     PutSubscription {
@@ -91,9 +103,16 @@ pub enum Op {
     DeleteRetained {
         topic: Bytes,
     },
+    /// Delete the retained message of `topic` if, as the batch leaves it, it expired
+    /// at or before `now_ms` (a sweep's scan may be older than a new message).
+    DeleteRetainedIfExpired {
+        topic: Bytes,
+        now_ms: u64,
+    },
 }
 
-/// Sequence numbers assigned to a request's `Enqueue` ops, in op order.
+/// One result per `Enqueue` op (its seq, or None when dropped) and per
+/// `DeleteRetainedIfExpired` op (Some(0) when deleted, None when kept), in op order.
 pub type Enqueued = Vec<Option<u64>>;
 pub type Completion = Box<dyn FnOnce(Result<Enqueued>) + Send>;
 
@@ -181,6 +200,7 @@ pub(crate) fn spawn(db: Arc<DB>, config: WriterConfig) -> WriterHandle {
         next_seq: HashMap::new(),
         queue_len: HashMap::new(),
         refs: HashMap::new(),
+        unsynced: false,
     };
     let spawned = thread::Builder::new()
         .name("quay-store-writer".into())
@@ -205,6 +225,8 @@ struct Writer {
     next_seq: HashMap<ClientId, u64>,
     queue_len: HashMap<ClientId, u64>,
     refs: HashMap<u64, u32>,
+    /// A batch was written without fsync since the last synced one.
+    unsynced: bool,
 }
 
 impl Writer {
@@ -263,29 +285,32 @@ impl Writer {
     }
 
     fn commit(&mut self, requests: Vec<Request>) {
-        let mut batch = WriteBatch::default();
-        let mut results = Vec::with_capacity(requests.len());
-        let mut pending = PendingEnqueues::default();
-        for req in &requests {
-            results.push(self.apply(&mut batch, &req.ops, &mut pending));
-        }
+        let (batch, results) = self.build(&requests);
         // fsync only when someone waits for durability. A batch of detached writes
         // (acks, cleanup) still reaches the WAL in the OS, so it survives a process
-        // crash; the next synced batch makes it durable against power loss too.
+        // crash; the next synced batch (or WAL sync) makes it durable too.
         let waited = requests.iter().any(|r| r.done.is_some());
-        let outcome = if batch.is_empty() {
-            Ok(())
-        } else {
+        let sync = self.config.fsync && waited;
+        let wrote = !batch.is_empty();
+        let outcome = if wrote {
             let mut opts = WriteOptions::default();
-            opts.set_sync(self.config.fsync && waited);
+            opts.set_sync(sync);
             self.db.write_opt(batch, &opts)
+        } else if sync && self.unsynced {
+            // Nothing new, but a waiter (a barrier: CONNACK after a takeover) needs
+            // what earlier unsynced batches wrote to be durable.
+            self.db.flush_wal(true)
+        } else {
+            Ok(())
         };
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, requests = requests.len(), "store batch failed");
-            // Cached counters may now be ahead of the disk: reload them lazily.
-            self.next_seq.clear();
-            self.queue_len.clear();
-            self.refs.clear();
+        match &outcome {
+            Ok(()) if sync => self.unsynced = false,
+            Ok(()) => self.unsynced |= wrote,
+            Err(e) => {
+                tracing::error!(error = %e, requests = requests.len(), "store batch failed");
+                // Cached counters may now be ahead of the disk: reload them lazily.
+                self.forget_cached();
+            }
         }
         for (req, result) in requests.into_iter().zip(results) {
             let Some(done) = req.done else { continue };
@@ -296,22 +321,74 @@ impl Writer {
         }
     }
 
+    /// Apply every request to one batch. A request that fails (a key too long, a
+    /// read error, a corrupt record) must leave no trace: the batch and the cached
+    /// state are rebuilt without it, from what is on disk.
+    fn build(&mut self, requests: &[Request]) -> (WriteBatch, Vec<Result<Enqueued>>) {
+        let mut failed: Vec<Option<StoreError>> = requests.iter().map(|_| None).collect();
+        loop {
+            let mut batch = WriteBatch::default();
+            let mut state = BatchState::default();
+            let mut results = Vec::with_capacity(requests.len());
+            let mut retry = false;
+            for (i, req) in requests.iter().enumerate() {
+                if failed[i].is_some() {
+                    results.push(Ok(Vec::new()));
+                    continue;
+                }
+                match self.apply(&mut batch, &mut state, &req.ops) {
+                    Ok(enqueued) => results.push(Ok(enqueued)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "store request refused");
+                        failed[i] = Some(e);
+                        self.forget_cached();
+                        retry = true;
+                        break;
+                    }
+                }
+            }
+            if retry {
+                continue;
+            }
+            let results = results
+                .into_iter()
+                .zip(failed)
+                .map(|(r, f)| match f {
+                    Some(e) => Err(e),
+                    None => r,
+                })
+                .collect();
+            return (batch, results);
+        }
+    }
+
+    fn forget_cached(&mut self) {
+        self.next_seq.clear();
+        self.queue_len.clear();
+        self.refs.clear();
+    }
+
     fn apply(
         &mut self,
         batch: &mut WriteBatch,
+        state: &mut BatchState,
         ops: &[Op],
-        pending: &mut PendingEnqueues,
     ) -> Result<Enqueued> {
         let mut enqueued = Vec::new();
-        let mut new_messages: Vec<(u64, &StoredMessage, u32)> = Vec::new();
+        let mut new_messages: NewMessages = Vec::new();
         for op in ops {
             match op {
                 Op::Message { id, msg } => new_messages.push((*id, msg, 0)),
                 Op::Enqueue {
                     client,
+                    incarnation,
                     entry,
                     max_len,
                 } => {
+                    if self.session_incarnation(state, client)? != Some(*incarnation) {
+                        enqueued.push(None);
+                        continue;
+                    }
                     if *max_len != 0 {
                         let len = self.queue_len(client, *max_len)?;
                         if len >= *max_len {
@@ -327,6 +404,7 @@ impl Writer {
                         entry.encode(),
                     );
                     self.next_seq.insert(client.clone(), seq + 1);
+                    state.set(client, seq, Some(entry.head()));
                     // An inline message is its own only reference: nothing to count.
                     if entry.inline.is_none() {
                         match new_messages
@@ -337,39 +415,45 @@ impl Writer {
                             // A message written by an earlier request.
                             None => self.add_ref(batch, entry.msg_id, 1)?,
                         }
-                        pending.add(client, entry.msg_id);
                     }
                     enqueued.push(Some(seq));
                 }
-                Op::Ack {
-                    client,
-                    seq,
-                    msg_id,
-                } => {
+                Op::Ack { client, seq } => {
+                    let Some(head) = self.entry_head(state, client, *seq)? else {
+                        continue; // already acked, or its session is gone
+                    };
                     batch.delete_cf(
                         cf(&self.db, keys::CF_QUEUE)?,
                         keys::queue_key(client, *seq)?,
                     );
+                    state.set(client, *seq, None);
                     if let Some(len) = self.queue_len.get_mut(client) {
                         *len = len.saturating_sub(1);
                     }
-                    if let Some(id) = msg_id {
-                        self.release_ref(batch, *id)?;
+                    if let Some(id) = head.msg_ref() {
+                        self.release(batch, &mut new_messages, id)?;
                     }
                 }
-                Op::Release {
-                    client,
-                    seq,
-                    entry,
-                    msg_id,
-                } => {
+                Op::Release { client, seq, entry } => {
+                    let Some(head) = self.entry_head(state, client, *seq)? else {
+                        continue;
+                    };
+                    if head.released {
+                        continue;
+                    }
+                    let released = QueueEntry {
+                        released: true,
+                        inline: None,
+                        ..entry.clone()
+                    };
                     batch.put_cf(
                         cf(&self.db, keys::CF_QUEUE)?,
                         keys::queue_key(client, *seq)?,
-                        entry.encode(),
+                        released.encode(),
                     );
-                    if let Some(id) = msg_id {
-                        self.release_ref(batch, *id)?;
+                    state.set(client, *seq, Some(released.head()));
+                    if let Some(id) = head.msg_ref() {
+                        self.release(batch, &mut new_messages, id)?;
                     }
                 }
                 Op::PutSession { client, record } => {
@@ -378,8 +462,21 @@ impl Writer {
                         client.as_bytes(),
                         record.encode(),
                     );
+                    state.client(client).session = Some(Some(record.incarnation));
                 }
-                Op::DeleteSession { client } => self.delete_session(batch, client, pending)?,
+                Op::DeleteSession { client } => {
+                    self.delete_session(batch, state, &mut new_messages, client)?
+                }
+                Op::PutWill { client, will } => {
+                    batch.put_cf(
+                        cf(&self.db, keys::CF_WILLS)?,
+                        client.as_bytes(),
+                        will.encode(),
+                    );
+                }
+                Op::DeleteWill { client } => {
+                    batch.delete_cf(cf(&self.db, keys::CF_WILLS)?, client.as_bytes());
+                }
                 Op::PutSubscription {
                     client,
                     filter,
@@ -409,9 +506,29 @@ impl Writer {
                 }
                 Op::PutRetained { topic, msg } => {
                     batch.put_cf(cf(&self.db, keys::CF_RETAINED)?, topic, msg.encode());
+                    state.retained.insert(topic.clone(), Some(msg.expiry_ms));
                 }
                 Op::DeleteRetained { topic } => {
                     batch.delete_cf(cf(&self.db, keys::CF_RETAINED)?, topic);
+                    state.retained.insert(topic.clone(), None);
+                }
+                Op::DeleteRetainedIfExpired { topic, now_ms } => {
+                    let expiry_ms = match state.retained.get(topic) {
+                        Some(known) => *known,
+                        None => match self
+                            .db
+                            .get_pinned_cf(cf(&self.db, keys::CF_RETAINED)?, topic)?
+                        {
+                            Some(v) => Some(StoredMessage::decode(&v)?.expiry_ms),
+                            None => None,
+                        },
+                    };
+                    let expired = expiry_ms.is_some_and(|e| e != 0 && e <= *now_ms);
+                    if expired {
+                        batch.delete_cf(cf(&self.db, keys::CF_RETAINED)?, topic);
+                        state.retained.insert(topic.clone(), None);
+                    }
+                    enqueued.push(expired.then_some(0));
                 }
             }
         }
@@ -442,18 +559,7 @@ impl Writer {
         if let Some(seq) = self.next_seq.get(client) {
             return Ok(*seq);
         }
-        let prefix = keys::client_prefix(client)?;
-        let mut iter = self.db.raw_iterator_cf(cf(&self.db, keys::CF_QUEUE)?);
-        match keys::prefix_end(&prefix) {
-            Some(end) => iter.seek_for_prev(end),
-            None => iter.seek_to_last(),
-        }
-        let next = match iter.key() {
-            Some(key) if key.starts_with(&prefix) => keys::decode_queue_seq(key)? + 1,
-            _ => 0,
-        };
-        iter.status()?;
-        Ok(next)
+        crate::store::next_queue_seq(&self.db, client)
     }
 
     /// The queue's length, counted at most up to `cap` the first time (so a deep
@@ -509,6 +615,23 @@ impl Writer {
         Ok(())
     }
 
+    /// Release a reference to `msg_id`: counted down in `new` when the request being
+    /// applied writes that message, else against the stored count.
+    fn release(
+        &mut self,
+        batch: &mut WriteBatch,
+        new: &mut NewMessages,
+        msg_id: u64,
+    ) -> Result<()> {
+        match new.iter_mut().find(|(id, _, _)| *id == msg_id) {
+            Some((_, _, refs)) => {
+                *refs = refs.saturating_sub(1);
+                Ok(())
+            }
+            None => self.release_ref(batch, msg_id),
+        }
+    }
+
     fn release_ref(&mut self, batch: &mut WriteBatch, msg_id: u64) -> Result<()> {
         let before = self.refs_of(msg_id)?;
         let refs = before.saturating_sub(1);
@@ -529,59 +652,135 @@ impl Writer {
         Ok(())
     }
 
+    /// The entry `seq` of `client` as this batch leaves it: from the batch if the
+    /// batch touched it, else from the disk. None when there is no such entry.
+    fn entry_head(
+        &self,
+        state: &BatchState,
+        client: &ClientId,
+        seq: u64,
+    ) -> Result<Option<EntryHead>> {
+        if let Some(overlay) = state.clients.get(client) {
+            if let Some(slot) = overlay.slots.get(&seq) {
+                return Ok(*slot);
+            }
+            if overlay.cleared {
+                return Ok(None);
+            }
+        }
+        let key = keys::queue_key(client, seq)?;
+        match self.db.get_pinned_cf(cf(&self.db, keys::CF_QUEUE)?, key)? {
+            Some(value) => Ok(Some(QueueEntry::decode_head(&value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The incarnation of `client`'s session as this batch leaves it; None when it
+    /// has no session.
+    fn session_incarnation(
+        &self,
+        state: &mut BatchState,
+        client: &ClientId,
+    ) -> Result<Option<u64>> {
+        let overlay = state.client(client);
+        if let Some(known) = overlay.session {
+            return Ok(known);
+        }
+        let stored = self
+            .db
+            .get_pinned_cf(cf(&self.db, keys::CF_SESSIONS)?, client.as_bytes())?;
+        let known = match stored {
+            Some(value) => Some(SessionRecord::decode(&value)?.incarnation),
+            None => None,
+        };
+        overlay.session = Some(known);
+        Ok(known)
+    }
+
     fn delete_session(
         &mut self,
         batch: &mut WriteBatch,
+        state: &mut BatchState,
+        new_messages: &mut NewMessages,
         client: &ClientId,
-        pending: &mut PendingEnqueues,
     ) -> Result<()> {
         let prefix = keys::client_prefix(client)?;
         let end = keys::prefix_end(&prefix);
-        // Release the references held by the queue on disk and by enqueues earlier in
-        // this very batch (not yet on disk, but deleted by the range below).
-        let mut read = ReadOptions::default();
-        if let Some(end) = &end {
-            read.set_iterate_upper_bound(end.clone());
-        }
-        let held: Vec<u64> = {
+        // Keep seqs rising within this process: an ack from a connection that served
+        // the old session can never name an entry of a new one.
+        let next_seq = self.next_seq(client)?;
+        // Release what the queue still holds as this batch leaves it: entries on
+        // disk that the batch has not touched, plus the batch's own version of the
+        // rest (enqueued, released or acked earlier in this very batch).
+        let overlay = state.client(client);
+        let mut held = Vec::new();
+        if !overlay.cleared {
+            let mut read = ReadOptions::default();
+            if let Some(end) = &end {
+                read.set_iterate_upper_bound(end.clone());
+            }
             let iter = self.db.iterator_cf_opt(
                 cf(&self.db, keys::CF_QUEUE)?,
                 read,
                 IteratorMode::From(&prefix, Direction::Forward),
             );
-            let mut held = Vec::new();
             for item in iter {
-                let (_, value) = item?;
-                let entry = QueueEntry::decode(&value)?;
-                if !entry.released && entry.inline.is_none() {
-                    held.push(entry.msg_id);
+                let (key, value) = item?;
+                let seq = keys::decode_queue_seq(&key)?;
+                if overlay.slots.contains_key(&seq) {
+                    continue;
+                }
+                if let Some(id) = QueueEntry::decode_head(&value)?.msg_ref() {
+                    held.push(id);
                 }
             }
-            held
-        };
-        for id in held.into_iter().chain(pending.take(client)) {
-            self.release_ref(batch, id)?;
+        }
+        held.extend(overlay.slots.values().flatten().filter_map(|h| h.msg_ref()));
+        overlay.cleared = true;
+        overlay.slots.clear();
+        overlay.session = Some(None);
+        for id in held {
+            self.release(batch, new_messages, id)?;
         }
         let end = end.unwrap_or_else(|| vec![0xFF; prefix.len() + 9]);
         for name in [keys::CF_QUEUE, keys::CF_SUBS, keys::CF_AWAITING_REL] {
             batch.delete_range_cf(cf(&self.db, name)?, &prefix, &end);
         }
         batch.delete_cf(cf(&self.db, keys::CF_SESSIONS)?, client.as_bytes());
-        self.next_seq.remove(client);
-        self.queue_len.remove(client);
+        self.next_seq.insert(client.clone(), next_seq);
+        self.queue_len.insert(client.clone(), 0);
         Ok(())
     }
 }
 
-/// Messages enqueued earlier in the batch being built, per client.
-#[derive(Default)]
-struct PendingEnqueues(HashMap<ClientId, Vec<u64>>);
+/// Messages the request being applied writes, with the references counted so far.
+type NewMessages<'a> = Vec<(u64, &'a StoredMessage, u32)>;
 
-impl PendingEnqueues {
-    fn add(&mut self, client: &ClientId, msg_id: u64) {
-        self.0.entry(client.clone()).or_default().push(msg_id);
+/// The queue entries a batch being built has touched, per client, so that every op
+/// is computed against the batch's state and not only the disk's.
+#[derive(Default)]
+struct BatchState {
+    clients: HashMap<ClientId, ClientOverlay>,
+    /// Retained messages the batch wrote (their expiry) or deleted (None).
+    retained: HashMap<Bytes, Option<u64>>,
+}
+
+#[derive(Default)]
+struct ClientOverlay {
+    /// The session was deleted earlier in the batch: nothing on disk counts.
+    cleared: bool,
+    /// Entries as the batch leaves them (None: deleted).
+    slots: BTreeMap<u64, Option<EntryHead>>,
+    /// The session's incarnation (None inside: no session), once read or written.
+    session: Option<Option<u64>>,
+}
+
+impl BatchState {
+    fn client(&mut self, client: &ClientId) -> &mut ClientOverlay {
+        self.clients.entry(client.clone()).or_default()
     }
-    fn take(&mut self, client: &ClientId) -> Vec<u64> {
-        self.0.remove(client).unwrap_or_default()
+
+    fn set(&mut self, client: &ClientId, seq: u64, head: Option<EntryHead>) {
+        self.client(client).slots.insert(seq, head);
     }
 }
