@@ -161,12 +161,13 @@ impl Broker {
                 "" => self.zone(DEFAULT_ZONE_NAME),
                 name => self.zone(name),
             };
-            // Online when the broker died: what was stored may have been sent, what
-            // is stored from now on has not.
+            // Online when the broker died: what was stored may have been sent. What
+            // is stored from now on has not (seqs start over after an empty queue).
+            let next_seq = self.store.next_queue_seq(&client)?;
             let dup_below = if record.disconnected_ms == 0 {
-                self.store.next_queue_seq(&client)?
+                next_seq
             } else {
-                record.dup_below
+                record.dup_below.min(next_seq)
             };
             self.registry.insert(SessionHandle::new(
                 client,

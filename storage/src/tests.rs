@@ -515,3 +515,29 @@ fn a_failed_request_leaves_no_trace_and_spares_its_batch() {
     }
     assert!(store.messages(&[id]).unwrap()[0].is_none());
 }
+
+#[test]
+fn seqs_do_not_start_over_when_a_queue_drains_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let a: ClientId = Arc::from("a");
+    {
+        let store = open(dir.path());
+        for _ in 0..3 {
+            let id = store.next_msg_id();
+            submit(&store, publish_to(id, msg("t", b"x"), &[&a], 0)).unwrap();
+        }
+    }
+    // After a restart the session has read seqs 0..3 and acks them all before the
+    // next publish: that one must not get seq 0 again (the session is past it).
+    let store = open(dir.path());
+    let acks = (0..3)
+        .map(|seq| Op::Ack {
+            client: a.clone(),
+            seq,
+        })
+        .collect();
+    submit(&store, acks).unwrap();
+    let id = store.next_msg_id();
+    let seqs = submit(&store, publish_to(id, msg("t", b"y"), &[&a], 0)).unwrap();
+    assert_eq!(seqs, vec![Some(3)]);
+}

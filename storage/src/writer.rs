@@ -422,6 +422,11 @@ impl Writer {
                     let Some(head) = self.entry_head(state, client, *seq)? else {
                         continue; // already acked, or its session is gone
                     };
+                    // Learn the queue's next seq before its last entries go: read
+                    // from the disk only after a drain, it would start over and hand
+                    // out seqs the session has already passed.
+                    let next = self.next_seq(client)?;
+                    self.next_seq.insert(client.clone(), next);
                     batch.delete_cf(
                         cf(&self.db, keys::CF_QUEUE)?,
                         keys::queue_key(client, *seq)?,
