@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quay vs Mosquitto, side by side, on loopback.
 #
-#   tools/bench/run.sh [scenario...]     scenarios: fanin qos1 fanout idle drain restart (default: all)
+#   tools/bench/run.sh [scenario...]     scenarios: fanin qos1 qos2 fanout idle drain restart (default: all)
 #
 # Each scenario starts a fresh broker (Quay, then Mosquitto 2) pinned to one core
 # (BENCH_BROKER_CPU, default 0) and runs the generator pinned to another
@@ -11,7 +11,7 @@
 # Knobs (environment):
 #   CARGO_TARGET_DIR          default $HOME/.cache/quay-target
 #   BENCH_FANIN_ARGS ...      extra arguments per scenario, e.g. BENCH_FANIN_ARGS="--messages 500000"
-#   (BENCH_QOS1_ARGS, BENCH_FANOUT_ARGS, BENCH_IDLE_ARGS, BENCH_DRAIN_ARGS)
+#   (BENCH_QOS1_ARGS, BENCH_QOS2_ARGS, BENCH_FANOUT_ARGS, BENCH_IDLE_ARGS, BENCH_DRAIN_ARGS)
 #   BENCH_RESTART_MESSAGES    messages queued before the restart (default 1000000)
 #   BENCH_TIME_LIMIT_S        wall-clock bound of each measured phase (default 60)
 #   BENCH_KEEP=1              keep the work directory (logs, data, results)
@@ -24,7 +24,7 @@ BROKER_CPU=${BENCH_BROKER_CPU:-0}
 GEN_CPU=${BENCH_GEN_CPU:-1}
 TIME_LIMIT_S=${BENCH_TIME_LIMIT_S:-60}
 RESTART_MESSAGES=${BENCH_RESTART_MESSAGES:-1000000}
-ALL=(fanin qos1 fanout idle drain restart)
+ALL=(fanin qos1 qos2 fanout idle drain restart)
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=("${ALL[@]}")
 for s in "${SCENARIOS[@]}"; do

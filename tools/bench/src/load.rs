@@ -1,5 +1,5 @@
 //! The load loops every scenario is built from: a QoS 0 publisher that writes as fast as
-//! the socket takes it, a QoS 1 publisher that keeps a window of unacknowledged
+//! the socket takes it, a QoS 1/2 publisher that keeps a window of unacknowledged
 //! PUBLISHes in flight, and a subscriber that counts (and acknowledges) deliveries.
 //!
 //! Each loop is bounded by its message count; the scenario bounds it in time by
@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use quay::codec::{Packet, Publish};
+use quay::codec::{Packet, PubResp, Publish, QoS};
 use tokio::task::JoinSet;
 
 use crate::client::{next_packet_id, payload_seq, MqttConn};
@@ -80,10 +80,11 @@ pub async fn publish_qos0(
     Ok(())
 }
 
-/// Publish `count` QoS 1 copies of `template`, numbered from `first_seq`, keeping at
-/// most `window` unacknowledged. `acked` counts PUBACKs. Returns the connection so a
+/// Publish `count` QoS 1 or 2 copies of `template` (its QoS decides), numbered from
+/// `first_seq`, keeping at most `window` unfinished. `acked` counts finished flows
+/// (PUBACK; PUBCOMP after PUBREC and PUBREL for QoS 2). Returns the connection so a
 /// caller can go on using it.
-pub async fn publish_qos1(
+pub async fn publish_acked(
     mut conn: MqttConn,
     template: Publish,
     first_seq: u64,
@@ -104,13 +105,18 @@ pub async fn publish_qos1(
         conn.fill().await?;
         let mut n = 0;
         while let Some(packet) = conn.next_buffered()? {
-            match packet {
-                Packet::PubAck(_) => n += 1,
-                other => bail!("{}: publisher got {}", conn.client_id, other.name()),
+            match (template.qos, packet) {
+                (QoS::AtLeastOnce, Packet::PubAck(_)) | (QoS::ExactlyOnce, Packet::PubComp(_)) => {
+                    n += 1
+                }
+                (QoS::ExactlyOnce, Packet::PubRec(r)) => {
+                    conn.queue(&Packet::PubRel(PubResp::new(r.packet_id)))?
+                }
+                (_, other) => bail!("{}: publisher got {}", conn.client_id, other.name()),
             }
         }
         if acks + n > sent {
-            bail!("{}: more PUBACKs than PUBLISHes", conn.client_id);
+            bail!("{}: more acknowledgements than PUBLISHes", conn.client_id);
         }
         acks += n;
         acked.add(n);
@@ -127,7 +133,8 @@ pub enum Counting {
     Unique(u64),
 }
 
-/// Receive on `conn`, PUBACKing QoS 1 deliveries, until `counting` is satisfied.
+/// Receive on `conn`, acknowledging QoS 1 (PUBACK) and QoS 2 (PUBREC, then PUBCOMP
+/// for each PUBREL) deliveries, until `counting` is satisfied.
 pub async fn subscribe_loop(
     mut conn: MqttConn,
     counting: Counting,
@@ -145,10 +152,16 @@ pub async fn subscribe_loop(
         while let Some(packet) = conn.next_buffered()? {
             let publish = match packet {
                 Packet::Publish(publish) => publish,
+                Packet::PubRel(r) => {
+                    conn.queue(&Packet::PubComp(PubResp::new(r.packet_id)))?;
+                    continue;
+                }
                 other => bail!("{}: subscriber got {}", conn.client_id, other.name()),
             };
-            if let Some(id) = publish.packet_id {
-                conn.queue_puback(id)?;
+            match (publish.qos, publish.packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => conn.queue_puback(id)?,
+                (QoS::ExactlyOnce, Some(id)) => conn.queue(&Packet::PubRec(PubResp::new(id)))?,
+                _ => {}
             }
             match seen.as_mut() {
                 None => fresh += 1,

@@ -59,6 +59,8 @@ enum Command {
     Fanin(fanin::FaninArgs),
     /// QoS 1 publishers with a window, each to its own persistent subscriber
     Qos1(qos1::Qos1Args),
+    /// The same with QoS 2 (persistent publishers: their packet ids are stored too)
+    Qos2(qos1::Qos1Args),
     /// One QoS 0 publisher to many subscribers of one topic
     Fanout(fanout::FanoutArgs),
     /// Broker memory per idle connection
@@ -87,6 +89,7 @@ impl Command {
         match self {
             Command::Fanin(_) => "fanin",
             Command::Qos1(_) => "qos1",
+            Command::Qos2(_) => "qos2",
             Command::Fanout(_) => "fanout",
             Command::Idle(_) => "idle",
             Command::Drain(_) => "drain",
@@ -139,7 +142,8 @@ fn main() -> Result<()> {
 async fn run(target: &Target, command: &Command) -> Result<Vec<Figure>> {
     match command {
         Command::Fanin(args) => fanin::run(target, args).await,
-        Command::Qos1(args) => qos1::run(target, args).await,
+        Command::Qos1(args) => qos1::run(target, args, quay::codec::QoS::AtLeastOnce).await,
+        Command::Qos2(args) => qos1::run(target, args, quay::codec::QoS::ExactlyOnce).await,
         Command::Fanout(args) => fanout::run(target, args).await,
         Command::Idle(args) => idle::run(target, args).await,
         Command::Drain(args) => drain::run(target, args).await,

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use super::{ending_note, progress, Target};
 use crate::client::{publish_template, ConnectOptions};
-use crate::load::{publish_qos1, spawn_reporting, subscribe_loop, Counting};
+use crate::load::{publish_acked, spawn_reporting, subscribe_loop, Counting};
 use crate::measure::{Better, Ending, Figure, Interval};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -61,7 +61,7 @@ pub async fn fill(
     let template = publish_template(queue.topic, QoS::AtLeastOnce, payload);
     let acked_by_broker = acked.clone();
     spawn_reporting(&mut tasks, &acked, async move {
-        publish_qos1(
+        publish_acked(
             publisher,
             template,
             0,

@@ -1,6 +1,8 @@
-//! `qos1`: publishers with a window of unacknowledged QoS 1 PUBLISHes, each feeding its
-//! own persistent-session subscriber, which PUBACKs every delivery. The figure is
-//! messages per second both acknowledged to the publisher and delivered.
+//! `qos1` and `qos2`: publishers with a window of unfinished QoS 1 (or QoS 2)
+//! PUBLISHes, each feeding its own persistent-session subscriber, which acknowledges
+//! every delivery (PUBACK; PUBREC then PUBCOMP). The figure is messages per second
+//! both acknowledged to the publisher and delivered. Quay makes every PUBACK, PUBREC,
+//! PUBCOMP and PUBREL wait for what it promises to be fsynced.
 
 use anyhow::Result;
 use quay::codec::QoS;
@@ -8,7 +10,7 @@ use tokio::task::JoinSet;
 
 use super::{ending_note, progress, share, Target};
 use crate::client::{publish_template, ConnectOptions};
-use crate::load::{publish_qos1, spawn_reporting, subscribe_loop, Counting};
+use crate::load::{publish_acked, spawn_reporting, subscribe_loop, Counting};
 use crate::measure::{Better, Figure, Interval};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -26,41 +28,49 @@ pub struct Qos1Args {
     pub window: u64,
 }
 
-pub async fn run(target: &Target, args: &Qos1Args) -> Result<Vec<Figure>> {
+pub async fn run(target: &Target, args: &Qos1Args, qos: QoS) -> Result<Vec<Figure>> {
+    let name = if qos == QoS::ExactlyOnce {
+        "qos2"
+    } else {
+        "qos1"
+    };
     let delivered = progress(args.messages);
     let acked = progress(args.messages);
     let mut tasks = JoinSet::new();
     let mut publishers = Vec::new();
     for i in 0..args.pairs {
         let topic = format!("bench/q/{i}");
-        let id = format!("bench-qos1-sub-{i}");
+        let id = format!("bench-{name}-sub-{i}");
         target
             .connect(&ConnectOptions::clean(id.as_str()))
             .await?
             .disconnect()
             .await?;
         let mut sub = target.connect(&ConnectOptions::persistent(id)).await?;
-        sub.subscribe(std::slice::from_ref(&topic), QoS::AtLeastOnce)
-            .await?;
+        sub.subscribe(std::slice::from_ref(&topic), qos).await?;
         let count = share(args.messages, args.pairs, i);
         spawn_reporting(
             &mut tasks,
             &delivered,
             subscribe_loop(sub, Counting::All(count), delivered.clone()),
         );
-        let publisher = target
-            .connect(&ConnectOptions::clean(format!("bench-qos1-pub-{i}")))
-            .await?;
+        // QoS 2 publishers keep a session, so their packet ids are stored too.
+        let publisher_id = format!("bench-{name}-pub-{i}");
+        let publisher = match qos {
+            QoS::ExactlyOnce => ConnectOptions::persistent(publisher_id),
+            _ => ConnectOptions::clean(publisher_id),
+        };
+        let publisher = target.connect(&publisher).await?;
         publishers.push((publisher, topic, count));
     }
     let interval = Interval::start(target.broker_pid)?;
     let window = args.window.max(1);
     let mut first_seq = 0;
     for (conn, topic, count) in publishers {
-        let template = publish_template(&topic, QoS::AtLeastOnce, args.payload);
+        let template = publish_template(&topic, qos, args.payload);
         let acked_by_broker = acked.clone();
         spawn_reporting(&mut tasks, &acked, async move {
-            publish_qos1(conn, template, first_seq, count, window, acked_by_broker)
+            publish_acked(conn, template, first_seq, count, window, acked_by_broker)
                 .await
                 .map(drop)
         });
