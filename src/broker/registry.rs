@@ -175,16 +175,16 @@ pub struct Registry {
 pub struct ClientLock<'a> {
     registry: &'a Registry,
     client: ClientId,
-    lock: Arc<tokio::sync::Mutex<()>>,
-    _guard: tokio::sync::OwnedMutexGuard<()>,
+    guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Drop for ClientLock<'_> {
     fn drop(&mut self) {
         let mut connecting = self.registry.connecting();
         // Clones are made under this map's lock: two strong counts (the map's and
-        // ours) mean nobody else waits, so the entry can go.
-        if Arc::strong_count(&self.lock) == 2 {
+        // our guard's) mean nobody else waits, so the entry can go.
+        let lock = tokio::sync::OwnedMutexGuard::mutex(&self.guard);
+        if Arc::strong_count(lock) == 2 {
             connecting.remove(&self.client);
         }
     }
@@ -213,12 +213,10 @@ impl Registry {
     /// holding it and no two ever serve one queue.
     pub async fn lock_client(&self, client: &ClientId) -> ClientLock<'_> {
         let lock = self.connecting().entry(client.clone()).or_default().clone();
-        let guard = lock.clone().lock_owned().await;
         ClientLock {
             registry: self,
             client: client.clone(),
-            lock,
-            _guard: guard,
+            guard: lock.lock_owned().await,
         }
     }
 
@@ -240,6 +238,11 @@ impl Registry {
 
     pub fn all(&self) -> Vec<Arc<SessionHandle>> {
         self.sessions().values().cloned().collect()
+    }
+
+    /// Client ids with a CONNECT in progress or waiting (for tests and stats).
+    pub fn connecting_len(&self) -> usize {
+        self.connecting().len()
     }
 
     pub fn route_count(&self) -> usize {
@@ -339,5 +342,32 @@ impl Registry {
             }
         });
         targets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connects_of_one_client_take_turns_and_leave_no_entry() {
+        let registry = Arc::new(Registry::default());
+        let client: ClientId = Arc::from("c");
+        let first = registry.lock_client(&client).await;
+        let waiter = {
+            let registry = registry.clone();
+            let client = client.clone();
+            tokio::spawn(async move {
+                let _second = registry.lock_client(&client).await;
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            !waiter.is_finished(),
+            "the second CONNECT waits for the first"
+        );
+        drop(first);
+        waiter.await.unwrap();
+        assert_eq!(registry.connecting_len(), 0, "no entry is left behind");
     }
 }
