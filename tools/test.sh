@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quay-target}"
 export CARGO_TERM_COLOR=never
 
-apt_packages=(libclang-dev protobuf-compiler mosquitto mosquitto-clients)
+apt_packages=(libclang-dev protobuf-compiler mosquitto mosquitto-clients strace)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

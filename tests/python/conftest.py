@@ -100,6 +100,10 @@ class Broker:
             env[env_key(key)] = str(value)
         return env
 
+    def argv(self):
+        """The command that runs the node (a subclass may wrap it, e.g. in strace)."""
+        return [self.emqx, "--config", str(CONFIG), "foreground"]
+
     def start(self, timeout_s=START_TIMEOUT_S):
         assert self.proc is None, "broker already running"
         assert Path(self.emqx).exists(), f"{self.emqx} not built (set QUAY_BIN_DIR)"
@@ -108,7 +112,7 @@ class Broker:
             out.write(f"\n===== start #{self.starts} at {time.strftime('%H:%M:%S')} =====\n".encode())
             out.flush()
             self.proc = subprocess.Popen(
-                [self.emqx, "--config", str(CONFIG), "foreground"],
+                self.argv(),
                 env=self.env(),
                 cwd=str(REPO),
                 stdin=subprocess.DEVNULL,
