@@ -44,6 +44,7 @@ const ZONE_KEYS: &[&str] = &[
     "max_mqueue_len",
     "mqueue_store_qos0",
     "server_keepalive",
+    "max_keepalive",
     "keepalive_backoff",
     "max_subscriptions",
     "upgrade_qos",
@@ -223,6 +224,7 @@ impl Builder {
             "max_mqueue_len" => z.max_mqueue_len = count(entry, 0)?,
             "mqueue_store_qos0" => z.mqueue_store_qos0 = flag(entry)?,
             "server_keepalive" => z.server_keepalive = Some(short(entry, 0)?),
+            "max_keepalive" => z.max_keepalive = short(entry, 0)?,
             "keepalive_backoff" => {
                 z.keepalive_backoff = entry.read(|v| values::float_above(v, 0.5))?
             }
@@ -487,6 +489,8 @@ mod tests {
             ("log.level", "debug"),
             ("storage.fsync", "none"),
             ("zone.a.server_keepalive", "30"),
+            ("zone.a.max_keepalive", "60"),
+            ("zone.b.max_keepalive", "0"),
             ("mqtt.max_packet_size", "268435455"),
         ] {
             b.apply(&entry(key, value)).unwrap();
@@ -495,6 +499,13 @@ mod tests {
         assert_eq!(b.log.level, LogLevel::Debug);
         assert_eq!(b.storage.fsync, FsyncPolicy::None);
         assert_eq!(b.zones["a"].server_keepalive, Some(30));
+        assert_eq!(b.zones["a"].keepalive_cap(), Some(60));
+        assert_eq!(
+            b.zones["b"].keepalive_cap(),
+            None,
+            "0: no cap, as in Mosquitto"
+        );
+        assert_eq!(ZoneConfig::DEFAULT.keepalive_cap(), None, "65535: no cap");
         assert_eq!(b.mqtt.max_packet_size, MAX_PACKET_SIZE_LIMIT);
     }
 
@@ -521,6 +532,16 @@ mod tests {
                 "zone.external.max_inflight",
                 "65536",
                 "an integer from 1 to 65535",
+            ),
+            (
+                "zone.external.max_keepalive",
+                "65536",
+                "an integer from 0 to 65535",
+            ),
+            (
+                "zone.external.max_keepalive",
+                "-1",
+                "an integer from 0 to 65535",
             ),
             (
                 "zone.external.keepalive_backoff",

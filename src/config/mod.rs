@@ -158,6 +158,10 @@ pub struct ZoneConfig {
     pub mqueue_store_qos0: bool,
     /// Seconds; `None` = use the client's keepalive.
     pub server_keepalive: Option<u16>,
+    /// Seconds: the longest keepalive a client may use (Mosquitto's `max_keepalive`);
+    /// a longer one, or 0, is lowered to it (v5, via Server Keep Alive) or refused (v3).
+    /// 0 and 65535 mean no cap; see [`ZoneConfig::keepalive_cap`].
+    pub max_keepalive: u16,
     /// A connection is dropped after `keepalive * keepalive_backoff * 2` of silence.
     pub keepalive_backoff: f64,
     /// 0 = unlimited.
@@ -276,12 +280,21 @@ impl ZoneConfig {
         max_mqueue_len: 1000,
         mqueue_store_qos0: true,
         server_keepalive: None,
+        max_keepalive: u16::MAX,
         keepalive_backoff: 0.75,
         max_subscriptions: 0,
         upgrade_qos: false,
         use_username_as_clientid: false,
         enable_stats: true,
     };
+
+    /// The cap `max_keepalive` puts on client keepalives, if any. At 65535 (the default)
+    /// no keepalive is above it, and a keepalive of 0 stays allowed too: unlike
+    /// Mosquitto 2.0.12+, whose default refuses v3 clients with keepalive 0, the
+    /// default changes nothing. 0 means no cap as in Mosquitto.
+    pub fn keepalive_cap(&self) -> Option<u16> {
+        Some(self.max_keepalive).filter(|&max| max != 0 && max != u16::MAX)
+    }
 
     /// The `internal` zone of the shipped config: trusted local clients get a wider
     /// inflight window and a deeper queue.

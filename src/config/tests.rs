@@ -217,6 +217,10 @@ fn malformed_values_of_each_kind() {
             "expected an integer from 1 to 65535",
         ),
         (
+            "zone.external.max_keepalive = 1h",
+            "expected an integer from 0 to 65535",
+        ),
+        (
             "listener.tcp.external = host:1883",
             "expected a port like 1883",
         ),

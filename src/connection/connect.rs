@@ -11,6 +11,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 
+use super::fit::{self, Fit};
+use super::keepalive;
 use super::{Connection, Env};
 use crate::broker::mailbox::Mailbox;
 use crate::broker::registry::{ConnLink, SessionHandle, SessionState};
@@ -32,19 +34,25 @@ pub(super) async fn accept(
     let broker = &env.broker;
     let zone = &env.zone;
     let version = connect.protocol;
+    // The largest packet the client takes (v5); CONNACK too must fit [MQTT-3.1.2-24].
+    let client_max_packet = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
     let refuse = |reason: ReasonCode| async move {
         tracing::info!(%peer, ?reason, "connection refused");
-        let mut buf = BytesMut::new();
         let properties = Properties {
             reason_string: version.is_v5().then(|| reason.description().to_owned()),
             ..Properties::default()
         };
-        let ack = Packet::ConnAck(ConnAck {
+        let ack = ConnAck {
             session_present: false,
             reason,
             properties,
-        });
-        if codec::encode(&ack, version, &mut buf).is_ok() {
+        };
+        let Fit::Send { packet, .. } = fit::connack(ack, version, client_max_packet) else {
+            tracing::info!(%peer, max = client_max_packet, "refusing CONNACK larger than the client's Maximum Packet Size; not sent");
+            return;
+        };
+        let mut buf = BytesMut::new();
+        if codec::encode(&Packet::ConnAck(packet), version, &mut buf).is_ok() {
             let _ = writer.write_all(&buf).await;
         }
     };
@@ -52,7 +60,14 @@ pub(super) async fn accept(
         refuse(reason).await;
         return None;
     }
-    let mqtt = &broker.config.mqtt;
+    let keepalive = match keepalive::negotiate(version, connect.keep_alive, zone) {
+        Ok(k) => k,
+        Err(reason) => {
+            tracing::info!(%peer, keep_alive = connect.keep_alive, max_keepalive = zone.max_keepalive, "keepalive above max_keepalive");
+            refuse(reason).await;
+            return None;
+        }
+    };
     let mut ack_props = Properties::default();
     let assigned = connect.client_id.is_empty();
     if assigned {
@@ -64,6 +79,29 @@ pub(super) async fn accept(
     let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
     let expiry_s = session_expiry(&connect, zone, &mut ack_props);
     let persistent = expiry_s > 0;
+    ack_props.server_keep_alive = keepalive.server_keep_alive;
+    if version.is_v5() {
+        describe_limits(broker, zone, &mut ack_props);
+    }
+    // Decided before the session is touched: a CONNACK that cannot be sent must not
+    // take over or create anything.
+    let ack = ConnAck {
+        session_present: false,
+        reason: ReasonCode::Success,
+        properties: ack_props,
+    };
+    let ack_props = match fit::connack(ack, version, client_max_packet) {
+        Fit::Send { packet, dropped } => {
+            if !dropped.is_empty() {
+                tracing::debug!(client_id = %client_id, max = client_max_packet, ?dropped, "CONNACK properties dropped to fit the client's Maximum Packet Size");
+            }
+            packet.properties
+        }
+        Fit::TooLarge { size } => {
+            tracing::info!(client_id = %client_id, %peer, size, max = client_max_packet, "CONNACK does not fit the client's Maximum Packet Size; closing without it");
+            return None;
+        }
+    };
 
     // One CONNECT of this client id at a time: the takeover, the decision and the
     // store writes below run under this lock, so exactly one connection wins.
@@ -197,30 +235,6 @@ pub(super) async fn accept(
     };
 
     let receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
-    let mut keep_alive = connect.keep_alive;
-    if let (Some(server), true) = (zone.server_keepalive, version.is_v5()) {
-        keep_alive = server;
-        ack_props.server_keep_alive = Some(server);
-    }
-    if version.is_v5() {
-        ack_props.receive_maximum = Some(zone.max_inflight);
-        if mqtt.max_qos_allowed < 2 {
-            ack_props.maximum_qos = Some(mqtt.max_qos_allowed);
-        }
-        if !mqtt.retain_available {
-            ack_props.retain_available = Some(0);
-        }
-        ack_props.maximum_packet_size = Some(mqtt.max_packet_size);
-        if mqtt.max_topic_alias > 0 {
-            ack_props.topic_alias_maximum = Some(mqtt.max_topic_alias);
-        }
-        if !mqtt.wildcard_subscription {
-            ack_props.wildcard_subscription_available = Some(0);
-        }
-        ack_props.subscription_identifier_available = Some(1);
-        // Shared subscriptions arrive with their own issue.
-        ack_props.shared_subscription_available = Some(0);
-    }
     let now = Instant::now();
     let session_config = SessionConfig {
         max_inflight: zone.max_inflight,
@@ -247,10 +261,19 @@ pub(super) async fn accept(
         handle,
         persistent,
         outbound: Outbound::new(client_id.clone(), persistent, dup_below, session_config),
-        inbound: Inbound::new(zone.max_awaiting_rel, restored, now),
-        keep_alive,
+        // v5 clients are bounded by our Receive Maximum instead (see `on_publish`).
+        inbound: Inbound::new(
+            if version.is_v5() {
+                0
+            } else {
+                zone.max_awaiting_rel
+            },
+            restored,
+            now,
+        ),
+        keep_alive: keepalive.seconds,
         will: connect.will.take().map(Box::new),
-        client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
+        client_max_packet,
         alias_in: Default::default(),
         alias_out: Default::default(),
         alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
@@ -312,6 +335,29 @@ async fn store_barrier(broker: &Broker) -> bool {
     rx.await.unwrap_or(false)
 }
 
+/// The v5 CONNACK properties that describe what the broker supports and allows.
+fn describe_limits(broker: &Broker, zone: &ZoneConfig, ack: &mut Properties) {
+    let mqtt = &broker.config.mqtt;
+    // Our Receive Maximum: enforced on inbound QoS 1/2 (see `on_publish`).
+    ack.receive_maximum = Some(zone.max_inflight);
+    if mqtt.max_qos_allowed < 2 {
+        ack.maximum_qos = Some(mqtt.max_qos_allowed);
+    }
+    if !mqtt.retain_available {
+        ack.retain_available = Some(0);
+    }
+    ack.maximum_packet_size = Some(mqtt.max_packet_size);
+    if mqtt.max_topic_alias > 0 {
+        ack.topic_alias_maximum = Some(mqtt.max_topic_alias);
+    }
+    if !mqtt.wildcard_subscription {
+        ack.wildcard_subscription_available = Some(0);
+    }
+    ack.subscription_identifier_available = Some(1);
+    // Shared subscriptions arrive with their own issue.
+    ack.shared_subscription_available = Some(0);
+}
+
 /// Checks that refuse the connection with a CONNACK reason.
 fn validate(broker: &Broker, zone: &ZoneConfig, connect: &mut Connect) -> Result<(), ReasonCode> {
     let mqtt = &broker.config.mqtt;
@@ -336,10 +382,24 @@ fn validate(broker: &Broker, zone: &ZoneConfig, connect: &mut Connect) -> Result
     {
         return Err(ReasonCode::PROTOCOL_ERROR);
     }
+    if let Some(method) = &connect.properties.authentication_method {
+        // No enhanced authentication (AUTH exchanges) is supported; a client asking
+        // for one must not be let in as if it had authenticated (MQTT 5 §4.12).
+        tracing::info!(client_id = %connect.client_id, method, "unsupported Authentication Method");
+        return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
+    }
     if let Some(will) = &connect.will {
         let topic = std::str::from_utf8(&will.topic).unwrap_or("");
         if topic::validate_name(topic, mqtt.max_topic_levels).is_err() {
             return Err(ReasonCode::TOPIC_NAME_INVALID);
+        }
+        if let Some(response_topic) = &will.properties.response_topic {
+            // A will Response Topic must be a Topic Name too [MQTT-3.3.2-14];
+            // Mosquitto refuses the CONNECT as a protocol error, so do we.
+            if topic::validate_name(response_topic, 0).is_err() {
+                tracing::info!(client_id = %connect.client_id, response_topic, "invalid will Response Topic");
+                return Err(ReasonCode::PROTOCOL_ERROR);
+            }
         }
         if will.qos as u8 > mqtt.max_qos_allowed {
             return Err(ReasonCode::QOS_NOT_SUPPORTED);

@@ -7,6 +7,8 @@
 //! `crate::hibernate`). A failure here closes this connection only.
 
 mod connect;
+mod fit;
+mod keepalive;
 mod outgoing;
 mod packets;
 
@@ -25,7 +27,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use crate::broker::mailbox::Mailbox;
 use crate::broker::registry::{ConnEvent, SessionHandle};
 use crate::broker::Broker;
-use crate::codec::{self, Disconnect, LastWill, Packet, ProtocolVersion, ReasonCode};
+use crate::codec::{self, LastWill, Packet, ProtocolVersion, ReasonCode};
 use crate::config::Zone;
 use crate::hibernate::Hibernator;
 use crate::message::ClientId;
@@ -498,7 +500,11 @@ impl Connection {
             }
             ConnEvent::Durable { packet_id, qos, ok } => self.on_durable(packet_id, qos, ok)?,
             ConnEvent::Reply(packet, retained) => {
-                self.send(&packet);
+                match *packet {
+                    // A PUBCOMP frees its id's Receive Maximum slot as it leaves.
+                    Packet::PubComp(r) => self.send_pubcomp(r.packet_id, r.reason),
+                    other => self.send(&other),
+                }
                 for out in retained {
                     // Stored ones (retained QoS 1/2 to a persistent session) carry
                     // their queue seq; the rest are volatile.
@@ -538,13 +544,13 @@ impl Connection {
             _ => None,
         };
         if let (Some(reason), true) = (reason, self.version.is_v5()) {
-            self.send(&Packet::Disconnect(Disconnect {
-                reason,
-                properties: crate::codec::Properties {
-                    reason_string: Some(reason.description().to_owned()),
-                    ..Default::default()
-                },
-            }));
+            // Within the client's Maximum Packet Size, like everything we send.
+            match fit::disconnect(reason, self.client_max_packet) {
+                fit::Fit::Send { packet, .. } => self.send(&Packet::Disconnect(packet)),
+                fit::Fit::TooLarge { size } => {
+                    tracing::info!(client_id = %self.client_id, size, max = self.client_max_packet, "DISCONNECT larger than the client accepts; closing without it");
+                }
+            }
         }
         if let Some(writer) = writer {
             let wbuf = &self.wbuf;

@@ -52,11 +52,12 @@ impl Connection {
             Packet::PubRel(r) => {
                 if !self.inbound.release(r.packet_id) {
                     let reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
-                    self.send(&Packet::PubComp(resp(r.packet_id, reason)));
+                    self.send_pubcomp(r.packet_id, reason);
                 } else {
                     // PUBCOMP lets the client reuse the id: it goes only once the id's
                     // release is durable, or a crash would bring the id back and
-                    // swallow the client's next PUBLISH with it as a duplicate.
+                    // swallow the client's next PUBLISH with it as a duplicate. Until
+                    // it goes, the id keeps its Receive Maximum slot (`send_pubcomp`).
                     let pubcomp = Packet::PubComp(resp(r.packet_id, ReasonCode::Success));
                     let ops = if self.persistent {
                         vec![Op::DeleteAwaitingRel {
@@ -117,6 +118,18 @@ impl Connection {
         if p.retain && !mqtt.retain_available {
             return Err(Close::Error(ReasonCode::RETAIN_NOT_SUPPORTED));
         }
+        if !p.properties.subscription_identifiers.is_empty() {
+            // Only the server puts Subscription Identifiers in a PUBLISH [MQTT-3.3.4-6].
+            tracing::warn!(client_id = %self.client_id, "PUBLISH from the client carries a Subscription Identifier");
+            return Err(Close::Error(ReasonCode::PROTOCOL_ERROR));
+        }
+        if let Some(response_topic) = &p.properties.response_topic {
+            // A Response Topic must be a Topic Name, without wildcards [MQTT-3.3.2-14].
+            if let Err(e) = topic::validate_name(response_topic, 0) {
+                tracing::warn!(client_id = %self.client_id, error = %e, "invalid PUBLISH Response Topic");
+                return Err(Close::Error(ReasonCode::PROTOCOL_ERROR));
+            }
+        }
         let publish_ms = now_ms();
         let msg = Message {
             topic,
@@ -140,7 +153,14 @@ impl Connection {
             // A retransmission of a PUBLISH still being stored: its ack will come.
             return Ok(());
         }
-        if self.pending_in.len() >= self.zone.max_inflight as usize && self.version.is_v5() {
+        // MQTT 5: every QoS 1/2 PUBLISH takes a slot of our Receive Maximum until its
+        // PUBACK / PUBCOMP is sent; only a resent QoS 2 PUBLISH that holds one already
+        // takes none. One more than the client may send is a protocol violation,
+        // however it was paced (MQTT 5 §4.9). v3 has no Receive Maximum: its QoS 2 ids
+        // are bounded by `max_awaiting_rel` (TooMany below) instead.
+        let holds_slot = p.qos == QoS::ExactlyOnce && self.inbound.is_counted(packet_id);
+        if self.version.is_v5() && !holds_slot && self.receive_quota_used() >= self.receive_max() {
+            tracing::info!(client_id = %self.client_id, packet_id, receive_maximum = self.receive_max(), "Receive Maximum exceeded");
             return Err(Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
         }
         let mut extra = Vec::new();
@@ -148,18 +168,27 @@ impl Connection {
             match self.inbound.arrival(packet_id) {
                 Qos2Arrival::Duplicate => {
                     Metrics::inc(&metrics.messages_qos2_duplicate);
+                    self.inbound.count(packet_id);
                     self.send(&Packet::PubRec(resp(packet_id, ReasonCode::Success)));
                     return Ok(());
                 }
-                Qos2Arrival::TooMany if self.version.is_v5() => {
+                Qos2Arrival::InUse if self.version.is_v5() => {
+                    // Released, PUBCOMP not sent yet: the client may not reuse the id
+                    // (MQTT 5 §2.2.1). Refused, not routed; the flow ends here.
+                    tracing::warn!(client_id = %self.client_id, packet_id, "QoS 2 PUBLISH reuses an id before its PUBCOMP");
                     self.send(&Packet::PubRec(resp(
                         packet_id,
-                        ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                        ReasonCode::PACKET_IDENTIFIER_IN_USE,
                     )));
                     return Ok(());
                 }
+                Qos2Arrival::InUse => {
+                    tracing::warn!(client_id = %self.client_id, packet_id, "QoS 2 PUBLISH reuses an id before its PUBCOMP");
+                    return Err(Close::Error(ReasonCode::PACKET_IDENTIFIER_IN_USE));
+                }
                 Qos2Arrival::TooMany => {
-                    return Err(Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED))
+                    tracing::info!(client_id = %self.client_id, packet_id, max_awaiting_rel = self.zone.max_awaiting_rel, "too many QoS 2 ids awaiting PUBREL");
+                    return Err(Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
                 }
                 Qos2Arrival::New => {
                     if self.persistent {
@@ -184,6 +213,24 @@ impl Connection {
         );
         self.pending_in.insert(packet_id, matched > 0);
         Ok(())
+    }
+
+    /// Our Receive Maximum (MQTT 5): the zone's `max_inflight`, told in CONNACK.
+    fn receive_max(&self) -> usize {
+        usize::from(self.zone.max_inflight)
+    }
+
+    /// Inbound QoS 1/2 publishes not yet answered with PUBACK / PUBCOMP: those waiting
+    /// for the store, and QoS 2 ids held or released but not yet completed.
+    fn receive_quota_used(&self) -> usize {
+        self.pending_in.len() + self.inbound.quota_used()
+    }
+
+    /// Send PUBCOMP for an inbound QoS 2 id and give its Receive Maximum slot back.
+    /// Whatever sends a PUBCOMP goes through here, at the moment it is sent.
+    pub(super) fn send_pubcomp(&mut self, packet_id: u16, reason: ReasonCode) {
+        self.send(&Packet::PubComp(resp(packet_id, reason)));
+        self.inbound.completed(packet_id);
     }
 
     /// The store answered for an inbound QoS 1/2 PUBLISH: acknowledge it now.

@@ -1,8 +1,19 @@
-//! Client-to-server QoS 2 state: packet ids received and awaiting PUBREL.
+//! Client-to-server QoS 2 state: packet ids received and awaiting PUBREL, and how many
+//! of them count against this connection's Receive Maximum (MQTT 5).
 //!
 //! A QoS 2 PUBLISH is routed once, when it first arrives; its packet id is then held
 //! (and, for persistent sessions, stored with the message's batch) until PUBREL, so a
 //! retransmitted PUBLISH is recognised and not routed again, even after a restart.
+//!
+//! Receive Maximum counts a QoS 2 PUBLISH from its arrival until its PUBCOMP is sent,
+//! because the client gets that send quota back only when PUBCOMP reaches it (MQTT 5
+//! §4.9). So an id whose PUBREL arrived stays held, as `Releasing`, until the connection
+//! says its PUBCOMP left (`completed`), whenever that is; the id is not free for a new
+//! PUBLISH before then either (MQTT 5 §2.2.1). Ids restored from the store at a
+//! reconnect do not count: the client starts each connection with its full quota
+//! (§4.9); they count once the client resends their PUBLISH.
+//!
+//! Kept at 32 bytes: it lives in every `Connection`, which must fit 512 bytes.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -13,14 +24,35 @@ pub enum Qos2Arrival {
     New,
     /// Already routed: answer PUBREC again, do not route.
     Duplicate,
+    /// Released but its PUBCOMP not sent yet: the client may not reuse the id yet.
+    InUse,
     /// `max_awaiting_rel` ids are already held.
     TooMany,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// PUBREC sent (or restored from the store); `counted` against Receive Maximum.
+    Awaiting { counted: bool },
+    /// PUBREL received, PUBCOMP not sent yet; always counted (an uncounted id is
+    /// forgotten at PUBREL, it holds no quota to give back).
+    Releasing,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// PUBREC sent (or restored) at: `expire` counts from here.
+    since: Instant,
+    state: State,
+}
+
 #[derive(Debug, Default)]
 pub struct Inbound {
-    awaiting_rel: BTreeMap<u16, Instant>,
-    max_awaiting_rel: usize,
+    held: BTreeMap<u16, Held>,
+    /// Held ids counting against Receive Maximum (at most 65535: ids are u16).
+    counted: u32,
+    /// 0 = unlimited (MQTT 5 connections: Receive Maximum bounds them instead).
+    max_awaiting_rel: u32,
 }
 
 impl Inbound {
@@ -29,46 +61,119 @@ impl Inbound {
         restored: impl IntoIterator<Item = u16>,
         now: Instant,
     ) -> Inbound {
+        let held = Held {
+            since: now,
+            state: State::Awaiting { counted: false },
+        };
         Inbound {
-            awaiting_rel: restored.into_iter().map(|id| (id, now)).collect(),
-            max_awaiting_rel,
+            held: restored.into_iter().map(|id| (id, held)).collect(),
+            counted: 0,
+            max_awaiting_rel: u32::try_from(max_awaiting_rel).unwrap_or(u32::MAX),
         }
     }
 
     pub fn arrival(&self, packet_id: u16) -> Qos2Arrival {
-        if self.awaiting_rel.contains_key(&packet_id) {
-            Qos2Arrival::Duplicate
-        } else if self.max_awaiting_rel != 0 && self.awaiting_rel.len() >= self.max_awaiting_rel {
-            Qos2Arrival::TooMany
-        } else {
-            Qos2Arrival::New
+        match self.held.get(&packet_id).map(|h| h.state) {
+            Some(State::Awaiting { .. }) => Qos2Arrival::Duplicate,
+            Some(State::Releasing) => Qos2Arrival::InUse,
+            None if self.max_awaiting_rel != 0
+                && self.held.len() >= self.max_awaiting_rel as usize =>
+            {
+                Qos2Arrival::TooMany
+            }
+            None => Qos2Arrival::New,
         }
     }
 
+    /// PUBREC is going out for a new id: hold it, counted.
     pub fn record(&mut self, packet_id: u16, now: Instant) {
-        self.awaiting_rel.insert(packet_id, now);
+        let held = Held {
+            since: now,
+            state: State::Awaiting { counted: true },
+        };
+        match self.held.insert(packet_id, held).map(|h| h.state) {
+            Some(State::Awaiting { counted: true }) | Some(State::Releasing) => {}
+            Some(State::Awaiting { counted: false }) | None => self.counted += 1,
+        }
     }
 
-    /// PUBREL: true if the id was held.
+    /// Whether a held id already counts against Receive Maximum (false if not held).
+    pub fn is_counted(&self, packet_id: u16) -> bool {
+        self.held.get(&packet_id).is_some_and(|h| {
+            matches!(
+                h.state,
+                State::Awaiting { counted: true } | State::Releasing
+            )
+        })
+    }
+
+    /// The client resent the PUBLISH of a held id on this connection: from now on it
+    /// counts against Receive Maximum, as the client counts it.
+    pub fn count(&mut self, packet_id: u16) {
+        if let Some(held) = self.held.get_mut(&packet_id) {
+            if held.state == (State::Awaiting { counted: false }) {
+                held.state = State::Awaiting { counted: true };
+                self.counted += 1;
+            }
+        }
+    }
+
+    /// PUBREL: true if the id was held. A counted id stays held (and counted) until
+    /// `completed` says its PUBCOMP was sent.
     pub fn release(&mut self, packet_id: u16) -> bool {
-        self.awaiting_rel.remove(&packet_id).is_some()
+        let Some(held) = self.held.get_mut(&packet_id) else {
+            return false;
+        };
+        if held.state == (State::Awaiting { counted: false }) {
+            self.held.remove(&packet_id);
+        } else {
+            held.state = State::Releasing;
+        }
+        true
+    }
+
+    /// The PUBCOMP for `packet_id` was sent: the id and its Receive Maximum slot are
+    /// free. Call it when PUBCOMP really leaves (for an id not released: no-op).
+    pub fn completed(&mut self, packet_id: u16) {
+        if self
+            .held
+            .get(&packet_id)
+            .is_some_and(|h| h.state == State::Releasing)
+        {
+            self.held.remove(&packet_id);
+            self.counted -= 1;
+        }
+    }
+
+    /// QoS 2 publishes counting against Receive Maximum: held and counted, or released
+    /// and waiting for their PUBCOMP to be sent.
+    pub fn quota_used(&self) -> usize {
+        self.counted as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.awaiting_rel.is_empty()
+        self.held.is_empty()
     }
 
     /// Forget ids whose PUBREL did not come within `timeout` (EMQX's await_rel_timeout);
-    /// returns them so stored copies can be deleted.
+    /// returns them so stored copies can be deleted. Their quota is given back too.
+    /// Released ids wait for their PUBCOMP, not for the client: they do not expire.
     pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<u16> {
         let expired: Vec<u16> = self
-            .awaiting_rel
+            .held
             .iter()
-            .filter(|(_, at)| now.saturating_duration_since(**at) >= timeout)
+            .filter(|(_, h)| {
+                matches!(h.state, State::Awaiting { .. })
+                    && now.saturating_duration_since(h.since) >= timeout
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in &expired {
-            self.awaiting_rel.remove(id);
+            if let Some(held) = self.held.remove(id) {
+                if held.state == (State::Awaiting { counted: true }) {
+                    self.counted -= 1;
+                }
+            }
         }
         expired
     }

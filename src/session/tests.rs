@@ -349,10 +349,84 @@ fn inbound_qos2_ids_are_remembered_until_pubrel_or_timeout() {
     assert_eq!(i.arrival(9), Qos2Arrival::TooMany);
     assert!(i.release(7));
     assert!(!i.release(7));
+    i.completed(7);
     assert_eq!(
         i.expire(t0 + Duration::from_secs(10), Duration::from_secs(5)),
         vec![8]
     );
+    assert!(i.is_empty());
+}
+
+#[test]
+fn a_qos2_id_counts_against_receive_maximum_until_its_pubcomp_is_sent() {
+    let t0 = Instant::now();
+    // 0: no max_awaiting_rel (MQTT 5: Receive Maximum bounds the ids instead).
+    let mut i = Inbound::new(0, [], t0);
+    for id in 1..=3 {
+        assert_eq!(i.arrival(id), Qos2Arrival::New);
+        i.record(id, t0);
+    }
+    assert_eq!(i.quota_used(), 3);
+    i.record(2, t0); // recording twice counts once
+    assert_eq!(i.quota_used(), 3);
+    assert!(i.release(2), "PUBREL");
+    assert!(i.release(2), "a repeated PUBREL finds it still held");
+    assert_eq!(i.quota_used(), 3, "PUBREL arrived, PUBCOMP not sent yet");
+    assert!(i.is_counted(2));
+    assert_eq!(
+        i.arrival(2),
+        Qos2Arrival::InUse,
+        "not reusable before PUBCOMP"
+    );
+    i.completed(1);
+    assert_eq!(
+        i.quota_used(),
+        3,
+        "no PUBREL for 1 yet: completed is a no-op"
+    );
+    // Released ids wait for their PUBCOMP, not for the client: they do not expire.
+    let later = t0 + Duration::from_secs(10);
+    assert_eq!(i.expire(later, Duration::from_secs(5)), vec![1, 3]);
+    assert_eq!(i.quota_used(), 1, "expired ids give their quota back");
+    assert!(!i.is_empty());
+    i.completed(2);
+    assert_eq!(i.quota_used(), 0, "PUBCOMP sent");
+    assert_eq!(i.arrival(2), Qos2Arrival::New, "the id is free again");
+    i.completed(2);
+    assert_eq!(i.quota_used(), 0, "completed twice frees once");
+    assert!(i.is_empty());
+}
+
+#[test]
+fn the_inbound_state_stays_small() {
+    // It lives in every Connection, which must fit mimalloc's 512-byte class.
+    assert!(std::mem::size_of::<Inbound>() <= 32);
+}
+
+#[test]
+fn restored_qos2_ids_count_only_once_their_publish_is_resent() {
+    let t0 = Instant::now();
+    let mut i = Inbound::new(0, [5, 6], t0);
+    assert_eq!(
+        i.quota_used(),
+        0,
+        "a new connection starts with its full quota"
+    );
+    assert_eq!(i.arrival(5), Qos2Arrival::Duplicate);
+    assert!(!i.is_counted(5));
+    i.count(5);
+    i.count(5);
+    assert!(i.is_counted(5));
+    assert_eq!(i.quota_used(), 1);
+    // PUBREL for the uncounted one frees nothing it did not take, and forgets it.
+    assert!(i.release(6));
+    assert_eq!(i.arrival(6), Qos2Arrival::New);
+    i.completed(6);
+    assert_eq!(i.quota_used(), 1);
+    assert!(i.release(5));
+    assert_eq!(i.quota_used(), 1);
+    i.completed(5);
+    assert_eq!(i.quota_used(), 0);
     assert!(i.is_empty());
 }
 
