@@ -191,59 +191,60 @@ def test_ack_and_session_end_in_one_batch_keep_message_for_offline_sessions(brok
         assert c.subscribe(1, [(topic, 1)]) == [1]
         c.send(raw.disconnect(version=5))
         c.close()
-    a, _ = v5(broker.port, a_id, clean=True)
-    assert a.subscribe(1, [(topic, 1)]) == [1]
     failures = []
-    try:
-        for r in range(ROUNDS_1):
-            restart = r % 2 == 1
-            payloads = [f"r{r}-m{i}".encode() for i in range(MESSAGES_1)]
-            publish_qos1(broker.port, [(topic, p, False, ()) for p in payloads])
+    with BackgroundLoad(broker.port):
+        a, _ = v5(broker.port, a_id, clean=True)
+        assert a.subscribe(1, [(topic, 1)]) == [1]
+        try:
+            for r in range(ROUNDS_1):
+                restart = r % 2 == 1
+                payloads = [f"r{r}-m{i}".encode() for i in range(MESSAGES_1)]
+                publish_qos1(broker.port, [(topic, p, False, ()) for p in payloads])
 
-            pids, got = [], []
-            deadline = time.monotonic() + WAIT_S
-            while len(got) < MESSAGES_1 and time.monotonic() < deadline:
-                p = a.recv(max(0.0, deadline - time.monotonic()))
-                if p.type == raw.PUBLISH:
-                    pub = raw.parse_publish(p, 5)
-                    pids.append(pub["pid"])
-                    got.append(pub["payload"])
-            assert got == payloads, f"round {r}: the online subscriber got {got}"
-            acks = b"".join(raw.ack(raw.PUBACK, pid) for pid in pids)
-            if end == "disconnect-expiry-0":
-                a.send(acks + disconnect_with_expiry(0))
-                a.wait_closed(timeout_s=WAIT_S)
-                a.close()
-                a, _ = v5(broker.port, a_id, clean=True)
-            else:
-                fresh = raw.RawClient(broker.port, version=5, timeout_s=WAIT_S)
-                a.send(acks)
-                fresh.send(raw.connect(a_id, version=5, clean=True, properties=PERSIST))
-                a.close()
-                a = fresh
-                ack = raw.parse_connack(a.recv_type(raw.CONNACK, WAIT_S), 5)
-                assert ack["rc"] == 0 and not ack["session_present"]
-            # A new persistent session for the next round.
-            assert a.subscribe(1, [(topic, 1)]) == [1]
+                pids, got = [], []
+                deadline = time.monotonic() + WAIT_S
+                while len(got) < MESSAGES_1 and time.monotonic() < deadline:
+                    p = a.recv(max(0.0, deadline - time.monotonic()))
+                    if p.type == raw.PUBLISH:
+                        pub = raw.parse_publish(p, 5)
+                        pids.append(pub["pid"])
+                        got.append(pub["payload"])
+                assert got == payloads, f"round {r}: the online subscriber got {got}"
+                acks = b"".join(raw.ack(raw.PUBACK, pid) for pid in pids)
+                if end == "disconnect-expiry-0":
+                    a.send(acks + disconnect_with_expiry(0))
+                    a.wait_closed(timeout_s=WAIT_S)
+                    a.close()
+                    a, _ = v5(broker.port, a_id, clean=True)
+                else:
+                    fresh = raw.RawClient(broker.port, version=5, timeout_s=WAIT_S)
+                    a.send(acks)
+                    fresh.send(raw.connect(a_id, version=5, clean=True, properties=PERSIST))
+                    a.close()
+                    a = fresh
+                    ack = raw.parse_connack(a.recv_type(raw.CONNACK, WAIT_S), 5)
+                    assert ack["rc"] == 0 and not ack["session_present"]
+                # A new persistent session for the next round.
+                assert a.subscribe(1, [(topic, 1)]) == [1]
 
-            if restart:
-                a.close()
-                broker.restart()
-                a, ack = v5(broker.port, a_id, clean=False)
-                assert ack["session_present"], f"round {r}: the online subscriber's new session lost in a restart"
-            for cid in (b_id, c_id):
-                c, ack = v5(broker.port, cid, clean=False)
-                try:
-                    assert ack["session_present"], f"round {r}: {cid}'s session is gone"
-                    received = read_acking(c, payloads, timeout_s=5)
-                    missing = [p.decode() for p in payloads if p not in received]
-                    if missing:
-                        failures.append(f"round {r} ({'restart' if restart else 'no restart'}): {cid} never got {missing}")
-                    c.send(raw.disconnect(version=5))
-                finally:
-                    c.close()
-    finally:
-        a.close()
+                if restart:
+                    a.close()
+                    broker.restart()
+                    a, ack = v5(broker.port, a_id, clean=False)
+                    assert ack["session_present"], f"round {r}: the online subscriber's new session lost in a restart"
+                for cid in (b_id, c_id):
+                    c, ack = v5(broker.port, cid, clean=False)
+                    try:
+                        assert ack["session_present"], f"round {r}: {cid}'s session is gone"
+                        received = read_acking(c, payloads, timeout_s=5)
+                        missing = [p.decode() for p in payloads if p not in received]
+                        if missing:
+                            failures.append(f"round {r} ({'restart' if restart else 'no restart'}): {cid} never got {missing}")
+                        c.send(raw.disconnect(version=5))
+                    finally:
+                        c.close()
+        finally:
+            a.close()
     assert not failures, f"{len(failures)} offline subscriber(s) lost messages:\n" + "\n".join(failures)
 
 
