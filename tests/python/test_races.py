@@ -579,47 +579,118 @@ def test_delivery_goes_on_after_restored_pubrel_completes(broker):
 # ----------------------------------------------- 7. retained expiry sweep vs. fresh retains
 
 RETAINED_7 = 3000
+GROUP_7 = 100  # topics per filter checked: well below a session's max_mqueue_len (1000)
 
 
-def retained_payloads(port, prefix, count, timeout_s=DRAIN_S):
-    """{topic: payload} of the retained messages under `prefix/` seen by a new subscriber."""
-    with raw.RawClient(port, version=4, timeout_s=timeout_s) as c:
+def retained_payloads(port, filters):
+    """{topic: payload} of the retained messages a new clean-session subscriber gets for
+    each of `filters`, one SUBSCRIBE (QoS 0) at a time. The broker sends a subscribe's
+    retained messages with its SUBACK, so a PINGREQ after it is answered after them."""
+    got = {}
+    with raw.RawClient(port, version=4, timeout_s=WAIT_S) as c:
         assert c.connect(unique_id("r7chk"), timeout_s=WAIT_S)["rc"] == 0
-        c.send(raw.subscribe(1, [(f"{prefix}/#", 1)]))
-        got = {}
-        deadline = time.monotonic() + timeout_s
-        while len(got) < count:
-            try:
-                p = c.recv(max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                break
-            if p.type == raw.PUBLISH:
-                pub = raw.parse_publish(p, 4)
-                if pub["retain"]:
-                    got[pub["topic"]] = pub["payload"]
-                if pub["qos"] == 1:
-                    c.send(raw.ack(raw.PUBACK, pub["pid"]))
-        return got
+        for n, topic_filter in enumerate(filters):
+            c.send(raw.subscribe(n + 1, [(topic_filter, 0)]) + raw.pingreq())
+            while True:
+                p = c.recv(WAIT_S)
+                if p.type == raw.PINGRESP:
+                    break
+                if p.type == raw.PUBLISH:
+                    pub = raw.parse_publish(p, 4)
+                    if pub["retain"]:
+                        got[pub["topic"]] = pub["payload"]
+    return got
+
+
+FILLER_7 = 10_000  # retained messages sorted after ours: they lengthen each sweep's scan
+SPAN_7_S = 2.2  # each stream's length: at least two sweeps fall inside it
+LAG_7_S = 1.02  # a fresh message follows its expiring one by just over the expiry
+
+
+class PacedStream(threading.Thread):
+    """Publishes `items` (topic, payload, properties) as retained QoS 1 on one MQTT 5
+    connection, item i not before `start + i * interval` and, when `after` is given,
+    not before `after` has had item i acknowledged (so a topic's two messages are
+    never reordered). At most 32 unacknowledged (the broker's Receive Maximum)."""
+
+    def __init__(self, port, items, start, interval, after=None):
+        super().__init__(daemon=True)
+        self.port, self.items, self.start_at, self.interval, self.after = port, items, start, interval, after
+        self.acked = threading.Condition()
+        self.acked_upto = 0  # items 0..acked_upto-1 all acknowledged
+        self._acked = set()
+        self.error = None
+
+    def wait_acked(self, i, timeout_s):
+        with self.acked:
+            return self.acked.wait_for(lambda: self.acked_upto > i, timeout_s)
+
+    def run(self):
+        try:
+            self._run()
+        except Exception as e:  # reported by the test
+            self.error = e
+
+    def _run(self):
+        deadline = self.start_at + len(self.items) * self.interval + 60
+        with raw.RawClient(self.port, version=5, timeout_s=WAIT_S) as c:
+            assert c.connect(unique_id("r7pace"))["rc"] == 0
+            sent, pending = 0, {}
+            while self.acked_upto < len(self.items):
+                now = time.monotonic()
+                assert now < deadline, f"paced stream stuck at {self.acked_upto} of {len(self.items)}"
+                burst = bytearray()
+                while (sent < len(self.items) and len(pending) < 32
+                       and now >= self.start_at + sent * self.interval
+                       and (self.after is None or self.after.wait_acked(sent, 0))):
+                    topic, payload, props = self.items[sent]
+                    pid = sent % 65535 + 1
+                    burst += raw.publish(topic, payload, qos=1, pid=pid, retain=True, version=5, properties=props)
+                    pending[pid] = sent
+                    sent += 1
+                if burst:
+                    c.send(bytes(burst))
+                try:
+                    p = c.recv(0.001)
+                except TimeoutError:
+                    continue
+                if p.type != raw.PUBACK:
+                    continue
+                assert len(p.body) <= 2 or p.body[2] < 0x80, f"PUBACK reason {p.body[2]:#x}"
+                with self.acked:
+                    self._acked.add(pending.pop(struct.unpack_from(">H", p.body, 0)[0]))
+                    while self.acked_upto in self._acked:
+                        self._acked.discard(self.acked_upto)
+                        self.acked_upto += 1
+                    self.acked.notify_all()
 
 
 def test_retained_expiry_sweep_never_deletes_a_fresh_retained_message(broker):
-    """Issue 7 defect 7. 3,000 retained messages with a 1 s Message Expiry Interval are
-    replaced by non-expiring ones on the same topics while the 1 s expiry sweep runs.
-    Every topic must keep its fresh retained message, also after a restart."""
-    prefix = "race7"
-    topics = [f"{prefix}/{i:04d}" for i in range(RETAINED_7)]
-    expiring = [(t, b"expires", True, [(raw.P_MESSAGE_EXPIRY, 1)]) for t in topics]
-    fresh = {t: f"fresh-{i:04d}".encode() for i, t in enumerate(topics)}
-    started = time.monotonic()
-    publish_qos1(broker.port, expiring, version=5, window=32)
-    # Replace in the same order, starting when the first ones have expired: the
-    # replacements then overlap sweeps that find expired messages not yet replaced.
-    time.sleep(max(0.0, started + 1.2 - time.monotonic()))
-    publish_qos1(broker.port, [(t, fresh[t], True, ()) for t in topics], version=5, window=32)
-    time.sleep(1.5)  # a sweep that overlapped the replacements has applied its deletes
+    """Issue 7 defect 7. 3,000 retained messages with a 1 s Message Expiry Interval, each
+    replaced by a non-expiring one on its topic just after it expired, at a steady pace
+    for 2.2 s: the 1 s expiry sweeps run while replacements are being written. Every
+    topic must keep its fresh retained message, also after a restart."""
+    groups = RETAINED_7 // GROUP_7
+    topics = [f"race7/{g:02d}/{i:03d}" for g in range(groups) for i in range(GROUP_7)]
+    publish_qos1(broker.port, [(f"zz7/{i // 100:03d}/{i % 100:02d}", b"filler", True, ()) for i in range(FILLER_7)],
+                 version=5, window=32)
+    interval = SPAN_7_S / RETAINED_7
+    start = time.monotonic() + 0.05
+    expiring = PacedStream(broker.port, [(t, b"expires", [(raw.P_MESSAGE_EXPIRY, 1)]) for t in topics],
+                           start, interval)
+    fresh = {t: f"fresh-{t}".encode() for t in topics}
+    replacing = PacedStream(broker.port, [(t, fresh[t], ()) for t in topics], start + LAG_7_S, interval,
+                            after=expiring)
+    for stream in (expiring, replacing):
+        stream.start()
+    for stream in (expiring, replacing):
+        stream.join(timeout=LAG_7_S + SPAN_7_S + 90)
+        assert not stream.is_alive(), "a paced stream did not finish"
+        assert stream.error is None, f"paced stream failed: {stream.error!r}"
+    time.sleep(1.2)  # whatever the last sweep deletes has been applied
 
     def check(when):
-        got = retained_payloads(broker.port, prefix, RETAINED_7)
+        got = retained_payloads(broker.port, [f"race7/{g:02d}/+" for g in range(groups)])
         missing = sorted(t for t in topics if got.get(t) != fresh[t])
         assert not missing, (f"{when}: {len(missing)} of {RETAINED_7} fresh retained messages gone or stale, "
                              f"e.g. {[(t, got.get(t)) for t in missing[:5]]}")
