@@ -173,7 +173,7 @@ class BackgroundLoad:
 
 # ---------------------------------------------- 1. a shared stored message released twice
 
-ROUNDS_1 = 6
+ROUNDS_1 = 10
 MESSAGES_1 = 5
 
 
@@ -302,7 +302,7 @@ def test_takeover_of_connection_blocked_writing_hands_session_over(broker):
 
 # ---------------------------------------------- 3. concurrent CONNECTs for one client id
 
-ROUNDS_3 = 10
+ROUNDS_3 = 20
 MESSAGES_3 = 20
 CONTENDERS_3 = 3
 SETTLE_3_S = 5
@@ -434,7 +434,7 @@ def test_concurrent_connects_one_winner_nothing_lost(broker):
 
 # ------------------------------------ 4. a reused inbound QoS 2 packet id after a crash
 
-ROUNDS_4 = 10
+ROUNDS_4 = 20
 
 
 def test_reused_inbound_qos2_packet_id_after_crash_is_a_new_message(broker):
@@ -472,7 +472,7 @@ def test_reused_inbound_qos2_packet_id_after_crash_is_a_new_message(broker):
 
 # ------------------------------------------------- 5. outbound QoS 2 across a crash
 
-ROUNDS_5 = 10
+ROUNDS_5 = 20
 
 
 def pid_of(p):
