@@ -222,13 +222,13 @@ impl Broker {
                 count = expired.len(),
                 "sessions expired while the broker was down"
             );
-            let ops = expired
-                .into_iter()
-                .map(|c| Op::DeleteSession {
-                    client: Arc::from(c.as_str()),
-                })
-                .collect();
-            self.store.writer().submit_detached(ops);
+            // One request each: a session whose data cannot be read does not keep the
+            // others from going.
+            for client in expired {
+                self.store.writer().submit_detached(vec![Op::DeleteSession {
+                    client: Arc::from(client.as_str()),
+                }]);
+            }
         }
         Ok(())
     }
@@ -240,26 +240,27 @@ impl Broker {
         self.publish_due_wills(crate::message::now_ms());
         let writer = self.store.writer();
         let mut sessions = 0;
+        let expired = |st: &SessionState| match (st.conn.is_none(), st.offline_since) {
+            (true, Some(since)) if st.expiry_interval_s != u32::MAX => {
+                now.saturating_duration_since(since)
+                    >= Duration::from_secs(st.expiry_interval_s as u64)
+            }
+            _ => false,
+        };
         for handle in self.registry.all() {
-            // Decided and ended under the session's lock, which a resuming CONNECT
-            // also takes: a session is either revived or ended, never both.
-            let ended = self.registry.remove_if(
-                &handle,
-                |st| match (st.conn.is_none(), st.offline_since) {
-                    (true, Some(since)) if st.expiry_interval_s != u32::MAX => {
-                        now.saturating_duration_since(since)
-                            >= Duration::from_secs(st.expiry_interval_s as u64)
-                    }
-                    _ => false,
-                },
-                |st| {
-                    if st.persistent {
-                        writer.submit_detached(vec![Op::DeleteSession {
-                            client: handle.client_id.clone(),
-                        }]);
-                    }
-                },
-            );
+            // A cheap look first (the session's lock only), then decided again and
+            // ended under that lock, which a resuming CONNECT also takes: a session
+            // is either revived or ended, never both.
+            if !expired(&handle.state()) {
+                continue;
+            }
+            let ended = self.registry.remove_if(&handle, expired, |st| {
+                if st.persistent {
+                    writer.submit_detached(vec![Op::DeleteSession {
+                        client: handle.client_id.clone(),
+                    }]);
+                }
+            });
             if ended {
                 self.publish_will_now(&handle.client_id);
                 tracing::info!(client_id = %handle.client_id, "session expired");

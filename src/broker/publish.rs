@@ -26,6 +26,19 @@ impl Broker {
     /// id of a persistent publisher). `done` is called exactly once. Returns how many
     /// subscribers matched.
     pub fn publish(self: &Arc<Self>, msg: Message, extra: Vec<Op>, done: PublishDone) -> usize {
+        self.publish_ordered(msg, extra, done, false)
+    }
+
+    /// `publish`, with `after_pending`: the publisher still waits for the store on
+    /// earlier publishes, so `done` must not run before theirs (acks go out in
+    /// PUBLISH order [MQTT-4.6.0-2]) even when this one needs nothing stored.
+    pub fn publish_ordered(
+        self: &Arc<Self>,
+        msg: Message,
+        extra: Vec<Op>,
+        done: PublishDone,
+        after_pending: bool,
+    ) -> usize {
         let msg = Arc::new(msg);
         let mut ops = extra;
         let retained = msg.retain && self.retain(&msg, &mut ops);
@@ -102,7 +115,14 @@ impl Broker {
         // Enqueues follow the Message op: the writer counts references in op order.
         ops.append(&mut enqueues);
         if ops.is_empty() {
-            done(true);
+            if after_pending {
+                // Completes after what was submitted before: the writer is in order.
+                self.store
+                    .writer()
+                    .submit(Vec::new(), Box::new(move |r| done(r.is_ok())));
+            } else {
+                done(true);
+            }
             return matched;
         }
         let broker = self.clone();
@@ -143,11 +163,13 @@ impl Broker {
     fn retain(&self, msg: &Arc<Message>, ops: &mut Vec<Op>) -> bool {
         let topic = msg.topic_str();
         if msg.payload.is_empty() {
-            if self.retained.remove(topic) {
-                ops.push(Op::DeleteRetained {
-                    topic: msg.topic.clone(),
-                });
-            }
+            // Deleted in the store even when the index no longer knows the topic: an
+            // earlier set or clear of it may still be on its way to the disk, and
+            // this clear's ack must not leave before a clear is.
+            self.retained.remove(topic);
+            ops.push(Op::DeleteRetained {
+                topic: msg.topic.clone(),
+            });
             return false;
         }
         let limits = &self.config.retainer;

@@ -3,9 +3,10 @@
 //! A will with a delay is stored (`wills` column family) when its connection ends and
 //! kept here until it is due, its session ends, or its client reconnects to the
 //! session (which cancels it). It is published with its own deletion in one store
-//! request, so after a crash a will is either published or still waiting, never lost
-//! or sent twice. The 1 s sweep publishes what is due; wills recovered at start wait
-//! the same way. Nothing here blocks: the map's lock is held for map operations only.
+//! request, so after a crash a will is either stored for its persistent subscribers
+//! and gone, or still waiting: never lost (QoS 0 and clean subscribers, delivered at
+//! once, may see it again after a crash in between). The 1 s sweep publishes what is
+//! due; wills recovered at start wait the same way. Nothing here blocks: the map's lock is held for map operations only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

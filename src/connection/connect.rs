@@ -206,9 +206,11 @@ pub(super) async fn accept(
     }
     drop(client_lock);
     // Everything submitted before (the old connection's acks, a discarded session,
-    // the session record) is durable before we read the stored queue or answer. A
-    // clean session that replaced nothing stored needs no barrier.
-    let needs_barrier = persistent || resume || existed_persistent;
+    // the session record, the end of a session that went away just before) is
+    // durable before we read the stored queue or answer. A clean session needs no
+    // barrier only when nothing written is waiting to be synced.
+    let needs_barrier =
+        persistent || resume || existed_persistent || !broker.store.writer().all_durable();
     if needs_barrier && !store_barrier(broker).await {
         tracing::error!(client_id = %client_id, "store unavailable at connect");
         {
@@ -319,6 +321,18 @@ async fn take_over(broker: &Broker, client_id: &ClientId) {
         {
             waited_s += 10;
             tracing::warn!(%client_id, waited_s, "the connection being taken over has not finished yet");
+        }
+        // Finished without detaching (its task was dropped): the link is stale. The
+        // session goes offline here, or this loop would find it again forever.
+        let mut st = handle.state();
+        if st
+            .conn
+            .as_ref()
+            .is_some_and(|l| Arc::ptr_eq(&l.mailbox, &old))
+        {
+            tracing::warn!(%client_id, "the connection taken over ended without detaching its session");
+            st.conn = None;
+            st.offline_since = Some(Instant::now());
         }
     }
 }

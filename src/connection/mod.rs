@@ -246,6 +246,31 @@ fn read_some(
     Ok(n)
 }
 
+/// What the kernel already holds for this socket, read without waiting and without
+/// asking tokio's reactor first (which may not have seen those bytes yet): for a
+/// connection that is being closed and must still process what its client sent.
+fn read_now(
+    reader: &tokio::net::tcp::OwnedReadHalf,
+    rbuf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let fd = reader.as_ref().as_raw_fd();
+    let mut scratch = [0u8; 16 * 1024];
+    // SAFETY: `fd` is the open socket `reader` owns for the whole call, and the
+    // buffer is valid for writes of its length.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            scratch.as_mut_ptr().cast(),
+            scratch.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error())?;
+    rbuf.extend_from_slice(&scratch[..n]);
+    Ok(n)
+}
+
 impl Connection {
     async fn run(
         &mut self,
@@ -409,7 +434,7 @@ impl Connection {
         max_packet: usize,
     ) -> Result<(), Close> {
         for _ in 0..64 {
-            match read_some(reader, rbuf) {
+            match read_now(reader, rbuf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => self.decode_all(rbuf, max_packet)?,
             }

@@ -13,7 +13,7 @@ use crate::codec::{
 };
 use crate::message::{now_ms, Message};
 use crate::metrics::Metrics;
-use crate::session::{Outgoing, Qos2Arrival};
+use crate::session::{Outgoing, Qos2Arrival, Release};
 use crate::topic;
 
 fn resp(packet_id: u16, reason: ReasonCode) -> PubResp {
@@ -49,11 +49,14 @@ impl Connection {
                 let actions = self.outbound.on_pubcomp(r.packet_id, now);
                 self.execute(actions);
             }
-            Packet::PubRel(r) => {
-                if !self.inbound.release(r.packet_id) {
+            Packet::PubRel(r) => match self.inbound.release(r.packet_id) {
+                Release::Unknown => {
                     let reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                     self.send_pubcomp(r.packet_id, reason);
-                } else {
+                }
+                // Its PUBCOMP is on its way (after the durable release).
+                Release::Repeated => {}
+                Release::First => {
                     // PUBCOMP lets the client reuse the id: it goes only once the id's
                     // release is durable, or a crash would bring the id back and
                     // swallow the client's next PUBLISH with it as a duplicate. Until
@@ -69,7 +72,7 @@ impl Connection {
                     };
                     self.reply_when_durable(ops, pubcomp, Vec::new());
                 }
-            }
+            },
             Packet::Subscribe(s) => self.on_subscribe(s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
             Packet::PingReq => self.send(&Packet::PingResp),
@@ -202,14 +205,16 @@ impl Connection {
         }
         let qos = p.qos;
         let mailbox = self.mailbox.clone();
+        let after_pending = !self.pending_in.is_empty();
         // Placeholder until `publish` returns; the Durable event is handled after.
         self.pending_in.insert(packet_id, true);
-        let matched = self.broker.publish(
+        let matched = self.broker.publish_ordered(
             msg,
             extra,
             Box::new(move |ok| {
                 mailbox.push(ConnEvent::Durable { packet_id, qos, ok });
             }),
+            after_pending,
         );
         self.pending_in.insert(packet_id, matched > 0);
         Ok(())

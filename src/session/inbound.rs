@@ -30,13 +30,24 @@ pub enum Qos2Arrival {
     TooMany,
 }
 
+/// What a PUBREL means for its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Released now: PUBCOMP once that is durable.
+    First,
+    /// Already releasing: its PUBCOMP follows, nothing to do.
+    Repeated,
+    /// Not held: PUBCOMP with Packet Identifier Not Found.
+    Unknown,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// PUBREC sent (or restored from the store); `counted` against Receive Maximum.
     Awaiting { counted: bool },
-    /// PUBREL received, PUBCOMP not sent yet; always counted (an uncounted id is
-    /// forgotten at PUBREL, it holds no quota to give back).
-    Releasing,
+    /// PUBREL received, PUBCOMP not sent yet (it waits for the id's deletion to be
+    /// durable); held so the id is not reused before then, `counted` as before.
+    Releasing { counted: bool },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,7 +86,7 @@ impl Inbound {
     pub fn arrival(&self, packet_id: u16) -> Qos2Arrival {
         match self.held.get(&packet_id).map(|h| h.state) {
             Some(State::Awaiting { .. }) => Qos2Arrival::Duplicate,
-            Some(State::Releasing) => Qos2Arrival::InUse,
+            Some(State::Releasing { .. }) => Qos2Arrival::InUse,
             None if self.max_awaiting_rel != 0
                 && self.held.len() >= self.max_awaiting_rel as usize =>
             {
@@ -92,8 +103,10 @@ impl Inbound {
             state: State::Awaiting { counted: true },
         };
         match self.held.insert(packet_id, held).map(|h| h.state) {
-            Some(State::Awaiting { counted: true }) | Some(State::Releasing) => {}
-            Some(State::Awaiting { counted: false }) | None => self.counted += 1,
+            Some(State::Awaiting { counted: true }) | Some(State::Releasing { counted: true }) => {}
+            Some(State::Awaiting { counted: false })
+            | Some(State::Releasing { counted: false })
+            | None => self.counted += 1,
         }
     }
 
@@ -102,7 +115,7 @@ impl Inbound {
         self.held.get(&packet_id).is_some_and(|h| {
             matches!(
                 h.state,
-                State::Awaiting { counted: true } | State::Releasing
+                State::Awaiting { counted: true } | State::Releasing { counted: true }
             )
         })
     }
@@ -118,30 +131,30 @@ impl Inbound {
         }
     }
 
-    /// PUBREL: true if the id was held. A counted id stays held (and counted) until
-    /// `completed` says its PUBCOMP was sent.
-    pub fn release(&mut self, packet_id: u16) -> bool {
+    /// PUBREL. A held id stays held (and counted, if it was) until
+    /// `completed` says its PUBCOMP was sent: a PUBREL repeated before then gets no
+    /// early PUBCOMP that would let the client reuse the id too soon.
+    pub fn release(&mut self, packet_id: u16) -> Release {
         let Some(held) = self.held.get_mut(&packet_id) else {
-            return false;
+            return Release::Unknown;
         };
-        if held.state == (State::Awaiting { counted: false }) {
-            self.held.remove(&packet_id);
-        } else {
-            held.state = State::Releasing;
+        match held.state {
+            State::Awaiting { counted } => {
+                held.state = State::Releasing { counted };
+                Release::First
+            }
+            State::Releasing { .. } => Release::Repeated,
         }
-        true
     }
 
     /// The PUBCOMP for `packet_id` was sent: the id and its Receive Maximum slot are
     /// free. Call it when PUBCOMP really leaves (for an id not released: no-op).
     pub fn completed(&mut self, packet_id: u16) {
-        if self
-            .held
-            .get(&packet_id)
-            .is_some_and(|h| h.state == State::Releasing)
-        {
+        if let Some(State::Releasing { counted }) = self.held.get(&packet_id).map(|h| h.state) {
             self.held.remove(&packet_id);
-            self.counted -= 1;
+            if counted {
+                self.counted -= 1;
+            }
         }
     }
 

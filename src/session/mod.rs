@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use quay_storage::Op;
 
-pub use inbound::{Inbound, Qos2Arrival};
+pub use inbound::{Inbound, Qos2Arrival, Release};
 pub use outbound::{Cursor, Outbound};
 
 use crate::codec::QoS;

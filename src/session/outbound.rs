@@ -178,10 +178,18 @@ impl Outbound {
     pub fn deliver_volatile(&mut self, out: Outgoing, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         let limit = self.config.max_mqueue_len;
-        if limit != 0 && self.pending.len() >= limit {
-            // EMQX's policy: the oldest queued message gives way.
-            if let Some(old) = self.pending.pop_front() {
-                self.finish_dropped(&old, DropReason::QueueFull, &mut actions);
+        let volatile = match self.cursor {
+            Cursor::Volatile => self.pending.len(),
+            _ => self.pending.iter().filter(|o| o.seq.is_none()).count(),
+        };
+        if limit != 0 && volatile >= limit {
+            // EMQX's policy: the oldest queued message gives way. Only a volatile
+            // one: stored entries in memory are the store's queue (bounded there),
+            // and dropping one would delete a message its publisher was acked for.
+            if let Some(i) = self.pending.iter().position(|o| o.seq.is_none()) {
+                if let Some(old) = self.pending.remove(i) {
+                    self.finish_dropped(&old, DropReason::QueueFull, &mut actions);
+                }
             }
         }
         self.pending.push_back(out);

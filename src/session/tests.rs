@@ -275,6 +275,23 @@ fn a_stored_delivery_left_out_of_the_mailbox_is_read_from_the_store() {
 }
 
 #[test]
+fn a_qos0_delivery_never_pushes_out_a_stored_entry() {
+    let now = Instant::now();
+    let mut s = Outbound::new(Arc::from("c"), true, 0, config(1, 1024));
+    s.attach(65535, now);
+    s.loaded(0, 1024, vec![], now);
+    for seq in 0..5 {
+        s.deliver_stored(stored(seq, QoS::AtLeastOnce), now);
+    }
+    // max_mqueue_len is 3 and four stored entries wait: a QoS 0 delivery may only
+    // push out volatile ones, never ack (delete) a stored one.
+    for i in 0..5 {
+        let actions = s.deliver_volatile(volatile(&format!("q{i}"), QoS::AtMostOnce), now);
+        assert!(acks(&actions).is_empty(), "{actions:?}");
+    }
+}
+
+#[test]
 fn the_volatile_queue_drops_its_oldest_when_full() {
     let now = Instant::now();
     let mut s = Outbound::new(Arc::from("c"), false, 0, config(1, 16));
@@ -347,9 +364,11 @@ fn inbound_qos2_ids_are_remembered_until_pubrel_or_timeout() {
     assert_eq!(i.arrival(8), Qos2Arrival::New);
     i.record(8, t0);
     assert_eq!(i.arrival(9), Qos2Arrival::TooMany);
-    assert!(i.release(7));
-    assert!(!i.release(7));
+    assert_eq!(i.release(7), Release::First);
+    assert_eq!(i.release(7), Release::Repeated, "held until its PUBCOMP");
+    assert_eq!(i.arrival(7), Qos2Arrival::InUse);
     i.completed(7);
+    assert_eq!(i.release(7), Release::Unknown);
     assert_eq!(
         i.expire(t0 + Duration::from_secs(10), Duration::from_secs(5)),
         vec![8]
@@ -369,8 +388,12 @@ fn a_qos2_id_counts_against_receive_maximum_until_its_pubcomp_is_sent() {
     assert_eq!(i.quota_used(), 3);
     i.record(2, t0); // recording twice counts once
     assert_eq!(i.quota_used(), 3);
-    assert!(i.release(2), "PUBREL");
-    assert!(i.release(2), "a repeated PUBREL finds it still held");
+    assert_eq!(i.release(2), Release::First, "PUBREL");
+    assert_eq!(
+        i.release(2),
+        Release::Repeated,
+        "a repeated PUBREL finds it still held"
+    );
     assert_eq!(i.quota_used(), 3, "PUBREL arrived, PUBCOMP not sent yet");
     assert!(i.is_counted(2));
     assert_eq!(
@@ -418,12 +441,15 @@ fn restored_qos2_ids_count_only_once_their_publish_is_resent() {
     i.count(5);
     assert!(i.is_counted(5));
     assert_eq!(i.quota_used(), 1);
-    // PUBREL for the uncounted one frees nothing it did not take, and forgets it.
-    assert!(i.release(6));
-    assert_eq!(i.arrival(6), Qos2Arrival::New);
-    i.completed(6);
+    // PUBREL for the uncounted one frees nothing it did not take; the id is held
+    // until its PUBCOMP is sent (a crash before that must not lose a reuse of it).
+    assert_eq!(i.release(6), Release::First);
+    assert_eq!(i.arrival(6), Qos2Arrival::InUse);
     assert_eq!(i.quota_used(), 1);
-    assert!(i.release(5));
+    i.completed(6);
+    assert_eq!(i.arrival(6), Qos2Arrival::New);
+    assert_eq!(i.quota_used(), 1);
+    assert_eq!(i.release(5), Release::First);
     assert_eq!(i.quota_used(), 1);
     i.completed(5);
     assert_eq!(i.quota_used(), 0);

@@ -541,3 +541,35 @@ fn seqs_do_not_start_over_when_a_queue_drains_after_reopen() {
     let seqs = submit(&store, publish_to(id, msg("t", b"y"), &[&a], 0)).unwrap();
     assert_eq!(seqs, vec![Some(3)]);
 }
+
+#[test]
+fn seqs_do_not_start_over_after_a_refused_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a: ClientId = Arc::from("a");
+    for _ in 0..3 {
+        let id = store.next_msg_id();
+        submit(&store, publish_to(id, msg("t", b"x"), &[&a], 0)).unwrap();
+    }
+    let acks = (0..3)
+        .map(|seq| Op::Ack {
+            client: a.clone(),
+            seq,
+        })
+        .collect();
+    submit(&store, acks).unwrap();
+    // Someone else's request is refused and the writer reloads its counts.
+    let too_long: ClientId = Arc::from("x".repeat(70_000).as_str());
+    let refused = Op::PutAwaitingRel {
+        client: too_long,
+        packet_id: 1,
+    };
+    assert!(submit(&store, vec![refused]).is_err());
+    let id = store.next_msg_id();
+    let seqs = submit(&store, publish_to(id, msg("t", b"y"), &[&a], 0)).unwrap();
+    assert_eq!(
+        seqs,
+        vec![Some(3)],
+        "the online session's cursor is already at 3"
+    );
+}

@@ -13,6 +13,7 @@
 //! that blocks: `submit` only sends on a channel.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -138,6 +139,15 @@ pub struct WriterConfig {
 pub struct WriterHandle {
     tx: Sender<Msg>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    detached: Arc<DetachedCounts>,
+}
+
+/// Detached requests submitted, and how many of them (in order) a synced batch has
+/// made durable: equal means nothing written without a waiter is still unsynced.
+#[derive(Default)]
+struct DetachedCounts {
+    submitted: AtomicU64,
+    synced: AtomicU64,
 }
 
 impl WriterHandle {
@@ -156,6 +166,8 @@ impl WriterHandle {
 
     /// Queue `ops` with nobody waiting (acks, cleanup): durable with the next batch.
     pub fn submit_detached(&self, ops: Vec<Op>) {
+        // Counted before it is sent, so `all_durable` can never miss it.
+        self.detached.submitted.fetch_add(1, Ordering::SeqCst);
         if self
             .tx
             .send(Msg::Write(Request { ops, done: None }))
@@ -163,6 +175,13 @@ impl WriterHandle {
         {
             tracing::error!("store writer stopped; a write was dropped");
         }
+    }
+
+    /// True when every detached write submitted so far is durable: nothing a
+    /// barrier would need to wait for (with fsync off: written).
+    pub fn all_durable(&self) -> bool {
+        self.detached.synced.load(Ordering::SeqCst)
+            == self.detached.submitted.load(Ordering::SeqCst)
     }
 
     /// Wait until everything submitted before this call is durable.
@@ -194,7 +213,10 @@ impl WriterHandle {
 
 pub(crate) fn spawn(db: Arc<DB>, config: WriterConfig) -> WriterHandle {
     let (tx, rx) = mpsc::channel();
+    let detached = Arc::new(DetachedCounts::default());
     let mut writer = Writer {
+        detached: detached.clone(),
+        detached_written: 0,
         db,
         config,
         next_seq: HashMap::new(),
@@ -216,6 +238,7 @@ pub(crate) fn spawn(db: Arc<DB>, config: WriterConfig) -> WriterHandle {
     WriterHandle {
         tx,
         thread: Arc::new(Mutex::new(thread)),
+        detached,
     }
 }
 
@@ -227,6 +250,9 @@ struct Writer {
     refs: HashMap<u64, u32>,
     /// A batch was written without fsync since the last synced one.
     unsynced: bool,
+    detached: Arc<DetachedCounts>,
+    /// Detached requests committed so far (all of them written).
+    detached_written: u64,
 }
 
 impl Writer {
@@ -285,7 +311,7 @@ impl Writer {
     }
 
     fn commit(&mut self, requests: Vec<Request>) {
-        let (batch, results) = self.build(&requests);
+        let (batch, deleted, results) = self.build(&requests);
         // fsync only when someone waits for durability. A batch of detached writes
         // (acks, cleanup) still reaches the WAL in the OS, so it survives a process
         // crash; the next synced batch (or WAL sync) makes it durable too.
@@ -303,8 +329,21 @@ impl Writer {
         } else {
             Ok(())
         };
+        // A deleted session's counters go: read again from the disk if the client id
+        // comes back (what the batch wrote after the delete is on disk by then, and
+        // an ack caches the next seq before it deletes anything).
+        for client in deleted {
+            self.next_seq.remove(&client);
+            self.queue_len.remove(&client);
+        }
+        self.detached_written += requests.iter().filter(|r| r.done.is_none()).count() as u64;
         match &outcome {
-            Ok(()) if sync => self.unsynced = false,
+            Ok(()) if sync || !self.config.fsync => {
+                self.unsynced = false;
+                self.detached
+                    .synced
+                    .store(self.detached_written, Ordering::SeqCst);
+            }
             Ok(()) => self.unsynced |= wrote,
             Err(e) => {
                 tracing::error!(error = %e, requests = requests.len(), "store batch failed");
@@ -324,7 +363,10 @@ impl Writer {
     /// Apply every request to one batch. A request that fails (a key too long, a
     /// read error, a corrupt record) must leave no trace: the batch and the cached
     /// state are rebuilt without it, from what is on disk.
-    fn build(&mut self, requests: &[Request]) -> (WriteBatch, Vec<Result<Enqueued>>) {
+    fn build(
+        &mut self,
+        requests: &[Request],
+    ) -> (WriteBatch, Vec<ClientId>, Vec<Result<Enqueued>>) {
         let mut failed: Vec<Option<StoreError>> = requests.iter().map(|_| None).collect();
         loop {
             let mut batch = WriteBatch::default();
@@ -358,12 +400,15 @@ impl Writer {
                     None => r,
                 })
                 .collect();
-            return (batch, results);
+            return (batch, state.deleted, results);
         }
     }
 
+    /// Reload counts lazily from the disk after a failure. Not `next_seq`: a cached
+    /// seq ahead of the disk only leaves a gap (a session reads past it), while one
+    /// read back from a drained queue would start over below seqs a session already
+    /// has.
     fn forget_cached(&mut self) {
-        self.next_seq.clear();
         self.queue_len.clear();
         self.refs.clear();
     }
@@ -752,8 +797,11 @@ impl Writer {
             batch.delete_range_cf(cf(&self.db, name)?, &prefix, &end);
         }
         batch.delete_cf(cf(&self.db, keys::CF_SESSIONS)?, client.as_bytes());
+        // Kept for the rest of the batch (a new session may enqueue in it), then
+        // forgotten (`commit`): the caches hold live sessions only.
         self.next_seq.insert(client.clone(), next_seq);
         self.queue_len.insert(client.clone(), 0);
+        state.deleted.push(client.clone());
         Ok(())
     }
 }
@@ -768,6 +816,8 @@ struct BatchState {
     clients: HashMap<ClientId, ClientOverlay>,
     /// Retained messages the batch wrote (their expiry) or deleted (None).
     retained: HashMap<Bytes, Option<u64>>,
+    /// Sessions the batch deleted: their cached counters go once it is written.
+    deleted: Vec<ClientId>,
 }
 
 #[derive(Default)]
