@@ -49,10 +49,17 @@ pub type ClientId = Arc<str>;
 /// What the model learns from the broker as it goes.
 #[derive(Debug)]
 pub enum Event {
-    /// A client PUBLISH was routed (a new routing, not a QoS 2 duplicate).
-    Routed { routing: u64, payload: Bytes },
-    /// What that routing stored is durable (its completion ran with success).
-    Durable { routing: u64 },
+    /// A PUBLISH was routed (a new routing, not a QoS 2 duplicate).
+    Routed {
+        routing: u64,
+        topic: String,
+        payload: Bytes,
+        retain: bool,
+        publish_ms: u64,
+    },
+    /// What that routing stored is durable (its completion ran with success);
+    /// `wrote`: it had something to store (else it completed at once).
+    Durable { routing: u64, wrote: bool },
     /// A delivery was dropped by a queue limit (allowed to be missing).
     Dropped { client: ClientId, payload: Bytes },
     /// A stored entry's message was gone: always a bug.
@@ -216,6 +223,10 @@ impl SimBroker {
         self.base + Duration::from_millis(self.now_ms - self.epoch_ms)
     }
 
+    pub fn retainer_expiry_ms(&self) -> u64 {
+        self.retainer_expiry_ms
+    }
+
     pub fn backend(&self) -> &SimBackend {
         self.core.backend()
     }
@@ -285,7 +296,10 @@ impl SimBroker {
                                 }),
                             }
                         }
-                        self.events.push(Event::Durable { routing });
+                        self.events.push(Event::Durable {
+                            routing,
+                            wrote: true,
+                        });
                         true
                     }
                     Err(_) => false,
@@ -534,7 +548,10 @@ impl SimBroker {
         self.next_routing += 1;
         self.events.push(Event::Routed {
             routing,
+            topic: msg.topic_str().to_owned(),
             payload: msg.payload.clone(),
+            retain: msg.retain,
+            publish_ms: msg.publish_ms,
         });
         let mut ops = extra;
         let retained = msg.retain && self.retain(&msg, &mut ops);
@@ -617,7 +634,31 @@ impl SimBroker {
             }
         }
         if ops.is_empty() {
-            self.events.push(Event::Durable { routing });
+            if msg.retain && publisher.as_ref().is_some_and(|p| p.2 != QoS::AtMostOnce) {
+                // Acknowledged at once, although an earlier update of this retained
+                // topic may not be durable yet (a clear whose topic the index had
+                // already forgotten): after a crash the old message is back.
+                let topic = msg.topic.clone();
+                let earlier = self.pending.iter().any(|(r, _)| {
+                    r.ops.iter().any(|op| match op {
+                        Op::PutRetained { topic: t, .. } | Op::DeleteRetained { topic: t } => {
+                            *t == topic
+                        }
+                        _ => false,
+                    })
+                });
+                if earlier && super::known_bugs() {
+                    self.problems.push(format!(
+                        "{}: retained clear of {} acknowledged before the earlier update of that topic is durable",
+                        msg.from,
+                        msg.topic_str()
+                    ));
+                }
+            }
+            self.events.push(Event::Durable {
+                routing,
+                wrote: false,
+            });
             if let Some((mailbox, packet_id, qos)) = publisher {
                 mailbox.push(ConnEvent::Durable {
                     packet_id,

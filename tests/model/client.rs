@@ -61,6 +61,8 @@ pub struct Client {
     /// The next CONNECT uses Clean Start: the client cannot tell which session a
     /// resume would find.
     pub force_clean: bool,
+    /// A CONNECT was left unanswered since the last CONNACK.
+    pub abandoned: bool,
     pub offline_since_ms: Option<u64>,
     /// Which session (as the client tells them apart): bumped when it starts anew.
     pub epoch: u64,
@@ -109,6 +111,7 @@ impl Client {
             connecting: None,
             knows: Knows::Unknown,
             force_clean: false,
+            abandoned: false,
             offline_since_ms: None,
             epoch: 0,
             life: 0,
@@ -171,6 +174,8 @@ impl Client {
     /// moves to a new one). A session with expiry 0 ends with it.
     pub fn leave_wire(&mut self, now_ms: u64) {
         if let Some(c) = self.connecting.take() {
+            // The broker may still take that CONNECT, later.
+            self.abandoned = true;
             // Never answered: what the broker made of it is unknown, except that a
             // resume with a non-zero expiry keeps a session alive either way.
             match self.knows {
@@ -253,9 +258,8 @@ impl Client {
                     return noticed;
                 };
                 // The session may have expired while the CONNECT waited.
-                let expect = c
-                    .expect_present
-                    .filter(|e| !*e || !self.may_have_expired(now_ms));
+                let may_have_expired = self.may_have_expired(now_ms);
+                let expect = c.expect_present.filter(|e| !*e || !may_have_expired);
                 self.connected = true;
                 self.offline_since_ms = None;
                 match expect {
@@ -269,9 +273,15 @@ impl Client {
                     ))),
                     _ => {}
                 }
-                if present && matches!(self.knows, Knows::Ended { .. }) {
+                let ghost = std::mem::take(&mut self.abandoned);
+                if present
+                    && (matches!(self.knows, Knows::Ended { .. })
+                        || (ghost && may_have_expired))
+                {
                     // A session the client has no state for (it came back after a
-                    // crash): the client must close [MQTT-3.2.2-4], and starts anew.
+                    // crash), or may not have (an abandoned CONNECT, taken after the
+                    // session expired, made a new one): the client must close
+                    // [MQTT-3.2.2-4], and starts anew.
                     self.connected = false;
                     self.force_clean = true;
                     self.set_knows(Knows::Unknown);

@@ -17,7 +17,7 @@ use super::Mutation;
 
 const TOPICS: [&str; 3] = ["t/a", "t/b", "t/c"];
 const FILTERS: [&str; 5] = ["t/a", "t/b", "t/+", "t/#", "will/#"];
-const EXPIRIES: [u32; 4] = [0, 5, 30, 3600];
+const EXPIRIES: [u32; 5] = [0, 5, 30, 3600, 3600];
 /// Simulated wall clock at start, far in the future: `Outbound` compares message
 /// expiry with the real clock, and simulated messages never expire.
 const EPOCH_MS: u64 = 4_000_000_000_000;
@@ -56,6 +56,10 @@ pub struct World {
     dropped: BTreeSet<(ClientId, Bytes)>,
     /// How often each payload was routed (a publisher may send it again).
     routed: BTreeMap<Bytes, u32>,
+    /// Retained updates routed and not yet durable: routing -> (topic, payload, ms).
+    retain_ops: BTreeMap<u64, (String, Bytes, u64)>,
+    /// Per topic, the last durable retained update (empty payload: cleared).
+    retained: BTreeMap<String, (Bytes, u64)>,
     settings: BrokerSettings,
     base: Instant,
     now_ms: u64,
@@ -67,9 +71,16 @@ pub struct World {
 impl World {
     pub fn new(seed: u64, mutation: Mutation) -> World {
         let mut rng = Rng::new(seed);
+        // Short queues make `Outbound::deliver_volatile` drop stored entries (see
+        // `KNOWN_BUGS` in main.rs): only when asked for.
+        let known_bugs = super::known_bugs();
         let settings = BrokerSettings {
             max_inflight: *rng.pick(&[1, 2, 4, 32]).unwrap_or(&32),
-            max_mqueue_len: *rng.pick(&[1000, 1000, 4]).unwrap_or(&1000),
+            max_mqueue_len: if known_bugs {
+                *rng.pick(&[1000, 1000, 4]).unwrap_or(&1000)
+            } else {
+                1000
+            },
             page_size: *rng.pick(&[2, 3, 1024]).unwrap_or(&1024),
             retainer_expiry_s: *rng.pick(&[0, 0, 20]).unwrap_or(&0),
             mqueue_store_qos0: rng.chance(50),
@@ -99,6 +110,8 @@ impl World {
             routings: BTreeMap::new(),
             dropped: BTreeSet::new(),
             routed: BTreeMap::new(),
+            retain_ops: BTreeMap::new(),
+            retained: BTreeMap::new(),
             settings,
             base,
             now_ms: EPOCH_MS,
@@ -232,6 +245,30 @@ impl World {
             self.problems
                 .push(format!("store invariant after a commit: {p}"));
         }
+        self.absorb();
+        self.check_retained();
+    }
+
+    /// The store holds, per topic, what the last durable retained update left (its
+    /// message, or nothing after a clear), unless that message may have expired.
+    fn check_retained(&mut self) {
+        let broker = self.broker.as_ref().expect("broker");
+        let expiry_ms = broker.retainer_expiry_ms();
+        for (topic, (payload, publish_ms)) in &self.retained {
+            let stored = quay_storage::read::retained(broker.backend(), topic.as_bytes())
+                .expect("sim reads")
+                .map(|m| m.payload);
+            let may_expire = expiry_ms != 0 && self.now_ms >= publish_ms + expiry_ms;
+            let ok = match &stored {
+                None => payload.is_empty() || may_expire,
+                Some(p) => p == payload,
+            };
+            if !ok {
+                self.problems.push(format!(
+                    "retained {topic}: the last durable update left {payload:?}, the store holds {stored:?}"
+                ));
+            }
+        }
     }
 
     fn crash(&mut self) {
@@ -262,6 +299,8 @@ impl World {
             self.mutation,
         ));
         self.routings.clear();
+        self.retain_ops.clear();
+        self.check_retained();
         let now = self.now_ms;
         for c in &mut self.clients {
             c.crashed(now);
@@ -274,7 +313,7 @@ impl World {
     }
 
     fn connect(&mut self, c: usize) {
-        let clean_start = self.clients[c].force_clean || self.rng.chance(20);
+        let clean_start = self.rng.chance(20);
         let expiry_s = *self.rng.pick(&EXPIRIES).unwrap_or(&0);
         let will = self.rng.chance(30).then(|| {
             self.clients[c].wills += 1;
@@ -314,6 +353,8 @@ impl World {
             ));
             self.clients[c].leave_wire(now);
         }
+        // A client unsure which session a resume would find starts anew.
+        let clean_start = clean_start || self.clients[c].force_clean;
         let wire = self.new_wire();
         self.clients[c].connect_sent(wire, clean_start, expiry_s, now);
         let expect = self.clients[c].connecting.and_then(|x| x.expect_present);
@@ -402,6 +443,9 @@ impl World {
                 );
             }
         }
+        // What the client owes goes first: resent PUBLISHes keep their order
+        // before new ones [MQTT-4.6.0-1].
+        self.flush_acks(c, usize::MAX);
         let id_ = self.clients[c].id.clone();
         self.log(format!(
             "{id_}: PUBLISH {payload:?} to {topic} qos {} id {id:?} retain {retain}",
@@ -557,12 +601,28 @@ impl World {
         self.problems.extend(problems);
         for event in events {
             match event {
-                Event::Routed { routing, payload } => {
+                Event::Routed {
+                    routing,
+                    topic,
+                    payload,
+                    retain,
+                    publish_ms,
+                } => {
                     *self.routed.entry(payload.clone()).or_default() += 1;
                     let holders = self.must_reach(&payload);
-                    self.routings.insert(routing, (payload, holders));
+                    self.routings.insert(routing, (payload.clone(), holders));
+                    if retain {
+                        self.retain_ops.insert(routing, (topic, payload, publish_ms));
+                    }
                 }
-                Event::Durable { routing } => {
+                Event::Durable { routing, wrote } => {
+                    // A retained update that wrote nothing (a clear of a topic the
+                    // index no longer had) leaves the store as earlier updates do.
+                    if let Some((topic, payload, publish_ms)) = self.retain_ops.remove(&routing) {
+                        if wrote {
+                            self.retained.insert(topic, (payload, publish_ms));
+                        }
+                    }
                     if let Some((payload, holders)) = self.routings.remove(&routing) {
                         if let Some(p) = self.published.get_mut(&payload) {
                             p.must_reach.extend(holders);
