@@ -78,7 +78,7 @@ pub enum Done {
     Event(Arc<Mailbox>, ConnEvent),
     SubscribeStored {
         mailbox: Arc<Mailbox>,
-        ack: Packet,
+        ack: Box<Packet>,
         retained: Vec<Outgoing>,
         stored: Vec<Outgoing>,
     },
@@ -328,7 +328,7 @@ impl SimBroker {
                             retained.push(out);
                         }
                     }
-                    mailbox.push(ConnEvent::Reply(Box::new(ack), retained));
+                    mailbox.push(ConnEvent::Reply(ack, retained));
                 }
                 Err(_) => mailbox.kick(ReasonCode::UNSPECIFIED_ERROR),
             },
@@ -1121,8 +1121,10 @@ impl SimBroker {
 
     fn on_packet(&mut self, conn: &mut Conn, packet: Up) -> Result<(), Close> {
         let now = self.now();
-        self.log
-            .push(format!("  conn {} ({}) reads {packet:?}", conn.id, conn.client));
+        self.log.push(format!(
+            "  conn {} ({}) reads {packet:?}",
+            conn.id, conn.client
+        ));
         match packet {
             Up::Publish(p) => self.on_publish(conn, p),
             Up::PubAck(id) => {
@@ -1306,7 +1308,7 @@ impl SimBroker {
         self.flush_store_ops(conn);
         let done = Done::SubscribeStored {
             mailbox: conn.mailbox.clone(),
-            ack,
+            ack: Box::new(ack),
             retained,
             stored,
         };
@@ -1418,7 +1420,8 @@ impl SimBroker {
 
 /// One op, briefly, for traces.
 fn brief(op: &Op) -> String {
-    let payload = |m: &quay_storage::StoredMessage| String::from_utf8_lossy(&m.payload).into_owned();
+    let payload =
+        |m: &quay_storage::StoredMessage| String::from_utf8_lossy(&m.payload).into_owned();
     match op {
         Op::Message { id, msg } => format!("Message#{id}({})", payload(msg)),
         Op::Enqueue {
@@ -1444,20 +1447,33 @@ fn brief(op: &Op) -> String {
         Op::DeleteSession { client } => format!("DeleteSession({client})"),
         Op::PutWill { client, .. } => format!("PutWill({client})"),
         Op::DeleteWill { client } => format!("DeleteWill({client})"),
-        Op::PutSubscription { client, filter, .. } => format!("PutSubscription({client}, {filter})"),
+        Op::PutSubscription { client, filter, .. } => {
+            format!("PutSubscription({client}, {filter})")
+        }
         Op::DeleteSubscription { client, filter } => {
             format!("DeleteSubscription({client}, {filter})")
         }
-        Op::PutAwaitingRel { client, packet_id } => format!("PutAwaitingRel({client}, {packet_id})"),
+        Op::PutAwaitingRel { client, packet_id } => {
+            format!("PutAwaitingRel({client}, {packet_id})")
+        }
         Op::DeleteAwaitingRel { client, packet_id } => {
             format!("DeleteAwaitingRel({client}, {packet_id})")
         }
         Op::PutRetained { topic, msg } => {
-            format!("PutRetained({}, {})", String::from_utf8_lossy(topic), payload(msg))
+            format!(
+                "PutRetained({}, {})",
+                String::from_utf8_lossy(topic),
+                payload(msg)
+            )
         }
-        Op::DeleteRetained { topic } => format!("DeleteRetained({})", String::from_utf8_lossy(topic)),
+        Op::DeleteRetained { topic } => {
+            format!("DeleteRetained({})", String::from_utf8_lossy(topic))
+        }
         Op::DeleteRetainedIfExpired { topic, .. } => {
-            format!("DeleteRetainedIfExpired({})", String::from_utf8_lossy(topic))
+            format!(
+                "DeleteRetainedIfExpired({})",
+                String::from_utf8_lossy(topic)
+            )
         }
     }
 }

@@ -63,6 +63,9 @@ pub struct Client {
     pub force_clean: bool,
     /// A CONNECT was left unanswered since the last CONNACK.
     pub abandoned: bool,
+    /// The client dropped its session state (its session ended) and has not
+    /// started a new session since: it cannot resume one.
+    pub stateless: bool,
     pub offline_since_ms: Option<u64>,
     /// Which session (as the client tells them apart): bumped when it starts anew.
     pub epoch: u64,
@@ -112,6 +115,7 @@ impl Client {
             knows: Knows::Unknown,
             force_clean: false,
             abandoned: false,
+            stateless: true,
             offline_since_ms: None,
             epoch: 0,
             life: 0,
@@ -205,6 +209,7 @@ impl Client {
             // The session ended with its connection, on both sides.
             self.set_knows(Knows::Ended { crash_since: false });
             self.new_epoch();
+            self.stateless = true;
         }
     }
 
@@ -274,10 +279,7 @@ impl Client {
                     _ => {}
                 }
                 let ghost = std::mem::take(&mut self.abandoned);
-                if present
-                    && (matches!(self.knows, Knows::Ended { .. })
-                        || (ghost && may_have_expired))
-                {
+                if present && (self.stateless || (ghost && may_have_expired)) {
                     // A session the client has no state for (it came back after a
                     // crash), or may not have (an abandoned CONNECT, taken after the
                     // session expired, made a new one): the client must close
@@ -303,6 +305,9 @@ impl Client {
                     }
                 } else if !c.clean_start {
                     self.new_epoch();
+                }
+                if !present {
+                    self.stateless = false;
                 }
                 self.knows = Knows::Alive {
                     expiry_s: c.expiry_s,

@@ -59,13 +59,18 @@ pub struct Pub {
 /// Server to client.
 #[derive(Debug, Clone)]
 pub enum Down {
-    ConnAck { present: bool },
+    ConnAck {
+        present: bool,
+    },
     Publish(Pub),
     PubAck(u16),
     PubRec(u16),
     PubRel(u16),
     PubComp(u16),
-    SubAck { id: u16, granted: u8 },
+    SubAck {
+        id: u16,
+        granted: u8,
+    },
     UnsubAck(u16),
     /// DISCONNECT from the server (takeover, protocol error).
     Disconnect,

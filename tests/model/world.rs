@@ -31,6 +31,8 @@ struct Published {
     topic: String,
     qos: QoS,
     acked: bool,
+    /// Routings of it whose store request completed.
+    durable_routings: u32,
     must_reach: BTreeSet<Holder>,
 }
 
@@ -438,6 +440,7 @@ impl World {
                         topic: topic.clone(),
                         qos,
                         acked: false,
+                        durable_routings: 0,
                         must_reach: BTreeSet::new(),
                     },
                 );
@@ -507,6 +510,13 @@ impl World {
                 match n {
                     Noticed::Acked(payload) => {
                         if let Some(p) = self.published.get_mut(&payload) {
+                            if p.durable_routings == 0 {
+                                // A PUBACK/PUBREC promises the message was taken
+                                // (e.g. a stale QoS 2 id swallowed a new message).
+                                self.problems.push(format!(
+                                    "{id}: {payload:?} acknowledged, but no routing of it completed"
+                                ));
+                            }
                             if !p.acked {
                                 p.acked = true;
                                 self.stats.acked += 1;
@@ -612,7 +622,8 @@ impl World {
                     let holders = self.must_reach(&payload);
                     self.routings.insert(routing, (payload.clone(), holders));
                     if retain {
-                        self.retain_ops.insert(routing, (topic, payload, publish_ms));
+                        self.retain_ops
+                            .insert(routing, (topic, payload, publish_ms));
                     }
                 }
                 Event::Durable { routing, wrote } => {
@@ -625,6 +636,7 @@ impl World {
                     }
                     if let Some((payload, holders)) = self.routings.remove(&routing) {
                         if let Some(p) = self.published.get_mut(&payload) {
+                            p.durable_routings += 1;
                             p.must_reach.extend(holders);
                         }
                     }
