@@ -896,7 +896,8 @@ impl SimBroker {
                 a.dup_below,
                 self.session_config(),
             ),
-            inbound: Inbound::new(self.zone.max_awaiting_rel, restored, now),
+            // v5 clients are bounded by our Receive Maximum instead.
+            inbound: Inbound::new(0, restored, now),
             pending_in: BTreeMap::new(),
             store_ops: Vec::new(),
             will: a.will,
@@ -999,7 +1000,11 @@ impl SimBroker {
             }
             ConnEvent::Durable { packet_id, qos, ok } => self.on_durable(conn, packet_id, qos, ok),
             ConnEvent::Reply(packet, retained) => {
-                self.send_packet(conn.wire, *packet);
+                match *packet {
+                    // A PUBCOMP frees its id's Receive Maximum slot as it leaves.
+                    Packet::PubComp(r) => self.send_pubcomp(conn, r.packet_id),
+                    other => self.send_packet(conn.wire, other),
+                }
                 for out in retained {
                     let actions = if out.seq.is_some() {
                         conn.outbound.deliver_stored(out, now)
@@ -1141,7 +1146,7 @@ impl SimBroker {
             }
             Up::PubRel(id) => {
                 if !conn.inbound.release(id) {
-                    self.send(conn.wire, Down::PubComp(id));
+                    self.send_pubcomp(conn, id);
                 } else {
                     let pubcomp = Packet::PubComp(resp(id, ReasonCode::Success));
                     let ops = if conn.persistent {
@@ -1155,7 +1160,8 @@ impl SimBroker {
                     if self.mutation == Mutation::PubcompBeforeDurable {
                         // The defect: PUBCOMP before the id's release is durable.
                         conn.store_ops.extend(ops);
-                        self.send_packet(conn.wire, pubcomp);
+                        drop(pubcomp);
+                        self.send_pubcomp(conn, id);
                     } else {
                         self.reply_when_durable(conn, ops, pubcomp, Vec::new());
                     }
@@ -1198,16 +1204,29 @@ impl SimBroker {
         if conn.pending_in.contains_key(&packet_id) {
             return;
         }
+        // Receive Maximum: our client never sends more than it allows, so hitting it
+        // means the broker counts wrong (the real one closes the connection, 0x93).
+        let holds_slot = p.qos == QoS::ExactlyOnce && conn.inbound.is_counted(packet_id);
+        if !holds_slot && conn.pending_in.len() + conn.inbound.quota_used() >= self.receive_max() {
+            self.problems.push(format!(
+                "{}: Receive Maximum exceeded by a client that keeps to it (packet id {packet_id})",
+                conn.client
+            ));
+            return;
+        }
         let mut extra = Vec::new();
         if p.qos == QoS::ExactlyOnce {
             match conn.inbound.arrival(packet_id) {
                 Qos2Arrival::Duplicate => {
+                    conn.inbound.count(packet_id);
                     self.send(conn.wire, Down::PubRec(packet_id));
                     return;
                 }
-                Qos2Arrival::TooMany => {
+                Qos2Arrival::InUse | Qos2Arrival::TooMany => {
+                    // Our client reuses an id only after its PUBCOMP, and v5 has
+                    // no max_awaiting_rel: neither may happen.
                     self.problems.push(format!(
-                        "{}: more QoS 2 ids than max_awaiting_rel",
+                        "{}: QoS 2 PUBLISH id {packet_id} refused as in use or too many",
                         conn.client
                     ));
                     return;
@@ -1225,6 +1244,17 @@ impl SimBroker {
         conn.pending_in.insert(packet_id, true);
         let matched = self.publish(msg, extra, Some((conn.mailbox.clone(), packet_id, p.qos)));
         conn.pending_in.insert(packet_id, matched > 0);
+    }
+
+    /// Our Receive Maximum: the zone's `max_inflight`, told in CONNACK.
+    fn receive_max(&self) -> usize {
+        usize::from(self.zone.max_inflight)
+    }
+
+    /// `Connection::send_pubcomp`: PUBCOMP out, the id's Receive Maximum slot back.
+    fn send_pubcomp(&mut self, conn: &mut Conn, packet_id: u16) {
+        self.send(conn.wire, Down::PubComp(packet_id));
+        conn.inbound.completed(packet_id);
     }
 
     fn on_durable(&mut self, conn: &mut Conn, packet_id: u16, qos: QoS, ok: bool) {

@@ -399,6 +399,10 @@ impl World {
         let id = if qos == QoS::AtMostOnce {
             None
         } else {
+            // The broker's Receive Maximum bounds what is unacknowledged.
+            if client.out.len() >= usize::from(self.settings.max_inflight) {
+                return;
+            }
             match (1..=PUBLISH_IDS).find(|id| !client.out.contains_key(id)) {
                 Some(id) => Some(id),
                 None => return,
