@@ -65,11 +65,11 @@ fn env_u64(name: &str) -> Option<u64> {
 /// stored backlog of an online persistent session, a QoS 0 delivery to it
 /// (`Outbound::deliver_volatile`) drops the oldest pending entry even when that is
 /// a stored QoS 1/2 entry, and acks it: an acknowledged message is deleted unsent
-/// (`QUAY_MODEL_KNOWN_BUGS=1 QUAY_MODEL_SEED=1050` shows it). It also reports a
+/// (`QUAY_MODEL_KNOWN_BUGS=1 QUAY_MODEL_SEED=275`, also 1050, 1402). It also reports a
 /// second one: a QoS 1/2 retained clear of a topic whose earlier clear is not
 /// durable yet is acknowledged at once (`Broker::retain` asks the in-memory index,
 /// which already forgot the topic, and a publish with no store op completes at
-/// once), so after a crash the cleared message is back.
+/// once), so after a crash the cleared message is back (`... QUAY_MODEL_SEED=1149`).
 pub fn known_bugs() -> bool {
     env_u64("QUAY_MODEL_KNOWN_BUGS").is_some_and(|v| v != 0)
 }

@@ -74,7 +74,7 @@ impl World {
     pub fn new(seed: u64, mutation: Mutation) -> World {
         let mut rng = Rng::new(seed);
         // Short queues make `Outbound::deliver_volatile` drop stored entries (see
-        // `KNOWN_BUGS` in main.rs): only when asked for.
+        // `known_bugs` in main.rs): only when asked for.
         let known_bugs = super::known_bugs();
         let settings = BrokerSettings {
             max_inflight: *rng.pick(&[1, 2, 4, 32]).unwrap_or(&32),
