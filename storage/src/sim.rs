@@ -6,7 +6,7 @@
 //! unsynced log is lost, except a prefix of it that the caller chooses (a WAL reaches
 //! the disk in order, and a batch is atomic), and everything in memory is gone.
 //! Nothing here is used by the broker in production; it exists so that the writer's
-//! real logic (`WriterCore`) can run under a seeded simulation (`tests/model.rs`).
+//! real logic (`WriterCore`) can run under a seeded simulation (`tests/model/`).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

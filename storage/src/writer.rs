@@ -14,7 +14,7 @@
 //!
 //! The thread (`run`) only gathers requests and completes waiters; building and
 //! writing a batch is `WriterCore::commit`, generic over the `Backend`, so the model
-//! test (`tests/model.rs`) drives the very same logic synchronously over a simulated
+//! test (`tests/model/`) drives the very same logic synchronously over a simulated
 //! disk, choosing which requests form each batch.
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,13 +23,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::backend::{Backend, RocksBackend};
 use crate::keys;
 use crate::records::{
     DelayedWill, EntryHead, QueueEntry, SessionRecord, StoredMessage, SubscriptionRecord,
 };
 use crate::store::{Result, StoreError};
-use bytes::Bytes;
 
 pub type ClientId = Arc<str>;
 
