@@ -103,6 +103,8 @@ pub enum Noticed {
     Violation(String),
     /// The client closes this connection.
     MustClose,
+    /// QoS 1 PUBACKs out of PUBLISH order (a known defect, see `known_bugs`).
+    OutOfOrderAck(String),
 }
 
 impl Client {
@@ -319,6 +321,20 @@ impl Client {
                 self.acks.push_back(Up::PubComp(id));
             }
             Down::PubAck(id) => {
+                if let Some(f) = self.out.get(&id).filter(|f| f.stage == OutStage::Ack) {
+                    // PUBACKs come in the order of their PUBLISHes [MQTT-4.6.0-2].
+                    let order = f.order;
+                    if let Some((_, earlier)) = self
+                        .out
+                        .iter()
+                        .find(|(_, e)| e.stage == OutStage::Ack && e.order < order)
+                    {
+                        noticed.push(Noticed::OutOfOrderAck(format!(
+                            "{}: PUBACK for {:?} before the PUBACK for the earlier {:?}",
+                            self.id, f.publish.payload, earlier.publish.payload
+                        )));
+                    }
+                }
                 if self.out.get(&id).is_some_and(|f| f.stage == OutStage::Ack) {
                     if let Some(f) = self.out.remove(&id) {
                         noticed.push(Noticed::Acked(f.publish.payload));

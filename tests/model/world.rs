@@ -533,6 +533,11 @@ impl World {
                         }
                     }
                     Noticed::Violation(v) => self.problems.push(v),
+                    Noticed::OutOfOrderAck(v) => {
+                        if super::known_bugs() {
+                            self.problems.push(v);
+                        }
+                    }
                     Noticed::MustClose => {
                         self.log(format!("{id}: closes: it has no state for that session"));
                         self.send_up(c, Up::Eof);
