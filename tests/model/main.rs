@@ -32,6 +32,7 @@
 
 mod broker;
 mod client;
+mod conn;
 mod rng;
 mod wire;
 mod world;
