@@ -1,21 +1,29 @@
 //! Quay's durable store.
 //!
 //! RocksDB column families behind a typed API: `keys` owns every on-disk key,
-//! `records` every value, `store` opens the database and serves reads, and `writer` is
-//! the single group-commit writer through which every change goes. Nothing in this
+//! `records` every value, `store` opens the database, `read` serves reads, and `writer`
+//! is the single group-commit writer through which every change goes. `backend` is
+//! the key-value interface under `read` and `writer`: RocksDB in production, and
+//! `sim::SimBackend` (an in-memory disk that loses unsynced writes in a simulated
+//! crash) under the model test; `invariants` checks a store's references and keys. Nothing in this
 //! crate knows MQTT beyond the shape of a stored message.
 
+pub mod backend;
+mod invariants;
 pub mod keys;
+pub mod read;
 pub mod records;
+pub mod sim;
 mod store;
 mod writer;
 
+pub use invariants::check as check_invariants;
 pub use records::{
     DelayedWill, EntryHead, QueueEntry, RecordError, SessionRecord, StoredMessage,
     SubscriptionRecord,
 };
 pub use store::{Result, Store, StoreConfig, StoreError};
-pub use writer::{ClientId, Completion, Enqueued, Op, WriterHandle};
+pub use writer::{ClientId, Completion, Enqueued, Op, WriteRequest, WriterCore, WriterHandle};
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 //! The RocksDB store: opening, column families, and direct reads.
 //!
-//! Writes never happen here: they go through the single group-commit writer
+//! Reads are `read.rs`'s, over the RocksDB backend. Writes never happen here: they go through the single group-commit writer
 //! (`writer.rs`), which owns reference counts and queue sequence numbers. Reads are
 //! direct and may run on any thread.
 
@@ -9,13 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
-    ReadOptions, DB,
-};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
 use thiserror::Error;
 
+use crate::backend::RocksBackend;
 use crate::keys::{self, KeyError};
+use crate::read;
 use crate::records::{
     DelayedWill, QueueEntry, RecordError, SessionRecord, StoredMessage, SubscriptionRecord,
 };
@@ -74,6 +73,7 @@ impl Default for StoreConfig {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: Arc<DB>,
+    backend: RocksBackend,
     next_msg_id: Arc<AtomicU64>,
     writer: WriterHandle,
     _close_on_drop: Arc<CloseOnDrop>,
@@ -126,9 +126,10 @@ impl Store {
             }
         }
         let db = Arc::new(db);
-        let next_msg_id = Arc::new(AtomicU64::new(last_msg_id(&db)? + 1));
+        let backend = RocksBackend::new(db.clone());
+        let next_msg_id = Arc::new(AtomicU64::new(read::last_msg_id(&backend)? + 1));
         let writer = writer::spawn(
-            db.clone(),
+            backend.clone(),
             WriterConfig {
                 fsync: config.fsync,
                 batch_window: config.batch_window,
@@ -141,6 +142,7 @@ impl Store {
                 writer: writer.clone(),
             }),
             db,
+            backend,
             next_msg_id,
             writer,
         })
@@ -167,42 +169,16 @@ impl Store {
     }
 
     pub fn sessions(&self) -> Result<Vec<(String, SessionRecord)>> {
-        let cf = self.cf(keys::CF_SESSIONS)?;
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (key, value) = item?;
-            let client = String::from_utf8(key.to_vec()).map_err(|_| KeyError::Prefix {
-                cf: keys::CF_SESSIONS,
-            })?;
-            out.push((client, SessionRecord::decode(&value)?));
-        }
-        Ok(out)
+        read::sessions(&self.backend)
     }
 
     pub fn session(&self, client: &str) -> Result<Option<SessionRecord>> {
-        let cf = self.cf(keys::CF_SESSIONS)?;
-        match self.db.get_cf(cf, client.as_bytes())? {
-            Some(v) => Ok(Some(SessionRecord::decode(&v)?)),
-            None => Ok(None),
-        }
+        read::session(&self.backend, client)
     }
 
     /// Every stored subscription: (client, filter, options).
     pub fn subscriptions(&self) -> Result<Vec<(String, String, SubscriptionRecord)>> {
-        let cf = self.cf(keys::CF_SUBS)?;
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (key, value) = item?;
-            let (client, filter) = keys::split_client_key(keys::CF_SUBS, &key)?;
-            let filter =
-                std::str::from_utf8(filter).map_err(|_| KeyError::Prefix { cf: keys::CF_SUBS })?;
-            out.push((
-                client.to_owned(),
-                filter.to_owned(),
-                SubscriptionRecord::decode(&value)?,
-            ));
-        }
-        Ok(out)
+        read::subscriptions(&self.backend)
     }
 
     /// Up to `limit` queue entries of `client` with seq >= `from_seq`, in order.
@@ -212,107 +188,46 @@ impl Store {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<(u64, QueueEntry)>> {
-        let cf = self.cf(keys::CF_QUEUE)?;
-        let start = keys::queue_key(client, from_seq)?;
-        let mut read = ReadOptions::default();
-        if let Some(end) = keys::prefix_end(&keys::client_prefix(client)?) {
-            read.set_iterate_upper_bound(end);
-        }
-        let mut out = Vec::new();
-        let iter =
-            self.db
-                .iterator_cf_opt(cf, read, IteratorMode::From(&start, Direction::Forward));
-        for item in iter.take(limit) {
-            let (key, value) = item?;
-            out.push((keys::decode_queue_seq(&key)?, QueueEntry::decode(&value)?));
-        }
-        Ok(out)
+        read::queue_range(&self.backend, client, from_seq, limit)
     }
 
     /// One past the highest seq in `client`'s queue (0 when empty): one seek.
     pub fn next_queue_seq(&self, client: &str) -> Result<u64> {
-        next_queue_seq(&self.db, client)
+        read::next_queue_seq(&self.backend, client)
     }
 
     /// Messages by id, `None` where a message is gone.
     pub fn messages(&self, ids: &[u64]) -> Result<Vec<Option<StoredMessage>>> {
-        let cf = self.cf(keys::CF_MSGS)?;
-        let keys: Vec<_> = ids.iter().map(|id| (cf, keys::msg_key(*id))).collect();
-        self.db
-            .multi_get_cf(keys)
-            .into_iter()
-            .map(|r| match r? {
-                Some(v) => Ok(Some(StoredMessage::decode(&v)?)),
-                None => Ok(None),
-            })
-            .collect()
+        read::messages(&self.backend, ids)
     }
 
     /// QoS 2 packet ids received from `client` and awaiting PUBREL.
     pub fn awaiting_rel(&self, client: &str) -> Result<Vec<u16>> {
-        let cf = self.cf(keys::CF_AWAITING_REL)?;
-        let prefix = keys::client_prefix(client)?;
-        let mut read = ReadOptions::default();
-        if let Some(end) = keys::prefix_end(&prefix) {
-            read.set_iterate_upper_bound(end);
-        }
-        let mut out = Vec::new();
-        let iter =
-            self.db
-                .iterator_cf_opt(cf, read, IteratorMode::From(&prefix, Direction::Forward));
-        for item in iter {
-            let (key, _) = item?;
-            out.push(keys::decode_awaiting_rel(&key)?);
-        }
-        Ok(out)
+        read::awaiting_rel(&self.backend, client)
     }
 
     /// Every stored delayed will: (client, will).
     pub fn wills(&self) -> Result<Vec<(String, DelayedWill)>> {
-        let cf = self.cf(keys::CF_WILLS)?;
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (key, value) = item?;
-            let client = String::from_utf8(key.to_vec())
-                .map_err(|_| KeyError::Prefix { cf: keys::CF_WILLS })?;
-            out.push((client, DelayedWill::decode(&value)?));
-        }
-        Ok(out)
+        read::wills(&self.backend)
     }
 
     /// Topics of every retained message (keys only: payloads stay on disk).
     pub fn retained_topics(&self) -> Result<Vec<Bytes>> {
-        let cf = self.cf(keys::CF_RETAINED)?;
-        let mut out = Vec::new();
-        let mut iter = self.db.raw_iterator_cf(cf);
-        iter.seek_to_first();
-        while let Some(key) = iter.key() {
-            out.push(Bytes::copy_from_slice(key));
-            iter.next();
-        }
-        iter.status()?;
-        Ok(out)
+        read::retained_topics(&self.backend)
     }
 
     pub fn retained(&self, topic: &[u8]) -> Result<Option<StoredMessage>> {
-        let cf = self.cf(keys::CF_RETAINED)?;
-        match self.db.get_cf(cf, topic)? {
-            Some(v) => Ok(Some(StoredMessage::decode(&v)?)),
-            None => Ok(None),
-        }
+        read::retained(&self.backend, topic)
     }
 
     /// Retained messages whose expiry is at or before `now_ms` (a background sweep).
     pub fn expired_retained(&self, now_ms: u64) -> Result<Vec<Bytes>> {
-        let cf = self.cf(keys::CF_RETAINED)?;
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (key, value) = item?;
-            if StoredMessage::decode(&value)?.is_expired(now_ms) {
-                out.push(Bytes::copy_from_slice(&key));
-            }
-        }
-        Ok(out)
+        read::expired_retained(&self.backend, now_ms)
+    }
+
+    /// The store's invariants (see `invariants.rs`); a list of what is broken.
+    pub fn check_invariants(&self) -> Result<Vec<String>> {
+        crate::invariants::check(&self.backend)
     }
 
     /// Flush memtables to SST files, so the next open has no WAL to replay.
@@ -355,31 +270,4 @@ impl Store {
 
 pub(crate) fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a rocksdb::ColumnFamily> {
     db.cf_handle(name).ok_or(StoreError::Closed)
-}
-
-pub(crate) fn next_queue_seq(db: &DB, client: &str) -> Result<u64> {
-    let prefix = keys::client_prefix(client)?;
-    let mut iter = db.raw_iterator_cf(cf(db, keys::CF_QUEUE)?);
-    match keys::prefix_end(&prefix) {
-        Some(end) => iter.seek_for_prev(end),
-        None => iter.seek_to_last(),
-    }
-    let next = match iter.key() {
-        Some(key) if key.starts_with(&prefix) => keys::decode_queue_seq(key)? + 1,
-        _ => 0,
-    };
-    iter.status()?;
-    Ok(next)
-}
-
-fn last_msg_id(db: &DB) -> Result<u64> {
-    let cf = cf(db, keys::CF_MSGS)?;
-    let mut iter = db.raw_iterator_cf(cf);
-    iter.seek_to_last();
-    let last = match iter.key() {
-        Some(key) => keys::decode_msg_key(key)?,
-        None => 0,
-    };
-    iter.status()?;
-    Ok(last)
 }

@@ -11,6 +11,11 @@
 //! loaded lazily from disk the first time a session or message is touched, so opening a
 //! store never scans queues. This module must never be called from async code in a way
 //! that blocks: `submit` only sends on a channel.
+//!
+//! The thread (`run`) only gathers requests and completes waiters; building and
+//! writing a batch is `WriterCore::commit`, generic over the `Backend`, so the model
+//! test (`tests/model/`) drives the very same logic synchronously over a simulated
+//! disk, choosing which requests form each batch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,13 +25,13 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
+use crate::backend::{Backend, RocksBackend};
 use crate::keys;
 use crate::records::{
     DelayedWill, EntryHead, QueueEntry, SessionRecord, StoredMessage, SubscriptionRecord,
 };
-use crate::store::{cf, Result, StoreError};
+use crate::store::{Result, StoreError};
 
 pub type ClientId = Arc<str>;
 
@@ -116,6 +121,14 @@ pub enum Op {
 /// `DeleteRetainedIfExpired` op (Some(0) when deleted, None when kept), in op order.
 pub type Enqueued = Vec<Option<u64>>;
 pub type Completion = Box<dyn FnOnce(Result<Enqueued>) + Send>;
+
+/// One request to the writer: its ops, applied together or not at all, and whether
+/// someone waits for it to be durable (which makes its batch synced).
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    pub ops: Vec<Op>,
+    pub waited: bool,
+}
 
 struct Request {
     ops: Vec<Op>,
@@ -211,19 +224,11 @@ impl WriterHandle {
     }
 }
 
-pub(crate) fn spawn(db: Arc<DB>, config: WriterConfig) -> WriterHandle {
+pub(crate) fn spawn(db: RocksBackend, config: WriterConfig) -> WriterHandle {
     let (tx, rx) = mpsc::channel();
-    let detached = Arc::new(DetachedCounts::default());
-    let mut writer = Writer {
-        detached: detached.clone(),
-        detached_written: 0,
-        db,
-        config,
-        next_seq: HashMap::new(),
-        queue_len: HashMap::new(),
-        refs: HashMap::new(),
-        unsynced: false,
-    };
+    let core = WriterCore::new(db, config.fsync);
+    let detached = core.detached.clone();
+    let mut writer = Writer { core, config };
     let spawned = thread::Builder::new()
         .name("quay-store-writer".into())
         .spawn(move || writer.run(rx));
@@ -242,9 +247,16 @@ pub(crate) fn spawn(db: Arc<DB>, config: WriterConfig) -> WriterHandle {
     }
 }
 
+/// The writer thread: gathers requests into batches for its `WriterCore`.
 struct Writer {
-    db: Arc<DB>,
+    core: WriterCore<RocksBackend>,
     config: WriterConfig,
+}
+
+/// The writer's state and its batch logic, without a thread: see the module docs.
+pub struct WriterCore<B: Backend> {
+    db: B,
+    fsync: bool,
     next_seq: HashMap<ClientId, u64>,
     queue_len: HashMap<ClientId, u64>,
     refs: HashMap<u64, u32>,
@@ -311,21 +323,63 @@ impl Writer {
     }
 
     fn commit(&mut self, requests: Vec<Request>) {
-        let (batch, deleted, results) = self.build(&requests);
+        let (writes, dones): (Vec<WriteRequest>, Vec<Option<Completion>>) = requests
+            .into_iter()
+            .map(|r| {
+                let waited = r.done.is_some();
+                (WriteRequest { ops: r.ops, waited }, r.done)
+            })
+            .unzip();
+        let results = self.core.commit(&writes);
+        for (done, result) in dones.into_iter().zip(results) {
+            if let Some(done) = done {
+                done(result);
+            }
+        }
+    }
+}
+
+impl<B: Backend> WriterCore<B> {
+    /// A writer over `db` that knows nothing cached yet (as after a restart).
+    pub fn new(db: B, fsync: bool) -> WriterCore<B> {
+        WriterCore {
+            db,
+            fsync,
+            next_seq: HashMap::new(),
+            queue_len: HashMap::new(),
+            refs: HashMap::new(),
+            unsynced: false,
+            detached: Arc::default(),
+            detached_written: 0,
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.db
+    }
+
+    /// Give the backend back (the writer's memory is dropped, as in a crash).
+    pub fn into_backend(self) -> B {
+        self.db
+    }
+
+    /// Apply `requests` to one batch, write it (synced when someone waits and fsync
+    /// is on), and return each request's result, in order: what its waiter may now
+    /// be told. A failed write fails every request of the batch.
+    pub fn commit(&mut self, requests: &[WriteRequest]) -> Vec<Result<Enqueued>> {
+        let (batch, deleted, results) = self.build(requests);
         // fsync only when someone waits for durability. A batch of detached writes
         // (acks, cleanup) still reaches the WAL in the OS, so it survives a process
         // crash; the next synced batch (or WAL sync) makes it durable too.
-        let waited = requests.iter().any(|r| r.done.is_some());
-        let sync = self.config.fsync && waited;
-        let wrote = !batch.is_empty();
+        let waited = requests.iter().any(|r| r.waited);
+        let sync = self.fsync && waited;
+        let wrote = !B::batch_is_empty(&batch);
         let outcome = if wrote {
-            let mut opts = WriteOptions::default();
-            opts.set_sync(sync);
-            self.db.write_opt(batch, &opts)
+            self.db.write(batch, sync)
         } else if sync && self.unsynced {
             // Nothing new, but a waiter (a barrier: CONNACK after a takeover) needs
             // what earlier unsynced batches wrote to be durable.
-            self.db.flush_wal(true)
+            self.db.sync_wal()
         } else {
             Ok(())
         };
@@ -336,9 +390,9 @@ impl Writer {
             self.next_seq.remove(&client);
             self.queue_len.remove(&client);
         }
-        self.detached_written += requests.iter().filter(|r| r.done.is_none()).count() as u64;
+        self.detached_written += requests.iter().filter(|r| !r.waited).count() as u64;
         match &outcome {
-            Ok(()) if sync || !self.config.fsync => {
+            Ok(()) if sync || !self.fsync => {
                 self.unsynced = false;
                 self.detached
                     .synced
@@ -351,11 +405,14 @@ impl Writer {
                 self.forget_cached();
             }
         }
-        for (req, result) in requests.into_iter().zip(results) {
-            let Some(done) = req.done else { continue };
-            match &outcome {
-                Ok(()) => done(result),
-                Err(e) => done(Err(StoreError::Write(e.to_string()))),
+        match outcome {
+            Ok(()) => results,
+            Err(e) => {
+                let e = e.to_string();
+                results
+                    .into_iter()
+                    .map(|_| Err(StoreError::Write(e.clone())))
+                    .collect()
             }
         }
     }
@@ -365,11 +422,11 @@ impl Writer {
     /// state are rebuilt without it, from what is on disk.
     fn build(
         &mut self,
-        requests: &[Request],
-    ) -> (WriteBatch, Vec<ClientId>, Vec<Result<Enqueued>>) {
+        requests: &[WriteRequest],
+    ) -> (B::Batch, Vec<ClientId>, Vec<Result<Enqueued>>) {
         let mut failed: Vec<Option<StoreError>> = requests.iter().map(|_| None).collect();
         loop {
-            let mut batch = WriteBatch::default();
+            let mut batch = B::Batch::default();
             let mut state = BatchState::default();
             let mut results = Vec::with_capacity(requests.len());
             let mut retry = false;
@@ -415,7 +472,7 @@ impl Writer {
 
     fn apply(
         &mut self,
-        batch: &mut WriteBatch,
+        batch: &mut B::Batch,
         state: &mut BatchState,
         ops: &[Op],
     ) -> Result<Enqueued> {
@@ -443,11 +500,12 @@ impl Writer {
                         self.queue_len.insert(client.clone(), len + 1);
                     }
                     let seq = self.next_seq(client)?;
-                    batch.put_cf(
-                        cf(&self.db, keys::CF_QUEUE)?,
-                        keys::queue_key(client, seq)?,
-                        entry.encode(),
-                    );
+                    self.db.put(
+                        batch,
+                        keys::CF_QUEUE,
+                        &keys::queue_key(client, seq)?,
+                        &entry.encode(),
+                    )?;
                     self.next_seq.insert(client.clone(), seq + 1);
                     state.set(client, seq, Some(entry.head()));
                     // An inline message is its own only reference: nothing to count.
@@ -472,10 +530,8 @@ impl Writer {
                     // out seqs the session has already passed.
                     let next = self.next_seq(client)?;
                     self.next_seq.insert(client.clone(), next);
-                    batch.delete_cf(
-                        cf(&self.db, keys::CF_QUEUE)?,
-                        keys::queue_key(client, *seq)?,
-                    );
+                    self.db
+                        .delete(batch, keys::CF_QUEUE, &keys::queue_key(client, *seq)?)?;
                     state.set(client, *seq, None);
                     if let Some(len) = self.queue_len.get_mut(client) {
                         *len = len.saturating_sub(1);
@@ -496,86 +552,86 @@ impl Writer {
                         inline: None,
                         ..entry.clone()
                     };
-                    batch.put_cf(
-                        cf(&self.db, keys::CF_QUEUE)?,
-                        keys::queue_key(client, *seq)?,
-                        released.encode(),
-                    );
+                    self.db.put(
+                        batch,
+                        keys::CF_QUEUE,
+                        &keys::queue_key(client, *seq)?,
+                        &released.encode(),
+                    )?;
                     state.set(client, *seq, Some(released.head()));
                     if let Some(id) = head.msg_ref() {
                         self.release(batch, &mut new_messages, id)?;
                     }
                 }
                 Op::PutSession { client, record } => {
-                    batch.put_cf(
-                        cf(&self.db, keys::CF_SESSIONS)?,
+                    self.db.put(
+                        batch,
+                        keys::CF_SESSIONS,
                         client.as_bytes(),
-                        record.encode(),
-                    );
+                        &record.encode(),
+                    )?;
                     state.client(client).session = Some(Some(record.incarnation));
                 }
                 Op::DeleteSession { client } => {
                     self.delete_session(batch, state, &mut new_messages, client)?
                 }
                 Op::PutWill { client, will } => {
-                    batch.put_cf(
-                        cf(&self.db, keys::CF_WILLS)?,
-                        client.as_bytes(),
-                        will.encode(),
-                    );
+                    self.db
+                        .put(batch, keys::CF_WILLS, client.as_bytes(), &will.encode())?;
                 }
                 Op::DeleteWill { client } => {
-                    batch.delete_cf(cf(&self.db, keys::CF_WILLS)?, client.as_bytes());
+                    self.db.delete(batch, keys::CF_WILLS, client.as_bytes())?;
                 }
                 Op::PutSubscription {
                     client,
                     filter,
                     record,
                 } => {
-                    batch.put_cf(
-                        cf(&self.db, keys::CF_SUBS)?,
-                        keys::sub_key(client, filter)?,
-                        record.encode(),
-                    );
+                    self.db.put(
+                        batch,
+                        keys::CF_SUBS,
+                        &keys::sub_key(client, filter)?,
+                        &record.encode(),
+                    )?;
                 }
                 Op::DeleteSubscription { client, filter } => {
-                    batch.delete_cf(cf(&self.db, keys::CF_SUBS)?, keys::sub_key(client, filter)?);
+                    self.db
+                        .delete(batch, keys::CF_SUBS, &keys::sub_key(client, filter)?)?;
                 }
                 Op::PutAwaitingRel { client, packet_id } => {
-                    batch.put_cf(
-                        cf(&self.db, keys::CF_AWAITING_REL)?,
-                        keys::awaiting_rel_key(client, *packet_id)?,
+                    self.db.put(
+                        batch,
+                        keys::CF_AWAITING_REL,
+                        &keys::awaiting_rel_key(client, *packet_id)?,
                         b"",
-                    );
+                    )?;
                 }
                 Op::DeleteAwaitingRel { client, packet_id } => {
-                    batch.delete_cf(
-                        cf(&self.db, keys::CF_AWAITING_REL)?,
-                        keys::awaiting_rel_key(client, *packet_id)?,
-                    );
+                    self.db.delete(
+                        batch,
+                        keys::CF_AWAITING_REL,
+                        &keys::awaiting_rel_key(client, *packet_id)?,
+                    )?;
                 }
                 Op::PutRetained { topic, msg } => {
-                    batch.put_cf(cf(&self.db, keys::CF_RETAINED)?, topic, msg.encode());
+                    self.db
+                        .put(batch, keys::CF_RETAINED, topic, &msg.encode())?;
                     state.retained.insert(topic.clone(), Some(msg.expiry_ms));
                 }
                 Op::DeleteRetained { topic } => {
-                    batch.delete_cf(cf(&self.db, keys::CF_RETAINED)?, topic);
+                    self.db.delete(batch, keys::CF_RETAINED, topic)?;
                     state.retained.insert(topic.clone(), None);
                 }
                 Op::DeleteRetainedIfExpired { topic, now_ms } => {
                     let expiry_ms = match state.retained.get(topic) {
                         Some(known) => *known,
-                        None => match self
-                            .db
-                            .get_pinned_cf(cf(&self.db, keys::CF_RETAINED)?, topic)?
-                        {
-                            Some(v) => Some(StoredMessage::decode(&v)?.expiry_ms),
-                            None => None,
-                        },
+                        None => self.db.get(keys::CF_RETAINED, topic, |v| {
+                            Ok(StoredMessage::decode(v)?.expiry_ms)
+                        })?,
                     };
                     let expired = expiry_ms.is_some_and(|e| e != 0 && e <= *now_ms);
                     if expired {
-                        batch.delete_cf(cf(&self.db, keys::CF_RETAINED)?, topic);
+                        self.db.delete(batch, keys::CF_RETAINED, topic)?;
                         state.retained.insert(topic.clone(), None);
                     }
                     enqueued.push(expired.then_some(0));
@@ -586,19 +642,17 @@ impl Writer {
             if refs == 0 {
                 continue;
             }
-            batch.put_cf(
-                cf(&self.db, keys::CF_MSGS)?,
-                keys::msg_key(id),
-                msg.encode(),
-            );
+            self.db
+                .put(batch, keys::CF_MSGS, &keys::msg_key(id), &msg.encode())?;
             // No `refs` key means one reference: the common single-subscriber case
             // costs no extra key.
             if refs > 1 {
-                batch.put_cf(
-                    cf(&self.db, keys::CF_REFS)?,
-                    keys::msg_key(id),
-                    refs.to_be_bytes(),
-                );
+                self.db.put(
+                    batch,
+                    keys::CF_REFS,
+                    &keys::msg_key(id),
+                    &refs.to_be_bytes(),
+                )?;
                 self.refs.insert(id, refs);
             }
         }
@@ -609,7 +663,7 @@ impl Writer {
         if let Some(seq) = self.next_seq.get(client) {
             return Ok(*seq);
         }
-        crate::store::next_queue_seq(&self.db, client)
+        crate::read::next_queue_seq(&self.db, client)
     }
 
     /// The queue's length, counted at most up to `cap` the first time (so a deep
@@ -620,19 +674,14 @@ impl Writer {
             return Ok(*len);
         }
         let prefix = keys::client_prefix(client)?;
-        let mut read = ReadOptions::default();
-        if let Some(end) = keys::prefix_end(&prefix) {
-            read.set_iterate_upper_bound(end);
-        }
+        let end = keys::prefix_end(&prefix);
         let mut len = 0u64;
-        let iter = self.db.iterator_cf_opt(
-            cf(&self.db, keys::CF_QUEUE)?,
-            read,
-            IteratorMode::From(&prefix, Direction::Forward),
-        );
-        for item in iter.take(cap as usize) {
-            item?;
-            len += 1;
+        if cap > 0 {
+            self.db
+                .scan(keys::CF_QUEUE, &prefix, end.as_deref(), |_, _| {
+                    len += 1;
+                    Ok(len < cap)
+                })?;
         }
         if len < cap {
             self.queue_len.insert(client.clone(), len);
@@ -644,35 +693,31 @@ impl Writer {
         if let Some(refs) = self.refs.get(&msg_id) {
             return Ok(*refs);
         }
-        let stored = self
-            .db
-            .get_cf(cf(&self.db, keys::CF_REFS)?, keys::msg_key(msg_id))?;
-        Ok(match stored {
-            Some(v) if v.len() == 4 => u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
-            // Absent: a message written with a single reference.
-            _ => 1,
-        })
+        let stored = self.db.get(keys::CF_REFS, &keys::msg_key(msg_id), |v| {
+            Ok(match v {
+                [a, b, c, d] => u32::from_be_bytes([*a, *b, *c, *d]),
+                _ => 1,
+            })
+        })?;
+        // Absent: a message written with a single reference.
+        Ok(stored.unwrap_or(1))
     }
 
-    fn add_ref(&mut self, batch: &mut WriteBatch, msg_id: u64, n: u32) -> Result<()> {
+    fn add_ref(&mut self, batch: &mut B::Batch, msg_id: u64, n: u32) -> Result<()> {
         let refs = self.refs_of(msg_id)? + n;
-        batch.put_cf(
-            cf(&self.db, keys::CF_REFS)?,
-            keys::msg_key(msg_id),
-            refs.to_be_bytes(),
-        );
+        self.db.put(
+            batch,
+            keys::CF_REFS,
+            &keys::msg_key(msg_id),
+            &refs.to_be_bytes(),
+        )?;
         self.refs.insert(msg_id, refs);
         Ok(())
     }
 
     /// Release a reference to `msg_id`: counted down in `new` when the request being
     /// applied writes that message, else against the stored count.
-    fn release(
-        &mut self,
-        batch: &mut WriteBatch,
-        new: &mut NewMessages,
-        msg_id: u64,
-    ) -> Result<()> {
+    fn release(&mut self, batch: &mut B::Batch, new: &mut NewMessages, msg_id: u64) -> Result<()> {
         match new.iter_mut().find(|(id, _, _)| *id == msg_id) {
             Some((_, _, refs)) => {
                 *refs = refs.saturating_sub(1);
@@ -682,21 +727,30 @@ impl Writer {
         }
     }
 
-    fn release_ref(&mut self, batch: &mut WriteBatch, msg_id: u64) -> Result<()> {
+    fn release_ref(&mut self, batch: &mut B::Batch, msg_id: u64) -> Result<()> {
         let before = self.refs_of(msg_id)?;
         let refs = before.saturating_sub(1);
         if refs == 0 {
-            batch.delete_cf(cf(&self.db, keys::CF_MSGS)?, keys::msg_key(msg_id));
+            self.db
+                .delete(batch, keys::CF_MSGS, &keys::msg_key(msg_id))?;
             if before > 1 {
-                batch.delete_cf(cf(&self.db, keys::CF_REFS)?, keys::msg_key(msg_id));
+                self.db
+                    .delete(batch, keys::CF_REFS, &keys::msg_key(msg_id))?;
             }
             self.refs.remove(&msg_id);
+        } else if refs == 1 {
+            // A `refs` key exists only for counts above one (absent = 1), so the
+            // deletion of the message above never leaves one behind.
+            self.db
+                .delete(batch, keys::CF_REFS, &keys::msg_key(msg_id))?;
+            self.refs.insert(msg_id, refs);
         } else {
-            batch.put_cf(
-                cf(&self.db, keys::CF_REFS)?,
-                keys::msg_key(msg_id),
-                refs.to_be_bytes(),
-            );
+            self.db.put(
+                batch,
+                keys::CF_REFS,
+                &keys::msg_key(msg_id),
+                &refs.to_be_bytes(),
+            )?;
             self.refs.insert(msg_id, refs);
         }
         Ok(())
@@ -719,10 +773,8 @@ impl Writer {
             }
         }
         let key = keys::queue_key(client, seq)?;
-        match self.db.get_pinned_cf(cf(&self.db, keys::CF_QUEUE)?, key)? {
-            Some(value) => Ok(Some(QueueEntry::decode_head(&value)?)),
-            None => Ok(None),
-        }
+        self.db
+            .get(keys::CF_QUEUE, &key, |v| Ok(QueueEntry::decode_head(v)?))
     }
 
     /// The incarnation of `client`'s session as this batch leaves it; None when it
@@ -736,20 +788,16 @@ impl Writer {
         if let Some(known) = overlay.session {
             return Ok(known);
         }
-        let stored = self
-            .db
-            .get_pinned_cf(cf(&self.db, keys::CF_SESSIONS)?, client.as_bytes())?;
-        let known = match stored {
-            Some(value) => Some(SessionRecord::decode(&value)?.incarnation),
-            None => None,
-        };
+        let known = self.db.get(keys::CF_SESSIONS, client.as_bytes(), |v| {
+            Ok(SessionRecord::decode(v)?.incarnation)
+        })?;
         overlay.session = Some(known);
         Ok(known)
     }
 
     fn delete_session(
         &mut self,
-        batch: &mut WriteBatch,
+        batch: &mut B::Batch,
         state: &mut BatchState,
         new_messages: &mut NewMessages,
         client: &ClientId,
@@ -765,25 +813,16 @@ impl Writer {
         let overlay = state.client(client);
         let mut held = Vec::new();
         if !overlay.cleared {
-            let mut read = ReadOptions::default();
-            if let Some(end) = &end {
-                read.set_iterate_upper_bound(end.clone());
-            }
-            let iter = self.db.iterator_cf_opt(
-                cf(&self.db, keys::CF_QUEUE)?,
-                read,
-                IteratorMode::From(&prefix, Direction::Forward),
-            );
-            for item in iter {
-                let (key, value) = item?;
-                let seq = keys::decode_queue_seq(&key)?;
-                if overlay.slots.contains_key(&seq) {
-                    continue;
-                }
-                if let Some(id) = QueueEntry::decode_head(&value)?.msg_ref() {
-                    held.push(id);
-                }
-            }
+            self.db
+                .scan(keys::CF_QUEUE, &prefix, end.as_deref(), |key, value| {
+                    let seq = keys::decode_queue_seq(key)?;
+                    if !overlay.slots.contains_key(&seq) {
+                        if let Some(id) = QueueEntry::decode_head(value)?.msg_ref() {
+                            held.push(id);
+                        }
+                    }
+                    Ok(true)
+                })?;
         }
         held.extend(overlay.slots.values().flatten().filter_map(|h| h.msg_ref()));
         overlay.cleared = true;
@@ -794,9 +833,10 @@ impl Writer {
         }
         let end = end.unwrap_or_else(|| vec![0xFF; prefix.len() + 9]);
         for name in [keys::CF_QUEUE, keys::CF_SUBS, keys::CF_AWAITING_REL] {
-            batch.delete_range_cf(cf(&self.db, name)?, &prefix, &end);
+            self.db.delete_range(batch, name, &prefix, &end)?;
         }
-        batch.delete_cf(cf(&self.db, keys::CF_SESSIONS)?, client.as_bytes());
+        self.db
+            .delete(batch, keys::CF_SESSIONS, client.as_bytes())?;
         // Kept for the rest of the batch (a new session may enqueue in it), then
         // forgotten (`commit`): the caches hold live sessions only.
         self.next_seq.insert(client.clone(), next_seq);
