@@ -1,4 +1,5 @@
-//! One raw MQTT 3.1.1 connection over a tokio `TcpStream`, framed by Quay's own codec.
+//! One raw MQTT connection (3.1.1 unless the options say 5.0) over a tokio `TcpStream`,
+//! framed by Quay's own codec.
 //!
 //! Deliberately not a client library: the load loops decide when to write and when to
 //! read, so a publisher can pipeline a whole window of PUBLISHes into one `write_all`
@@ -23,8 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long a broker may take to answer CONNECT or SUBSCRIBE, or to close after DISCONNECT.
-const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
-const VERSION: ProtocolVersion = ProtocolVersion::V3_1_1;
+pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 /// Large enough for any packet the benchmarks exchange; the broker never sends bigger.
 const MAX_PACKET_SIZE: usize = 1 << 20;
 /// Bytes asked of the kernel per read while handshaking; idle connections keep this.
@@ -36,25 +36,34 @@ const BULK_READ_CHUNK: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     pub client_id: String,
+    /// 3.1.1 for the benchmarks; the soak mixes in 5.0.
+    pub protocol: ProtocolVersion,
+    /// Clean Session (3.1.1) / Clean Start (5.0).
     pub clean_session: bool,
     /// Seconds; 0 disables keep-alive, which idle connections rely on.
     pub keep_alive: u16,
+    /// CONNECT properties (5.0 only), e.g. Session Expiry Interval.
+    pub properties: Properties,
 }
 
 impl ConnectOptions {
     pub fn clean(client_id: impl Into<String>) -> ConnectOptions {
         ConnectOptions {
             client_id: client_id.into(),
+            protocol: ProtocolVersion::V3_1_1,
             clean_session: true,
             keep_alive: 0,
+            properties: Properties::default(),
         }
     }
 
     pub fn persistent(client_id: impl Into<String>) -> ConnectOptions {
         ConnectOptions {
             client_id: client_id.into(),
+            protocol: ProtocolVersion::V3_1_1,
             clean_session: false,
             keep_alive: 0,
+            properties: Properties::default(),
         }
     }
 }
@@ -65,20 +74,30 @@ pub struct MqttConn {
     read_buf: BytesMut,
     write_buf: BytesMut,
     read_chunk: usize,
+    version: ProtocolVersion,
     pub client_id: String,
     /// Session Present flag of the CONNACK.
     pub session_present: bool,
+    /// Properties of the CONNACK (5.0), e.g. the server's Receive Maximum.
+    pub connack_properties: Properties,
 }
 
 impl MqttConn {
     /// TCP connect, CONNECT, and wait for a successful CONNACK.
     pub async fn connect(addr: SocketAddr, options: &ConnectOptions) -> Result<MqttConn> {
-        handshake(
-            &options.client_id,
-            "CONNACK",
-            MqttConn::connect_unbounded(addr, options),
-        )
-        .await
+        MqttConn::connect_within(addr, options, HANDSHAKE_LIMIT).await
+    }
+
+    /// As `connect`, giving up after `limit` instead of `HANDSHAKE_LIMIT`.
+    pub async fn connect_within(
+        addr: SocketAddr,
+        options: &ConnectOptions,
+        limit: Duration,
+    ) -> Result<MqttConn> {
+        match tokio::time::timeout(limit, MqttConn::connect_unbounded(addr, options)).await {
+            Ok(result) => result,
+            Err(_) => bail!("{}: waited {limit:?} for CONNACK", options.client_id),
+        }
     }
 
     async fn connect_unbounded(addr: SocketAddr, options: &ConnectOptions) -> Result<MqttConn> {
@@ -91,14 +110,16 @@ impl MqttConn {
             read_buf: BytesMut::with_capacity(4096),
             write_buf: BytesMut::with_capacity(4096),
             read_chunk: SMALL_READ_CHUNK,
+            version: options.protocol,
             client_id: options.client_id.clone(),
             session_present: false,
+            connack_properties: Properties::default(),
         };
         let connect = Connect {
-            protocol: VERSION,
+            protocol: options.protocol,
             clean_start: options.clean_session,
             keep_alive: options.keep_alive,
-            properties: Properties::default(),
+            properties: options.properties.clone(),
             client_id: options.client_id.clone(),
             will: None,
             username: None,
@@ -109,6 +130,7 @@ impl MqttConn {
         match conn.recv().await? {
             Packet::ConnAck(ack) if ack.reason == ReasonCode::Success => {
                 conn.session_present = ack.session_present;
+                conn.connack_properties = ack.properties;
                 Ok(conn)
             }
             Packet::ConnAck(ack) => bail!(
@@ -158,19 +180,24 @@ impl MqttConn {
 
     /// Send DISCONNECT and wait until the broker closes the socket, as MQTT says it must.
     pub async fn disconnect(self) -> Result<()> {
+        self.disconnect_with(Properties::default()).await
+    }
+
+    /// As `disconnect`, with DISCONNECT properties (5.0), e.g. Session Expiry Interval 0.
+    pub async fn disconnect_with(self, properties: Properties) -> Result<()> {
         let client_id = self.client_id.clone();
         handshake(
             &client_id,
             "the broker to close after DISCONNECT",
-            self.disconnect_unbounded(),
+            self.disconnect_unbounded(properties),
         )
         .await
     }
 
-    async fn disconnect_unbounded(mut self) -> Result<()> {
+    async fn disconnect_unbounded(mut self, properties: Properties) -> Result<()> {
         self.queue(&Packet::Disconnect(Disconnect {
             reason: ReasonCode::NORMAL_DISCONNECTION,
-            properties: Properties::default(),
+            properties,
         }))?;
         self.flush().await?;
         self.stream.shutdown().await.ok();
@@ -191,7 +218,7 @@ impl MqttConn {
 
     /// Encode `packet` at the end of the write buffer; nothing is sent until `flush`.
     pub fn queue(&mut self, packet: &Packet) -> Result<()> {
-        encode(packet, VERSION, &mut self.write_buf)
+        encode(packet, self.version, &mut self.write_buf)
             .with_context(|| format!("{}: encoding {}", self.client_id, packet.name()))
     }
 
@@ -250,7 +277,7 @@ impl MqttConn {
 
     /// The next complete packet already in the read buffer, if any.
     pub fn next_buffered(&mut self) -> Result<Option<Packet>> {
-        decode(&mut self.read_buf, VERSION, MAX_PACKET_SIZE)
+        decode(&mut self.read_buf, self.version, MAX_PACKET_SIZE)
             .with_context(|| format!("{}: decoding what the broker sent", self.client_id))
     }
 

@@ -3,7 +3,8 @@
 //! Each invocation runs one scenario against one already-running broker on loopback,
 //! prints its figures and appends them to a results file; `report` turns that file into
 //! Quay-vs-Mosquitto lines and a markdown table. Starting, pinning and stopping brokers
-//! is the script's job, never this binary's.
+//! is the script's job, never this binary's, except for `soak`, which must kill and
+//! restart the broker itself (see `soak`).
 //!
 //! It talks raw MQTT 3.1.1 through Quay's own codec on a single-threaded runtime, so
 //! the generator stays cheap enough not to be what limits the numbers (its CPU use is
@@ -15,9 +16,11 @@ mod measure;
 mod proc;
 mod report;
 mod scenarios;
+mod soak;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -73,6 +76,8 @@ enum Command {
     RestartWait(restart::RestartWaitArgs),
     /// Restart step 3: drain the queue and count what survived
     RestartVerify(restart::RestartVerifyArgs),
+    /// Durability soak: misbehaving persistent clients and kill -9 of a broker it starts itself
+    Soak(soak::SoakArgs),
     /// Print the comparison lines (and optionally the markdown table) from --results
     Report {
         /// Only this scenario's lines
@@ -96,13 +101,18 @@ impl Command {
             Command::RestartFill(_) | Command::RestartWait(_) | Command::RestartVerify(_) => {
                 "restart"
             }
+            Command::Soak(_) => "soak",
             Command::Report { .. } => "",
         }
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
+    if let Command::Soak(args) = &cli.command {
+        // Starts its own broker on its own ports: --host/--port do not apply.
+        return soak::main(args);
+    }
     if !cli.host.is_loopback() {
         bail!(
             "--host {} is not a loopback address; this tool only loads brokers on this machine",
@@ -123,7 +133,7 @@ fn main() -> Result<()> {
         } else {
             report::print_lines(&figures, scenario.as_deref());
         }
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     // One thread: the script pins this process to one core, and a single-threaded
     // runtime spends nothing on cross-thread wake-ups.
@@ -136,7 +146,8 @@ fn main() -> Result<()> {
         f.scenario = cli.command.scenario().to_string();
         f.broker = cli.broker.clone();
     }
-    measure::record(&figures, cli.results.as_deref())
+    measure::record(&figures, cli.results.as_deref())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(target: &Target, command: &Command) -> Result<Vec<Figure>> {
@@ -150,6 +161,8 @@ async fn run(target: &Target, command: &Command) -> Result<Vec<Figure>> {
         Command::RestartFill(args) => restart::fill_queue(target, args).await,
         Command::RestartWait(args) => restart::wait_restarted(target, args).await,
         Command::RestartVerify(args) => restart::verify(target, args).await,
-        Command::Report { .. } => unreachable!("handled before the runtime starts"),
+        Command::Report { .. } | Command::Soak(_) => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
