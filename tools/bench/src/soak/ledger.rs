@@ -68,6 +68,8 @@ use super::message::MsgId;
 
 /// How many examples of each kind of failure the report keeps.
 const SAMPLES_KEPT: usize = 10;
+/// How many of its earliest lost messages the report shows for each subscriber.
+const LOST_SAMPLES_PER_SUBSCRIBER: usize = 3;
 
 #[derive(Debug, Clone)]
 struct Message {
@@ -505,46 +507,87 @@ impl Ledger {
             }
         }
         let mut samples = self.samples.clone();
+        // Per message: (lost somewhere, delivered to someone it was owed to).
+        let mut per_message: HashMap<MsgId, (bool, bool)> = HashMap::new();
         for log in &self.subscribers {
             v.delivered += log.deliveries.len() as u64;
-            let (mut owed, mut lost) = (0u64, 0u64);
-            let mut lost_acked: Option<(Instant, Instant)> = None;
+            let mut owed = 0u64;
+            let mut lost: Vec<(Instant, MsgId, usize)> = Vec::new();
             self.for_each_match(log, |id, verdict| match verdict {
                 Owed::To { incarnation, ended } => {
                     owed += 1;
-                    if log.deliveries.contains_key(&id) {
+                    let delivered = log.deliveries.contains_key(&id);
+                    let entry = per_message.entry(id).or_default();
+                    entry.1 |= delivered;
+                    if delivered {
                         return;
                     }
                     if ended {
                         v.forfeited += 1;
                         return;
                     }
-                    lost += 1;
+                    entry.0 = true;
                     if let Some(acked) = self.message(id).and_then(|m| m.acked) {
-                        lost_acked = Some(match lost_acked {
-                            None => (acked, acked),
-                            Some((lo, hi)) => (lo.min(acked), hi.max(acked)),
-                        });
-                    }
-                    if samples.iter().filter(|s| s.kind == "lost").count() < SAMPLES_KEPT {
-                        samples.push(self.lost_sample(log, id, incarnation));
+                        lost.push((acked, id, incarnation));
                     }
                 }
                 Owed::Ambiguous => v.ambiguous += 1,
                 Owed::No => {}
             });
             v.owed += owed;
-            v.lost += lost;
-            if let Some((lo, hi)) = lost_acked {
+            v.lost += lost.len() as u64;
+            lost.sort_unstable();
+            if let (Some(first), Some(last)) = (lost.first(), lost.last()) {
+                let detail = format!(
+                    "{} of {owed} owed, acked between {} and {}",
+                    lost.len(),
+                    self.at(first.0),
+                    self.at(last.0)
+                );
                 samples.push(Sample {
                     kind: "lost_total",
                     client: log.name.clone(),
                     msg: None,
-                    detail: format!(
-                        "{lost} of {owed} owed, acked between {} and {}",
-                        self.at(lo),
-                        self.at(hi)
-                    ),
+                    detail,
+                });
+            }
+            for (_, id, incarnation) in lost.iter().take(LOST_SAMPLES_PER_SUBSCRIBER) {
+                samples.push(self.lost_sample(log, *id, *incarnation));
+            }
+        }
+        // A message lost wherever it was owed was never routed, or lost with its log
+        // entry; one lost in some sessions only was lost by those sessions.
+        let mut nowhere: Vec<MsgId> = per_message
+            .iter()
+            .filter(|(_, (lost, delivered))| *lost && !*delivered)
+            .map(|(id, _)| *id)
+            .collect();
+        nowhere.sort_unstable_by_key(|id| self.message(*id).and_then(|m| m.acked));
+        if !nowhere.is_empty() {
+            samples.push(Sample {
+                kind: "lost_everywhere",
+                client: "all subscribers".into(),
+                msg: None,
+                detail: format!(
+                    "{} messages were delivered to none of the sessions owed them",
+                    nowhere.len()
+                ),
+            });
+        }
+        for id in nowhere.iter().take(SAMPLES_KEPT) {
+            if let Some(m) = self.message(*id) {
+                let detail = format!(
+                    "QoS {} on soak/{}, sent {} acked {}",
+                    m.qos as u8,
+                    m.topic,
+                    self.at(m.sent),
+                    m.acked.map_or("-".to_string(), |t| self.at(t)),
+                );
+                samples.push(Sample {
+                    kind: "lost_everywhere",
+                    client: format!("publisher {}", id.publisher),
+                    msg: Some(*id),
+                    detail,
                 });
             }
         }
@@ -616,6 +659,14 @@ mod tests {
         }
     }
 
+    fn lost_samples(samples: &[Sample]) -> Vec<MsgId> {
+        samples
+            .iter()
+            .filter(|s| s.kind == "lost")
+            .filter_map(|s| s.msg)
+            .collect()
+    }
+
     fn id(seq: u64) -> MsgId {
         MsgId { publisher: 0, seq }
     }
@@ -647,9 +698,27 @@ mod tests {
         let (v, samples) = l.check();
         assert_eq!((v.published, v.acked, v.owed, v.delivered), (3, 3, 2, 1));
         assert_eq!(v.lost, 1);
-        assert_eq!(samples[0].kind, "lost");
-        assert_eq!(samples[0].msg, Some(b));
+        assert_eq!(lost_samples(&samples), [b]);
         assert_eq!(l.outstanding(s), 1);
+    }
+
+    #[test]
+    fn a_message_lost_by_every_session_is_told_apart() {
+        let (mut l, c, s) = setup();
+        let t = l.add_subscriber("t", 0b1);
+        l.subscribe_sent(t, c.t(5));
+        l.suback(t, c.t(10));
+        let nowhere = publish(&mut l, &c, 0, QoS::ExactlyOnce, 20, 25);
+        let somewhere = publish(&mut l, &c, 0, QoS::ExactlyOnce, 30, 35);
+        l.delivered(s, somewhere, arrival(0, QoS::ExactlyOnce), 0, c.t(40));
+        let (v, samples) = l.check();
+        assert_eq!(v.lost, 3);
+        let everywhere: Vec<Option<MsgId>> = samples
+            .iter()
+            .filter(|x| x.kind == "lost_everywhere")
+            .map(|x| x.msg)
+            .collect();
+        assert_eq!(everywhere, [None, Some(nowhere)]);
     }
 
     #[test]
@@ -681,7 +750,7 @@ mod tests {
             "{in_flight} was in flight while the session ended"
         );
         assert_eq!(v.lost, 1);
-        assert_eq!(samples[0].msg, Some(after));
+        assert_eq!(lost_samples(&samples), [after]);
     }
 
     #[test]

@@ -307,9 +307,7 @@ impl Publisher {
             },
             Packet::PubRec(rec) => {
                 match self.position(rec.packet_id, &[Stage::Pubrec, Stage::Pubcomp]) {
-                    Some(i)
-                        if rec.reason.is_error() && self.inflight[i].stage == Stage::Pubrec =>
-                    {
+                    Some(i) if rec.reason.is_error() && self.inflight[i].stage == Stage::Pubrec => {
                         // The exchange ends here [MQTT-4.3.3-4]; nothing was promised.
                         if let Some(out) = self.inflight.remove(i) {
                             lock(&self.ledger).refused(out.id);

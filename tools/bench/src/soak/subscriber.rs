@@ -68,6 +68,8 @@ pub struct SubscriberConfig {
 /// What a subscriber does between reads, each with its weight among the choices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Misbehaviour {
+    /// Nothing: only read (alone, it leaves the kills as the only fault).
+    None,
     /// Stop reading for 0.3-4 s.
     Pause,
     /// Close the socket without DISCONNECT, stay away 0-2 s.
@@ -98,6 +100,7 @@ impl Misbehaviour {
     /// Weight against 50 for a plain read.
     fn weight(self) -> u64 {
         match self {
+            Misbehaviour::None => 0,
             Misbehaviour::Pause => 8,
             Misbehaviour::Drop => 6,
             Misbehaviour::Disconnect => 6,
@@ -390,6 +393,7 @@ impl Subscriber {
                 let d = self.rng.millis(100, 1500);
                 self.read_for(d).await
             }
+            Some(Misbehaviour::None) => Ok(()),
             Some(Misbehaviour::Pause) => {
                 // Stop reading: acks stop, the broker's window fills, its writes block.
                 self.stats.pauses += 1;
@@ -434,6 +438,30 @@ impl Subscriber {
                 }
             }
         }
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// Read until at least one packet arrived (or `limit` passed), answer it, return.
+    async fn read_until_something(&mut self, limit: Duration) -> Result<()> {
+        let Some(mut conn) = self.conn.take() else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(packet) = conn.next_buffered()? {
+                self.handle(&mut conn, packet)?;
+                self.handle_buffered(&mut conn)?;
+                break;
+            }
+            match tokio::time::timeout_at(deadline, conn.fill()).await {
+                Err(_) => break,
+                Ok(read) => {
+                    read?;
+                }
+            }
+        }
+        conn.flush().await?;
         self.conn = Some(conn);
         Ok(())
     }
@@ -636,6 +664,11 @@ impl Subscriber {
                 break;
             }
             self.read_for(Duration::from_millis(100)).await?;
+        }
+        if self.rng.percent(50) {
+            // End right behind fresh acks, so the acks and the end of the session can
+            // meet in one store batch (issue 7, defect 1).
+            self.read_until_something(Duration::from_secs(1)).await?;
         }
         let how = match (self.cfg.protocol.is_v5(), self.rng.below(3)) {
             (true, 0) => EndBy::DisconnectExpiryZero,
