@@ -21,7 +21,7 @@ use quay::codec::{
     QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// How long a broker may take to answer CONNECT or SUBSCRIBE, or to close after DISCONNECT.
 pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
@@ -44,6 +44,9 @@ pub struct ConnectOptions {
     pub keep_alive: u16,
     /// CONNECT properties (5.0 only), e.g. Session Expiry Interval.
     pub properties: Properties,
+    /// A fixed socket receive buffer (SO_RCVBUF, which also turns off the kernel's
+    /// autotuning), as on a small device; `None` leaves the kernel's default.
+    pub recv_buffer_bytes: Option<u32>,
 }
 
 impl ConnectOptions {
@@ -54,6 +57,7 @@ impl ConnectOptions {
             clean_session: true,
             keep_alive: 0,
             properties: Properties::default(),
+            recv_buffer_bytes: None,
         }
     }
 
@@ -64,6 +68,7 @@ impl ConnectOptions {
             clean_session: false,
             keep_alive: 0,
             properties: Properties::default(),
+            recv_buffer_bytes: None,
         }
     }
 }
@@ -101,7 +106,19 @@ impl MqttConn {
     }
 
     async fn connect_unbounded(addr: SocketAddr, options: &ConnectOptions) -> Result<MqttConn> {
-        let stream = TcpStream::connect(addr)
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .context("creating a socket")?;
+        if let Some(bytes) = options.recv_buffer_bytes {
+            socket
+                .set_recv_buffer_size(bytes)
+                .with_context(|| format!("setting SO_RCVBUF to {bytes}"))?;
+        }
+        let stream = socket
+            .connect(addr)
             .await
             .with_context(|| format!("connecting to {addr} as {:?}", options.client_id))?;
         stream.set_nodelay(true)?;

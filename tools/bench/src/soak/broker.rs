@@ -230,8 +230,38 @@ impl Broker {
     }
 }
 
-/// A loopback port nobody listens on now.
+/// A loopback port nobody uses now, below the kernel's ephemeral range. While the broker
+/// is down its clients keep connecting, and each outgoing connection takes an ephemeral
+/// local port: a broker port inside that range can be taken by one of them (or by a
+/// client connected to itself), and the restart then fails to bind.
 fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+    let (ephemeral_low, _) = ephemeral_range();
+    let low: u16 = 10_000;
+    let high = ephemeral_low.saturating_sub(1).max(low + 1000);
+    let mut rng = super::rng::Rng::new(u64::from(std::process::id()) ^ nanos());
+    for _ in 0..200 {
+        let port = rng.between(u64::from(low), u64::from(high)) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port between {low} and {high} in 200 tries")
+}
+
+/// `net.ipv4.ip_local_port_range`, or Linux's default if it cannot be read.
+fn ephemeral_range() -> (u16, u16) {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(low), Some(high)) if low <= high => (low, high),
+        _ => (32768, 60999),
+    }
+}
+
+fn nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }

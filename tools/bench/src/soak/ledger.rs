@@ -145,6 +145,8 @@ pub struct Anomalies {
     pub stale_session: u64,
     /// Two or more of a client's concurrent CONNECTs stayed connected.
     pub double_live: u64,
+    /// CONNACKs that took 5 s or more.
+    pub slow_connacks: u64,
     /// Packets a client could not accept (unknown ids, a QoS 2 id reused before
     /// PUBREL, payloads no publisher wrote, wrong topic or QoS).
     pub protocol_errors: u64,

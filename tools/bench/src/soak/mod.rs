@@ -63,8 +63,11 @@ pub struct SoakArgs {
     /// Unacknowledged messages per publisher, at most
     #[arg(long, default_value_t = 16)]
     window: usize,
+    /// Bursts of 16-40 big messages on one topic per minute, all publishers together
+    #[arg(long, default_value_t = 60)]
+    bursts_per_minute: u64,
     /// Payload size of the messages of a burst, bytes
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, default_value_t = 512 * 1024)]
     big_payload: usize,
     /// Shortest time between two kills, ms
     #[arg(long, default_value_t = 2000)]
@@ -224,6 +227,9 @@ async fn run(args: &SoakArgs, seed: u64, clock_start: Instant) -> Result<ExitCod
             window: args.window,
             interval,
             big_payload: args.big_payload,
+            burst_per_million_ticks: (args.bursts_per_minute as f64 / 60.0 / args.publishers as f64
+                * interval.as_secs_f64()
+                * 1e6) as u64,
             lowest_free_id: p % 2 == 0,
             client_id,
         };
@@ -382,10 +388,25 @@ async fn kill_repeatedly(
         if rng.percent(30) {
             tokio::time::sleep(rng.millis(0, 1000)).await;
         }
-        broker
-            .start()
-            .await
-            .with_context(|| format!("restart after kill {kills}"))?;
+        restart(broker, kills).await?;
+    }
+}
+
+/// Start the broker again after a kill; a failed start is retried a few times (and
+/// reported), so one unlucky start does not end the run.
+async fn restart(broker: &mut Broker, kills: u64) -> Result<()> {
+    const TRIES: u32 = 3;
+    let mut attempt = 1;
+    loop {
+        match broker.start().await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < TRIES => {
+                eprintln!("[soak] restart after kill {kills} failed ({e:#}); trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.context(format!("restart after kill {kills}"))),
+        }
     }
 }
 
@@ -441,7 +462,7 @@ fn result_line(
     format!(
         "soak: seed={seed} published={} acked={} delivered={} lost={} qos2_duplicates={} \
          ambiguous={} kills={} qos1_duplicates={} owed={} forfeited={} stale={} unacked={} \
-         refused={} session_lost={} stale_session={} double_live={} protocol_errors={} \
+         refused={} session_lost={} stale_session={} double_live={} slow_connacks={} protocol_errors={} \
          takeovers={} concurrent_connects={} session_ends={} pauses={} drops={} elapsed_s={}",
         v.published,
         v.acked,
@@ -459,6 +480,7 @@ fn result_line(
         a.session_lost,
         a.stale_session,
         a.double_live,
+        a.slow_connacks,
         a.protocol_errors,
         stats.takeovers,
         stats.concurrent_connects,

@@ -30,8 +30,7 @@ use crate::client::{next_packet_id, ConnectOptions, MqttConn};
 const CONNECT_LIMIT: Duration = Duration::from_secs(15);
 /// Size of an ordinary payload, bytes.
 const SMALL_PAYLOAD: usize = 64;
-/// Bursts: chance per tick (per mille) and length.
-const BURST_PER_MILLE: u64 = 3;
+/// Messages in a burst of big ones.
 const BURST_LEN: (u64, u64) = (16, 40);
 
 pub struct PublisherConfig {
@@ -46,6 +45,8 @@ pub struct PublisherConfig {
     pub interval: Duration,
     /// Size of the messages of a burst, bytes.
     pub big_payload: usize,
+    /// Chance that a tick starts a burst, per million.
+    pub burst_per_million_ticks: u64,
     /// Reuse the lowest free packet id instead of counting up.
     pub lowest_free_id: bool,
 }
@@ -231,7 +232,7 @@ impl Publisher {
 
     /// Queue the next message; its first-send stamp is taken before the write.
     fn publish_new(&mut self, conn: &mut MqttConn) -> Result<()> {
-        if self.burst.0 == 0 && self.rng.below(1000) < BURST_PER_MILLE {
+        if self.burst.0 == 0 && self.rng.below(1_000_000) < self.cfg.burst_per_million_ticks {
             let topic = self.rng.below(self.cfg.topics as u64) as usize;
             self.burst = (self.rng.between(BURST_LEN.0, BURST_LEN.1), topic);
         }

@@ -39,6 +39,13 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(15);
 /// How long concurrent CONNECTs of one client may all stay connected before the client
 /// calls it a broker fault and keeps the newest.
 const SETTLE_LIMIT: Duration = Duration::from_secs(3);
+/// Socket receive buffer of a subscriber, as on a small device: a subscriber that
+/// stops reading fills it (and the broker's send buffer) after a few MB, so the broker's
+/// writes to it block, which is what takeovers must cope with (issue 7, defect 2).
+const RECV_BUFFER_BYTES: u32 = 64 * 1024;
+/// A CONNACK slower than this is counted: a takeover that waits for a blocked
+/// connection shows as one (issue 7, defect 2: the broker gives up after 10 s).
+const SLOW_CONNACK: Duration = Duration::from_secs(5);
 /// How long an ender reads before ending its session, to receive what it is owed.
 const SETTLE_BEFORE_END: Duration = Duration::from_secs(3);
 
@@ -78,6 +85,9 @@ pub enum Misbehaviour {
     Disconnect,
     /// Connect again while the old socket is still open, unread.
     Takeover,
+    /// Stop reading for 1-6 s, then connect again while the old socket stays open,
+    /// unread, for 5-15 s: a device whose link went half-open.
+    HalfOpen,
     /// Two or three CONNECTs at once while the old socket is still open.
     Concurrent,
     /// SUBSCRIBE again to the same filters.
@@ -87,11 +97,12 @@ pub enum Misbehaviour {
 }
 
 impl Misbehaviour {
-    pub const ALL: [Misbehaviour; 7] = [
+    pub const ALL: [Misbehaviour; 8] = [
         Misbehaviour::Pause,
         Misbehaviour::Drop,
         Misbehaviour::Disconnect,
         Misbehaviour::Takeover,
+        Misbehaviour::HalfOpen,
         Misbehaviour::Concurrent,
         Misbehaviour::Resubscribe,
         Misbehaviour::End,
@@ -104,7 +115,8 @@ impl Misbehaviour {
             Misbehaviour::Pause => 8,
             Misbehaviour::Drop => 6,
             Misbehaviour::Disconnect => 6,
-            Misbehaviour::Takeover => 10,
+            Misbehaviour::Takeover => 8,
+            Misbehaviour::HalfOpen => 4,
             Misbehaviour::Concurrent => 5,
             Misbehaviour::Resubscribe => 3,
             Misbehaviour::End => 4,
@@ -145,6 +157,8 @@ pub struct Subscriber {
     awaiting_rel: HashMap<u16, MsgId>,
     next_packet_id: u16,
     drain_round: u32,
+    /// The next abandoned connection is held open 5-15 s.
+    long_hold: bool,
     stats: SubscriberStats,
 }
 
@@ -172,6 +186,7 @@ impl Subscriber {
             awaiting_rel: HashMap::new(),
             next_packet_id: 0,
             drain_round: 0,
+            long_hold: false,
             stats: SubscriberStats::default(),
         }
     }
@@ -224,6 +239,7 @@ impl Subscriber {
             ConnectOptions::persistent(self.cfg.client_id.clone())
         };
         options.protocol = self.cfg.protocol;
+        options.recv_buffer_bytes = Some(RECV_BUFFER_BYTES);
         if self.cfg.protocol.is_v5() {
             options.properties = Properties {
                 session_expiry_interval: Some(SESSION_EXPIRY_S),
@@ -239,14 +255,29 @@ impl Subscriber {
         let conn = if self.needs_fresh_session {
             self.fresh_session().await?
         } else {
-            let conn = MqttConn::connect_within(self.cfg.addr, &self.options(false), CONNECT_LIMIT)
-                .await?;
+            let conn = self.open(false).await?;
             self.stats.connects += 1;
             self.resumed(&conn)?;
             conn
         };
         self.conn = Some(conn);
         self.subscribe_if_needed().await
+    }
+
+    /// TCP connect, CONNECT, CONNACK; a slow CONNACK is counted.
+    async fn open(&mut self, clean: bool) -> Result<MqttConn> {
+        let started = Instant::now();
+        let conn =
+            MqttConn::connect_within(self.cfg.addr, &self.options(clean), CONNECT_LIMIT).await?;
+        self.note_connack_delay(started.elapsed());
+        Ok(conn)
+    }
+
+    fn note_connack_delay(&self, delay: Duration) {
+        if delay >= SLOW_CONNACK {
+            debug!(client_id = %self.cfg.client_id, ?delay, "slow CONNACK");
+            lock(&self.ledger).anomalies.slow_connacks += 1;
+        }
     }
 
     /// Check the Session Present flag of a Clean Start = 0 CONNACK.
@@ -292,22 +323,19 @@ impl Subscriber {
     async fn fresh_session(&mut self) -> Result<MqttConn> {
         if self.cfg.protocol.is_v5() {
             // Clean Start = 1 with a Session Expiry: the new session in one CONNECT.
-            let conn =
-                MqttConn::connect_within(self.cfg.addr, &self.options(true), CONNECT_LIMIT).await?;
+            let conn = self.open(true).await?;
             self.stats.connects += 1;
             self.fresh(&conn)?;
             return Ok(conn);
         }
         // 3.1.1: a Clean Session = 1 connection discards the session and its own ends
         // with it; the persistent one after it starts empty.
-        let clean =
-            MqttConn::connect_within(self.cfg.addr, &self.options(true), CONNECT_LIMIT).await?;
+        let clean = self.open(true).await?;
         self.stats.connects += 1;
         self.fresh(&clean)?;
         clean.disconnect().await?;
         self.session_exists = false;
-        let conn =
-            MqttConn::connect_within(self.cfg.addr, &self.options(false), CONNECT_LIMIT).await?;
+        let conn = self.open(false).await?;
         self.stats.connects += 1;
         self.resumed(&conn)?;
         Ok(conn)
@@ -415,6 +443,12 @@ impl Subscriber {
                 Ok(())
             }
             Some(Misbehaviour::Takeover) => self.takeover(1).await,
+            Some(Misbehaviour::HalfOpen) => {
+                self.stats.pauses += 1;
+                tokio::time::sleep(self.rng.millis(1000, 6000)).await;
+                self.long_hold = true;
+                self.takeover(1).await
+            }
             Some(Misbehaviour::Concurrent) => {
                 let n = self.rng.between(2, 3) as usize;
                 self.takeover(n).await
@@ -576,13 +610,15 @@ impl Subscriber {
             };
             attempts.spawn(async move {
                 tokio::time::sleep(jitter).await;
+                let started = Instant::now();
                 let conn = MqttConn::connect_within(addr, &options, CONNECT_LIMIT).await;
-                (conn, Instant::now())
+                (conn, started, Instant::now())
             });
         }
         let mut candidates = Vec::new();
         while let Some(joined) = attempts.join_next().await {
-            if let Ok((Ok(conn), at)) = joined {
+            if let Ok((Ok(conn), started, at)) = joined {
+                self.note_connack_delay(at - started);
                 candidates.push(Candidate {
                     conn,
                     pending: Vec::new(),
@@ -643,10 +679,15 @@ impl Subscriber {
     }
 
     /// Stop reading the current connection and leave it open for a while, as a device
-    /// does whose old link went half-open.
+    /// does whose old link went half-open: mostly up to 3 s, sometimes (and always
+    /// after `HalfOpen`) 5-15 s, longer than the broker's 10 s takeover wait.
     fn abandon_current(&mut self) {
         if let Some(old) = self.conn.take() {
-            let hold = self.rng.millis(0, 3000);
+            let hold = if std::mem::take(&mut self.long_hold) || self.rng.percent(10) {
+                self.rng.millis(5000, 15000)
+            } else {
+                self.rng.millis(0, 3000)
+            };
             tokio::spawn(async move {
                 tokio::time::sleep(hold).await;
                 drop(old);
