@@ -59,6 +59,8 @@
 //! (the broker kept a session the client ended) is **stale**, counted apart. QoS 1
 //! repeats are allowed and counted as **QoS 1 duplicates**.
 
+mod verdict;
+
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -66,10 +68,10 @@ use quay::codec::QoS;
 
 use super::message::MsgId;
 
+pub use verdict::Verdict;
+
 /// How many examples of each kind of failure the report keeps.
 const SAMPLES_KEPT: usize = 10;
-/// How many of its earliest lost messages the report shows for each subscriber.
-const LOST_SAMPLES_PER_SUBSCRIBER: usize = 3;
 
 #[derive(Debug, Clone)]
 struct Message {
@@ -177,24 +179,6 @@ pub struct Ledger {
     samples: Vec<Sample>,
     last_delivery: Option<Instant>,
     publishers_done: usize,
-}
-
-/// The checker's figures at the end of a run (see the module doc for each word).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Verdict {
-    pub published: u64,
-    pub acked: u64,
-    pub refused: u64,
-    pub unacked: u64,
-    /// Distinct (subscriber, message) deliveries.
-    pub delivered: u64,
-    pub owed: u64,
-    pub lost: u64,
-    pub forfeited: u64,
-    pub ambiguous: u64,
-    pub qos1_duplicates: u64,
-    pub qos2_duplicates: u64,
-    pub stale: u64,
 }
 
 /// What `classify` decides for one (subscriber, message) pair.
@@ -491,132 +475,6 @@ impl Ledger {
             }
         }
     }
-
-    /// The figures, and examples of what failed.
-    pub fn check(&self) -> (Verdict, Vec<Sample>) {
-        let mut v = Verdict {
-            qos1_duplicates: self.qos1_duplicates,
-            qos2_duplicates: self.qos2_duplicates,
-            stale: self.stale,
-            ..Verdict::default()
-        };
-        for m in self.messages.iter().flatten() {
-            v.published += 1;
-            match (m.refused, m.acked) {
-                (true, _) => v.refused += 1,
-                (false, Some(_)) => v.acked += 1,
-                (false, None) => v.unacked += 1,
-            }
-        }
-        let mut samples = self.samples.clone();
-        // Per message: (lost somewhere, delivered to someone it was owed to).
-        let mut per_message: HashMap<MsgId, (bool, bool)> = HashMap::new();
-        for log in &self.subscribers {
-            v.delivered += log.deliveries.len() as u64;
-            let mut owed = 0u64;
-            let mut lost: Vec<(Instant, MsgId, usize)> = Vec::new();
-            self.for_each_match(log, |id, verdict| match verdict {
-                Owed::To { incarnation, ended } => {
-                    owed += 1;
-                    let delivered = log.deliveries.contains_key(&id);
-                    let entry = per_message.entry(id).or_default();
-                    entry.1 |= delivered;
-                    if delivered {
-                        return;
-                    }
-                    if ended {
-                        v.forfeited += 1;
-                        return;
-                    }
-                    entry.0 = true;
-                    if let Some(acked) = self.message(id).and_then(|m| m.acked) {
-                        lost.push((acked, id, incarnation));
-                    }
-                }
-                Owed::Ambiguous => v.ambiguous += 1,
-                Owed::No => {}
-            });
-            v.owed += owed;
-            v.lost += lost.len() as u64;
-            lost.sort_unstable();
-            if let (Some(first), Some(last)) = (lost.first(), lost.last()) {
-                let detail = format!(
-                    "{} of {owed} owed, acked between {} and {}",
-                    lost.len(),
-                    self.at(first.0),
-                    self.at(last.0)
-                );
-                samples.push(Sample {
-                    kind: "lost_total",
-                    client: log.name.clone(),
-                    msg: None,
-                    detail,
-                });
-            }
-            for (_, id, incarnation) in lost.iter().take(LOST_SAMPLES_PER_SUBSCRIBER) {
-                samples.push(self.lost_sample(log, *id, *incarnation));
-            }
-        }
-        // A message lost wherever it was owed was never routed, or lost with its log
-        // entry; one lost in some sessions only was lost by those sessions.
-        let mut nowhere: Vec<MsgId> = per_message
-            .iter()
-            .filter(|(_, (lost, delivered))| *lost && !*delivered)
-            .map(|(id, _)| *id)
-            .collect();
-        nowhere.sort_unstable_by_key(|id| self.message(*id).and_then(|m| m.acked));
-        if !nowhere.is_empty() {
-            samples.push(Sample {
-                kind: "lost_everywhere",
-                client: "all subscribers".into(),
-                msg: None,
-                detail: format!(
-                    "{} messages were delivered to none of the sessions owed them",
-                    nowhere.len()
-                ),
-            });
-        }
-        for id in nowhere.iter().take(SAMPLES_KEPT) {
-            if let Some(m) = self.message(*id) {
-                let detail = format!(
-                    "QoS {} on soak/{}, sent {} acked {}",
-                    m.qos as u8,
-                    m.topic,
-                    self.at(m.sent),
-                    m.acked.map_or("-".to_string(), |t| self.at(t)),
-                );
-                samples.push(Sample {
-                    kind: "lost_everywhere",
-                    client: format!("publisher {}", id.publisher),
-                    msg: Some(*id),
-                    detail,
-                });
-            }
-        }
-        (v, samples)
-    }
-
-    fn lost_sample(&self, log: &SubscriberLog, id: MsgId, incarnation: usize) -> Sample {
-        let e = &log.incarnations[incarnation];
-        let stamp = |t: Option<Instant>| t.map_or("-".to_string(), |t| self.at(t));
-        let detail = match self.message(id) {
-            Some(m) => format!(
-                "QoS {} on soak/{}, sent {} acked {}; incarnation {incarnation} subscribed {}",
-                m.qos as u8,
-                m.topic,
-                self.at(m.sent),
-                stamp(m.acked),
-                stamp(e.suback),
-            ),
-            None => String::new(),
-        };
-        Sample {
-            kind: "lost",
-            client: log.name.clone(),
-            msg: Some(id),
-            detail,
-        }
-    }
 }
 
 /// Owed, ambiguous or not owed: the rules of the module doc for one acked message.
@@ -638,166 +496,4 @@ fn classify(incarnations: &[Incarnation], m: &Message) -> Owed {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    /// A clock for tests: `t(n)` is n milliseconds after a fixed start.
-    struct Clock(Instant);
-
-    impl Clock {
-        fn t(&self, ms: u64) -> Instant {
-            self.0 + Duration::from_millis(ms)
-        }
-    }
-
-    fn arrival(topic: usize, qos: QoS) -> Arrival {
-        Arrival {
-            topic: Some(topic),
-            qos,
-            packet_id: Some(1),
-            dup: false,
-        }
-    }
-
-    fn lost_samples(samples: &[Sample]) -> Vec<MsgId> {
-        samples
-            .iter()
-            .filter(|s| s.kind == "lost")
-            .filter_map(|s| s.msg)
-            .collect()
-    }
-
-    fn id(seq: u64) -> MsgId {
-        MsgId { publisher: 0, seq }
-    }
-
-    /// A ledger with one publisher and one subscriber of topic 0, subscribed at 10 ms.
-    fn setup() -> (Ledger, Clock, usize) {
-        let clock = Clock(Instant::now());
-        let mut l = Ledger::new(1, clock.0);
-        let s = l.add_subscriber("s", 0b1);
-        l.subscribe_sent(s, clock.t(5));
-        l.suback(s, clock.t(10));
-        (l, clock, s)
-    }
-
-    fn publish(l: &mut Ledger, c: &Clock, topic: usize, qos: QoS, sent: u64, acked: u64) -> MsgId {
-        let m = id(l.messages[0].len() as u64);
-        l.sent(m, topic, qos, c.t(sent));
-        l.acked(m, c.t(acked));
-        m
-    }
-
-    #[test]
-    fn acked_after_suback_and_not_delivered_is_lost() {
-        let (mut l, c, s) = setup();
-        let a = publish(&mut l, &c, 0, QoS::AtLeastOnce, 20, 25);
-        let b = publish(&mut l, &c, 0, QoS::ExactlyOnce, 30, 35);
-        let _other_topic = publish(&mut l, &c, 1, QoS::AtLeastOnce, 30, 35);
-        l.delivered(s, a, arrival(0, QoS::AtLeastOnce), 0, c.t(40));
-        let (v, samples) = l.check();
-        assert_eq!((v.published, v.acked, v.owed, v.delivered), (3, 3, 2, 1));
-        assert_eq!(v.lost, 1);
-        assert_eq!(lost_samples(&samples), [b]);
-        assert_eq!(l.outstanding(s), 1);
-    }
-
-    #[test]
-    fn a_message_lost_by_every_session_is_told_apart() {
-        let (mut l, c, s) = setup();
-        let t = l.add_subscriber("t", 0b1);
-        l.subscribe_sent(t, c.t(5));
-        l.suback(t, c.t(10));
-        let nowhere = publish(&mut l, &c, 0, QoS::ExactlyOnce, 20, 25);
-        let somewhere = publish(&mut l, &c, 0, QoS::ExactlyOnce, 30, 35);
-        l.delivered(s, somewhere, arrival(0, QoS::ExactlyOnce), 0, c.t(40));
-        let (v, samples) = l.check();
-        assert_eq!(v.lost, 3);
-        let everywhere: Vec<Option<MsgId>> = samples
-            .iter()
-            .filter(|x| x.kind == "lost_everywhere")
-            .map(|x| x.msg)
-            .collect();
-        assert_eq!(everywhere, [None, Some(nowhere)]);
-    }
-
-    #[test]
-    fn sent_before_suback_is_ambiguous_and_before_subscribe_is_not_owed() {
-        let (mut l, c, s) = setup();
-        publish(&mut l, &c, 0, QoS::AtLeastOnce, 8, 12); // SUBSCRIBE and PUBLISH in flight together
-        publish(&mut l, &c, 0, QoS::AtLeastOnce, 1, 3); // acked before the SUBSCRIBE was sent
-        let (v, _) = l.check();
-        assert_eq!((v.owed, v.lost, v.ambiguous), (0, 0, 1));
-        assert_eq!(l.outstanding(s), 0);
-    }
-
-    #[test]
-    fn ending_the_session_forfeits_what_was_not_delivered() {
-        let (mut l, c, s) = setup();
-        let before = publish(&mut l, &c, 0, QoS::ExactlyOnce, 20, 25);
-        let in_flight = publish(&mut l, &c, 0, QoS::ExactlyOnce, 45, 55); // acked after end_sent
-        assert_eq!(l.end_session(s, c.t(50)), 1);
-        publish(&mut l, &c, 0, QoS::ExactlyOnce, 70, 75); // after end_done, before resubscribing
-        l.end_confirmed(s, c.t(60));
-        l.subscribe_sent(s, c.t(80));
-        l.suback(s, c.t(90));
-        let after = publish(&mut l, &c, 0, QoS::ExactlyOnce, 100, 105);
-        let (v, samples) = l.check();
-        assert_eq!(v.owed, 2, "{v:?}");
-        assert_eq!(v.forfeited, 1, "{before} owed to the ended session");
-        assert_eq!(
-            v.ambiguous, 1,
-            "{in_flight} was in flight while the session ended"
-        );
-        assert_eq!(v.lost, 1);
-        assert_eq!(lost_samples(&samples), [after]);
-    }
-
-    #[test]
-    fn unconfirmed_end_keeps_everything_after_it_ambiguous() {
-        let (mut l, c, s) = setup();
-        l.end_session(s, c.t(50));
-        publish(&mut l, &c, 0, QoS::AtLeastOnce, 500, 505);
-        let (v, _) = l.check();
-        assert_eq!((v.owed, v.ambiguous), (0, 1));
-        l.end_confirmed(s, c.t(100));
-        let (v, _) = l.check();
-        assert_eq!((v.owed, v.ambiguous), (0, 0));
-    }
-
-    #[test]
-    fn duplicates_by_qos_and_incarnation() {
-        let (mut l, c, s) = setup();
-        let q1 = publish(&mut l, &c, 0, QoS::AtLeastOnce, 20, 25);
-        let q2 = publish(&mut l, &c, 0, QoS::ExactlyOnce, 20, 25);
-        let q2b = publish(&mut l, &c, 0, QoS::ExactlyOnce, 20, 25);
-        for _ in 0..2 {
-            l.delivered(s, q1, arrival(0, QoS::AtLeastOnce), 0, c.t(30));
-            l.delivered(s, q2, arrival(0, QoS::ExactlyOnce), 0, c.t(30));
-        }
-        l.delivered(s, q2b, arrival(0, QoS::ExactlyOnce), 0, c.t(30));
-        l.end_session(s, c.t(40));
-        l.delivered(s, q2b, arrival(0, QoS::ExactlyOnce), 1, c.t(50));
-        let (v, samples) = l.check();
-        assert_eq!((v.qos1_duplicates, v.qos2_duplicates, v.stale), (1, 1, 1));
-        assert_eq!(v.delivered, 3);
-        assert!(samples
-            .iter()
-            .any(|x| x.kind == "qos2_duplicate" && x.msg == Some(q2)));
-    }
-
-    #[test]
-    fn refused_and_unacked_are_not_owed_and_foreign_payloads_are_errors() {
-        let (mut l, c, s) = setup();
-        let r = publish(&mut l, &c, 0, QoS::AtLeastOnce, 20, 25);
-        l.refused(r);
-        l.sent(id(1), 0, QoS::AtLeastOnce, c.t(30));
-        l.delivered(s, id(99), arrival(0, QoS::AtLeastOnce), 0, c.t(40));
-        l.delivered(s, id(1), arrival(3, QoS::AtLeastOnce), 0, c.t(40));
-        let (v, _) = l.check();
-        assert_eq!((v.refused, v.unacked, v.owed, v.lost), (1, 1, 0, 0));
-        assert_eq!(l.anomalies.protocol_errors, 2);
-    }
-}
+mod tests;
