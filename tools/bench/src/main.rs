@@ -76,7 +76,8 @@ enum Command {
     RestartWait(restart::RestartWaitArgs),
     /// Restart step 3: drain the queue and count what survived
     RestartVerify(restart::RestartVerifyArgs),
-    /// Durability soak: misbehaving persistent clients and kill -9 of a broker it starts itself
+    /// Durability soak: misbehaving persistent clients and kill -9 of a broker it starts
+    /// itself on its own ports (the global --host, --port, --broker... do not apply)
     Soak(soak::SoakArgs),
     /// Print the comparison lines (and optionally the markdown table) from --results
     Report {

@@ -463,7 +463,7 @@ fn result_line(
         "soak: seed={seed} published={} acked={} delivered={} lost={} qos2_duplicates={} \
          ambiguous={} kills={} qos1_duplicates={} owed={} forfeited={} stale={} unacked={} \
          refused={} session_lost={} stale_session={} double_live={} slow_connacks={} protocol_errors={} \
-         takeovers={} concurrent_connects={} session_ends={} pauses={} drops={} elapsed_s={}",
+         connects={} takeovers={} concurrent_connects={} session_ends={} pauses={} drops={} elapsed_s={}",
         v.published,
         v.acked,
         v.delivered,
@@ -482,6 +482,7 @@ fn result_line(
         a.double_live,
         a.slow_connacks,
         a.protocol_errors,
+        stats.connects,
         stats.takeovers,
         stats.concurrent_connects,
         stats.session_ends,

@@ -10,7 +10,7 @@
 //! whose old link is half-open does not read it either, and what arrived there unacked
 //! is the broker's to send again); after ending a session it insists on a fresh one
 //! (Session Present = 1 then means the broker kept what it should not have, and the
-//! client closes and starts clean, as [MQTT-3.2.2-4] tells it to).
+//! client closes and starts clean, as MQTT 5 [MQTT-3.2.2-4] tells it to).
 
 mod misbehave;
 
@@ -229,7 +229,7 @@ impl Subscriber {
             (true, true) => {}
             (true, false) => {
                 // The broker forgot a session the client never ended: its state goes
-                // [MQTT-3.1.2-6]; the incarnation does not (see `ledger`).
+                // (MQTT 5 [MQTT-3.2.2-5]); the incarnation does not (see `ledger`).
                 lock(&self.ledger).anomalies.session_lost += 1;
                 self.awaiting_rel.clear();
                 self.subscribed = false;
