@@ -289,7 +289,10 @@ impl Writer {
                         if !waited || now >= deadline {
                             break;
                         }
-                        rx.recv_timeout(deadline - now)
+                        // Within the window, wait for more only while more keeps
+                        // coming: a quiet gap means the producers wait on this batch.
+                        let gap = (self.config.batch_window / 4).min(deadline - now);
+                        rx.recv_timeout(gap)
                     }
                 };
                 match next {
