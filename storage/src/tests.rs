@@ -683,3 +683,44 @@ fn the_writer_core_over_the_simulated_disk_survives_a_crash_consistently() {
         "{problems:?}"
     );
 }
+
+/// An entry or a session record that cannot be decoded (a bug, a format change)
+/// costs its own delivery, logged, and never fails the requests around it.
+#[test]
+fn an_undecodable_record_does_not_fail_the_requests_that_touch_it() {
+    use crate::backend::Backend;
+    let mut core = WriterCore::new(sim::SimBackend::new(), true);
+    let a: ClientId = Arc::from("a");
+    let b: ClientId = Arc::from("b");
+    let waited = |ops: Vec<Op>| WriteRequest { ops, waited: true };
+    core.commit(&[waited(publish_to(1, msg("t", b"x"), &[&a, &b], 0))]);
+    // a's entry 0 and b's session record are garbage now.
+    let disk = core.backend();
+    let mut batch = sim::SimBatch::default();
+    disk.put(
+        &mut batch,
+        keys::CF_QUEUE,
+        &keys::queue_key("a", 0).unwrap(),
+        b"\x09junk",
+    )
+    .unwrap();
+    disk.put(&mut batch, keys::CF_SESSIONS, b"b", b"\x09junk")
+        .unwrap();
+    disk.write(batch, true).unwrap();
+    let results = core.commit(&[waited(vec![Op::Ack {
+        client: a.clone(),
+        seq: 0,
+    }])]);
+    assert!(results[0].is_ok(), "{results:?}");
+    assert!(read::queue_range(core.backend(), "a", 0, 10)
+        .unwrap()
+        .is_empty());
+    // A publish to both: b's delivery is refused (no readable session), a's stands.
+    let mut ops = vec![Op::Message {
+        id: 2,
+        msg: msg("t", b"y"),
+    }];
+    ops.extend([&a, &b].map(|c| enqueue(c, entry(2), 0)));
+    let results = core.commit(&[waited(ops)]);
+    assert_eq!(results[0].as_ref().unwrap(), &vec![Some(1), None]);
+}

@@ -776,8 +776,9 @@ impl<B: Backend> WriterCore<B> {
             }
         }
         let key = keys::queue_key(client, seq)?;
-        self.db
-            .get(keys::CF_QUEUE, &key, |v| Ok(QueueEntry::decode_head(v)?))
+        self.db.get(keys::CF_QUEUE, &key, |v| {
+            Ok(readable_head(client, seq, QueueEntry::decode_head(v)))
+        })
     }
 
     /// The incarnation of `client`'s session as this batch leaves it; None when it
@@ -792,8 +793,17 @@ impl<B: Backend> WriterCore<B> {
             return Ok(known);
         }
         let known = self.db.get(keys::CF_SESSIONS, client.as_bytes(), |v| {
-            Ok(SessionRecord::decode(v)?.incarnation)
+            Ok(match SessionRecord::decode(v) {
+                Ok(record) => Some(record.incarnation),
+                Err(e) => {
+                    // Refusing its enqueues beats failing every publish routed to it
+                    // (and to everyone else in the same request).
+                    tracing::error!(client_id = %client, error = %e, "undecodable session record; its deliveries are dropped");
+                    None
+                }
+            })
         })?;
+        let known = known.flatten();
         overlay.session = Some(known);
         Ok(known)
     }
@@ -820,7 +830,8 @@ impl<B: Backend> WriterCore<B> {
                 .scan(keys::CF_QUEUE, &prefix, end.as_deref(), |key, value| {
                     let seq = keys::decode_queue_seq(key)?;
                     if !overlay.slots.contains_key(&seq) {
-                        if let Some(id) = QueueEntry::decode_head(value)?.msg_ref() {
+                        let head = readable_head(client, seq, QueueEntry::decode_head(value));
+                        if let Some(id) = head.msg_ref() {
                             held.push(id);
                         }
                     }
@@ -881,4 +892,22 @@ impl BatchState {
     fn set(&mut self, client: &ClientId, seq: u64, head: Option<EntryHead>) {
         self.client(client).slots.insert(seq, head);
     }
+}
+
+/// A stored entry's head, or, for one that cannot be decoded, a head that holds no
+/// reference: the entry can still be acked or deleted (its message, if logged, is
+/// leaked rather than every request touching the entry failing). Logged.
+fn readable_head(
+    client: &ClientId,
+    seq: u64,
+    head: std::result::Result<EntryHead, crate::records::RecordError>,
+) -> EntryHead {
+    head.unwrap_or_else(|e| {
+        tracing::error!(client_id = %client, seq, error = %e, "undecodable queue entry; completed without releasing a message");
+        EntryHead {
+            msg_id: 0,
+            released: true,
+            inline: false,
+        }
+    })
 }
