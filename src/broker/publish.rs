@@ -78,6 +78,7 @@ impl Broker {
                 retain: msg.retain && t.retain_as_published,
                 subscription_ids: t.subscription_ids,
                 resend: false,
+                unreferenced: false,
             };
             if persistent && (qos != QoS::AtMostOnce || (!online && store_qos0)) {
                 enqueues.push(Op::Enqueue {
@@ -102,11 +103,14 @@ impl Broker {
         if matched == 0 {
             Metrics::inc(&self.metrics.messages_dropped_no_subscribers);
         }
-        match enqueues.as_mut_slice() {
-            [] => {}
+        match (enqueues.as_mut_slice(), stored.as_mut_slice()) {
+            ([], _) => {}
             // One persistent subscriber: the message goes inside its queue entry, still
             // written once, and its ack is one delete.
-            [Op::Enqueue { entry, .. }] => entry.inline = Some(msg.to_stored()),
+            ([Op::Enqueue { entry, .. }], [(_, out)]) => {
+                entry.inline = Some(msg.to_stored());
+                out.unreferenced = true;
+            }
             _ => ops.push(Op::Message {
                 id: msg_id,
                 msg: msg.to_stored(),

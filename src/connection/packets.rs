@@ -342,12 +342,14 @@ impl Connection {
                             retain: true,
                             subscription_ids: if sub_id != 0 { vec![sub_id] } else { vec![] },
                             resend: false,
+                            unreferenced: false,
                             msg: Arc::clone(&msg),
                         };
                         if self.persistent && out.qos != QoS::AtMostOnce {
                             // A persistent session keeps it until acknowledged, like
                             // any QoS 1/2 delivery: stored with the subscription.
                             out.msg_id = self.broker.store.next_msg_id();
+                            out.unreferenced = true; // stored inline
                             ops.push(self.enqueue_op(&out));
                             stored.push(out);
                         } else {

@@ -61,6 +61,9 @@ pub struct Outgoing {
     pub subscription_ids: Vec<u32>,
     /// Possibly sent before (a stored entry re-read after a reconnect): send with DUP.
     pub resend: bool,
+    /// The stored entry holds no reference into the message log (its message is
+    /// inline): its ack needs no read of the entry (`Op::AckUnreferenced`).
+    pub unreferenced: bool,
 }
 
 impl Outgoing {

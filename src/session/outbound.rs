@@ -233,6 +233,7 @@ impl Outbound {
                             retain: entry.retain,
                             subscription_ids: entry.subscription_ids,
                             resend: true,
+                            unreferenced: true,
                         },
                         stage: Stage::Comp,
                         sent_at: now,
@@ -243,7 +244,7 @@ impl Outbound {
             }
             let Some(msg) = msg else {
                 tracing::warn!(client_id = %self.client, seq, msg_id = entry.msg_id, "queued message is missing");
-                actions.push(self.ack_op(seq));
+                actions.push(self.ack_op(seq, false));
                 actions.push(Action::Dropped(DropReason::Missing));
                 continue;
             };
@@ -255,6 +256,7 @@ impl Outbound {
                 retain: entry.retain,
                 subscription_ids: entry.subscription_ids,
                 resend: seq < self.dup_below,
+                unreferenced: entry.inline.is_some(),
             });
         }
         self.cursor = if full_page {
@@ -345,7 +347,8 @@ impl Outbound {
         }
         if let Some(f) = self.inflight.remove(&packet_id) {
             if let Some(seq) = f.out.seq {
-                actions.push(self.ack_op(seq));
+                // A released entry (PUBCOMP) no longer holds its message.
+                actions.push(self.ack_op(seq, f.out.unreferenced || stage == Stage::Comp));
             }
         }
         self.pump(now, &mut actions);
@@ -388,7 +391,7 @@ impl Outbound {
             if out.qos == QoS::AtMostOnce {
                 if let Some(seq) = out.seq {
                     self.sent_hi = self.sent_hi.max(seq + 1);
-                    actions.push(self.ack_op(seq));
+                    actions.push(self.ack_op(seq, out.unreferenced));
                 }
                 actions.push(Action::Publish {
                     packet_id: None,
@@ -465,15 +468,19 @@ impl Outbound {
 
     fn finish_dropped(&self, out: &Outgoing, reason: DropReason, actions: &mut Vec<Action>) {
         if let Some(seq) = out.seq {
-            actions.push(self.ack_op(seq));
+            actions.push(self.ack_op(seq, out.unreferenced));
         }
         actions.push(Action::Dropped(reason));
     }
 
-    fn ack_op(&self, seq: u64) -> Action {
-        Action::Store(Op::Ack {
-            client: self.client.clone(),
-            seq,
+    /// The store op completing entry `seq`; `unreferenced` when the entry is known
+    /// to hold no message reference (the writer then need not read it).
+    fn ack_op(&self, seq: u64, unreferenced: bool) -> Action {
+        let client = self.client.clone();
+        Action::Store(if unreferenced {
+            Op::AckUnreferenced { client, seq }
+        } else {
+            Op::Ack { client, seq }
         })
     }
 }

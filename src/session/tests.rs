@@ -32,6 +32,7 @@ fn volatile(payload: &str, qos: QoS) -> Outgoing {
         retain: false,
         subscription_ids: vec![],
         resend: false,
+        unreferenced: false,
     }
 }
 
@@ -75,7 +76,7 @@ fn acks(actions: &[Action]) -> Vec<u64> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Store(Op::Ack { seq, .. }) => Some(*seq),
+            Action::Store(Op::Ack { seq, .. } | Op::AckUnreferenced { seq, .. }) => Some(*seq),
             _ => None,
         })
         .collect()

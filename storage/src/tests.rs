@@ -724,3 +724,31 @@ fn an_undecodable_record_does_not_fail_the_requests_that_touch_it() {
     let results = core.commit(&[waited(ops)]);
     assert_eq!(results[0].as_ref().unwrap(), &vec![Some(1), None]);
 }
+
+#[test]
+fn an_unreferenced_ack_deletes_without_reading_and_stays_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a: ClientId = Arc::from("a");
+    let id = store.next_msg_id();
+    submit(&store, vec![session(&a, 1)]).unwrap();
+    let inline = QueueEntry {
+        inline: Some(msg("t", b"only copy")),
+        ..entry(id)
+    };
+    assert_eq!(
+        submit(&store, vec![enqueue(&a, inline, 0)]).unwrap(),
+        vec![Some(0)]
+    );
+    let unref = || Op::AckUnreferenced {
+        client: a.clone(),
+        seq: 0,
+    };
+    submit(&store, vec![unref(), unref()]).unwrap();
+    submit(&store, vec![unref()]).unwrap();
+    assert!(store.queue_range("a", 0, 10).unwrap().is_empty());
+    // Seqs go on after the drain.
+    let id = store.next_msg_id();
+    let seqs = submit(&store, publish_to(id, msg("t", b"y"), &[&a], 0)).unwrap();
+    assert_eq!(seqs, vec![Some(1)]);
+}

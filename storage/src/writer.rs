@@ -62,6 +62,14 @@ pub enum Op {
         client: ClientId,
         seq: u64,
     },
+    /// `Ack` of an entry its session knows holds no message reference (inline, or
+    /// released): deleted without reading it, which is as idempotent (deleting an
+    /// absent key changes nothing), unless the batch knows the entry or the writer
+    /// counts the session's queue, which take the exact `Ack` path.
+    AckUnreferenced {
+        client: ClientId,
+        seq: u64,
+    },
     /// QoS 2 outbound PUBREC: the entry (`entry`, its released form) now only waits
     /// for PUBCOMP, and its message reference is released. Idempotent like `Ack`.
     Release {
@@ -524,7 +532,16 @@ impl<B: Backend> WriterCore<B> {
                     }
                     enqueued.push(Some(seq));
                 }
-                Op::Ack { client, seq } => {
+                Op::AckUnreferenced { client, seq }
+                    if !self.queue_len.contains_key(client) && !state.knows(client, *seq) =>
+                {
+                    let next = self.next_seq(client)?;
+                    self.next_seq.insert(client.clone(), next);
+                    self.db
+                        .delete(batch, keys::CF_QUEUE, &keys::queue_key(client, *seq)?)?;
+                    state.set(client, *seq, None);
+                }
+                Op::Ack { client, seq } | Op::AckUnreferenced { client, seq } => {
                     let Some(head) = self.entry_head(state, client, *seq)? else {
                         continue; // already acked, or its session is gone
                     };
@@ -887,6 +904,13 @@ struct ClientOverlay {
 impl BatchState {
     fn client(&mut self, client: &ClientId) -> &mut ClientOverlay {
         self.clients.entry(client.clone()).or_default()
+    }
+
+    /// Whether the batch has its own version of this entry (or dropped the disk's).
+    fn knows(&self, client: &ClientId, seq: u64) -> bool {
+        self.clients
+            .get(client)
+            .is_some_and(|o| o.cleared || o.slots.contains_key(&seq))
     }
 
     fn set(&mut self, client: &ClientId, seq: u64, head: Option<EntryHead>) {

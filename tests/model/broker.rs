@@ -598,6 +598,7 @@ impl SimBroker {
                 retain: msg.retain && t.retain_as_published,
                 subscription_ids: t.subscription_ids,
                 resend: false,
+                unreferenced: false,
             };
             if persistent && (qos != QoS::AtMostOnce || (!online && store_qos0)) {
                 enqueues.push(Op::Enqueue {
@@ -621,9 +622,12 @@ impl SimBroker {
                 });
             }
         }
-        match enqueues.as_mut_slice() {
-            [] => {}
-            [Op::Enqueue { entry, .. }] => entry.inline = Some(msg.to_stored()),
+        match (enqueues.as_mut_slice(), stored.as_mut_slice()) {
+            ([], _) => {}
+            ([Op::Enqueue { entry, .. }], [(_, out)]) => {
+                entry.inline = Some(msg.to_stored());
+                out.unreferenced = true;
+            }
             _ => ops.push(Op::Message {
                 id: msg_id,
                 msg: msg.to_stored(),
@@ -733,6 +737,7 @@ fn brief(op: &Op) -> String {
                 .unwrap_or_default()
         ),
         Op::Ack { client, seq } => format!("Ack({client}/{seq})"),
+        Op::AckUnreferenced { client, seq } => format!("AckUnreferenced({client}/{seq})"),
         Op::Release { client, seq, .. } => format!("Release({client}/{seq})"),
         Op::PutSession { client, record } => format!(
             "PutSession({client}@{:x}, expiry {}, disconnected {}, dup_below {})",

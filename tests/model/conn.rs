@@ -600,10 +600,12 @@ impl SimBroker {
                 retain: true,
                 subscription_ids: vec![],
                 resend: false,
+                unreferenced: false,
                 msg: msg.clone(),
             };
             if conn.persistent && out.qos != QoS::AtMostOnce {
                 out.msg_id = self.next_msg_id;
+                out.unreferenced = true;
                 self.next_msg_id += 1;
                 let (incarnation, max_len) = {
                     let st = conn.handle.state();
