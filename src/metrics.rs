@@ -48,6 +48,12 @@ metrics! {
 }
 
 impl Metrics {
+    /// A delivery dropped because a queue was full (two counters, EMQX's names).
+    pub fn dropped_queue_full(&self) {
+        Metrics::inc(&self.messages_dropped);
+        Metrics::inc(&self.messages_dropped_queue_full);
+    }
+
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -54,36 +54,29 @@ impl Default for Inner {
 
 impl Mailbox {
     pub fn push(&self, event: ConnEvent) {
-        let waker = {
-            let mut inner = self.inner();
+        self.update_and_wake(|inner| {
             inner.queue.push_back(event);
-            inner.waker.take()
-        };
-        self.wake(waker);
+            true
+        });
     }
 
     /// Push unless `max` events already wait; false when full.
     pub fn push_bounded(&self, event: ConnEvent, max: usize) -> bool {
-        let waker = {
-            let mut inner = self.inner();
-            if inner.queue.len() >= max {
-                return false;
+        self.update_and_wake(|inner| {
+            let room = inner.queue.len() < max;
+            if room {
+                inner.queue.push_back(event);
             }
-            inner.queue.push_back(event);
-            inner.waker.take()
-        };
-        self.wake(waker);
-        true
+            room
+        })
     }
 
     /// Ask the connection to close with `reason` (the first reason asked wins).
     pub fn kick(&self, reason: ReasonCode) {
-        let waker = {
-            let mut inner = self.inner();
+        self.update_and_wake(|inner| {
             inner.kick.get_or_insert(reason);
-            inner.waker.take()
-        };
-        self.wake(waker);
+            true
+        });
     }
 
     pub fn take_kick(&self) -> Option<ReasonCode> {
@@ -92,17 +85,29 @@ impl Mailbox {
 
     /// A stored delivery was left out (backlog full): see `take_behind`.
     pub fn mark_behind(&self) {
-        let waker = {
-            let mut inner = self.inner();
+        self.update_and_wake(|inner| {
             inner.behind = true;
-            inner.waker.take()
-        };
-        self.wake(waker);
+            true
+        });
     }
 
     /// Whether stored deliveries were left out since the last call.
     pub fn take_behind(&self) -> bool {
         std::mem::take(&mut self.inner().behind)
+    }
+
+    /// Change the mailbox under its lock; when `change` says it added something,
+    /// wake the connection (its task, or the hibernated connection's waker).
+    fn update_and_wake(&self, change: impl FnOnce(&mut Inner) -> bool) -> bool {
+        let waker = {
+            let mut inner = self.inner();
+            if !change(&mut inner) {
+                return false;
+            }
+            inner.waker.take()
+        };
+        self.wake(waker);
+        true
     }
 
     fn wake(&self, waker: Option<Waker>) {

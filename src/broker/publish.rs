@@ -96,8 +96,7 @@ impl Broker {
                 });
                 stored.push((t.handle, out));
             } else if online && t.handle.deliver(out) == Delivered::Dropped {
-                Metrics::inc(&self.metrics.messages_dropped);
-                Metrics::inc(&self.metrics.messages_dropped_queue_full);
+                self.metrics.dropped_queue_full();
             }
         }
         if matched == 0 {
@@ -144,10 +143,7 @@ impl Broker {
                                     out.seq = Some(seq);
                                     handle.deliver_stored(out);
                                 }
-                                None => {
-                                    Metrics::inc(&broker.metrics.messages_dropped_queue_full);
-                                    Metrics::inc(&broker.metrics.messages_dropped);
-                                }
+                                None => broker.metrics.dropped_queue_full(),
                             }
                         }
                         done(true);

@@ -428,7 +428,7 @@ fn validate(broker: &Broker, zone: &ZoneConfig, connect: &mut Connect) -> Result
 /// Session Expiry Interval in seconds: v3 clean = 0, v3 persistent = the zone's;
 /// v5 as asked, capped at the zone's (told back in CONNACK when capped).
 fn session_expiry(connect: &Connect, zone: &ZoneConfig, ack: &mut Properties) -> u32 {
-    let max = zone.session_expiry_interval.as_secs().min(u32::MAX as u64) as u32;
+    let max = max_session_expiry_s(zone);
     if !connect.protocol.is_v5() {
         return if connect.clean_start { 0 } else { max };
     }
@@ -438,6 +438,11 @@ fn session_expiry(connect: &Connect, zone: &ZoneConfig, ack: &mut Properties) ->
         return max;
     }
     asked
+}
+
+/// The longest Session Expiry Interval the zone allows, in seconds.
+pub(super) fn max_session_expiry_s(zone: &ZoneConfig) -> u32 {
+    zone.session_expiry_interval.as_secs().min(u32::MAX as u64) as u32
 }
 
 impl Connection {

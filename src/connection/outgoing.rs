@@ -63,13 +63,23 @@ impl Connection {
     /// this connection once they are durable. A failed write closes the connection:
     /// what `then` would acknowledge is not on disk.
     pub(super) fn when_durable(&mut self, ops: Vec<quay_storage::Op>, then: ConnEvent) {
+        self.when_durable_with(ops, move |_| then);
+    }
+
+    /// `when_durable`, with the event made from what the writer answered (the seqs
+    /// of the request's enqueues).
+    pub(super) fn when_durable_with(
+        &mut self,
+        ops: Vec<quay_storage::Op>,
+        then: impl FnOnce(quay_storage::Enqueued) -> ConnEvent + Send + 'static,
+    ) {
         self.flush_store_ops();
         let mailbox = self.mailbox.clone();
         let client_id = self.client_id.clone();
         self.broker.store.writer().submit(
             ops,
             Box::new(move |result| match result {
-                Ok(_) => mailbox.push(then),
+                Ok(enqueued) => mailbox.push(then(enqueued)),
                 Err(e) => {
                     tracing::error!(%client_id, error = %e, "store write failed; closing the connection");
                     mailbox.kick(ReasonCode::UNSPECIFIED_ERROR);

@@ -83,8 +83,8 @@ impl Connection {
                         // MQTT 5 §3.14.2.2.2: cannot turn a 0 expiry into a non-zero one.
                         return Err(Close::Error(ReasonCode::PROTOCOL_ERROR));
                     }
-                    let max = self.zone.session_expiry_interval.as_secs();
-                    st.expiry_interval_s = expiry.min(max.min(u32::MAX as u64) as u32);
+                    st.expiry_interval_s =
+                        expiry.min(super::connect::max_session_expiry_s(&self.zone));
                 }
                 return Err(Close::ByClient {
                     with_will: d.reason == ReasonCode::DISCONNECT_WITH_WILL,
@@ -375,33 +375,19 @@ impl Connection {
         }
         // SUBACK, then the retained messages: the stored ones with the seqs the
         // writer gave them (in op order; a full queue drops one).
-        self.flush_store_ops();
-        let mailbox = self.mailbox.clone();
-        let metrics = self.broker.clone();
-        self.broker.store.writer().submit(
-            ops,
-            Box::new(move |result| match result {
-                Ok(seqs) => {
-                    for (mut out, seq) in stored.into_iter().zip(seqs) {
-                        match seq {
-                            Some(seq) => {
-                                out.seq = Some(seq);
-                                retained.push(out);
-                            }
-                            None => {
-                                Metrics::inc(&metrics.metrics.messages_dropped);
-                                Metrics::inc(&metrics.metrics.messages_dropped_queue_full);
-                            }
-                        }
+        let broker = self.broker.clone();
+        self.when_durable_with(ops, move |seqs| {
+            for (mut out, seq) in stored.into_iter().zip(seqs) {
+                match seq {
+                    Some(seq) => {
+                        out.seq = Some(seq);
+                        retained.push(out);
                     }
-                    mailbox.push(ConnEvent::Reply(Box::new(ack), retained));
+                    None => broker.metrics.dropped_queue_full(),
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "subscription not stored; closing the connection");
-                    mailbox.kick(ReasonCode::UNSPECIFIED_ERROR);
-                }
-            }),
-        );
+            }
+            ConnEvent::Reply(Box::new(ack), retained)
+        });
     }
 
     /// The store op that queues `out` (a retained message, inline) for this session.

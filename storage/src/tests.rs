@@ -539,27 +539,34 @@ fn a_failed_request_leaves_no_trace_and_spares_its_batch() {
     assert!(store.messages(&[id]).unwrap()[0].is_none());
 }
 
+/// `n` messages queued for `client`, seqs 0..n.
+fn publish_n(store: &Store, client: &ClientId, n: u64) {
+    for _ in 0..n {
+        let id = store.next_msg_id();
+        submit(store, publish_to(id, msg("t", b"x"), &[client], 0)).unwrap();
+    }
+}
+
+/// Ack seqs 0..n of `client`, in one request.
+fn ack_all(store: &Store, client: &ClientId, n: u64) {
+    let acks = (0..n)
+        .map(|seq| Op::Ack {
+            client: client.clone(),
+            seq,
+        })
+        .collect();
+    submit(store, acks).unwrap();
+}
+
 #[test]
 fn seqs_do_not_start_over_when_a_queue_drains_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let a: ClientId = Arc::from("a");
-    {
-        let store = open(dir.path());
-        for _ in 0..3 {
-            let id = store.next_msg_id();
-            submit(&store, publish_to(id, msg("t", b"x"), &[&a], 0)).unwrap();
-        }
-    }
+    publish_n(&open(dir.path()), &a, 3);
     // After a restart the session has read seqs 0..3 and acks them all before the
     // next publish: that one must not get seq 0 again (the session is past it).
     let store = open(dir.path());
-    let acks = (0..3)
-        .map(|seq| Op::Ack {
-            client: a.clone(),
-            seq,
-        })
-        .collect();
-    submit(&store, acks).unwrap();
+    ack_all(&store, &a, 3);
     let id = store.next_msg_id();
     let seqs = submit(&store, publish_to(id, msg("t", b"y"), &[&a], 0)).unwrap();
     assert_eq!(seqs, vec![Some(3)]);
@@ -570,17 +577,8 @@ fn seqs_do_not_start_over_after_a_refused_request() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let a: ClientId = Arc::from("a");
-    for _ in 0..3 {
-        let id = store.next_msg_id();
-        submit(&store, publish_to(id, msg("t", b"x"), &[&a], 0)).unwrap();
-    }
-    let acks = (0..3)
-        .map(|seq| Op::Ack {
-            client: a.clone(),
-            seq,
-        })
-        .collect();
-    submit(&store, acks).unwrap();
+    publish_n(&store, &a, 3);
+    ack_all(&store, &a, 3);
     // Someone else's request is refused and the writer reloads its counts.
     let too_long: ClientId = Arc::from("x".repeat(70_000).as_str());
     let refused = Op::PutAwaitingRel {

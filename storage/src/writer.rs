@@ -535,24 +535,13 @@ impl<B: Backend> WriterCore<B> {
                 Op::AckUnreferenced { client, seq }
                     if !self.queue_len.contains_key(client) && !state.knows(client, *seq) =>
                 {
-                    let next = self.next_seq(client)?;
-                    self.next_seq.insert(client.clone(), next);
-                    self.db
-                        .delete(batch, keys::CF_QUEUE, &keys::queue_key(client, *seq)?)?;
-                    state.set(client, *seq, None);
+                    self.remove_entry(batch, state, client, *seq)?;
                 }
                 Op::Ack { client, seq } | Op::AckUnreferenced { client, seq } => {
                     let Some(head) = self.entry_head(state, client, *seq)? else {
                         continue; // already acked, or its session is gone
                     };
-                    // Learn the queue's next seq before its last entries go: read
-                    // from the disk only after a drain, it would start over and hand
-                    // out seqs the session has already passed.
-                    let next = self.next_seq(client)?;
-                    self.next_seq.insert(client.clone(), next);
-                    self.db
-                        .delete(batch, keys::CF_QUEUE, &keys::queue_key(client, *seq)?)?;
-                    state.set(client, *seq, None);
+                    self.remove_entry(batch, state, client, *seq)?;
                     if let Some(len) = self.queue_len.get_mut(client) {
                         *len = len.saturating_sub(1);
                     }
@@ -677,6 +666,24 @@ impl<B: Backend> WriterCore<B> {
             }
         }
         Ok(enqueued)
+    }
+
+    /// Delete queue entry `seq` of `client`. The queue's next seq is learned first:
+    /// read from the disk only after a drain, it would start over and hand out seqs
+    /// the session has already passed.
+    fn remove_entry(
+        &mut self,
+        batch: &mut B::Batch,
+        state: &mut BatchState,
+        client: &ClientId,
+        seq: u64,
+    ) -> Result<()> {
+        let next = self.next_seq(client)?;
+        self.next_seq.insert(client.clone(), next);
+        self.db
+            .delete(batch, keys::CF_QUEUE, &keys::queue_key(client, seq)?)?;
+        state.set(client, seq, None);
+        Ok(())
     }
 
     fn next_seq(&mut self, client: &ClientId) -> Result<u64> {
