@@ -46,6 +46,8 @@ import re
 import struct
 from dataclasses import dataclass, field
 
+from rawmqtt import decode_varint
+
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK = 8, 9, 10, 11
 NAMES = {
@@ -301,15 +303,10 @@ def parse_connect(body):
 
 
 def _varint(buf, pos):
-    value, mult = 0, 1
-    for _ in range(4):
-        byte = buf[pos]
-        pos += 1
-        value += (byte & 0x7F) * mult
-        if not byte & 0x80:
-            return value, pos
-        mult *= 128
-    raise TraceError("malformed variable byte integer")
+    try:
+        return decode_varint(buf, pos)
+    except ValueError as e:
+        raise TraceError(str(e)) from e
 
 
 _PROP_SIZES = {0x01: 1, 0x17: 1, 0x19: 1, 0x24: 1, 0x25: 1, 0x28: 1, 0x29: 1, 0x2A: 1,
