@@ -46,3 +46,51 @@ pub fn init(config: &LogConfig) -> std::io::Result<()> {
     };
     Ok(())
 }
+
+/// At most one log line per period for a condition that can repeat at message rate
+/// (a full backlog): `ready` says whether this occurrence should be logged, and how
+/// many were left unlogged since the last one.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last_ms: std::sync::atomic::AtomicU64,
+    skipped: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    pub const fn new() -> Throttle {
+        Throttle {
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            skipped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Some(occurrences not logged before this one) when this one should be logged.
+    pub fn ready(&self, now_ms: u64, period_ms: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.last_ms.load(Relaxed);
+        if now_ms.saturating_sub(last) >= period_ms
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.skipped.swap(0, Relaxed));
+        }
+        self.skipped.fetch_add(1, Relaxed);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Throttle;
+
+    #[test]
+    fn a_throttle_logs_once_per_period_and_counts_the_rest() {
+        let t = Throttle::new();
+        assert_eq!(t.ready(10_000, 10_000), Some(0));
+        assert_eq!(t.ready(10_001, 10_000), None);
+        assert_eq!(t.ready(15_000, 10_000), None);
+        assert_eq!(t.ready(20_000, 10_000), Some(2));
+    }
+}

@@ -28,6 +28,8 @@ metrics! {
     packets_malformed => "packets.malformed",
     connections => "client.connected",
     disconnections => "client.disconnected",
+    connections_stalled => "client.disconnected.stalled",
+    publishers_paused => "client.flow_control.paused",
     messages_received => "messages.received",
     messages_sent => "messages.sent",
     messages_qos0_received => "messages.qos0.received",

@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::router::RetainedIndex;
 use registry::{Registry, SessionHandle, SessionState, SubOpts};
 
-pub use publish::PublishDone;
+pub use publish::{PublishDone, Routed};
 
 #[derive(Debug, Error)]
 pub enum BrokerError {

@@ -11,9 +11,11 @@ use std::sync::Arc;
 
 use quay_storage::{Op, QueueEntry};
 
+use super::mailbox::Mailbox;
 use super::registry::{Delivered, SessionHandle};
 use super::Broker;
 use crate::codec::QoS;
+use crate::logging::Throttle;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::Outgoing;
@@ -21,11 +23,20 @@ use crate::session::Outgoing;
 /// Runs once what the publish needed is durable (true) or failed to be (false).
 pub type PublishDone = Box<dyn FnOnce(bool) + Send>;
 
+/// What routing a message found.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// Subscribers that matched.
+    pub matched: usize,
+    /// A subscriber's connection that is behind (`Delivered::Congested`): the
+    /// publisher should read no more until it has room (`Mailbox::room`).
+    pub congested: Option<Arc<Mailbox>>,
+}
+
 impl Broker {
     /// Route `msg`. `extra` ops ride in the same durable batch (e.g. the QoS 2 packet
-    /// id of a persistent publisher). `done` is called exactly once. Returns how many
-    /// subscribers matched.
-    pub fn publish(self: &Arc<Self>, msg: Message, extra: Vec<Op>, done: PublishDone) -> usize {
+    /// id of a persistent publisher). `done` is called exactly once.
+    pub fn publish(self: &Arc<Self>, msg: Message, extra: Vec<Op>, done: PublishDone) -> Routed {
         self.publish_ordered(msg, extra, done, false)
     }
 
@@ -38,7 +49,7 @@ impl Broker {
         extra: Vec<Op>,
         done: PublishDone,
         after_pending: bool,
-    ) -> usize {
+    ) -> Routed {
         let msg = Arc::new(msg);
         let mut ops = extra;
         let retained = msg.retain && self.retain(&msg, &mut ops);
@@ -48,6 +59,7 @@ impl Broker {
         let mut stored: Vec<(Arc<SessionHandle>, Outgoing)> = Vec::new();
         let mut enqueues: Vec<Op> = Vec::new();
         let mut matched = 0;
+        let mut congested = None;
         for t in targets {
             if t.no_local && *t.handle.client_id == *msg.from {
                 continue;
@@ -95,8 +107,18 @@ impl Broker {
                     max_len,
                 });
                 stored.push((t.handle, out));
-            } else if online && t.handle.deliver(out) == Delivered::Dropped {
-                self.metrics.dropped_queue_full();
+            } else if online {
+                match t.handle.deliver(out) {
+                    Delivered::Congested(mailbox) => congested = Some(mailbox),
+                    Delivered::Dropped => {
+                        self.metrics.dropped_queue_full();
+                        static FULL: Throttle = Throttle::new();
+                        if let Some(unlogged) = FULL.ready(msg.publish_ms, 10_000) {
+                            tracing::warn!(client_id = %t.handle.client_id, unlogged, "delivery dropped: the subscriber's backlog is full");
+                        }
+                    }
+                    Delivered::Sent | Delivered::Offline => {}
+                }
             }
         }
         if matched == 0 {
@@ -126,7 +148,7 @@ impl Broker {
             } else {
                 done(true);
             }
-            return matched;
+            return Routed { matched, congested };
         }
         let broker = self.clone();
         self.store.writer().submit(
@@ -155,7 +177,7 @@ impl Broker {
                 }
             }),
         );
-        matched
+        Routed { matched, congested }
     }
 
     /// Update the retained store for a PUBLISH with RETAIN set (empty payload deletes).

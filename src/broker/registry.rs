@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
-use super::mailbox::Mailbox;
+use super::mailbox::{Mailbox, Pushed, BACKLOG_HIGH};
 
 use crate::codec::{QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use crate::config::Zone;
@@ -87,11 +87,6 @@ pub struct SessionState {
     pub dup_below: u64,
 }
 
-/// Deliveries that may wait in a connection's channel before new ones are dropped.
-/// Dropping a stored delivery loses nothing: the connection is told it is behind and
-/// reads its queue back from the store. Volatile ones are counted as dropped.
-pub const MAX_BACKLOG: usize = 10_000;
-
 #[derive(Debug)]
 pub struct SessionHandle {
     pub client_id: ClientId,
@@ -112,31 +107,30 @@ impl SessionHandle {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hand a delivery to the connection, if any and if its backlog has room.
+    /// Hand a volatile delivery to the connection, if any, under flow control (see
+    /// `Mailbox::push_delivery`).
     pub fn deliver(&self, out: Outgoing) -> Delivered {
         // Pushed under the session lock: no Arc clone on the hot path. Lock order is
         // session state, then mailbox; the connection takes only the mailbox lock.
         match &self.state().conn {
             None => Delivered::Offline,
-            Some(link)
-                if link
-                    .mailbox
-                    .push_bounded(ConnEvent::Deliver(out), MAX_BACKLOG) =>
-            {
-                Delivered::Sent
-            }
-            Some(_) => Delivered::Dropped,
+            Some(link) => match link.mailbox.push_delivery(ConnEvent::Deliver(out)) {
+                Pushed::Accepted => Delivered::Sent,
+                Pushed::Congested => Delivered::Congested(link.mailbox.clone()),
+                Pushed::Full => Delivered::Dropped,
+            },
         }
     }
 
     /// Hand a stored delivery to the connection, if any. One that does not fit its
     /// backlog is not lost (it is stored): the connection is told to read its queue
     /// from the store instead, so it never waits for a later delivery to see the gap.
+    /// Stored deliveries never congest their publisher: the store holds them.
     pub fn deliver_stored(&self, out: Outgoing) {
         if let Some(link) = &self.state().conn {
             if !link
                 .mailbox
-                .push_bounded(ConnEvent::Deliver(out), MAX_BACKLOG)
+                .push_bounded(ConnEvent::Deliver(out), BACKLOG_HIGH)
             {
                 link.mailbox.mark_behind();
             }
@@ -155,11 +149,13 @@ impl SessionHandle {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Delivered {
     Sent,
     Offline,
-    /// The connection is too far behind.
+    /// Taken, but the connection is behind: its publisher should wait for room.
+    Congested(Arc<Mailbox>),
+    /// The connection is too far behind (`BACKLOG_HARD`): not taken.
     Dropped,
 }
 

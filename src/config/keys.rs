@@ -50,6 +50,7 @@ const ZONE_KEYS: &[&str] = &[
     "upgrade_qos",
     "use_username_as_clientid",
     "enable_stats",
+    "stall_timeout",
 ];
 const STORAGE_KEYS: &[&str] = &["fsync", "batch_window", "batch_max", "block_cache_size"];
 const RETAINER_KEYS: &[&str] = &[
@@ -218,6 +219,7 @@ impl Builder {
             }
             "max_inflight" => z.max_inflight = short(entry, 1)?,
             "retry_interval" => z.retry_interval = duration(entry)?,
+            "stall_timeout" => z.stall_timeout = Some(duration(entry)?).filter(|d| !d.is_zero()),
             "max_awaiting_rel" => z.max_awaiting_rel = count(entry, 0)?,
             "await_rel_timeout" => z.await_rel_timeout = duration(entry)?,
             "session_expiry_interval" => z.session_expiry_interval = duration(entry)?,

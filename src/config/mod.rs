@@ -169,6 +169,10 @@ pub struct ZoneConfig {
     pub upgrade_qos: bool,
     pub use_username_as_clientid: bool,
     pub enable_stats: bool,
+    /// A connection whose backlog holds up its publishers (see
+    /// `broker::mailbox`) and that makes no progress for this long is closed;
+    /// None (`0s`): never, publishers wait for it as long as it lives.
+    pub stall_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -286,6 +290,7 @@ impl ZoneConfig {
         upgrade_qos: false,
         use_username_as_clientid: false,
         enable_stats: true,
+        stall_timeout: Some(Duration::from_secs(10)),
     };
 
     /// The cap `max_keepalive` puts on client keepalives, if any. At 65535 (the default)

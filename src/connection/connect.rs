@@ -282,6 +282,7 @@ pub(super) async fn accept(
         pending_in: Default::default(),
         store_ops: Vec::new(),
         mailbox,
+        paused: false,
         wbuf: BytesMut::new(),
         last_packet_at: now,
         active_at: now,

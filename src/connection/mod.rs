@@ -24,13 +24,13 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
-use crate::broker::mailbox::Mailbox;
+use crate::broker::mailbox::{Mailbox, BACKLOG_HIGH};
 use crate::broker::registry::{ConnEvent, SessionHandle};
 use crate::broker::Broker;
 use crate::codec::{self, LastWill, Packet, ProtocolVersion, ReasonCode};
 use crate::config::Zone;
 use crate::hibernate::Hibernator;
-use crate::message::ClientId;
+use crate::message::{now_ms, ClientId};
 use crate::metrics::Metrics;
 use crate::session::{Inbound, Outbound};
 
@@ -108,6 +108,9 @@ pub(crate) struct Connection {
     /// Detached store writes (acks, releases), submitted once per loop turn.
     store_ops: Vec<quay_storage::Op>,
     mailbox: Arc<Mailbox>,
+    /// A subscriber this client published to is behind (`Routed::congested`): no
+    /// more packets are read or decoded until its mailbox has room (`take_room`).
+    paused: bool,
     wbuf: BytesMut,
     last_packet_at: Instant,
     /// Last packet or mailbox event: hibernation counts from here.
@@ -286,10 +289,11 @@ impl Connection {
             return Outcome::Closed(close);
         }
         loop {
-            // Take events only while the client reads what we already have for it:
-            // a client that stopped reading holds its deliveries in the mailbox
-            // (bounded) and the store, not in our write buffer.
-            if self.wbuf.len() < WBUF_HIGH {
+            // Take events only while the client reads what we already have for it
+            // and the session's queue is short: a client that stopped reading holds
+            // its deliveries in the mailbox, which slows their publishers (see
+            // `broker::mailbox`), and in the store; not in our memory.
+            if self.wbuf.len() < WBUF_HIGH && self.outbound.pending_len() < BACKLOG_HIGH {
                 let events = mailbox.take_all();
                 if !events.is_empty() {
                     self.active_at = Instant::now();
@@ -304,6 +308,15 @@ impl Connection {
                     self.execute(actions);
                 }
             }
+            if self.paused && mailbox.take_room() {
+                // The subscriber we waited for has room (or has gone): read on.
+                self.paused = false;
+                // We did not read; the client may well have sent.
+                self.last_packet_at = Instant::now();
+                if let Err(close) = self.decode_all(rbuf, max_packet) {
+                    return Outcome::Closed(close);
+                }
+            }
             if let Some(reason) = mailbox.take_kick() {
                 // What the client sent before it was replaced (a PUBACK, a
                 // DISCONNECT) still counts: process it first.
@@ -314,6 +327,7 @@ impl Connection {
             }
             self.flush_store_ops();
             let deadline = self.next_deadline();
+            let reading = !self.paused && self.wbuf.len() < WBUF_HIGH;
             // Writing is one branch among others, never awaited alone: a kick or
             // shutdown interrupts a write to a socket that stopped reading.
             tokio::select! {
@@ -321,6 +335,7 @@ impl Connection {
                     match written {
                         Ok(0) | Err(_) => return Outcome::Closed(Close::Lost),
                         Ok(n) => {
+                            self.mailbox.note_progress(now_ms());
                             Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
                             bytes::Buf::advance(&mut self.wbuf, n);
                             if self.wbuf.is_empty() && self.wbuf.capacity() > 64 * 1024 {
@@ -329,7 +344,7 @@ impl Connection {
                         }
                     }
                 }
-                ready = reader.readable(), if self.wbuf.len() < WBUF_HIGH => {
+                ready = reader.readable(), if reading => {
                     if ready.is_err() {
                         return Outcome::Closed(Close::Lost);
                     }
@@ -378,6 +393,7 @@ impl Connection {
             return false;
         }
         let idle = rbuf.is_empty()
+            && !self.paused
             && self.wbuf.is_empty()
             && self.store_ops.is_empty()
             && self.pending_in.is_empty()
@@ -442,8 +458,10 @@ impl Connection {
         Ok(())
     }
 
+    /// Decode and handle every complete packet in `rbuf`, stopping early when a
+    /// publish congested a subscriber (the rest waits in `rbuf` for its room).
     fn decode_all(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<(), Close> {
-        loop {
+        while !self.paused {
             match codec::decode(rbuf, self.version, max_packet) {
                 Ok(Some(packet)) => {
                     Metrics::inc(&self.broker.metrics.packets_received);
@@ -457,6 +475,7 @@ impl Connection {
                 }
             }
         }
+        Ok(())
     }
 
     /// Silence after which the client is gone: keepalive × backoff × 2 (EMQX's rule,
@@ -487,16 +506,38 @@ impl Connection {
             .hibernate_after
             .and_then(|after| self.active_at.checked_add(after))
             .unwrap_or(far);
-        keepalive.min(retry).min(rel).min(hibernate)
+        // Held up by a subscriber: look for a stall once a second. Our own backlog
+        // holding up publishers: look once a second too.
+        let taking = self.wbuf.len() < WBUF_HIGH && self.outbound.pending_len() < BACKLOG_HIGH;
+        let stall = if self.paused || !taking {
+            Instant::now() + Duration::from_secs(1)
+        } else {
+            far
+        };
+        keepalive.min(retry).min(rel).min(hibernate).min(stall)
     }
 
     fn on_timer(&mut self, now: Instant) -> Result<(), Close> {
+        if self.paused {
+            // Not reading by our choice: the client's silence proves nothing.
+            self.last_packet_at = now;
+        }
         if self
             .keepalive_timeout()
             .is_some_and(|t| now.saturating_duration_since(self.last_packet_at) >= t)
         {
             tracing::info!(client_id = %self.client_id, "keepalive timeout");
             return Err(Close::Error(ReasonCode::KEEP_ALIVE_TIMEOUT));
+        }
+        if let (Some(limit), Some(stalled_ms)) = (
+            self.zone.stall_timeout,
+            self.mailbox.stalled_for_ms(now_ms()),
+        ) {
+            if stalled_ms >= limit.as_millis() as u64 {
+                tracing::warn!(client_id = %self.client_id, peer = %self.peer, stalled_ms, "the client stopped reading while its deliveries held up their publishers; closing it (stall_timeout)");
+                Metrics::inc(&self.broker.metrics.connections_stalled);
+                return Err(Close::Error(ReasonCode::QUOTA_EXCEEDED));
+            }
         }
         let actions = self.outbound.tick(now);
         self.execute(actions);

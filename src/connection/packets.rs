@@ -149,7 +149,8 @@ impl Connection {
             properties: Message::pass_through(&p.properties),
         };
         let Some(packet_id) = p.packet_id else {
-            self.broker.publish(msg, Vec::new(), Box::new(|_| {}));
+            let routed = self.broker.publish(msg, Vec::new(), Box::new(|_| {}));
+            self.pause_for(routed.congested);
             return Ok(());
         };
         if self.pending_in.contains_key(&packet_id) {
@@ -208,7 +209,7 @@ impl Connection {
         let after_pending = !self.pending_in.is_empty();
         // Placeholder until `publish` returns; the Durable event is handled after.
         self.pending_in.insert(packet_id, true);
-        let matched = self.broker.publish_ordered(
+        let routed = self.broker.publish_ordered(
             msg,
             extra,
             Box::new(move |ok| {
@@ -216,8 +217,19 @@ impl Connection {
             }),
             after_pending,
         );
-        self.pending_in.insert(packet_id, matched > 0);
+        self.pending_in.insert(packet_id, routed.matched > 0);
+        self.pause_for(routed.congested);
         Ok(())
+    }
+
+    /// A subscriber of what we just published is behind: read nothing more from
+    /// this client until it has room (TCP backpressure; see `broker::mailbox`).
+    fn pause_for(&mut self, congested: Option<Arc<crate::broker::mailbox::Mailbox>>) {
+        if let (Some(congested), false) = (congested, self.paused) {
+            Metrics::inc(&self.broker.metrics.publishers_paused);
+            self.paused = true;
+            congested.wait_room(self.mailbox.clone());
+        }
     }
 
     /// Our Receive Maximum (MQTT 5): the zone's `max_inflight`, told in CONNACK.

@@ -615,7 +615,7 @@ impl SimBroker {
                     max_len,
                 });
                 stored.push((t.handle, out));
-            } else if online && t.handle.deliver(out) == Delivered::Dropped {
+            } else if online && matches!(t.handle.deliver(out), Delivered::Dropped) {
                 self.events.push(Event::Dropped {
                     client: t.handle.client_id.clone(),
                     payload: msg.payload.clone(),
