@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quay vs Mosquitto, side by side, on loopback.
 #
-#   tools/bench/run.sh [scenario...]     scenarios: fanin qos1 qos2 fanout idle drain restart (default: all)
+#   tools/bench/run.sh [scenario...]     scenarios: fanin fanin-open qos1 qos2 fanout fanout-open
+#                                        idle drain restart (default: all)
 #
 # Each scenario starts a fresh broker (Quay, then Mosquitto 2) pinned to one core
 # (BENCH_BROKER_CPU, default 0) and runs the generator pinned to another
@@ -11,7 +12,8 @@
 # Knobs (environment):
 #   CARGO_TARGET_DIR          default $HOME/.cache/quay-target
 #   BENCH_FANIN_ARGS ...      extra arguments per scenario, e.g. BENCH_FANIN_ARGS="--messages 500000"
-#   (BENCH_QOS1_ARGS, BENCH_QOS2_ARGS, BENCH_FANOUT_ARGS, BENCH_IDLE_ARGS, BENCH_DRAIN_ARGS)
+#   (BENCH_FANIN_OPEN_ARGS, BENCH_QOS1_ARGS, BENCH_QOS2_ARGS, BENCH_FANOUT_ARGS,
+#   BENCH_FANOUT_OPEN_ARGS, BENCH_IDLE_ARGS, BENCH_DRAIN_ARGS)
 #   BENCH_RESTART_MESSAGES    messages queued before the restart (default 1000000)
 #   BENCH_TIME_LIMIT_S        wall-clock bound of each measured phase (default 60)
 #   BENCH_KEEP=1              keep the work directory (logs, data, results)
@@ -24,7 +26,7 @@ BROKER_CPU=${BENCH_BROKER_CPU:-0}
 GEN_CPU=${BENCH_GEN_CPU:-1}
 TIME_LIMIT_S=${BENCH_TIME_LIMIT_S:-60}
 RESTART_MESSAGES=${BENCH_RESTART_MESSAGES:-1000000}
-ALL=(fanin qos1 qos2 fanout idle drain restart)
+ALL=(fanin fanin-open qos1 qos2 fanout fanout-open idle drain restart)
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=("${ALL[@]}")
 for s in "${SCENARIOS[@]}"; do
@@ -43,6 +45,7 @@ log "building (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 (cd "$ROOT" && cargo build --release -q -p quay-bench -p quay --bins)
 BENCH="$CARGO_TARGET_DIR/release/quay-bench"
 EMQX="$CARGO_TARGET_DIR/release/emqx"
+EMQX_CTL="$CARGO_TARGET_DIR/release/emqx_ctl"
 QUAY_CONF="$ROOT/etc/emqx.conf"
 
 WORK=$(mktemp -d /tmp/quay-bench.XXXXXX)
@@ -103,7 +106,10 @@ listener $PORT 127.0.0.1
 allow_anonymous true
 user root
 # 0 = no limit, as max_mqueue_len = 0 for Quay; the drain and restart queues need it.
+# With both at 0 (and max_inflight_bytes at its default 0) Mosquitto never drops a QoS 0
+# delivery to an online client either: the open-loop scenarios rely on that.
 max_queued_messages 0
+max_queued_bytes 0
 max_inflight_messages 128
 persistence $persist
 persistence_location $dir/
@@ -162,6 +168,10 @@ start_broker() { # start_broker NAME DIR PERSIST [nowait]
 run_one() {
     local scenario=$1 broker=$2 dir="$WORK/$1-$2" t0
     local common=(--broker "$broker" --results "$RESULTS")
+    # Quay's own counters (emqx_ctl metrics), read by the open-loop scenarios.
+    if [ "$broker" = quay ]; then
+        common+=(--quay-ctl "$EMQX_CTL" --quay-config "$QUAY_CONF" --quay-data-dir "$dir/data")
+    fi
     free_port
     INTERNAL_PORT=$PORT # Quay's second listener
     free_port
@@ -178,6 +188,7 @@ run_one() {
     *)
         start_broker "$broker" "$dir" false
         local var="BENCH_${scenario^^}_ARGS"
+        var=${var//-/_} # fanin-open: BENCH_FANIN_OPEN_ARGS
         # shellcheck disable=SC2086 # word splitting of the extra arguments is intended
         bench "${common[@]}" --broker-pid "$BROKER_PID" "$scenario" ${!var:-} || return 1
         ;;

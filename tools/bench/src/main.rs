@@ -14,6 +14,7 @@ mod client;
 mod load;
 mod measure;
 mod proc;
+mod quay_ctl;
 mod report;
 mod scenarios;
 mod soak;
@@ -27,7 +28,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use measure::Figure;
-use scenarios::{drain, fanin, fanout, idle, qos1, restart, Target};
+use quay_ctl::QuayCtl;
+use scenarios::{drain, fanin, fanout, idle, open_loop, qos1, restart, Target};
 
 #[derive(Parser)]
 #[command(name = "quay-bench", about = "MQTT load generator: Quay vs Mosquitto")]
@@ -52,6 +54,15 @@ struct Cli {
     /// A phase with no progress for this long is over, seconds.
     #[arg(long, global = true, default_value_t = 5)]
     stall_s: u64,
+    /// Quay's `emqx_ctl`, to read the broker's own counters after open-loop runs.
+    #[arg(long, global = true, requires = "quay_data_dir")]
+    quay_ctl: Option<PathBuf>,
+    /// The config file the Quay under test was started with (for `emqx_ctl --config`).
+    #[arg(long, global = true)]
+    quay_config: Option<PathBuf>,
+    /// The data directory of the Quay under test (`emqx_ctl` finds the node there).
+    #[arg(long, global = true)]
+    quay_data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +77,10 @@ enum Command {
     Qos2(qos1::Qos1Args),
     /// One QoS 0 publisher to many subscribers of one topic
     Fanout(fanout::FanoutArgs),
+    /// Fan-in, open loop: publishers as fast as the broker reads; sent, delivered, dropped
+    FaninOpen(open_loop::FaninOpenArgs),
+    /// Fan-out, open loop: one publisher as fast as the broker reads; sent, delivered, dropped
+    FanoutOpen(open_loop::FanoutOpenArgs),
     /// Broker memory per idle connection
     Idle(idle::IdleArgs),
     /// Queue QoS 1 messages for an offline session, then time draining them
@@ -97,6 +112,8 @@ impl Command {
             Command::Qos1(_) => "qos1",
             Command::Qos2(_) => "qos2",
             Command::Fanout(_) => "fanout",
+            Command::FaninOpen(_) => "fanin-open",
+            Command::FanoutOpen(_) => "fanout-open",
             Command::Idle(_) => "idle",
             Command::Drain(_) => "drain",
             Command::RestartFill(_) | Command::RestartWait(_) | Command::RestartVerify(_) => {
@@ -120,12 +137,20 @@ fn main() -> Result<ExitCode> {
             cli.host
         );
     }
-    let target = Target {
-        addr: SocketAddr::new(cli.host, cli.port),
-        broker_pid: cli.broker_pid,
-        time_limit: Duration::from_secs(cli.time_limit_s),
-        stall: Duration::from_secs(cli.stall_s),
-    };
+    let target =
+        Target {
+            addr: SocketAddr::new(cli.host, cli.port),
+            broker_pid: cli.broker_pid,
+            time_limit: Duration::from_secs(cli.time_limit_s),
+            stall: Duration::from_secs(cli.stall_s),
+            quay_ctl: cli.quay_ctl.clone().zip(cli.quay_data_dir.clone()).map(
+                |(program, data_dir)| QuayCtl {
+                    program,
+                    config: cli.quay_config.clone(),
+                    data_dir,
+                },
+            ),
+        };
     if let Command::Report { scenario, markdown } = &cli.command {
         let path = cli.results.as_deref().context("report needs --results")?;
         let figures = report::load(path)?;
@@ -157,6 +182,8 @@ async fn run(target: &Target, command: &Command) -> Result<Vec<Figure>> {
         Command::Qos1(args) => qos1::run(target, args, quay::codec::QoS::AtLeastOnce).await,
         Command::Qos2(args) => qos1::run(target, args, quay::codec::QoS::ExactlyOnce).await,
         Command::Fanout(args) => fanout::run(target, args).await,
+        Command::FaninOpen(args) => open_loop::fanin(target, args).await,
+        Command::FanoutOpen(args) => open_loop::fanout(target, args).await,
         Command::Idle(args) => idle::run(target, args).await,
         Command::Drain(args) => drain::run(target, args).await,
         Command::RestartFill(args) => restart::fill_queue(target, args).await,

@@ -111,7 +111,7 @@ pub fn print_lines(figures: &[Figure], scenario: Option<&str>) {
             _ => "",
         };
         println!(
-            "{:<8} {:<14} {}  {}  ratio {}{flag}",
+            "{:<11} {:<14} {}  {}  ratio {}{flag}",
             row.scenario,
             row.metric,
             side(QUAY, row.quay),

@@ -6,6 +6,7 @@ pub mod drain;
 pub mod fanin;
 pub mod fanout;
 pub mod idle;
+pub mod open_loop;
 pub mod qos1;
 pub mod restart;
 
@@ -18,6 +19,7 @@ use quay::codec::QoS;
 
 use crate::client::{ConnectOptions, MqttConn};
 use crate::measure::{Ending, Progress};
+use crate::quay_ctl::QuayCtl;
 
 /// The broker under test and the bounds every scenario keeps.
 #[derive(Debug, Clone)]
@@ -29,6 +31,8 @@ pub struct Target {
     pub time_limit: Duration,
     /// A phase with no progress for this long is over.
     pub stall: Duration,
+    /// How to read Quay's own counters, when the broker is Quay and the runner says how.
+    pub quay_ctl: Option<QuayCtl>,
 }
 
 impl Target {
