@@ -5,6 +5,7 @@
 //! commit) → back out to subscribers' connections. See docs/ARCHITECTURE.md.
 
 pub mod broker;
+pub(crate) mod channel;
 pub mod codec;
 pub mod config;
 mod connection;

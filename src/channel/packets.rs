@@ -1,17 +1,16 @@
 //! Packets from the client after CONNECT.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use quay_storage::{Op, QueueEntry, SubscriptionRecord};
 
-use super::{Close, Connection};
+use super::{Channel, Close, Now};
 use crate::broker::registry::{ConnEvent, SubOpts};
 use crate::codec::{
     Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
     UnsubAck, Unsubscribe,
 };
-use crate::message::{now_ms, Message};
+use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::{Outgoing, Qos2Arrival, Release};
 use crate::topic;
@@ -24,21 +23,20 @@ fn resp(packet_id: u16, reason: ReasonCode) -> PubResp {
     }
 }
 
-impl Connection {
-    pub(super) fn on_packet(&mut self, packet: Packet) -> Result<(), Close> {
-        let now = Instant::now();
+impl Channel {
+    pub(super) fn on_packet(&mut self, packet: Packet, now: Now) -> Result<(), Close> {
         match packet {
-            Packet::Publish(p) => self.on_publish(p)?,
+            Packet::Publish(p) => self.on_publish(p, now)?,
             Packet::PubAck(r) => {
-                let actions = self.outbound.on_puback(r.packet_id, now);
-                self.execute(actions);
+                let actions = self.outbound.on_puback(r.packet_id, now.at);
+                self.execute(actions, now);
             }
             Packet::PubRec(r) => {
                 match self
                     .outbound
-                    .on_pubrec(r.packet_id, r.reason.is_error(), now)
+                    .on_pubrec(r.packet_id, r.reason.is_error(), now.at)
                 {
-                    Some(actions) => self.execute(actions),
+                    Some(actions) => self.execute(actions, now),
                     None => self.send(&Packet::PubRel(resp(
                         r.packet_id,
                         ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
@@ -46,8 +44,8 @@ impl Connection {
                 }
             }
             Packet::PubComp(r) => {
-                let actions = self.outbound.on_pubcomp(r.packet_id, now);
-                self.execute(actions);
+                let actions = self.outbound.on_pubcomp(r.packet_id, now.at);
+                self.execute(actions, now);
             }
             Packet::PubRel(r) => match self.inbound.release(r.packet_id) {
                 Release::Unknown => {
@@ -70,11 +68,11 @@ impl Connection {
                     } else {
                         Vec::new()
                     };
-                    self.reply_when_durable(ops, pubcomp, Vec::new());
+                    self.reply_when_durable(ops, pubcomp, Vec::new(), now);
                 }
             },
-            Packet::Subscribe(s) => self.on_subscribe(s),
-            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::Subscribe(s) => self.on_subscribe(s, now),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u, now),
             Packet::PingReq => self.send(&Packet::PingResp),
             Packet::Disconnect(d) => {
                 if let Some(expiry) = d.properties.session_expiry_interval {
@@ -99,7 +97,7 @@ impl Connection {
         Ok(())
     }
 
-    fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+    fn on_publish(&mut self, p: Publish, now: Now) -> Result<(), Close> {
         let broker = self.broker.clone();
         let mqtt = &broker.config.mqtt;
         let metrics = &broker.metrics;
@@ -133,7 +131,7 @@ impl Connection {
                 return Err(Close::Error(ReasonCode::PROTOCOL_ERROR));
             }
         }
-        let publish_ms = now_ms();
+        let publish_ms = now.ms;
         let msg = Message {
             topic,
             payload: p.payload,
@@ -251,7 +249,13 @@ impl Connection {
     }
 
     /// The store answered for an inbound QoS 1/2 PUBLISH: acknowledge it now.
-    pub(super) fn on_durable(&mut self, packet_id: u16, qos: QoS, ok: bool) -> Result<(), Close> {
+    pub(super) fn on_durable(
+        &mut self,
+        packet_id: u16,
+        qos: QoS,
+        ok: bool,
+        now: Now,
+    ) -> Result<(), Close> {
         let matched = self.pending_in.remove(&packet_id).unwrap_or(true);
         if !ok {
             // Not stored: never acknowledge what we may lose. v3 has no way to say so.
@@ -268,7 +272,7 @@ impl Connection {
             QoS::AtLeastOnce => self.send(&Packet::PubAck(resp(packet_id, reason))),
             QoS::ExactlyOnce => {
                 if ok {
-                    self.inbound.record(packet_id, Instant::now());
+                    self.inbound.record(packet_id, now.at);
                 }
                 self.send(&Packet::PubRec(resp(packet_id, reason)));
             }
@@ -295,7 +299,7 @@ impl Connection {
         Ok(p.topic.clone())
     }
 
-    fn on_subscribe(&mut self, s: Subscribe) {
+    fn on_subscribe(&mut self, s: Subscribe, now: Now) {
         let mqtt = &self.broker.config.mqtt;
         let sub_id = s
             .properties
@@ -382,7 +386,7 @@ impl Connection {
             reasons,
         });
         if stored.is_empty() {
-            self.reply_when_durable(ops, ack, retained);
+            self.reply_when_durable(ops, ack, retained, now);
             return;
         }
         // SUBACK, then the retained messages: the stored ones with the seqs the
@@ -423,7 +427,7 @@ impl Connection {
         }
     }
 
-    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+    fn on_unsubscribe(&mut self, u: Unsubscribe, now: Now) {
         let mut ops = Vec::new();
         let reasons = u
             .filters
@@ -447,13 +451,19 @@ impl Connection {
             properties: Properties::default(),
             reasons,
         });
-        self.reply_when_durable(ops, ack, Vec::new());
+        self.reply_when_durable(ops, ack, Vec::new(), now);
     }
 
     /// Send `reply` (then `retained`) once `ops` are durable; at once when there are none.
-    fn reply_when_durable(&mut self, ops: Vec<Op>, reply: Packet, retained: Vec<Outgoing>) {
+    fn reply_when_durable(
+        &mut self,
+        ops: Vec<Op>,
+        reply: Packet,
+        retained: Vec<Outgoing>,
+        now: Now,
+    ) {
         if ops.is_empty() {
-            let _ = self.on_event(ConnEvent::Reply(Box::new(reply), retained));
+            let _ = self.on_event(ConnEvent::Reply(Box::new(reply), retained), now);
             return;
         }
         self.when_durable(ops, ConnEvent::Reply(Box::new(reply), retained));

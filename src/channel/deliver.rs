@@ -3,18 +3,17 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
 
-use super::Connection;
+use super::{Channel, Now};
 use crate::broker::registry::ConnEvent;
 use crate::codec::{self, Packet, Properties, PubResp, Publish, ReasonCode};
-use crate::message::{now_ms, Message};
+use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::{Action, DropReason, Outgoing};
 
-impl Connection {
+impl Channel {
     /// Run actions until none are left (some produce more: a page read, a discard).
-    pub(super) fn execute(&mut self, actions: Vec<crate::session::Action>) {
+    pub(super) fn execute(&mut self, actions: Vec<crate::session::Action>, now: Now) {
         let mut work: VecDeque<Action> = actions.into();
         while let Some(action) = work.pop_front() {
             match action {
@@ -23,9 +22,9 @@ impl Connection {
                     dup,
                     out,
                 } => {
-                    if !self.send_publish(packet_id, dup, &out) {
+                    if !self.send_publish(packet_id, dup, &out, now) {
                         if let Some(id) = packet_id {
-                            work.extend(self.outbound.discard(id, Instant::now()));
+                            work.extend(self.outbound.discard(id, now.at));
                         }
                     }
                 }
@@ -38,7 +37,7 @@ impl Connection {
                 Action::Release { packet_id, op } => {
                     self.when_durable(vec![op], ConnEvent::Released(packet_id));
                 }
-                Action::LoadQueue { from, limit } => work.extend(self.load_page(from, limit)),
+                Action::LoadQueue { from, limit } => work.extend(self.load_page(from, limit, now)),
                 Action::Dropped(reason) => {
                     let m = &self.broker.metrics;
                     Metrics::inc(&m.messages_dropped);
@@ -48,14 +47,6 @@ impl Connection {
                     });
                 }
             }
-        }
-    }
-
-    /// Submit the store writes gathered since the last call, as one request.
-    pub(super) fn flush_store_ops(&mut self) {
-        if !self.store_ops.is_empty() {
-            let ops = std::mem::take(&mut self.store_ops);
-            self.broker.store.writer().submit_detached(ops);
         }
     }
 
@@ -88,13 +79,12 @@ impl Connection {
         );
     }
 
-    fn load_page(&mut self, from: u64, limit: usize) -> Vec<Action> {
-        let now = Instant::now();
+    fn load_page(&mut self, from: u64, limit: usize, now: Now) -> Vec<Action> {
         let entries = match self.broker.store.queue_range(&self.client_id, from, limit) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(client_id = %self.client_id, error = %e, "cannot read queue");
-                return self.outbound.loaded(from, limit, Vec::new(), now);
+                return self.outbound.loaded(from, limit, Vec::new(), now.at);
             }
         };
         // Inline entries carry their message; the rest are read from the log at once.
@@ -124,19 +114,25 @@ impl Connection {
                 )
             })
             .collect();
-        self.outbound.loaded(from, limit, page, now)
+        self.outbound.loaded(from, limit, page, now.at)
     }
 
     /// Encode a PUBLISH for this client. False when it cannot be sent (larger than
     /// the client's Maximum Packet Size): it is then dropped as if delivered.
-    fn send_publish(&mut self, packet_id: Option<u16>, dup: bool, out: &Outgoing) -> bool {
+    fn send_publish(
+        &mut self,
+        packet_id: Option<u16>,
+        dup: bool,
+        out: &Outgoing,
+        now: Now,
+    ) -> bool {
         let msg = &out.msg;
         let mut properties = Properties::default();
         let mut topic = msg.topic.clone();
         let mut new_alias = None;
         if self.version.is_v5() {
             properties = msg.properties.clone();
-            properties.message_expiry_interval = msg.remaining_expiry_s(now_ms());
+            properties.message_expiry_interval = msg.remaining_expiry_s(now.ms);
             properties.subscription_identifiers = out.subscription_ids.clone();
             if self.alias_out_max > 0 {
                 match self.alias_out.get(&msg.topic) {
@@ -164,15 +160,15 @@ impl Connection {
             payload: msg.payload.clone(),
         });
         // Encoded straight into the write buffer; taken back out if too large.
-        let before = self.wbuf.len();
-        if let Err(e) = codec::encode(&packet, self.version, &mut self.wbuf) {
+        let before = self.output.len();
+        if let Err(e) = codec::encode(&packet, self.version, &mut self.output) {
             tracing::warn!(client_id = %self.client_id, error = %e, "cannot encode PUBLISH");
-            self.wbuf.truncate(before);
+            self.output.truncate(before);
             return false;
         }
-        let size = self.wbuf.len() - before;
+        let size = self.output.len() - before;
         if size > self.client_max_packet as usize {
-            self.wbuf.truncate(before);
+            self.output.truncate(before);
             tracing::info!(client_id = %self.client_id, size, max = self.client_max_packet, "PUBLISH larger than the client accepts; dropped");
             Metrics::inc(&self.broker.metrics.messages_dropped_too_large);
             return false;

@@ -11,7 +11,7 @@ use crate::codec::{ProtocolVersion, ReasonCode};
 use crate::config::ZoneConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Keepalive {
+pub(crate) struct Keepalive {
     /// Seconds the broker enforces (× 1.5, see `keepalive_backoff`); 0 = none.
     pub seconds: u16,
     /// Server Keep Alive for the CONNACK, when it differs from what the client asked.
@@ -20,7 +20,7 @@ pub(super) struct Keepalive {
 
 /// The keepalive for a client that asked for `asked` seconds, or the CONNACK reason
 /// that refuses it.
-pub(super) fn negotiate(
+pub(crate) fn negotiate(
     version: ProtocolVersion,
     asked: u16,
     zone: &ZoneConfig,

@@ -1,0 +1,476 @@
+//! The channel: one client's MQTT protocol, sans-IO (EMQX's `emqx_channel`).
+//!
+//! Every protocol decision about a connected client lives here: PUBLISH checks and
+//! topic aliases, inbound and outbound QoS 1/2 state (through `session::Inbound` and
+//! `Outbound`), SUBSCRIBE/UNSUBSCRIBE, DISCONNECT and will rules, keepalive and every
+//! other timer, and what a closing connection leaves behind. The channel never touches
+//! a socket or reads a clock: the driver (`crate::connection`) hands it packets,
+//! mailbox events and the time (`Now`), and takes from it the bytes to write
+//! (`output`) and the reason to close (`Close`). Routing and store writes go to the
+//! broker (in-memory registry and trie; the store writer's queue), whose answers come
+//! back as mailbox events.
+//!
+//! CONNECT's decisions are in `connect` (validation, expiry, keepalive, CONNACK
+//! properties); taking over or resuming the session needs to wait for another
+//! connection, which the driver does (`connection::accept`) before it builds the
+//! channel.
+
+pub(crate) mod connect;
+mod deliver;
+pub(crate) mod fit;
+pub(crate) mod keepalive;
+mod packets;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::broker::mailbox::{Mailbox, BACKLOG_HIGH};
+use crate::broker::registry::{ConnEvent, SessionHandle};
+use crate::broker::Broker;
+use crate::codec::{self, LastWill, Packet, ProtocolVersion, ReasonCode};
+use crate::config::Zone;
+use crate::message::ClientId;
+use crate::metrics::Metrics;
+use crate::session::{Inbound, Outbound};
+
+/// Above this many bytes waiting to be written, the channel takes no more events and
+/// the driver reads no more packets until the client has read some.
+pub(crate) const OUTPUT_HIGH: usize = 256 * 1024;
+
+/// The time, as the driver read it: monotonic for timers, wall-clock milliseconds for
+/// message timestamps and expiry (which are stored and outlive the process).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Now {
+    pub at: Instant,
+    pub ms: u64,
+}
+
+impl Now {
+    /// Read both clocks. Only the driver calls this.
+    pub fn read() -> Now {
+        Now {
+            at: Instant::now(),
+            ms: crate::message::now_ms(),
+        }
+    }
+}
+
+/// Why a connection ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// DISCONNECT from the client; `with_will` for v5 reason 0x04.
+    ByClient { with_will: bool },
+    /// The socket closed or failed without DISCONNECT.
+    Lost,
+    /// We end it: send DISCONNECT with this reason (v5), publish the will.
+    Error(ReasonCode),
+    /// Taken over or kicked: DISCONNECT with this reason (v5); will per reason.
+    Kicked(ReasonCode),
+}
+
+/// What `connection::accept` decided for a new channel.
+pub(crate) struct Accepted {
+    pub broker: Arc<Broker>,
+    pub zone: Arc<Zone>,
+    pub conn_id: u64,
+    pub peer: SocketAddr,
+    pub version: ProtocolVersion,
+    pub client_id: ClientId,
+    pub handle: Arc<SessionHandle>,
+    pub persistent: bool,
+    pub outbound: Outbound,
+    pub inbound: Inbound,
+    pub keep_alive: u16,
+    pub will: Option<Box<LastWill>>,
+    pub client_max_packet: u32,
+    pub alias_out_max: u16,
+    pub mailbox: Arc<Mailbox>,
+}
+
+pub(crate) struct Channel {
+    broker: Arc<Broker>,
+    zone: Arc<Zone>,
+    conn_id: u64,
+    peer: SocketAddr,
+    version: ProtocolVersion,
+    client_id: ClientId,
+    handle: Arc<SessionHandle>,
+    persistent: bool,
+    outbound: Outbound,
+    inbound: Inbound,
+    /// Seconds; 0 = none.
+    keep_alive: u16,
+    /// Boxed: a full v5 property set is large and most clients have no will.
+    will: Option<Box<LastWill>>,
+    /// Largest packet the client accepts (v5 Maximum Packet Size).
+    client_max_packet: u32,
+    /// Topic aliases the client set (v5).
+    alias_in: BTreeMap<u16, Bytes>,
+    /// Topic aliases we set, and how many the client allows.
+    alias_out: BTreeMap<Bytes, u16>,
+    alias_out_max: u16,
+    /// Inbound QoS 1/2 packet ids waiting for the store: did they match a subscriber?
+    pending_in: BTreeMap<u16, bool>,
+    /// Detached store writes (acks, releases), submitted once per driver turn.
+    store_ops: Vec<quay_storage::Op>,
+    /// This connection's inbox; store completions answer through it.
+    mailbox: Arc<Mailbox>,
+    /// A subscriber this client published to is behind (`Routed::congested`): no
+    /// more packets are handled until its mailbox has room (`Mailbox::take_room`).
+    paused: bool,
+    /// Encoded packets for the client, which the driver writes.
+    output: BytesMut,
+    last_packet_at: Instant,
+    /// Last packet or mailbox event: hibernation counts from here.
+    active_at: Instant,
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        // Finished (or its task was dropped): a successor waiting in a takeover goes on.
+        self.mailbox.close();
+    }
+}
+
+impl Channel {
+    pub fn new(a: Accepted, now: Now) -> Channel {
+        Channel {
+            broker: a.broker,
+            zone: a.zone,
+            conn_id: a.conn_id,
+            peer: a.peer,
+            version: a.version,
+            client_id: a.client_id,
+            handle: a.handle,
+            persistent: a.persistent,
+            outbound: a.outbound,
+            inbound: a.inbound,
+            keep_alive: a.keep_alive,
+            will: a.will,
+            client_max_packet: a.client_max_packet,
+            alias_in: BTreeMap::new(),
+            alias_out: BTreeMap::new(),
+            alias_out_max: a.alias_out_max,
+            pending_in: BTreeMap::new(),
+            store_ops: Vec::new(),
+            mailbox: a.mailbox,
+            paused: false,
+            output: BytesMut::new(),
+            last_packet_at: now.at,
+            active_at: now.at,
+        }
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
+    pub fn mailbox(&self) -> &Arc<Mailbox> {
+        &self.mailbox
+    }
+
+    pub fn client_id(&self) -> &ClientId {
+        &self.client_id
+    }
+
+    /// CONNACK accepted: send it and start delivering.
+    pub fn start(&mut self, connack: Packet, receive_max: u16, now: Now) {
+        self.send(&connack);
+        let actions = self.outbound.attach(receive_max, now.at);
+        self.execute(actions, now);
+    }
+
+    // ---- what the driver reads and writes ----
+
+    /// Bytes to write to the client.
+    pub fn output(&self) -> &[u8] {
+        &self.output
+    }
+
+    /// `n` bytes of `output` were written.
+    pub fn written(&mut self, n: usize, now: Now) {
+        self.mailbox.note_progress(now.ms);
+        Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
+        bytes::Buf::advance(&mut self.output, n);
+        if self.output.is_empty() && self.output.capacity() > 64 * 1024 {
+            self.output = BytesMut::new();
+        }
+    }
+
+    /// Whether the channel takes packets: not while a subscriber it published to is
+    /// behind, nor while the client has much unread output.
+    pub fn reading(&self) -> bool {
+        !self.paused && self.output.len() < OUTPUT_HIGH
+    }
+
+    /// Whether the channel takes mailbox events: only while the client reads what it
+    /// already has and the session's queue is short. A client that stopped reading
+    /// holds its deliveries in the mailbox, which slows their publishers (see
+    /// `broker::mailbox`), and in the store; not in our memory.
+    pub fn taking_events(&self) -> bool {
+        self.output.len() < OUTPUT_HIGH && self.outbound.pending_len() < BACKLOG_HIGH
+    }
+
+    /// `n` bytes arrived from the client.
+    pub fn bytes_read(&mut self, n: usize, now: Now) {
+        Metrics::add(&self.broker.metrics.bytes_received, n as u64);
+        self.last_packet_at = now.at;
+        self.active_at = now.at;
+    }
+
+    /// Decode and handle every complete packet in `rbuf`, stopping early when a
+    /// publish congested a subscriber (the rest waits in `rbuf` for its room).
+    pub fn handle_bytes(&mut self, rbuf: &mut BytesMut, now: Now) -> Result<(), Close> {
+        let max_packet = self.broker.config.mqtt.max_packet_size as usize;
+        while !self.paused {
+            match codec::decode(rbuf, self.version, max_packet) {
+                Ok(Some(packet)) => {
+                    Metrics::inc(&self.broker.metrics.packets_received);
+                    self.on_packet(packet, now)?;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(client_id = %self.client_id, peer = %self.peer, error = %e, "malformed packet");
+                    Metrics::inc(&self.broker.metrics.packets_malformed);
+                    return Err(Close::Error(e.reason_code()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Mailbox events, in order.
+    pub fn handle_events(
+        &mut self,
+        events: impl IntoIterator<Item = ConnEvent>,
+        now: Now,
+    ) -> Result<(), Close> {
+        let mut any = false;
+        for event in events {
+            any = true;
+            self.on_event(event, now)?;
+        }
+        if any {
+            self.active_at = now.at;
+        }
+        Ok(())
+    }
+
+    /// Stored deliveries were left out of the mailbox: read the queue from the store.
+    pub fn behind(&mut self, now: Now) {
+        let actions = self.outbound.behind(now.at);
+        self.execute(actions, now);
+    }
+
+    /// A subscriber this channel waited for has room (or has gone): take packets again.
+    pub fn resume_reading(&mut self, rbuf: &mut BytesMut, now: Now) -> Result<(), Close> {
+        if !self.paused {
+            return Ok(());
+        }
+        self.paused = false;
+        // We did not read; the client may well have sent.
+        self.last_packet_at = now.at;
+        self.handle_bytes(rbuf, now)
+    }
+
+    /// Submit the store writes gathered since the last call, as one request.
+    pub fn flush_store_ops(&mut self) {
+        if !self.store_ops.is_empty() {
+            let ops = std::mem::take(&mut self.store_ops);
+            self.broker.store.writer().submit_detached(ops);
+        }
+    }
+
+    // ---- timers ----
+
+    /// Silence after which the client is gone: keepalive × backoff × 2 (EMQX's rule,
+    /// 1.5× by default); None without keepalive or when too large to matter.
+    fn keepalive_timeout(&self) -> Option<Duration> {
+        if self.keep_alive == 0 {
+            return None;
+        }
+        Duration::try_from_secs_f64(f64::from(self.keep_alive) * self.zone.keepalive_backoff * 2.0)
+            .ok()
+    }
+
+    /// When the keepalive runs out, if it can: the driver's hibernation deadline.
+    pub fn keepalive_deadline(&self) -> Option<Instant> {
+        self.keepalive_timeout()
+            .and_then(|t| self.last_packet_at.checked_add(t))
+    }
+
+    /// The next moment `on_timer` has something to do.
+    pub fn next_deadline(&self, now: Now) -> Instant {
+        let far = now.at + Duration::from_secs(3600);
+        let keepalive = self.keepalive_deadline().unwrap_or(far);
+        let retry = self.outbound.next_timeout().unwrap_or(far);
+        // QoS 2 ids awaiting PUBREL are swept once a second at most.
+        let rel = if self.inbound.is_empty() {
+            far
+        } else {
+            now.at + Duration::from_secs(1)
+        };
+        let hibernate = self
+            .zone
+            .hibernate_after
+            .and_then(|after| self.active_at.checked_add(after))
+            .unwrap_or(far);
+        // Held up by a subscriber, or holding publishers up: look once a second.
+        let stall = if self.paused || !self.taking_events() {
+            now.at + Duration::from_secs(1)
+        } else {
+            far
+        };
+        keepalive.min(retry).min(rel).min(hibernate).min(stall)
+    }
+
+    pub fn on_timer(&mut self, now: Now) -> Result<(), Close> {
+        if self.paused {
+            // Not reading by our choice: the client's silence proves nothing.
+            self.last_packet_at = now.at;
+        }
+        if self
+            .keepalive_timeout()
+            .is_some_and(|t| now.at.saturating_duration_since(self.last_packet_at) >= t)
+        {
+            tracing::info!(client_id = %self.client_id, "keepalive timeout");
+            return Err(Close::Error(ReasonCode::KEEP_ALIVE_TIMEOUT));
+        }
+        if let (Some(limit), Some(stalled_ms)) =
+            (self.zone.stall_timeout, self.mailbox.stalled_for_ms(now.ms))
+        {
+            if stalled_ms >= limit.as_millis() as u64 {
+                tracing::warn!(client_id = %self.client_id, peer = %self.peer, stalled_ms, "the client stopped reading while its deliveries held up their publishers; closing it (stall_timeout)");
+                Metrics::inc(&self.broker.metrics.connections_stalled);
+                return Err(Close::Error(ReasonCode::QUOTA_EXCEEDED));
+            }
+        }
+        let actions = self.outbound.tick(now.at);
+        self.execute(actions, now);
+        for id in self.inbound.expire(now.at, self.zone.await_rel_timeout) {
+            tracing::warn!(client_id = %self.client_id, packet_id = id, "PUBREL not received in time; id released");
+            if self.persistent {
+                self.store_ops.push(quay_storage::Op::DeleteAwaitingRel {
+                    client: self.client_id.clone(),
+                    packet_id: id,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Quiet for `after` with nothing buffered, in flight or awaited: nothing will
+    /// happen until a packet, an event or a deadline. When the time has come but
+    /// something is pending, look again one period later.
+    pub fn hibernation_due(&mut self, now: Now, after: Duration) -> bool {
+        if now.at < self.active_at + after {
+            return false;
+        }
+        let idle = !self.paused
+            && self.output.is_empty()
+            && self.store_ops.is_empty()
+            && self.pending_in.is_empty()
+            && self.outbound.is_idle()
+            && self.inbound.is_empty();
+        if !idle {
+            self.active_at = now.at;
+        }
+        idle
+    }
+
+    /// Give back what buffers kept (before hibernating).
+    pub fn shrink(&mut self) {
+        self.output = BytesMut::new();
+        self.store_ops = Vec::new();
+        self.outbound.shrink();
+    }
+
+    // ---- events ----
+
+    fn on_event(&mut self, event: ConnEvent, now: Now) -> Result<(), Close> {
+        match event {
+            ConnEvent::Deliver(out) => {
+                let actions = if out.seq.is_some() {
+                    self.outbound.deliver_stored(out, now.at)
+                } else {
+                    self.outbound.deliver_volatile(out, now.at)
+                };
+                self.execute(actions, now);
+            }
+            ConnEvent::Durable { packet_id, qos, ok } => {
+                self.on_durable(packet_id, qos, ok, now)?
+            }
+            ConnEvent::Reply(packet, retained) => {
+                match *packet {
+                    // A PUBCOMP frees its id's Receive Maximum slot as it leaves.
+                    Packet::PubComp(r) => self.send_pubcomp(r.packet_id, r.reason),
+                    other => self.send(&other),
+                }
+                for out in retained {
+                    // Stored ones (retained QoS 1/2 to a persistent session) carry
+                    // their queue seq; the rest are volatile.
+                    let actions = if out.seq.is_some() {
+                        self.outbound.deliver_stored(out, now.at)
+                    } else {
+                        self.outbound.deliver_volatile(out, now.at)
+                    };
+                    self.execute(actions, now);
+                }
+            }
+            ConnEvent::Released(packet_id) => {
+                let actions = self.outbound.released(packet_id, now.at);
+                self.execute(actions, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Encode `packet` into the output.
+    fn send(&mut self, packet: &Packet) {
+        if let Err(e) = codec::encode(packet, self.version, &mut self.output) {
+            tracing::error!(client_id = %self.client_id, packet = packet.name(), error = %e, "cannot encode");
+            return;
+        }
+        Metrics::inc(&self.broker.metrics.packets_sent);
+    }
+
+    // ---- the end ----
+
+    /// The connection ends for `close`: submit what is pending, say why (v5, within
+    /// the client's Maximum Packet Size), and tell whether the will is due. The
+    /// driver writes what `output` holds (bounded) and then calls `detach`.
+    pub fn close(&mut self, close: &Close) -> bool {
+        // Before anything else: a successor waits for this connection to finish and
+        // then for the store, so our acks must be submitted by then.
+        self.flush_store_ops();
+        let reason = match close {
+            Close::Error(r) | Close::Kicked(r) => Some(*r),
+            _ => None,
+        };
+        if let (Some(reason), true) = (reason, self.version.is_v5()) {
+            match fit::disconnect(reason, self.client_max_packet) {
+                fit::Fit::Send { packet, .. } => self.send(&Packet::Disconnect(packet)),
+                fit::Fit::TooLarge { size } => {
+                    tracing::info!(client_id = %self.client_id, size, max = self.client_max_packet, "DISCONNECT larger than the client accepts; closing without it");
+                }
+            }
+        }
+        Metrics::inc(&self.broker.metrics.disconnections);
+        tracing::info!(client_id = %self.client_id, peer = %self.peer, ?close, "disconnected");
+        match close {
+            Close::ByClient { with_will } => *with_will,
+            // Not on shutdown (the broker is going away); on takeover the will delay
+            // decides (a zero delay publishes, as MQTT 5 §3.1.3.2.2 says).
+            Close::Kicked(r) => *r != ReasonCode::SERVER_SHUTTING_DOWN,
+            Close::Lost | Close::Error(_) => true,
+        }
+    }
+}
