@@ -20,53 +20,95 @@ use crate::channel::connect::{describe_limits, session_expiry, validate};
 use crate::channel::fit::{self, Fit};
 use crate::channel::keepalive;
 use crate::channel::{Accepted, Channel, Now};
-use crate::codec::{self, ConnAck, Connect, Packet, Properties, ReasonCode};
+use crate::codec::{self, ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
+use crate::config::Zone;
 use crate::message::{now_ms, ClientId};
 use crate::metrics::Metrics;
 use crate::session::{Inbound, Outbound, SessionConfig};
 
-/// Handle CONNECT; on success the CONNACK is written and the connection returned.
+/// Handle CONNECT; on success the CONNACK is in the channel's output and the
+/// connection returned; a refusal's CONNACK is written here.
 pub(super) async fn accept(
     env: Env,
     peer: SocketAddr,
-    mut connect: Connect,
+    connect: Connect,
     writer: &mut OwnedWriteHalf,
 ) -> Option<Connection> {
-    let broker = &env.broker;
-    let zone = &env.zone;
+    match open(&env.broker, &env.zone, peer, connect).await {
+        Ok(channel) => {
+            let Env {
+                shutdown,
+                hibernation,
+                guard,
+                ..
+            } = env;
+            Some(Connection {
+                channel,
+                shutdown,
+                hibernation,
+                _guard: guard,
+            })
+        }
+        Err(Refused(Some(connack))) => {
+            let _ = writer.write_all(&connack).await;
+            None
+        }
+        Err(Refused(None)) => None,
+    }
+}
+
+/// A CONNECT refused: the encoded CONNACK that says why, if one can be sent.
+pub(crate) struct Refused(pub Option<BytesMut>);
+
+/// The CONNACK refusing a client with `reason`, within its Maximum Packet Size.
+fn refusal(
+    peer: SocketAddr,
+    version: ProtocolVersion,
+    client_max_packet: u32,
+    reason: ReasonCode,
+) -> Refused {
+    tracing::info!(%peer, ?reason, "connection refused");
+    let properties = Properties {
+        reason_string: version.is_v5().then(|| reason.description().to_owned()),
+        ..Properties::default()
+    };
+    let ack = ConnAck {
+        session_present: false,
+        reason,
+        properties,
+    };
+    let Fit::Send { packet, .. } = fit::connack(ack, version, client_max_packet) else {
+        tracing::info!(%peer, max = client_max_packet, "refusing CONNACK larger than the client's Maximum Packet Size; not sent");
+        return Refused(None);
+    };
+    let mut buf = BytesMut::new();
+    match codec::encode(&Packet::ConnAck(packet), version, &mut buf) {
+        Ok(()) => Refused(Some(buf)),
+        Err(_) => Refused(None),
+    }
+}
+
+/// Open the session CONNECT asks for (taking it over from another connection,
+/// resuming it or creating it) and build the client's channel, with the CONNACK in its
+/// output. No socket is involved: tests open channels this way too.
+pub(crate) async fn open(
+    broker: &Arc<Broker>,
+    zone: &Arc<Zone>,
+    peer: SocketAddr,
+    mut connect: Connect,
+) -> Result<Channel, Refused> {
     let version = connect.protocol;
     // The largest packet the client takes (v5); CONNACK too must fit [MQTT-3.1.2-24].
     let client_max_packet = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
-    let refuse = |reason: ReasonCode| async move {
-        tracing::info!(%peer, ?reason, "connection refused");
-        let properties = Properties {
-            reason_string: version.is_v5().then(|| reason.description().to_owned()),
-            ..Properties::default()
-        };
-        let ack = ConnAck {
-            session_present: false,
-            reason,
-            properties,
-        };
-        let Fit::Send { packet, .. } = fit::connack(ack, version, client_max_packet) else {
-            tracing::info!(%peer, max = client_max_packet, "refusing CONNACK larger than the client's Maximum Packet Size; not sent");
-            return;
-        };
-        let mut buf = BytesMut::new();
-        if codec::encode(&Packet::ConnAck(packet), version, &mut buf).is_ok() {
-            let _ = writer.write_all(&buf).await;
-        }
-    };
+    let refuse = |reason: ReasonCode| refusal(peer, version, client_max_packet, reason);
     if let Err(reason) = validate(broker, zone, &mut connect) {
-        refuse(reason).await;
-        return None;
+        return Err(refuse(reason));
     }
     let keepalive = match keepalive::negotiate(version, connect.keep_alive, zone) {
         Ok(k) => k,
         Err(reason) => {
             tracing::info!(%peer, keep_alive = connect.keep_alive, max_keepalive = zone.max_keepalive, "keepalive above max_keepalive");
-            refuse(reason).await;
-            return None;
+            return Err(refuse(reason));
         }
     };
     let mut ack_props = Properties::default();
@@ -100,7 +142,7 @@ pub(super) async fn accept(
         }
         Fit::TooLarge { size } => {
             tracing::info!(client_id = %client_id, %peer, size, max = client_max_packet, "CONNACK does not fit the client's Maximum Packet Size; closing without it");
-            return None;
+            return Err(Refused(None));
         }
     };
 
@@ -225,8 +267,7 @@ pub(super) async fn accept(
             broker.registry.remove(&handle);
         }
         mailbox.close();
-        refuse(ReasonCode::SERVER_UNAVAILABLE).await;
-        return None;
+        return Err(refuse(ReasonCode::SERVER_UNAVAILABLE));
     }
     let restored = if resume {
         broker.store.awaiting_rel(&client_id).unwrap_or_else(|e| {
@@ -245,13 +286,6 @@ pub(super) async fn accept(
         max_mqueue_len: zone.max_mqueue_len,
         page_size: 1024,
     };
-    let Env {
-        broker,
-        zone,
-        shutdown,
-        hibernation,
-        guard,
-    } = env;
     let accepted = Accepted {
         broker: broker.clone(),
         conn_id,
@@ -276,7 +310,7 @@ pub(super) async fn accept(
         client_max_packet,
         alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         mailbox,
-        zone,
+        zone: zone.clone(),
     };
     let mut channel = Channel::new(accepted, now);
     Metrics::inc(&broker.metrics.connections);
@@ -287,12 +321,7 @@ pub(super) async fn accept(
         properties: ack_props,
     });
     channel.start(connack, receive_max, now);
-    Some(Connection {
-        channel,
-        shutdown,
-        hibernation,
-        _guard: guard,
-    })
+    Ok(channel)
 }
 
 /// Kick the connection holding `client_id`'s session, if any, and wait until it has

@@ -6,7 +6,7 @@
 //! connection; an idle one hibernates without a task (`Connection::hibernate`,
 //! `crate::hibernate`). A failure here closes this connection only.
 
-mod accept;
+pub(crate) mod accept;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
