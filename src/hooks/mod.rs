@@ -212,20 +212,10 @@ impl Hook {
 
 /// One registered callback.
 #[derive(Clone)]
-pub struct Entry {
+struct Entry {
     name: Arc<str>,
     priority: i32,
     hook: Hook,
-}
-
-impl Entry {
-    pub fn name(&self) -> &Arc<str> {
-        &self.name
-    }
-
-    pub fn priority(&self) -> i32 {
-        self.priority
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
