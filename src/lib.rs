@@ -11,6 +11,7 @@ pub mod config;
 mod connection;
 pub mod ctl;
 mod hibernate;
+pub mod hooks;
 pub mod listener;
 pub mod logging;
 pub mod message;
