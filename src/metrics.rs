@@ -26,6 +26,8 @@ metrics! {
     packets_sent => "packets.sent",
     packets_connect => "packets.connect.received",
     packets_malformed => "packets.malformed",
+    packets_publish_denied => "packets.publish.auth_error",
+    packets_subscribe_denied => "packets.subscribe.auth_error",
     connections => "client.connected",
     disconnections => "client.disconnected",
     connections_stalled => "client.disconnected.stalled",

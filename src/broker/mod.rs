@@ -39,6 +39,9 @@ pub struct Broker {
     pub registry: Registry,
     pub retained: RetainedIndex,
     pub wills: wills::DelayedWills,
+    /// The hook chain every channel runs (`crate::hooks`); empty until a plugin or
+    /// a feature registers something.
+    pub hooks: crate::hooks::Hooks,
     pub metrics: Metrics,
     next_conn_id: AtomicU64,
     /// One background compaction at a time.
@@ -73,6 +76,7 @@ impl Broker {
             registry: Registry::default(),
             retained: RetainedIndex::default(),
             wills: Default::default(),
+            hooks: crate::hooks::Hooks::new(),
             metrics: Metrics::default(),
             next_conn_id: AtomicU64::new(1),
             compacting: Arc::new(AtomicBool::new(false)),

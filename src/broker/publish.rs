@@ -15,6 +15,7 @@ use super::mailbox::Mailbox;
 use super::registry::{Delivered, SessionHandle};
 use super::Broker;
 use crate::codec::QoS;
+use crate::hooks::{ClientInfo, DropReason, PublishOutcome};
 use crate::logging::Throttle;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -35,9 +36,21 @@ pub struct Routed {
 
 impl Broker {
     /// Route `msg`. `extra` ops ride in the same durable batch (e.g. the QoS 2 packet
-    /// id of a persistent publisher). `done` is called exactly once.
+    /// id of a persistent publisher). `done` is called exactly once. Not from a
+    /// client (a will, a bridge): `message.publish` hooks see no client.
     pub fn publish(self: &Arc<Self>, msg: Message, extra: Vec<Op>, done: PublishDone) -> Routed {
-        self.publish_ordered(msg, extra, done, false)
+        self.publish_ordered(None, msg, extra, done, false)
+    }
+
+    /// `publish` for a message a client published.
+    pub fn publish_from(
+        self: &Arc<Self>,
+        from: &Arc<ClientInfo>,
+        msg: Message,
+        extra: Vec<Op>,
+        done: PublishDone,
+    ) -> Routed {
+        self.publish_ordered(Some(from), msg, extra, done, false)
     }
 
     /// `publish`, with `after_pending`: the publisher still waits for the store on
@@ -45,11 +58,22 @@ impl Broker {
     /// PUBLISH order [MQTT-4.6.0-2]) even when this one needs nothing stored.
     pub fn publish_ordered(
         self: &Arc<Self>,
-        msg: Message,
+        from: Option<&Arc<ClientInfo>>,
+        mut msg: Message,
         extra: Vec<Op>,
         done: PublishDone,
         after_pending: bool,
     ) -> Routed {
+        if let PublishOutcome::Dropped { by } = self.hooks.message_publish(from, &mut msg) {
+            // Consumed by a hook: not routed, stored or retained. What `extra` holds
+            // (the publisher's QoS 2 state) is still written, and acked as usual.
+            tracing::debug!(topic = %msg.topic_str(), hook = %by, "message dropped by a message.publish hook");
+            Metrics::inc(&self.metrics.messages_dropped);
+            self.hooks
+                .message_dropped(&msg, DropReason::Disallowed, None);
+            self.finish_without_routing(extra, done, after_pending);
+            return Routed::default();
+        }
         let msg = Arc::new(msg);
         let mut ops = extra;
         let retained = msg.retain && self.retain(&msg, &mut ops);
@@ -112,6 +136,11 @@ impl Broker {
                     Delivered::Congested(mailbox) => congested = Some(mailbox),
                     Delivered::Dropped => {
                         self.metrics.dropped_queue_full();
+                        self.hooks.message_dropped(
+                            &msg,
+                            DropReason::QueueFull,
+                            Some(&t.handle.client_id),
+                        );
                         static FULL: Throttle = Throttle::new();
                         if let Some(unlogged) = FULL.ready(msg.publish_ms, 10_000) {
                             tracing::warn!(client_id = %t.handle.client_id, unlogged, "delivery dropped: the subscriber's backlog is full");
@@ -123,6 +152,8 @@ impl Broker {
         }
         if matched == 0 {
             Metrics::inc(&self.metrics.messages_dropped_no_subscribers);
+            self.hooks
+                .message_dropped(&msg, DropReason::NoSubscribers, None);
         }
         match (enqueues.as_mut_slice(), stored.as_mut_slice()) {
             ([], _) => {}
@@ -140,14 +171,7 @@ impl Broker {
         // Enqueues follow the Message op: the writer counts references in op order.
         ops.append(&mut enqueues);
         if ops.is_empty() {
-            if after_pending {
-                // Completes after what was submitted before: the writer is in order.
-                self.store
-                    .writer()
-                    .submit(Vec::new(), Box::new(move |r| done(r.is_ok())));
-            } else {
-                done(true);
-            }
+            self.finish_without_routing(ops, done, after_pending);
             return Routed { matched, congested };
         }
         let broker = self.clone();
@@ -178,6 +202,19 @@ impl Broker {
             }),
         );
         Routed { matched, congested }
+    }
+
+    /// Complete a publish that routes nothing: `ops` (if any) durable, then `done`,
+    /// after what the publisher submitted before when `after_pending`.
+    fn finish_without_routing(&self, ops: Vec<Op>, done: PublishDone, after_pending: bool) {
+        if ops.is_empty() && !after_pending {
+            done(true);
+            return;
+        }
+        // Completes after what was submitted before: the writer is in order.
+        self.store
+            .writer()
+            .submit(ops, Box::new(move |r| done(r.is_ok())));
     }
 
     /// Update the retained store for a PUBLISH with RETAIN set (empty payload deletes).

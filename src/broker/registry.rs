@@ -31,6 +31,12 @@ pub enum ConnEvent {
     Reply(Box<crate::codec::Packet>, Vec<Outgoing>),
     /// The release of an outbound QoS 2 delivery is durable: PUBREL may go.
     Released(u16),
+    /// A `client.check_acl` decision the channel held packets for
+    /// (`Channel::take_decisions`).
+    Authorized {
+        ticket: u64,
+        verdicts: Vec<crate::hooks::AclVerdict>,
+    },
 }
 
 /// A connection's link to its session.

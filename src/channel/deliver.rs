@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::{Channel, Now};
 use crate::broker::registry::ConnEvent;
 use crate::codec::{self, Packet, Properties, PubResp, Publish, ReasonCode};
+use crate::hooks;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::{Action, DropReason, Outgoing};
@@ -171,6 +172,11 @@ impl Channel {
             self.output.truncate(before);
             tracing::info!(client_id = %self.client_id, size, max = self.client_max_packet, "PUBLISH larger than the client accepts; dropped");
             Metrics::inc(&self.broker.metrics.messages_dropped_too_large);
+            self.broker.hooks.message_dropped(
+                msg,
+                hooks::DropReason::TooLarge,
+                Some(&self.client_id),
+            );
             return false;
         }
         if let Some(alias) = new_alias {
@@ -178,6 +184,7 @@ impl Channel {
         }
         Metrics::inc(&self.broker.metrics.packets_sent);
         Metrics::inc(&self.broker.metrics.messages_sent);
+        self.broker.hooks.message_delivered(&self.info, msg);
         true
     }
 }

@@ -15,6 +15,7 @@
 //! connection, which the driver does (`connection::accept`) before it builds the
 //! channel.
 
+mod authorize;
 pub(crate) mod connect;
 mod deliver;
 pub(crate) mod fit;
@@ -22,7 +23,6 @@ pub(crate) mod keepalive;
 mod packets;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use crate::broker::registry::{ConnEvent, SessionHandle};
 use crate::broker::Broker;
 use crate::codec::{self, LastWill, Packet, ProtocolVersion, ReasonCode};
 use crate::config::Zone;
+use crate::hooks::{ClientInfo, DisconnectReason};
 use crate::message::ClientId;
 use crate::metrics::Metrics;
 use crate::session::{Inbound, Outbound};
@@ -77,7 +78,8 @@ pub(crate) struct Accepted {
     pub broker: Arc<Broker>,
     pub zone: Arc<Zone>,
     pub conn_id: u64,
-    pub peer: SocketAddr,
+    /// Who the client is (what hooks see), after authentication.
+    pub info: Arc<ClientInfo>,
     pub version: ProtocolVersion,
     pub client_id: ClientId,
     pub handle: Arc<SessionHandle>,
@@ -95,7 +97,7 @@ pub(crate) struct Channel {
     broker: Arc<Broker>,
     zone: Arc<Zone>,
     conn_id: u64,
-    peer: SocketAddr,
+    info: Arc<ClientInfo>,
     version: ProtocolVersion,
     client_id: ClientId,
     handle: Arc<SessionHandle>,
@@ -119,6 +121,9 @@ pub(crate) struct Channel {
     store_ops: Vec<quay_storage::Op>,
     /// This connection's inbox; store completions answer through it.
     mailbox: Arc<Mailbox>,
+    /// Packets waiting for an authorization decision, or behind one (boxed: almost
+    /// never there).
+    held: Option<Box<authorize::Held>>,
     /// A subscriber this client published to is behind (`Routed::congested`): no
     /// more packets are handled until its mailbox has room (`Mailbox::take_room`).
     paused: bool,
@@ -142,7 +147,7 @@ impl Channel {
             broker: a.broker,
             zone: a.zone,
             conn_id: a.conn_id,
-            peer: a.peer,
+            info: a.info,
             version: a.version,
             client_id: a.client_id,
             handle: a.handle,
@@ -158,6 +163,7 @@ impl Channel {
             pending_in: BTreeMap::new(),
             store_ops: Vec::new(),
             mailbox: a.mailbox,
+            held: None,
             paused: false,
             output: BytesMut::new(),
             last_packet_at: now.at,
@@ -179,6 +185,10 @@ impl Channel {
 
     pub fn client_id(&self) -> &ClientId {
         &self.client_id
+    }
+
+    pub fn info(&self) -> &Arc<ClientInfo> {
+        &self.info
     }
 
     /// CONNACK accepted: send it and start delivering.
@@ -208,7 +218,12 @@ impl Channel {
     /// Whether the channel takes packets: not while a subscriber it published to is
     /// behind, nor while the client has much unread output.
     pub fn reading(&self) -> bool {
-        !self.paused && self.output.len() < OUTPUT_HIGH
+        !self.paused
+            && self.output.len() < OUTPUT_HIGH
+            && self
+                .held
+                .as_ref()
+                .is_none_or(|h| h.len() < authorize::HELD_MAX)
     }
 
     /// Whether the channel takes mailbox events: only while the client reads what it
@@ -238,7 +253,7 @@ impl Channel {
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    tracing::warn!(client_id = %self.client_id, peer = %self.peer, error = %e, "malformed packet");
+                    tracing::warn!(client_id = %self.client_id, peer = %self.info.peer, error = %e, "malformed packet");
                     Metrics::inc(&self.broker.metrics.packets_malformed);
                     return Err(Close::Error(e.reason_code()));
                 }
@@ -348,7 +363,7 @@ impl Channel {
             (self.zone.stall_timeout, self.mailbox.stalled_for_ms(now.ms))
         {
             if stalled_ms >= limit.as_millis() as u64 {
-                tracing::warn!(client_id = %self.client_id, peer = %self.peer, stalled_ms, "the client stopped reading while its deliveries held up their publishers; closing it (stall_timeout)");
+                tracing::warn!(client_id = %self.client_id, peer = %self.info.peer, stalled_ms, "the client stopped reading while its deliveries held up their publishers; closing it (stall_timeout)");
                 Metrics::inc(&self.broker.metrics.connections_stalled);
                 return Err(Close::Error(ReasonCode::QUOTA_EXCEEDED));
             }
@@ -375,6 +390,7 @@ impl Channel {
             return false;
         }
         let idle = !self.paused
+            && self.held.is_none()
             && self.output.is_empty()
             && self.store_ops.is_empty()
             && self.pending_in.is_empty()
@@ -429,6 +445,7 @@ impl Channel {
                 let actions = self.outbound.released(packet_id, now.at);
                 self.execute(actions, now);
             }
+            ConnEvent::Authorized { ticket, verdicts } => self.authorized(ticket, verdicts, now)?,
         }
         Ok(())
     }
@@ -464,7 +481,11 @@ impl Channel {
             }
         }
         Metrics::inc(&self.broker.metrics.disconnections);
-        tracing::info!(client_id = %self.client_id, peer = %self.peer, ?close, "disconnected");
+        tracing::info!(client_id = %self.client_id, peer = %self.info.peer, ?close, "disconnected");
+        let reason = disconnect_reason(close);
+        self.broker
+            .hooks
+            .client_disconnected(&self.info, reason, crate::message::now_ms());
         match close {
             Close::ByClient { with_will } => *with_will,
             // Not on shutdown (the broker is going away); on takeover the will delay
@@ -472,5 +493,26 @@ impl Channel {
             Close::Kicked(r) => *r != ReasonCode::SERVER_SHUTTING_DOWN,
             Close::Lost | Close::Error(_) => true,
         }
+    }
+}
+
+/// How `client.disconnected` (and `$SYS`) names why a connection ended.
+fn disconnect_reason(close: &Close) -> DisconnectReason {
+    match *close {
+        Close::ByClient { with_will: false } => {
+            DisconnectReason::Normal(ReasonCode::NORMAL_DISCONNECTION)
+        }
+        Close::ByClient { with_will: true } => {
+            DisconnectReason::Normal(ReasonCode::DISCONNECT_WITH_WILL)
+        }
+        Close::Lost => DisconnectReason::Closed,
+        Close::Error(ReasonCode::KEEP_ALIVE_TIMEOUT) => DisconnectReason::KeepaliveTimeout,
+        // The only close we make with 0x97 (see `on_timer`).
+        Close::Error(ReasonCode::QUOTA_EXCEEDED) => DisconnectReason::Stalled,
+        Close::Error(ReasonCode::NOT_AUTHORIZED) => DisconnectReason::NotAuthorized,
+        Close::Error(r) => DisconnectReason::ProtocolError(r),
+        Close::Kicked(ReasonCode::SESSION_TAKEN_OVER) => DisconnectReason::Takeovered,
+        Close::Kicked(ReasonCode::SERVER_SHUTTING_DOWN) => DisconnectReason::Shutdown,
+        Close::Kicked(_) => DisconnectReason::Kicked,
     }
 }

@@ -4,12 +4,14 @@ use std::sync::Arc;
 
 use quay_storage::{Op, QueueEntry, SubscriptionRecord};
 
+use super::authorize::{allowed, Verdicts};
 use super::{Channel, Close, Now};
 use crate::broker::registry::{ConnEvent, SubOpts};
 use crate::codec::{
     Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
     UnsubAck, Unsubscribe,
 };
+use crate::hooks::HookPoint;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::{Outgoing, Qos2Arrival, Release};
@@ -24,10 +26,32 @@ fn resp(packet_id: u16, reason: ReasonCode) -> PubResp {
 }
 
 impl Channel {
+    /// A packet from the client, in the order it was sent.
     pub(super) fn on_packet(&mut self, packet: Packet, now: Now) -> Result<(), Close> {
+        let packet = match packet {
+            // Topic aliases follow arrival order, whatever waits for a decision: the
+            // PUBLISH carries its topic from here on.
+            Packet::Publish(mut p) => {
+                p.topic = self.resolve_alias(&p)?;
+                p.properties.topic_alias = None;
+                Packet::Publish(p)
+            }
+            other => other,
+        };
+        self.authorize(packet, now)
+    }
+
+    /// Handle a packet whose authorization (`verdicts`) is decided.
+    pub(super) fn dispatch(
+        &mut self,
+        packet: Packet,
+        verdicts: Verdicts,
+        now: Now,
+    ) -> Result<(), Close> {
         match packet {
-            Packet::Publish(p) => self.on_publish(p, now)?,
+            Packet::Publish(p) => self.on_publish(p, allowed(&verdicts, 0), now)?,
             Packet::PubAck(r) => {
+                self.acked(r.packet_id);
                 let actions = self.outbound.on_puback(r.packet_id, now.at);
                 self.execute(actions, now);
             }
@@ -44,6 +68,7 @@ impl Channel {
                 }
             }
             Packet::PubComp(r) => {
+                self.acked(r.packet_id);
                 let actions = self.outbound.on_pubcomp(r.packet_id, now.at);
                 self.execute(actions, now);
             }
@@ -71,7 +96,7 @@ impl Channel {
                     self.reply_when_durable(ops, pubcomp, Vec::new(), now);
                 }
             },
-            Packet::Subscribe(s) => self.on_subscribe(s, now),
+            Packet::Subscribe(s) => self.on_subscribe(s, &verdicts, now),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u, now),
             Packet::PingReq => self.send(&Packet::PingResp),
             Packet::Disconnect(d) => {
@@ -97,7 +122,16 @@ impl Channel {
         Ok(())
     }
 
-    fn on_publish(&mut self, p: Publish, now: Now) -> Result<(), Close> {
+    /// `message.acked` for the delivery `packet_id` completes, if anyone listens.
+    fn acked(&self, packet_id: u16) {
+        if self.broker.hooks.is_registered(HookPoint::MessageAcked) {
+            if let Some(msg) = self.outbound.inflight_message(packet_id) {
+                self.broker.hooks.message_acked(&self.info, msg);
+            }
+        }
+    }
+
+    fn on_publish(&mut self, p: Publish, allowed: bool, now: Now) -> Result<(), Close> {
         let broker = self.broker.clone();
         let mqtt = &broker.config.mqtt;
         let metrics = &broker.metrics;
@@ -107,7 +141,8 @@ impl Channel {
             QoS::AtLeastOnce => &metrics.messages_qos1_received,
             QoS::ExactlyOnce => &metrics.messages_qos2_received,
         });
-        let topic = self.resolve_alias(&p)?;
+        // Resolved on arrival (`on_packet`).
+        let topic = p.topic.clone();
         let topic_str = std::str::from_utf8(&topic).unwrap_or("");
         if let Err(e) = topic::validate_name(topic_str, mqtt.max_topic_levels) {
             tracing::warn!(client_id = %self.client_id, error = %e, "invalid PUBLISH topic");
@@ -146,8 +181,23 @@ impl Channel {
                 .unwrap_or(0),
             properties: Message::pass_through(&p.properties),
         };
+        if !allowed {
+            // `acl_deny_action = ignore` (EMQX's default): dropped, and a QoS 1/2
+            // publisher is told so (v5: 0x87; v3 acks carry no reason).
+            Metrics::inc(&metrics.packets_publish_denied);
+            tracing::info!(client_id = %self.client_id, topic = %msg.topic_str(), "PUBLISH not authorized; dropped");
+            let denied = |id| resp(id, ReasonCode::NOT_AUTHORIZED);
+            match (p.qos, p.packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(denied(id))),
+                (QoS::ExactlyOnce, Some(id)) => self.send(&Packet::PubRec(denied(id))),
+                _ => {}
+            }
+            return Ok(());
+        }
         let Some(packet_id) = p.packet_id else {
-            let routed = self.broker.publish(msg, Vec::new(), Box::new(|_| {}));
+            let routed = self
+                .broker
+                .publish_from(&self.info, msg, Vec::new(), Box::new(|_| {}));
             self.pause_for(routed.congested);
             return Ok(());
         };
@@ -208,6 +258,7 @@ impl Channel {
         // Placeholder until `publish` returns; the Durable event is handled after.
         self.pending_in.insert(packet_id, true);
         let routed = self.broker.publish_ordered(
+            Some(&self.info),
             msg,
             extra,
             Box::new(move |ok| {
@@ -299,7 +350,7 @@ impl Channel {
         Ok(p.topic.clone())
     }
 
-    fn on_subscribe(&mut self, s: Subscribe, now: Now) {
+    fn on_subscribe(&mut self, s: Subscribe, verdicts: &Verdicts, now: Now) {
         let mqtt = &self.broker.config.mqtt;
         let sub_id = s
             .properties
@@ -311,9 +362,12 @@ impl Channel {
         let mut ops = Vec::new();
         let mut retained = Vec::new();
         let mut stored = Vec::new();
-        for (filter, options) in &s.filters {
+        for (i, (filter, options)) in s.filters.iter().enumerate() {
             let reason = if topic::validate_filter(filter, mqtt.max_topic_levels).is_err() {
                 ReasonCode::TOPIC_FILTER_INVALID
+            } else if !allowed(verdicts, i) {
+                Metrics::inc(&self.broker.metrics.packets_subscribe_denied);
+                ReasonCode::NOT_AUTHORIZED
             } else if filter.starts_with("$share/") || filter.starts_with("$queue/") {
                 ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
             } else if !mqtt.wildcard_subscription && topic::has_wildcard(filter) {
@@ -331,6 +385,9 @@ impl Channel {
                     ..SubOpts::from_options(options, sub_id)
                 };
                 let existed = self.broker.registry.subscribe(&self.handle, filter, opts);
+                self.broker
+                    .hooks
+                    .session_subscribed(&self.info, filter, options);
                 if self.persistent {
                     ops.push(Op::PutSubscription {
                         client: self.client_id.clone(),
@@ -434,6 +491,7 @@ impl Channel {
             .iter()
             .map(|filter| {
                 if self.broker.registry.unsubscribe(&self.handle, filter) {
+                    self.broker.hooks.session_unsubscribed(&self.info, filter);
                     if self.persistent {
                         ops.push(Op::DeleteSubscription {
                             client: self.client_id.clone(),

@@ -22,6 +22,7 @@ use crate::channel::keepalive;
 use crate::channel::{Accepted, Channel, Now};
 use crate::codec::{self, ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
 use crate::config::Zone;
+use crate::hooks::{AuthVerdict, ClientInfo, ConnectedInfo, Credentials};
 use crate::message::{now_ms, ClientId};
 use crate::metrics::Metrics;
 use crate::session::{Inbound, Outbound, SessionConfig};
@@ -34,7 +35,7 @@ pub(super) async fn accept(
     connect: Connect,
     writer: &mut OwnedWriteHalf,
 ) -> Option<Connection> {
-    match open(&env.broker, &env.zone, peer, connect).await {
+    match open(&env.broker, &env.zone, &env.listener, peer, connect).await {
         Ok(channel) => {
             let Env {
                 shutdown,
@@ -94,6 +95,7 @@ fn refusal(
 pub(crate) async fn open(
     broker: &Arc<Broker>,
     zone: &Arc<Zone>,
+    listener: &Arc<str>,
     peer: SocketAddr,
     mut connect: Connect,
 ) -> Result<Channel, Refused> {
@@ -120,6 +122,10 @@ pub(crate) async fn open(
         }
     }
     let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+    let info = match authenticate(broker, zone, listener, peer, &client_id, &connect).await {
+        Ok(info) => info,
+        Err(reason) => return Err(refuse(reason)),
+    };
     let expiry_s = session_expiry(&connect, zone, &mut ack_props);
     let persistent = expiry_s > 0;
     ack_props.server_keep_alive = keepalive.server_keep_alive;
@@ -289,7 +295,6 @@ pub(crate) async fn open(
     let accepted = Accepted {
         broker: broker.clone(),
         conn_id,
-        peer,
         version,
         client_id: client_id.clone(),
         handle,
@@ -309,6 +314,7 @@ pub(crate) async fn open(
         will: connect.will.take().map(Box::new),
         client_max_packet,
         alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+        info,
         mailbox,
         zone: zone.clone(),
     };
@@ -321,7 +327,58 @@ pub(crate) async fn open(
         properties: ack_props,
     });
     channel.start(connack, receive_max, now);
+    broker.hooks.client_connected(
+        channel.info(),
+        &ConnectedInfo {
+            clean_start: connect.clean_start,
+            keepalive_s: keepalive.seconds,
+            session_present: resume,
+            expiry_interval_s: expiry_s,
+            connected_at_ms: now.ms,
+        },
+    );
     Ok(channel)
+}
+
+/// Who the client is, as hooks see it, once `client.authenticate` let it in (an
+/// asynchronous backend is awaited here: this connection waits, nobody else).
+async fn authenticate(
+    broker: &Broker,
+    zone: &Zone,
+    listener: &Arc<str>,
+    peer: SocketAddr,
+    client_id: &ClientId,
+    connect: &Connect,
+) -> Result<Arc<ClientInfo>, ReasonCode> {
+    let mut info = ClientInfo::new(
+        client_id.clone(),
+        peer,
+        connect.protocol,
+        listener.clone(),
+        Arc::from(zone.name.as_str()),
+    );
+    info.username = connect.username.as_deref().map(Arc::from);
+    let info = Arc::new(info);
+    let creds = Arc::new(Credentials {
+        password: connect.password.clone(),
+        auth_method: None,
+        auth_data: None,
+    });
+    // Everyone is let in until an authentication backend says otherwise
+    // (`allow_anonymous` arrives with the authentication chain).
+    let anonymous = AuthVerdict::Allow { superuser: false };
+    match broker
+        .hooks
+        .authenticate(&info, &creds, anonymous)
+        .resolve()
+        .await
+    {
+        AuthVerdict::Allow { superuser } => Ok(info.with_superuser(superuser)),
+        AuthVerdict::Deny(reason) => {
+            tracing::info!(%client_id, %peer, ?reason, "authentication failed");
+            Err(reason)
+        }
+    }
 }
 
 /// Kick the connection holding `client_id`'s session, if any, and wait until it has

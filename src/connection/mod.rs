@@ -19,6 +19,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
+use crate::broker::registry::ConnEvent;
 use crate::broker::Broker;
 use crate::channel::{Channel, Close, Now};
 use crate::codec::{self, Packet, ReasonCode};
@@ -41,6 +42,8 @@ enum Outcome {
 pub(crate) struct Env {
     pub broker: Arc<Broker>,
     pub zone: Arc<Zone>,
+    /// The listener's name (`listener.tcp.<name>`), which hooks see.
+    pub listener: Arc<str>,
     pub shutdown: watch::Receiver<bool>,
     pub hibernation: Hibernation,
     /// Held for the connection's whole life, hibernated or not.
@@ -253,6 +256,7 @@ impl Connection {
                 return Outcome::Closed(Close::Kicked(reason));
             }
             ch.flush_store_ops();
+            run_decisions(ch);
             let now = Now::read();
             let deadline = ch.next_deadline(now);
             let reading = ch.reading();
@@ -355,6 +359,18 @@ impl Connection {
     }
 }
 
+/// Run the authorization decisions the channel waits for (a hook asking a backend);
+/// each answers through the mailbox. Off this task, so the connection goes on.
+fn run_decisions(ch: &mut Channel) {
+    for (ticket, decision) in ch.take_decisions() {
+        let mailbox = ch.mailbox().clone();
+        tokio::spawn(async move {
+            let verdicts = decision.await;
+            mailbox.push(ConnEvent::Authorized { ticket, verdicts });
+        });
+    }
+}
+
 /// Quiet for `hibernate_after`, with nothing buffered, in flight or awaited?
 fn may_hibernate(ch: &mut Channel, now: Now, rbuf: &BytesMut) -> bool {
     let Some(after) = ch.zone().hibernate_after else {
@@ -383,6 +399,9 @@ fn drain_socket(
 }
 
 #[cfg(test)]
+mod hook_tests;
+
+#[cfg(test)]
 mod tests {
     /// A busy connection keeps this future (its task); a hibernated one keeps only
     /// its boxed `Connection`, the largest part of an idle connection's memory. The
@@ -407,6 +426,7 @@ mod tests {
         let env = super::Env {
             broker: broker.clone(),
             zone,
+            listener: std::sync::Arc::from("external"),
             shutdown,
             hibernation: super::Hibernation::start().unwrap(),
             guard: super::ConnGuard {

@@ -15,8 +15,8 @@
 //!   holds up registration or other callers.
 //! - **Never blocks on I/O**: `client.authenticate` and `client.check_acl` answer a
 //!   [`Decision`], `Ready` when known, `Pending(future)` when a backend must be
-//!   asked; the caller awaits it without stopping its other work ([`InOrder`] keeps
-//!   one client's PUBLISHes in order). Every other point is synchronous and must not
+//!   asked; the caller awaits it without stopping its other work (the channel holds a
+//!   client's later packets behind it: `channel::authorize`). Every other point is synchronous and must not
 //!   block: a hook that needs I/O hands the event to its own task (a bounded
 //!   channel, `try_send`, counted when full).
 //!
@@ -26,7 +26,6 @@ mod auth;
 mod client_info;
 mod decision;
 mod events;
-mod ordered;
 mod publish;
 #[cfg(test)]
 mod tests;
@@ -39,7 +38,6 @@ pub use auth::{Access, AclResult, AclVerdict, AuthResult, AuthVerdict};
 pub use client_info::{CertIdentity, ClientInfo, Credentials};
 pub use decision::{BoxFuture, Decision};
 pub use events::{ConnectedInfo, DisconnectReason};
-pub use ordered::InOrder;
 pub use publish::{DropReason, PublishOutcome, PublishResult};
 
 use crate::codec::SubscriptionOptions;

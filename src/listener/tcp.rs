@@ -35,6 +35,7 @@ pub async fn serve(
         config.max_connections.min(Semaphore::MAX_PERMITS),
     ));
     let zone = broker.zone(&config.zone);
+    let name: Arc<str> = Arc::from(config.name.as_str());
     let mut stop = shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -57,6 +58,7 @@ pub async fn serve(
         let env = Env {
             broker: broker.clone(),
             zone: zone.clone(),
+            listener: name.clone(),
             shutdown: shutdown.clone(),
             hibernation: hibernation.clone(),
             guard: ConnGuard {

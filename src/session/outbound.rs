@@ -112,6 +112,11 @@ impl Outbound {
         self.pending.shrink_to_fit();
     }
 
+    /// The message of the delivery in flight under `packet_id`, if any.
+    pub fn inflight_message(&self, packet_id: u16) -> Option<&Message> {
+        self.inflight.get(&packet_id).map(|f| &*f.out.msg)
+    }
+
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }

@@ -311,6 +311,8 @@ impl SimBroker {
                 let actions = conn.outbound.released(packet_id, now);
                 self.execute(conn, actions);
             }
+            // The model registers no hooks: nothing is ever held for a decision.
+            ConnEvent::Authorized { .. } => unreachable!("no authorization hooks in the model"),
         }
     }
 
