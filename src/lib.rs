@@ -7,7 +7,8 @@
 pub mod broker;
 pub(crate) mod channel;
 pub mod codec;
-pub mod config;
+/// The config loader is its own crate (`emqx_ctl` uses it without the broker).
+pub use quay_config as config;
 mod connection;
 pub mod ctl;
 mod hibernate;
@@ -17,6 +18,7 @@ pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod node;
+pub mod query;
 pub mod router;
 pub mod session;
 pub mod topic;

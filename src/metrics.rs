@@ -66,3 +66,79 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 }
+
+/// A count of something that exists now (connections, sessions, ...), kept as it
+/// changes, with the highest value it reached since start (EMQX's `*.count` and
+/// `*.max`). Relaxed atomics: statistics, not synchronisation. The owner changes it
+/// under the lock of the thing it counts, so it is exact whenever that is quiet.
+#[derive(Debug, Default)]
+pub struct Gauge {
+    value: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Gauge {
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+
+    pub fn max(&self) -> u64 {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    pub fn inc(&self) {
+        let now = self.value.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Never below zero: a decrement without its increment is a bug, not a wrap to
+    /// 2^64 in `emqx_ctl broker stats`.
+    pub fn dec(&self) {
+        let _ = self
+            .value
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+
+    /// Set from an exact count the owner keeps (a map's or a trie's size).
+    pub fn set(&self, value: u64) {
+        self.value.store(value, Ordering::Relaxed);
+        self.max.fetch_max(value, Ordering::Relaxed);
+    }
+}
+
+/// What the registry and the route table hold now; see docs/ARCHITECTURE.md ("Gauges").
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Registered sessions with a connection attached.
+    pub connections: Gauge,
+    /// Registered sessions, online or offline.
+    pub sessions: Gauge,
+    /// Registered sessions that are stored (persistent).
+    pub sessions_persistent: Gauge,
+    /// (client, filter) pairs in the route table.
+    pub subscriptions: Gauge,
+    /// Distinct filters in the route table.
+    pub topics: Gauge,
+    /// (filter, node) routes: one per distinct filter on a single node.
+    pub routes: Gauge,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gauge_keeps_its_max_and_never_goes_below_zero() {
+        let g = Gauge::default();
+        g.inc();
+        g.inc();
+        g.dec();
+        assert_eq!((g.get(), g.max()), (1, 2));
+        g.dec();
+        g.dec();
+        assert_eq!((g.get(), g.max()), (0, 2));
+        g.set(5);
+        g.set(3);
+        assert_eq!((g.get(), g.max()), (3, 5));
+    }
+}

@@ -109,10 +109,7 @@ fn foreground(config: Config) -> Result<()> {
 fn call(config: &Config, args: &[&str]) -> std::io::Result<ctl::Reply> {
     let socket = ctl::socket_path(&config.node.data_dir);
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(ctl::call(&socket, &args, Duration::from_secs(10)))
+    quay_ctl::call(&socket, &args, Duration::from_secs(10))
 }
 
 fn ping(config: &Config) -> Result<()> {

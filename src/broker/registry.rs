@@ -14,6 +14,7 @@ use super::mailbox::{Mailbox, Pushed, BACKLOG_HIGH};
 use crate::codec::{QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use crate::config::Zone;
 use crate::message::ClientId;
+use crate::metrics::Gauges;
 use crate::router::TopicTrie;
 use crate::session::Outgoing;
 
@@ -79,6 +80,8 @@ pub struct SessionState {
     pub incarnation: u64,
     pub persistent: bool,
     pub expiry_interval_s: u32,
+    /// Set only through `Registry::attach`/`detach` once the session is registered:
+    /// they keep `connections.count`.
     pub conn: Option<ConnLink>,
     /// Set while offline: when the session expires.
     pub offline_since: Option<Instant>,
@@ -165,12 +168,16 @@ pub enum Delivered {
     Dropped,
 }
 
+type RouteTable = TopicTrie<ClientId, (Arc<SessionHandle>, SubOpts)>;
+
 #[derive(Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<ClientId, Arc<SessionHandle>>>,
-    routes: RwLock<TopicTrie<ClientId, (Arc<SessionHandle>, SubOpts)>>,
+    routes: RwLock<RouteTable>,
     /// One CONNECT at a time per client id (see `lock_client`).
     connecting: Mutex<HashMap<ClientId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Counts of what the maps above hold, changed with them (no scans for stats).
+    gauges: Gauges,
 }
 
 /// Held while a CONNECT decides and installs its session; see `Registry::lock_client`.
@@ -226,8 +233,51 @@ impl Registry {
         self.sessions().get(client).cloned()
     }
 
+    /// Register `handle` (its connection, if it has one, is counted). Callers remove
+    /// the previous session of the client id first.
     pub fn insert(&self, handle: Arc<SessionHandle>) {
-        self.sessions().insert(handle.client_id.clone(), handle);
+        let mut sessions = self.sessions();
+        let (persistent, connected) = {
+            let st = handle.state();
+            (st.persistent, st.live && st.conn.is_some())
+        };
+        if let Some(old) = sessions.insert(handle.client_id.clone(), handle) {
+            // Not done by any caller; keeps the persistent count right if it were.
+            // The old handle stays live, so its connection is counted until it detaches.
+            if old.state().persistent {
+                self.gauges.sessions_persistent.dec();
+            }
+        }
+        self.gauges.sessions.set(sessions.len() as u64);
+        if persistent {
+            self.gauges.sessions_persistent.inc();
+        }
+        if connected {
+            self.gauges.connections.inc();
+        }
+    }
+
+    /// Attach a connection to a session (a resumed one: new sessions come with
+    /// theirs through `insert`), replacing any link it had.
+    pub fn attach(&self, st: &mut SessionState, link: ConnLink) {
+        if st.live && st.conn.is_none() {
+            self.gauges.connections.inc();
+        }
+        st.conn = Some(link);
+    }
+
+    /// Take the connection off a session: it is offline (or ending).
+    pub fn detach(&self, st: &mut SessionState) -> Option<ConnLink> {
+        let link = st.conn.take();
+        if st.live && link.is_some() {
+            self.gauges.connections.dec();
+        }
+        link
+    }
+
+    /// What is registered and routed now.
+    pub fn gauges(&self) -> &Gauges {
+        &self.gauges
     }
 
     pub fn len(&self) -> usize {
@@ -248,7 +298,29 @@ impl Registry {
     }
 
     pub fn route_count(&self) -> usize {
-        self.routes.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.routes().len()
+    }
+
+    /// Distinct filters in the route table and how many subscribers each has.
+    pub fn filters(&self) -> Vec<(String, usize)> {
+        self.routes().filters()
+    }
+
+    fn routes(&self) -> std::sync::RwLockReadGuard<'_, RouteTable> {
+        self.routes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn routes_mut(&self) -> std::sync::RwLockWriteGuard<'_, RouteTable> {
+        self.routes.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called with the route table's write lock held after every change to it.
+    fn count_routes(&self, routes: &RouteTable) {
+        self.gauges.subscriptions.set(routes.len() as u64);
+        let filters = routes.filter_count() as u64;
+        self.gauges.topics.set(filters);
+        // One route (filter -> this node) per filter until there is a cluster.
+        self.gauges.routes.set(filters);
     }
 
     /// Remove `handle` (if it is still the registered one) and all its routes.
@@ -273,16 +345,23 @@ impl Registry {
                 return false;
             }
             st.live = false;
+            if st.conn.is_some() {
+                self.gauges.connections.dec();
+            }
             removed(&st);
             if sessions
                 .get(&handle.client_id)
                 .is_some_and(|h| Arc::ptr_eq(h, handle))
             {
                 sessions.remove(&handle.client_id);
+                self.gauges.sessions.set(sessions.len() as u64);
+                if st.persistent {
+                    self.gauges.sessions_persistent.dec();
+                }
             }
             st.subscriptions.drain().map(|(f, _)| f).collect()
         };
-        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        let mut routes = self.routes_mut();
         for f in filters {
             if let Some((h, _)) = routes.get(&f, &handle.client_id) {
                 if Arc::ptr_eq(h, handle) {
@@ -290,37 +369,42 @@ impl Registry {
                 }
             }
         }
+        self.count_routes(&routes);
         true
     }
 
-    /// Add or replace a subscription; returns true if it already existed.
+    /// Add or replace a subscription; returns true if it already existed. A session
+    /// that has ended gets no route: the session's lock is held across the route
+    /// change (lock order: session, then routes), so `remove_if` cannot run between
+    /// them and leave a route behind.
     pub fn subscribe(&self, handle: &Arc<SessionHandle>, filter: &str, opts: SubOpts) -> bool {
-        let existed = handle
-            .state()
-            .subscriptions
-            .insert(filter.to_owned(), opts)
-            .is_some();
-        self.routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(filter, handle.client_id.clone(), (handle.clone(), opts));
+        let mut st = handle.state();
+        if !st.live {
+            return false;
+        }
+        let existed = st.subscriptions.insert(filter.to_owned(), opts).is_some();
+        let mut routes = self.routes_mut();
+        routes.insert(filter, handle.client_id.clone(), (handle.clone(), opts));
+        self.count_routes(&routes);
         existed
     }
 
     /// Remove a subscription; returns true if it existed.
     pub fn unsubscribe(&self, handle: &Arc<SessionHandle>, filter: &str) -> bool {
-        let existed = handle.state().subscriptions.remove(filter).is_some();
-        self.routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(filter, &handle.client_id);
+        let mut st = handle.state();
+        let existed = st.subscriptions.remove(filter).is_some();
+        if existed {
+            let mut routes = self.routes_mut();
+            routes.remove(filter, &handle.client_id);
+            self.count_routes(&routes);
+        }
         existed
     }
 
     /// Subscribers of `topic`, one per client, with the highest QoS and every
     /// subscription identifier of its matching filters (MQTT 5 §3.3.4).
     pub fn targets(&self, topic: &str) -> Vec<Target> {
-        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let routes = self.routes();
         let mut targets: Vec<Target> = Vec::new();
         let mut index: HashMap<ClientId, usize> = HashMap::new();
         routes.for_each_match(topic, |client, (handle, opts)| {
@@ -373,3 +457,7 @@ mod tests {
         assert_eq!(registry.connecting_len(), 0, "no entry is left behind");
     }
 }
+
+#[cfg(test)]
+#[path = "registry_gauges.rs"]
+mod gauge_tests;

@@ -138,7 +138,7 @@ impl Channel {
         let expiry_s = {
             let mut st = self.handle.state();
             if !ended && st.live && ours(&st) {
-                st.conn = None;
+                self.broker.registry.detach(&mut st);
                 st.offline_since = Some(now.at);
                 st.dup_below = dup_below;
                 let op = Op::PutSession {

@@ -174,7 +174,9 @@ pub(crate) async fn open(
         // Resumed with a Session Expiry of 0 (v5): the stored queue is still
         // delivered [MQTT-3.1.2-5], and the session ends with this connection.
         st.expiry_interval_s = expiry_s;
-        st.conn = link.take();
+        if let Some(link) = link.take() {
+            broker.registry.attach(&mut st, link);
+        }
         st.offline_since = None;
         st.connected_at_ms = now_ms();
         st.peer = peer.to_string().into();
@@ -265,7 +267,7 @@ pub(crate) async fn open(
         {
             let mut st = handle.state();
             if st.conn.as_ref().is_some_and(|l| l.conn_id == conn_id) {
-                st.conn = None;
+                broker.registry.detach(&mut st);
                 st.offline_since = Some(Instant::now());
             }
         }
@@ -413,7 +415,7 @@ async fn take_over(broker: &Broker, client_id: &ClientId) {
             .is_some_and(|l| Arc::ptr_eq(&l.mailbox, &old))
         {
             tracing::warn!(%client_id, "the connection taken over ended without detaching its session");
-            st.conn = None;
+            broker.registry.detach(&mut st);
             st.offline_since = Some(Instant::now());
         }
     }

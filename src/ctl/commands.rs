@@ -1,14 +1,16 @@
-//! `emqx_ctl` commands, answered by the node. Output follows EMQX 4's wording.
+//! `emqx_ctl` commands, answered by the node. Output follows EMQX 4's wording. This
+//! file only formats: what it shows comes from `crate::query`.
 
 use std::fmt::Write;
 use std::sync::Arc;
 
 use super::Reply;
-use crate::broker::registry::SessionHandle;
 use crate::broker::Broker;
 use crate::codec::ReasonCode;
+use crate::query::{self, ClientInfo, Page, PageRequest, SessionInfo, SubscriptionInfo};
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Items fetched per query page while printing a whole list.
+const LIST_PAGE: usize = 1_000;
 
 const USAGE: &str = "\
 status                                  # Show broker status
@@ -41,115 +43,133 @@ pub fn run_command(broker: &Arc<Broker>, args: &[String]) -> Reply {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["ping"] => ok("pong\n".into()),
-        ["status"] => ok(format!(
-            "Node '{}' is started\nquay {VERSION} is running\n",
-            broker.config.node.name
-        )),
-        ["broker"] => ok(format!(
-            "sysdescr  : Quay durable MQTT broker\nversion   : {VERSION}\nuptime    : {} seconds\n",
-            broker.started_at.elapsed().as_secs()
-        )),
-        ["broker", "stats"] => {
-            let sessions = broker.registry.all();
-            let connected = sessions.iter().filter(|s| s.state().conn.is_some()).count();
+        ["status"] => {
+            let info = query::broker_info(broker);
             ok(format!(
-                "connections.count       : {connected}\nconnections.hibernated  : {}\nsessions.count          : {}\nsessions.persistent.count : {}\nsubscriptions.count     : {}\nretained.count          : {}\n",
-                broker.hibernated.load(std::sync::atomic::Ordering::Relaxed),
-                sessions.len(),
-                sessions.iter().filter(|s| s.state().persistent).count(),
-                broker.registry.route_count(),
-                broker.retained.len()
+                "Node '{}' is started\nquay {} is running\n",
+                info.node, info.version
             ))
         }
+        ["broker"] => {
+            let info = query::broker_info(broker);
+            ok(format!(
+                "sysdescr  : {}\nversion   : {}\nuptime    : {} seconds\n",
+                info.sysdescr, info.version, info.uptime_s
+            ))
+        }
+        ["broker", "stats"] => ok(stats_text(&query::stats(broker))),
         ["metrics"] => {
             let mut out = String::new();
-            for (name, value) in broker.metrics.snapshot() {
-                let _ = writeln!(out, "{name:<40}: {value}");
+            for m in query::metrics(broker) {
+                let _ = writeln!(out, "{:<40}: {}", m.name, m.value);
             }
             ok(out)
         }
-        ["clients", "list"] => ok(list(broker, |s| s.state().conn.is_some(), client_line)),
-        ["clients", "show", id] => show(broker, id, client_line),
+        ["clients", "list"] => ok(all_pages(|req| query::clients(broker, req), client_line)),
+        ["clients", "show", id] => found(query::client(broker, id).map(|c| client_line(&c))),
         ["clients", "kick", id] => match broker.registry.get(id) {
             Some(h) if h.kick(ReasonCode::ADMINISTRATIVE_ACTION) => ok("ok\n".into()),
-            _ => Reply {
-                code: 1,
-                output: "Not Found.\n".into(),
-            },
+            _ => not_found(),
         },
-        ["sessions", "list"] => ok(list(broker, |_| true, session_line)),
-        ["sessions", "show", id] => show(broker, id, session_line),
-        ["subscriptions", "list"] => ok(list(broker, |_| true, subscriptions_lines)),
-        ["subscriptions", "show", id] => show(broker, id, subscriptions_lines),
-        ["retainer", "info"] => ok(format!("retained/total: {}\n", broker.retained.len())),
-        ["retainer", "topics"] => {
-            let mut out = String::new();
-            for t in broker.retained.matching("#") {
-                let _ = writeln!(out, "{t}");
-            }
-            ok(out)
-        }
+        ["sessions", "list"] => ok(all_pages(|req| query::sessions(broker, req), session_line)),
+        ["sessions", "show", id] => found(query::session(broker, id).map(|s| session_line(&s))),
+        ["subscriptions", "list"] => ok(all_pages(
+            |req| query::subscriptions(broker, req),
+            subscription_line,
+        )),
+        ["subscriptions", "show", id] => found(
+            query::subscriptions_of(broker, id)
+                .map(|subs| subs.iter().map(subscription_line).collect()),
+        ),
+        ["retainer", "info"] => ok(format!(
+            "retained/total: {}\n",
+            query::stats(broker).retained
+        )),
+        ["retainer", "topics"] => ok(all_pages(
+            |req| query::retained(broker, req),
+            |t: &String| format!("{t}\n"),
+        )),
         [] | ["help"] => usage(""),
         _ => usage(&format!("Unknown command: {}\n", args.join(" "))),
     }
 }
 
-fn list(
-    broker: &Broker,
-    keep: impl Fn(&SessionHandle) -> bool,
-    line: fn(&SessionHandle) -> String,
+/// Every page of a query, one line per item.
+fn all_pages<T, K>(
+    mut query: impl FnMut(&PageRequest<K>) -> Page<T, K>,
+    line: impl Fn(&T) -> String,
 ) -> String {
-    let mut sessions = broker.registry.all();
-    sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-    sessions
-        .iter()
-        .filter(|s| keep(s))
-        .map(|s| line(s))
-        .collect()
-}
-
-fn show(broker: &Broker, id: &str, line: fn(&SessionHandle) -> String) -> Reply {
-    match broker.registry.get(id) {
-        Some(h) => ok(line(&h)),
-        None => Reply {
-            code: 1,
-            output: "Not Found.\n".into(),
-        },
+    let mut out = String::new();
+    let mut req = PageRequest::first(LIST_PAGE);
+    loop {
+        let page = query(&req);
+        for item in &page.items {
+            out.push_str(&line(item));
+        }
+        match page.next {
+            Some(next) => req = PageRequest::after(next, LIST_PAGE),
+            None => return out,
+        }
     }
 }
 
-fn client_line(s: &SessionHandle) -> String {
-    let st = s.state();
+/// The names are EMQX 4's; the first six lines are what earlier versions printed.
+fn stats_text(s: &query::Stats) -> String {
+    let rows = [
+        ("connections.count", s.connections.count),
+        ("connections.hibernated", s.connections_hibernated),
+        ("sessions.count", s.sessions.count),
+        ("sessions.persistent.count", s.sessions_persistent.count),
+        ("subscriptions.count", s.subscriptions.count),
+        ("retained.count", s.retained),
+        ("connections.max", s.connections.max),
+        ("sessions.max", s.sessions.max),
+        ("sessions.persistent.max", s.sessions_persistent.max),
+        ("subscriptions.max", s.subscriptions.max),
+        ("topics.count", s.topics.count),
+        ("topics.max", s.topics.max),
+        ("routes.count", s.routes.count),
+        ("routes.max", s.routes.max),
+    ];
+    let mut out = String::new();
+    for (name, value) in rows {
+        let _ = writeln!(out, "{name:<23} : {value}");
+    }
+    out
+}
+
+fn found(output: Option<String>) -> Reply {
+    output.map(ok).unwrap_or_else(not_found)
+}
+
+fn not_found() -> Reply {
+    Reply {
+        code: 1,
+        output: "Not Found.\n".into(),
+    }
+}
+
+fn client_line(c: &ClientInfo) -> String {
     format!(
         "Client({}, peername={}, connected={}, proto_ver={}, clean_start={}, expiry_interval={}, subscriptions={}, connected_at={})\n",
-        s.client_id,
-        st.peer,
-        st.conn.is_some(),
-        st.protocol_level,
-        !st.persistent,
-        st.expiry_interval_s,
-        st.subscriptions.len(),
-        st.connected_at_ms,
+        c.client_id,
+        c.peer,
+        c.connected,
+        c.proto_ver,
+        c.clean_start,
+        c.expiry_interval_s,
+        c.subscriptions,
+        c.connected_at_ms,
     )
 }
 
-fn session_line(s: &SessionHandle) -> String {
-    let st = s.state();
+fn session_line(s: &SessionInfo) -> String {
     format!(
         "Session({}, clean_start={}, expiry_interval={}, connected={}, subscriptions_count={})\n",
-        s.client_id,
-        !st.persistent,
-        st.expiry_interval_s,
-        st.conn.is_some(),
-        st.subscriptions.len(),
+        s.client_id, s.clean_start, s.expiry_interval_s, s.connected, s.subscriptions,
     )
 }
 
-fn subscriptions_lines(s: &SessionHandle) -> String {
-    let st = s.state();
-    let mut subs: Vec<_> = st.subscriptions.iter().collect();
-    subs.sort_by(|a, b| a.0.cmp(b.0));
-    subs.into_iter()
-        .map(|(filter, o)| format!("{} -> {}:{}\n", s.client_id, filter, o.qos as u8))
-        .collect()
+fn subscription_line(s: &SubscriptionInfo) -> String {
+    format!("{} -> {}:{}\n", s.client_id, s.filter, s.qos)
 }

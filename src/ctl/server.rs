@@ -33,11 +33,11 @@ pub async fn serve(
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
-            let mut reader = BufReader::new(read.take(64 * 1024));
+            let mut reader = BufReader::new(read.take(quay_ctl::MAX_REQUEST_BYTES));
             if reader.read_line(&mut line).await.is_err() {
                 return;
             }
-            let reply = match serde_json::from_str::<Vec<String>>(&line) {
+            let reply = match quay_ctl::decode_request(&line) {
                 Ok(args) if args.first().map(String::as_str) == Some("stop") => {
                     let _ = stop.send(true);
                     Reply {
@@ -51,10 +51,7 @@ pub async fn serve(
                     output: format!("bad request: {e}\n"),
                 },
             };
-            if let Ok(mut bytes) = serde_json::to_vec(&reply) {
-                bytes.push(b'\n');
-                let _ = write.write_all(&bytes).await;
-            }
+            let _ = write.write_all(&quay_ctl::encode_reply(&reply)).await;
         });
     }
 }

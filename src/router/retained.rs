@@ -90,6 +90,21 @@ impl RetainedIndex {
             .collect()
     }
 
+    /// Up to `limit` retained topics after `after`, in order: a page of the index.
+    pub fn page(&self, after: Option<&str>, limit: usize) -> Vec<String> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let topics = self.read();
+        let start = match after {
+            Some(a) => Excluded(a),
+            None => Unbounded,
+        };
+        topics
+            .range::<str, _>((start, Unbounded))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeSet<String>> {
         self.topics.read().unwrap_or_else(|e| e.into_inner())
     }

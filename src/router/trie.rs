@@ -9,6 +9,8 @@ use std::hash::Hash;
 pub struct TopicTrie<K, V> {
     root: Node<K, V>,
     len: usize,
+    /// Nodes with at least one subscriber: the distinct filters.
+    filters: usize,
 }
 
 struct Node<K, V> {
@@ -30,6 +32,7 @@ impl<K: Eq + Hash + Clone, V> Default for TopicTrie<K, V> {
         TopicTrie {
             root: Node::default(),
             len: 0,
+            filters: 0,
         }
     }
 }
@@ -44,24 +47,45 @@ impl<K: Eq + Hash + Clone, V> TopicTrie<K, V> {
         self.len == 0
     }
 
+    /// Number of distinct filters with at least one subscriber.
+    pub fn filter_count(&self) -> usize {
+        self.filters
+    }
+
+    /// Every filter with at least one subscriber, and how many it has, in no order.
+    pub fn filters(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::with_capacity(self.filters);
+        let mut path = Vec::new();
+        collect_filters(&self.root, &mut path, &mut out);
+        out
+    }
+
     /// Add or replace `key`'s subscription to `filter`; returns the previous value.
     pub fn insert(&mut self, filter: &str, key: K, value: V) -> Option<V> {
         let mut node = &mut self.root;
         for level in filter.split('/') {
             node = node.children.entry(level.into()).or_default();
         }
+        let new_filter = node.subscribers.is_empty();
         let old = node.subscribers.insert(key, value);
         if old.is_none() {
             self.len += 1;
+        }
+        if new_filter {
+            self.filters += 1;
         }
         old
     }
 
     pub fn remove(&mut self, filter: &str, key: &K) -> Option<V> {
         let levels: Vec<&str> = filter.split('/').collect();
-        let removed = remove_at(&mut self.root, &levels, key);
+        let mut emptied = false;
+        let removed = remove_at(&mut self.root, &levels, key, &mut emptied);
         if removed.is_some() {
             self.len -= 1;
+            if emptied {
+                self.filters -= 1;
+            }
         }
         removed
     }
@@ -84,17 +108,42 @@ impl<K: Eq + Hash + Clone, V> TopicTrie<K, V> {
     }
 }
 
-fn remove_at<K: Eq + Hash, V>(node: &mut Node<K, V>, levels: &[&str], key: &K) -> Option<V> {
+/// `emptied`: the filter's last subscriber went.
+fn remove_at<K: Eq + Hash, V>(
+    node: &mut Node<K, V>,
+    levels: &[&str],
+    key: &K,
+    emptied: &mut bool,
+) -> Option<V> {
     match levels.split_first() {
-        None => node.subscribers.remove(key),
+        None => {
+            let removed = node.subscribers.remove(key);
+            *emptied = node.subscribers.is_empty();
+            removed
+        }
         Some((level, rest)) => {
             let child = node.children.get_mut(*level)?;
-            let removed = remove_at(child, rest, key);
+            let removed = remove_at(child, rest, key, emptied);
             if child.subscribers.is_empty() && child.children.is_empty() {
                 node.children.remove(*level);
             }
             removed
         }
+    }
+}
+
+fn collect_filters<'a, K, V>(
+    node: &'a Node<K, V>,
+    path: &mut Vec<&'a str>,
+    out: &mut Vec<(String, usize)>,
+) {
+    for (level, child) in &node.children {
+        path.push(level);
+        if !child.subscribers.is_empty() {
+            out.push((path.join("/"), child.subscribers.len()));
+        }
+        collect_filters(child, path, out);
+        path.pop();
     }
 }
 
@@ -143,6 +192,32 @@ mod tests {
         assert_eq!(matched(&trie, "$SYS/x"), vec!["$SYS/#"]);
         assert_eq!(matched(&trie, "x/y/c"), vec!["#", "+/+/c"]);
         assert_eq!(trie.len(), 7);
+        assert_eq!(trie.filter_count(), 7);
+    }
+
+    #[test]
+    fn filters_are_counted_once_however_many_subscribe() {
+        let mut trie = TopicTrie::default();
+        trie.insert("a/+", "x".to_string(), ());
+        trie.insert("a/+", "y".to_string(), ());
+        trie.insert("a/+", "y".to_string(), ()); // again: replaced
+        trie.insert("a", "x".to_string(), ()); // a prefix of another filter
+        trie.insert("", "x".to_string(), ()); // the empty level is a filter too
+        assert_eq!((trie.len(), trie.filter_count()), (4, 3));
+        let mut filters = trie.filters();
+        filters.sort();
+        assert_eq!(
+            filters,
+            vec![("".into(), 1), ("a".into(), 1), ("a/+".into(), 2)]
+        );
+        assert!(trie.remove("a/+", &"x".to_string()).is_some());
+        assert_eq!((trie.len(), trie.filter_count()), (3, 3));
+        assert!(trie.remove("a/+", &"z".to_string()).is_none());
+        assert_eq!((trie.len(), trie.filter_count()), (3, 3));
+        assert!(trie.remove("a/+", &"y".to_string()).is_some());
+        assert!(trie.remove("a", &"x".to_string()).is_some());
+        assert_eq!((trie.len(), trie.filter_count()), (1, 1));
+        assert_eq!(trie.filters(), vec![("".into(), 1)]);
     }
 
     #[test]
@@ -172,6 +247,11 @@ mod tests {
             expected.sort();
             expected.dedup();
             prop_assert_eq!(matched(&trie, &topic), expected);
+            let mut distinct = valid.clone();
+            distinct.sort();
+            distinct.dedup();
+            prop_assert_eq!(trie.filter_count(), distinct.len());
+            prop_assert_eq!(trie.filters().len(), distinct.len());
         }
     }
 }

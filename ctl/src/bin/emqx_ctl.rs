@@ -1,12 +1,13 @@
 //! `emqx_ctl`: administer a running node. Finds it through the same config and EMQX_*
-//! overrides as `emqx`.
+//! overrides as `emqx`. A thin client: it links the config loader and the control
+//! protocol, never the broker.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use quay::config::Config;
-use quay::ctl;
+use quay_config::Config;
+use quay_ctl as ctl;
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,10 +30,7 @@ fn main() -> ExitCode {
         }
     };
     let socket = ctl::socket_path(&config.node.data_dir);
-    let reply = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .and_then(|rt| rt.block_on(ctl::call(&socket, &args, Duration::from_secs(30))));
+    let reply = ctl::call(&socket, &args, Duration::from_secs(30));
     match reply {
         Ok(r) => {
             print!("{}", r.output);

@@ -1,7 +1,11 @@
 //! The broker's configuration as typed data, loaded once at startup from
 //! `etc/emqx.conf`, then `etc/plugins/*.conf`, then `EMQX_*` environment variables.
 //!
-//! Config is data: this module is the only place a config string is interpreted. The
+//! Its own crate because both the broker and `emqx_ctl` (which must find the node's
+//! control socket through the same config and overrides) load it, and `emqx_ctl` must
+//! not link the broker. The broker re-exports it as `quay::config`.
+//!
+//! Config is data: this crate is the only place a config string is interpreted. The
 //! rest of the broker sees [`Config`] and never looks a key up by name or parses a
 //! duration. Every mistake a user can make is reported with where the value came from
 //! (file:line or environment variable), the key, the value and what was expected.
@@ -13,7 +17,7 @@
 //! - `env.rs`: `EMQX_*` variables -> entries
 //! - `values.rs`: value syntax (durations, sizes, booleans, addresses)
 //! - `keys.rs`: which keys exist, where each lands, and the checks across keys
-//! - this file: the types, the built-in defaults and the load order
+//! - `lib.rs`: the types, the built-in defaults and the load order
 
 mod env;
 mod keys;

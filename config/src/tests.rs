@@ -56,15 +56,12 @@ impl Release {
 
 const MINIMAL: &str = "listener.tcp.external = 1883\nzone.external.max_inflight = 32\n";
 
-/// The shipped config: inside the real crate `CARGO_MANIFEST_DIR/etc/emqx.conf`; when
-/// this module is built by a scratch crate elsewhere, the repository's copy.
+/// The shipped config: the repository's `etc/emqx.conf`, next to this crate.
 fn shipped_config_file() -> PathBuf {
-    let in_crate = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/emqx.conf");
-    if in_crate.exists() {
-        in_crate
-    } else {
-        PathBuf::from("/work/main/etc/emqx.conf")
-    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the config crate sits in the repository");
+    repo.join("etc/emqx.conf")
 }
 
 #[test]
