@@ -19,5 +19,5 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/quay-target}
-(cd "$ROOT" && cargo build --release -q -p quay-bench -p quay --bins)
+(cd "$ROOT" && cargo build --release -q -p quay-bench -p quay -p quay-ctl --bins)
 exec "$CARGO_TARGET_DIR/release/quay-bench" soak "$@"

@@ -42,7 +42,7 @@ fi
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
 log "building (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-(cd "$ROOT" && cargo build --release -q -p quay-bench -p quay --bins)
+(cd "$ROOT" && cargo build --release -q -p quay-bench -p quay -p quay-ctl --bins)
 BENCH="$CARGO_TARGET_DIR/release/quay-bench"
 EMQX="$CARGO_TARGET_DIR/release/emqx"
 EMQX_CTL="$CARGO_TARGET_DIR/release/emqx_ctl"
