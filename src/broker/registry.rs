@@ -168,7 +168,18 @@ pub enum Delivered {
     Dropped,
 }
 
-type RouteTable = TopicTrie<ClientId, (Arc<SessionHandle>, SubOpts)>;
+/// The route table maps filters to subscriber ids (with the subscriber's session
+/// incarnation and options), not to live handles: it is plain data, as a cluster
+/// replicates it; `targets` resolves ids to local sessions.
+type RouteTable = TopicTrie<ClientId, Route>;
+
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    /// The session life that subscribed (`SessionState::incarnation`): a route is
+    /// removed only by the end of that life, and delivers only to it.
+    incarnation: u64,
+    opts: SubOpts,
+}
 
 #[derive(Default)]
 pub struct Registry {
@@ -338,7 +349,7 @@ impl Registry {
         decide: impl FnOnce(&SessionState) -> bool,
         removed: impl FnOnce(&SessionState),
     ) -> bool {
-        let filters: Vec<String> = {
+        let (filters, incarnation): (Vec<String>, u64) = {
             let mut sessions = self.sessions();
             let mut st = handle.state();
             if !st.live || !decide(&st) {
@@ -359,12 +370,13 @@ impl Registry {
                     self.gauges.sessions_persistent.dec();
                 }
             }
-            st.subscriptions.drain().map(|(f, _)| f).collect()
+            let filters = st.subscriptions.drain().map(|(f, _)| f).collect();
+            (filters, st.incarnation)
         };
         let mut routes = self.routes_mut();
         for f in filters {
-            if let Some((h, _)) = routes.get(&f, &handle.client_id) {
-                if Arc::ptr_eq(h, handle) {
+            if let Some(route) = routes.get(&f, &handle.client_id) {
+                if route.incarnation == incarnation {
                     routes.remove(&f, &handle.client_id);
                 }
             }
@@ -384,7 +396,11 @@ impl Registry {
         }
         let existed = st.subscriptions.insert(filter.to_owned(), opts).is_some();
         let mut routes = self.routes_mut();
-        routes.insert(filter, handle.client_id.clone(), (handle.clone(), opts));
+        let route = Route {
+            incarnation: st.incarnation,
+            opts,
+        };
+        routes.insert(filter, handle.client_id.clone(), route);
         self.count_routes(&routes);
         existed
     }
@@ -404,30 +420,54 @@ impl Registry {
     /// Subscribers of `topic`, one per client, with the highest QoS and every
     /// subscription identifier of its matching filters (MQTT 5 §3.3.4).
     pub fn targets(&self, topic: &str) -> Vec<Target> {
-        let routes = self.routes();
-        let mut targets: Vec<Target> = Vec::new();
-        let mut index: HashMap<ClientId, usize> = HashMap::new();
-        routes.for_each_match(topic, |client, (handle, opts)| {
-            let i = *index.entry(client.clone()).or_insert_with(|| {
-                targets.push(Target {
-                    handle: handle.clone(),
-                    qos: QoS::AtMostOnce,
-                    no_local: true,
-                    retain_as_published: false,
-                    subscription_ids: Vec::new(),
+        struct Merged {
+            client: ClientId,
+            qos: QoS,
+            no_local: bool,
+            retain_as_published: bool,
+            subscription_ids: Vec<u32>,
+        }
+        let mut matched: Vec<Merged> = Vec::new();
+        {
+            let routes = self.routes();
+            let mut index: HashMap<ClientId, usize> = HashMap::new();
+            routes.for_each_match(topic, |client, route| {
+                let i = *index.entry(client.clone()).or_insert_with(|| {
+                    matched.push(Merged {
+                        client: client.clone(),
+                        qos: QoS::AtMostOnce,
+                        no_local: true,
+                        retain_as_published: false,
+                        subscription_ids: Vec::new(),
+                    });
+                    matched.len() - 1
                 });
-                targets.len() - 1
+                let (m, opts) = (&mut matched[i], &route.opts);
+                m.qos = m.qos.max(opts.qos);
+                // Delivered unless every matching subscription says No Local.
+                m.no_local &= opts.no_local;
+                m.retain_as_published |= opts.retain_as_published;
+                if opts.subscription_id != 0 {
+                    m.subscription_ids.push(opts.subscription_id);
+                }
             });
-            let t = &mut targets[i];
-            t.qos = t.qos.max(opts.qos);
-            // Delivered unless every matching subscription says No Local.
-            t.no_local &= opts.no_local;
-            t.retain_as_published |= opts.retain_as_published;
-            if opts.subscription_id != 0 {
-                t.subscription_ids.push(opts.subscription_id);
-            }
-        });
-        targets
+        }
+        // Ids to this node's sessions, in one look at the session map. A session
+        // that ended since the routes were read is skipped; one that started since
+        // (same id, new incarnation) refuses a stale enqueue in the writer.
+        let sessions = self.sessions();
+        matched
+            .into_iter()
+            .filter_map(|m| {
+                Some(Target {
+                    handle: sessions.get(&m.client)?.clone(),
+                    qos: m.qos,
+                    no_local: m.no_local,
+                    retain_as_published: m.retain_as_published,
+                    subscription_ids: m.subscription_ids,
+                })
+            })
+            .collect()
     }
 }
 
