@@ -52,7 +52,13 @@ const ZONE_KEYS: &[&str] = &[
     "enable_stats",
     "stall_timeout",
 ];
-const STORAGE_KEYS: &[&str] = &["fsync", "batch_window", "batch_max", "block_cache_size"];
+const STORAGE_KEYS: &[&str] = &[
+    "fsync",
+    "batch_window",
+    "batch_max",
+    "block_cache_size",
+    "read_threads",
+];
 const RETAINER_KEYS: &[&str] = &[
     "max_retained_messages",
     "max_payload_size",
@@ -247,6 +253,7 @@ impl Builder {
             "batch_window" => storage.batch_window = duration(entry)?,
             "batch_max" => storage.batch_max = count(entry, 1)?,
             "block_cache_size" => storage.block_cache_size = entry.read(values::size)?,
+            "read_threads" => storage.read_threads = entry.read(|v| values::uint(v, 1, MAX_READ_THREADS))?,
             _ => return Err(unknown(entry, "storage.* keys", STORAGE_KEYS)),
         }
         Ok(())
@@ -342,6 +349,9 @@ impl Builder {
 }
 
 /// A count or length, at least `min`.
+/// More reader threads than this only compete with the workers for the cores.
+const MAX_READ_THREADS: u64 = 64;
+
 fn count(entry: &Entry, min: u64) -> Result<usize, ConfigError> {
     entry.read(|v| values::uint(v, min, USIZE_MAX))
 }
@@ -551,6 +561,8 @@ mod tests {
                 "a number greater than 0.5",
             ),
             ("storage.batch_max", "0", "an integer >= 1"),
+            ("storage.read_threads", "0", "an integer from 1 to 64"),
+            ("storage.read_threads", "65", "an integer from 1 to 64"),
             ("node.name", "emqx", "a node name like emqx@127.0.0.1"),
             ("node.name", "emqx@", "a node name like emqx@127.0.0.1"),
             ("node.data_dir", "", "a directory"),

@@ -188,6 +188,8 @@ pub struct StorageConfig {
     pub batch_max: usize,
     /// Bytes.
     pub block_cache_size: u64,
+    /// Threads of the store's reader pool (queue pages, retained lookups), 1..=64.
+    pub read_threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,6 +348,7 @@ impl Default for StorageConfig {
             batch_window: Duration::from_millis(1),
             batch_max: 4096,
             block_cache_size: 64 * 1024 * 1024,
+            read_threads: 2,
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod mailbox;
 mod publish;
 pub mod registry;
+mod retained;
 mod wills;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use crate::router::RetainedIndex;
 use registry::{Registry, SessionHandle, SessionState, SubOpts};
 
 pub use publish::{PublishDone, Routed};
+pub use retained::{RetainedLookup, RetainedRead};
 
 #[derive(Debug, Error)]
 pub enum BrokerError {
@@ -46,6 +48,8 @@ pub struct Broker {
     next_conn_id: AtomicU64,
     /// One background compaction at a time.
     compacting: Arc<AtomicBool>,
+    /// One retained expiry scan out at a time: a slow one is not queued behind again.
+    sweeping_retained: AtomicBool,
     pub started_at: Instant,
     /// Connections hibernating now (see `crate::hibernate`).
     pub hibernated: AtomicU64,
@@ -64,6 +68,8 @@ impl Broker {
             batch_window: config.storage.batch_window,
             batch_max: config.storage.batch_max,
             block_cache_bytes: config.storage.block_cache_size as usize,
+            read_threads: config.storage.read_threads,
+            read_queue_max: quay_storage::READ_QUEUE_MAX,
         };
         let started = Instant::now();
         tracing::info!(path = %path.display(), "opening store");
@@ -80,6 +86,7 @@ impl Broker {
             metrics: Metrics::default(),
             next_conn_id: AtomicU64::new(1),
             compacting: Arc::new(AtomicBool::new(false)),
+            sweeping_retained: AtomicBool::new(false),
             started_at: Instant::now(),
             hibernated: AtomicU64::new(0),
             zones: config
@@ -238,7 +245,8 @@ impl Broker {
     }
 
     /// Delete offline sessions whose expiry passed and retained messages whose expiry
-    /// passed; compact when something was deleted so the disk space comes back.
+    /// passed (those after a scan on the reader pool); compact when something was
+    /// deleted so the disk space comes back. Returns how many sessions ended.
     pub fn sweep_expired(self: &Arc<Self>, now: Instant) -> usize {
         // Wills first: a will is due at the latest when its session ends.
         self.publish_due_wills(crate::message::now_ms());
@@ -272,42 +280,65 @@ impl Broker {
                 sessions += 1;
             }
         }
-        // Deleted by the writer only if still expired when the delete applies: a
-        // message set after this scan survives, and so does its index entry.
-        let now_ms = crate::message::now_ms();
-        let topics = match self.store.expired_retained(now_ms) {
-            Ok(topics) => topics,
-            Err(e) => {
-                tracing::warn!(error = %e, "retained expiry sweep failed");
-                Vec::new()
-            }
-        };
-        let deleted = sessions + topics.len();
-        if !topics.is_empty() {
-            let ops = topics
-                .iter()
-                .map(|topic| Op::DeleteRetainedIfExpired {
-                    topic: topic.clone(),
-                    now_ms,
-                })
-                .collect();
-            let broker = self.clone();
-            writer.submit(
-                ops,
-                Box::new(move |result| {
-                    let Ok(deleted) = result else { return };
-                    for (topic, deleted) in topics.iter().zip(deleted) {
-                        if let (Some(_), Ok(t)) = (deleted, std::str::from_utf8(topic)) {
-                            broker.retained.remove_expired(t);
-                        }
-                    }
-                }),
-            );
+        self.sweep_expired_retained();
+        if sessions > 0 {
+            self.compact_soon();
         }
-        if deleted > 0 && !self.compacting.swap(true, Ordering::AcqRel) {
+        sessions
+    }
+
+    /// The retained half of the sweep: the scan of the `retained` column family runs
+    /// on the reader pool (it reads every retained message), and its answer asks the
+    /// writer to delete those still expired when the delete applies: a message set
+    /// after the scan survives, and so does its index entry.
+    fn sweep_expired_retained(self: &Arc<Self>) {
+        if self.sweeping_retained.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let now_ms = crate::message::now_ms();
+        let broker = self.clone();
+        self.store.reader().submit(
+            move |db| quay_storage::read::expired_retained(db, now_ms),
+            move |topics| {
+                broker.sweeping_retained.store(false, Ordering::Release);
+                let topics = match topics {
+                    Ok(topics) if topics.is_empty() => return,
+                    Ok(topics) => topics,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "retained expiry sweep failed");
+                        return;
+                    }
+                };
+                let ops = topics
+                    .iter()
+                    .map(|topic| Op::DeleteRetainedIfExpired {
+                        topic: topic.clone(),
+                        now_ms,
+                    })
+                    .collect();
+                let deleter = broker.clone();
+                broker.store.writer().submit(
+                    ops,
+                    Box::new(move |result| {
+                        let Ok(deleted) = result else { return };
+                        for (topic, deleted) in topics.iter().zip(deleted) {
+                            if let (Some(_), Ok(t)) = (deleted, std::str::from_utf8(topic)) {
+                                deleter.retained.remove_expired(t);
+                            }
+                        }
+                    }),
+                );
+                broker.compact_soon();
+            },
+        );
+    }
+
+    /// Flush and compact after a sweep deleted something, so the disk space comes
+    /// back; one compaction at a time, on its own thread (it is slow).
+    fn compact_soon(&self) {
+        if !self.compacting.swap(true, Ordering::AcqRel) {
             let store = self.store.clone();
             let compacting = self.compacting.clone();
-            // Compaction is slow; it runs off the async workers.
             std::thread::spawn(move || {
                 if let Err(e) = store.writer().barrier().and_then(|_| store.compact()) {
                     tracing::warn!(error = %e, "compaction after expiry failed");
@@ -315,6 +346,5 @@ impl Broker {
                 compacting.store(false, Ordering::Release);
             });
         }
-        deleted
     }
 }

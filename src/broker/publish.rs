@@ -260,29 +260,4 @@ impl Broker {
         });
         true
     }
-
-    /// Retained messages for a new subscription to `filter`, live ones only.
-    pub fn retained_for(&self, filter: &str) -> Vec<Arc<Message>> {
-        let now = crate::message::now_ms();
-        let read = |topic: String| -> Option<Arc<Message>> {
-            if let Some(msg) = self.retained.pending(&topic) {
-                return (!msg.is_expired(now)).then_some(msg);
-            }
-            match self.store.retained(topic.as_bytes()) {
-                Ok(Some(stored)) if !stored.is_expired(now) => {
-                    Some(Arc::new(Message::from_stored(stored)))
-                }
-                Ok(_) => None,
-                Err(e) => {
-                    tracing::warn!(topic, error = %e, "cannot read retained message");
-                    None
-                }
-            }
-        };
-        self.retained
-            .matching(filter)
-            .into_iter()
-            .filter_map(read)
-            .collect()
-    }
 }

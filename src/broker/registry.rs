@@ -38,6 +38,14 @@ pub enum ConnEvent {
         ticket: u64,
         verdicts: Vec<crate::hooks::AclVerdict>,
     },
+    /// The reader pool's answer to `Action::LoadQueue { from, limit }`.
+    Loaded {
+        from: u64,
+        limit: usize,
+        page: quay_storage::Result<crate::session::Page>,
+    },
+    /// The reader pool's answer to a SUBSCRIBE's retained lookups.
+    RetainedRead(Box<crate::broker::RetainedRead>),
 }
 
 /// A connection's link to its session.

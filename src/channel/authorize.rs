@@ -90,7 +90,16 @@ impl Channel {
                 slot.2 = Some(verdicts);
             }
         }
+        self.release_held(now)
+    }
+
+    /// Handle the held packets whose decisions are in, in order, up to the first
+    /// still waiting (for its decision, or behind a store read: `InputPause`).
+    pub(super) fn release_held(&mut self, now: Now) -> Result<(), Close> {
         loop {
+            if self.paused_for != super::InputPause::No {
+                return Ok(());
+            }
             let Some(held) = &mut self.held else {
                 return Ok(());
             };

@@ -1,5 +1,6 @@
 //! Executing session actions: PUBLISH encoding (v5 properties, topic aliases,
-//! the client's maximum packet size), store writes and queue page reads.
+//! the client's maximum packet size), store writes and queue page reads (on the
+//! store's reader pool, never on the driver's thread).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use crate::hooks;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::{Action, DropReason, Outgoing};
+use quay_storage::read;
 
 impl Channel {
     /// Run actions until none are left (some produce more: a page read, a discard).
@@ -38,7 +40,7 @@ impl Channel {
                 Action::Release { packet_id, op } => {
                     self.when_durable(vec![op], ConnEvent::Released(packet_id));
                 }
-                Action::LoadQueue { from, limit } => work.extend(self.load_page(from, limit, now)),
+                Action::LoadQueue { from, limit } => self.load_page(from, limit),
                 Action::Dropped(reason) => {
                     let m = &self.broker.metrics;
                     Metrics::inc(&m.messages_dropped);
@@ -80,42 +82,36 @@ impl Channel {
         );
     }
 
-    fn load_page(&mut self, from: u64, limit: usize, now: Now) -> Vec<Action> {
-        let entries = match self.broker.store.queue_range(&self.client_id, from, limit) {
-            Ok(e) => e,
+    /// Hand the read of a queue page to the store's reader pool: the page comes back
+    /// as `ConnEvent::Loaded` (a closed mailbox, after a takeover, just drops it).
+    fn load_page(&mut self, from: u64, limit: usize) {
+        let client = self.client_id.clone();
+        let mailbox = self.mailbox.clone();
+        self.broker.store.reader().submit(
+            move |db| read_page(db, &client, from, limit),
+            move |page| mailbox.push(ConnEvent::Loaded { from, limit, page }),
+        );
+    }
+
+    /// The answer to `load_page`.
+    pub(super) fn on_loaded(
+        &mut self,
+        from: u64,
+        limit: usize,
+        page: quay_storage::Result<crate::session::Page>,
+        now: Now,
+    ) {
+        if self.paused_for == super::InputPause::FirstPage {
+            self.paused_for = super::InputPause::No;
+        }
+        let actions = match page {
+            Ok(page) => self.outbound.loaded(from, limit, page, now.at),
             Err(e) => {
-                tracing::error!(client_id = %self.client_id, error = %e, "cannot read queue");
-                return self.outbound.loaded(from, limit, Vec::new(), now.at);
+                tracing::error!(client_id = %self.client_id, error = %e, from, "cannot read queue; retrying");
+                self.outbound.load_failed(from, now.at)
             }
         };
-        // Inline entries carry their message; the rest are read from the log at once.
-        let ids: Vec<u64> = entries
-            .iter()
-            .filter(|(_, e)| e.inline.is_none())
-            .map(|(_, e)| e.msg_id)
-            .collect();
-        let mut logged = match self.broker.store.messages(&ids) {
-            Ok(m) => m.into_iter(),
-            Err(e) => {
-                tracing::error!(client_id = %self.client_id, error = %e, "cannot read queued messages");
-                vec![None; ids.len()].into_iter()
-            }
-        };
-        let page = entries
-            .into_iter()
-            .map(|(seq, entry)| {
-                let stored = match &entry.inline {
-                    Some(m) => Some(m.clone()),
-                    None => logged.next().flatten(),
-                };
-                (
-                    seq,
-                    entry,
-                    stored.map(|m| Arc::new(Message::from_stored(m))),
-                )
-            })
-            .collect();
-        self.outbound.loaded(from, limit, page, now.at)
+        self.execute(actions, now);
     }
 
     /// Encode a PUBLISH for this client. False when it cannot be sent (larger than
@@ -187,4 +183,36 @@ impl Channel {
         self.broker.hooks.message_delivered(&self.info, msg);
         true
     }
+}
+
+/// Up to `limit` queue entries of `client` from `from`, with their messages: inline
+/// ones carry theirs, the rest are read from the log in one multi-get. Runs on a
+/// reader thread. A message that is gone is None (the session drops its entry).
+fn read_page(
+    db: &quay_storage::backend::RocksBackend,
+    client: &str,
+    from: u64,
+    limit: usize,
+) -> quay_storage::Result<crate::session::Page> {
+    let entries = read::queue_range(db, client, from, limit)?;
+    let ids: Vec<u64> = entries
+        .iter()
+        .filter(|(_, e)| e.inline.is_none())
+        .map(|(_, e)| e.msg_id)
+        .collect();
+    let mut logged = read::messages(db, &ids)?.into_iter();
+    Ok(entries
+        .into_iter()
+        .map(|(seq, entry)| {
+            let stored = match &entry.inline {
+                Some(m) => Some(m.clone()),
+                None => logged.next().flatten(),
+            };
+            (
+                seq,
+                entry,
+                stored.map(|m| Arc::new(Message::from_stored(m))),
+            )
+        })
+        .collect())
 }

@@ -73,6 +73,20 @@ pub(crate) enum Close {
     Kicked(ReasonCode),
 }
 
+/// Why the channel takes no packet from its client for now: a read on the store's
+/// reader pool is out whose answer must be handled first, as the synchronous read it
+/// replaces was. The client's packets wait in the socket and the driver's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InputPause {
+    No,
+    /// The first page of a resumed queue (`start`): what was stored goes out before
+    /// the answer to anything the client sends after CONNECT.
+    FirstPage,
+    /// A SUBSCRIBE's retained messages (`on_subscribe`): what follows it (an
+    /// UNSUBSCRIBE, more acks) is handled after it, in its order.
+    Retained,
+}
+
 /// What `connection::accept` decided for a new channel.
 pub(crate) struct Accepted {
     pub broker: Arc<Broker>,
@@ -127,6 +141,8 @@ pub(crate) struct Channel {
     /// A subscriber this client published to is behind (`Routed::congested`): no
     /// more packets are handled until its mailbox has room (`Mailbox::take_room`).
     paused: bool,
+    /// A store read the client's next packets must wait for is out (`InputPause`).
+    paused_for: InputPause,
     /// Encoded packets for the client, which the driver writes.
     output: BytesMut,
     last_packet_at: Instant,
@@ -165,6 +181,7 @@ impl Channel {
             mailbox: a.mailbox,
             held: None,
             paused: false,
+            paused_for: InputPause::No,
             output: BytesMut::new(),
             last_packet_at: now.at,
             active_at: now.at,
@@ -196,6 +213,17 @@ impl Channel {
         self.send(&connack);
         let actions = self.outbound.attach(receive_max, now.at);
         self.execute(actions, now);
+        if matches!(
+            self.outbound.cursor(),
+            crate::session::Cursor::Disk { loading: true, .. }
+        ) {
+            self.paused_for = InputPause::FirstPage;
+        }
+    }
+
+    /// Closing: packets that waited for a store read are handled without it.
+    pub fn end_read_pause(&mut self) {
+        self.paused_for = InputPause::No;
     }
 
     // ---- what the driver reads and writes ----
@@ -219,6 +247,7 @@ impl Channel {
     /// behind, nor while the client has much unread output.
     pub fn reading(&self) -> bool {
         !self.paused
+            && self.paused_for == InputPause::No
             && self.output.len() < OUTPUT_HIGH
             && self
                 .held
@@ -245,7 +274,7 @@ impl Channel {
     /// publish congested a subscriber (the rest waits in `rbuf` for its room).
     pub fn handle_bytes(&mut self, rbuf: &mut BytesMut, now: Now) -> Result<(), Close> {
         let max_packet = self.broker.config.mqtt.max_packet_size as usize;
-        while !self.paused {
+        while !self.paused && self.paused_for == InputPause::No {
             match codec::decode(rbuf, self.version, max_packet) {
                 Ok(Some(packet)) => {
                     Metrics::inc(&self.broker.metrics.packets_received);
@@ -391,6 +420,7 @@ impl Channel {
         }
         let idle = !self.paused
             && self.held.is_none()
+            && self.paused_for == InputPause::No
             && self.output.is_empty()
             && self.store_ops.is_empty()
             && self.pending_in.is_empty()
@@ -446,6 +476,8 @@ impl Channel {
                 self.execute(actions, now);
             }
             ConnEvent::Authorized { ticket, verdicts } => self.authorized(ticket, verdicts, now)?,
+            ConnEvent::Loaded { from, limit, page } => self.on_loaded(from, limit, page, now),
+            ConnEvent::RetainedRead(read) => self.on_retained_read(*read, now)?,
         }
         Ok(())
     }

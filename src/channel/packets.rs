@@ -5,8 +5,9 @@ use std::sync::Arc;
 use quay_storage::{Op, QueueEntry, SubscriptionRecord};
 
 use super::authorize::{allowed, Verdicts};
-use super::{Channel, Close, Now};
+use super::{Channel, Close, InputPause, Now};
 use crate::broker::registry::{ConnEvent, SubOpts};
+use crate::broker::{RetainedLookup, RetainedRead};
 use crate::codec::{
     Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
     UnsubAck, Unsubscribe,
@@ -360,8 +361,7 @@ impl Channel {
             .unwrap_or(0);
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut ops = Vec::new();
-        let mut retained = Vec::new();
-        let mut stored = Vec::new();
+        let mut lookups = Vec::new();
         for (i, (filter, options)) in s.filters.iter().enumerate() {
             let reason = if topic::validate_filter(filter, mqtt.max_topic_levels).is_err() {
                 ReasonCode::TOPIC_FILTER_INVALID
@@ -406,29 +406,13 @@ impl Channel {
                     RetainHandling::SendIfNew => !existed,
                     RetainHandling::Never => false,
                 };
-                if send_retained {
-                    for msg in self.broker.retained_for(filter) {
-                        let mut out = Outgoing {
-                            seq: None,
-                            msg_id: 0,
-                            qos: msg.qos.min(granted),
-                            retain: true,
-                            subscription_ids: if sub_id != 0 { vec![sub_id] } else { vec![] },
-                            resend: false,
-                            unreferenced: false,
-                            msg: Arc::clone(&msg),
-                        };
-                        if self.persistent && out.qos != QoS::AtMostOnce {
-                            // A persistent session keeps it until acknowledged, like
-                            // any QoS 1/2 delivery: stored with the subscription.
-                            out.msg_id = self.broker.store.next_msg_id();
-                            out.unreferenced = true; // stored inline
-                            ops.push(self.enqueue_op(&out));
-                            stored.push(out);
-                        } else {
-                            retained.push(out);
-                        }
-                    }
+                if send_retained && !self.broker.retained.is_empty() {
+                    lookups.push(RetainedLookup {
+                        filter: filter.clone(),
+                        granted,
+                        subscription_id: sub_id,
+                        messages: Vec::new(),
+                    });
                 }
                 ReasonCode(granted as u8)
             };
@@ -442,12 +426,73 @@ impl Channel {
             properties: Properties::default(),
             reasons,
         });
-        if stored.is_empty() {
-            self.reply_when_durable(ops, ack, retained, now);
+        if lookups.is_empty() {
+            self.reply_when_durable(ops, ack, Vec::new(), now);
             return;
         }
-        // SUBACK, then the retained messages: the stored ones with the seqs the
-        // writer gave them (in op order; a full queue drops one).
+        // The retained messages are read on the store's reader pool. The subscription
+        // is written now, in this client's order; until the answer is in, this
+        // connection takes no further packet from its client (`InputPause`), so
+        // what follows (an UNSUBSCRIBE, more acks) is handled after it, as before.
+        self.store_ops.append(&mut ops);
+        self.paused_for = InputPause::Retained;
+        let mailbox = self.mailbox.clone();
+        self.broker
+            .read_retained(RetainedRead { ack, lookups }, move |read| {
+                mailbox.push(ConnEvent::RetainedRead(Box::new(read)));
+            });
+    }
+
+    /// The retained messages of a SUBSCRIBE were read: SUBACK once the subscription
+    /// is durable, then the messages. For a persistent session the QoS 1/2 ones are
+    /// stored first, like any QoS 1/2 delivery, and go with the seqs the writer gave
+    /// them (in op order; a full queue drops one).
+    pub(super) fn on_retained_read(&mut self, read: RetainedRead, now: Now) -> Result<(), Close> {
+        if self.paused_for == InputPause::Retained {
+            self.paused_for = InputPause::No;
+        }
+        self.finish_subscribe(read, now)?;
+        // Packets held for authorization behind the SUBSCRIBE go on (the driver
+        // decodes what waits in its buffer).
+        self.release_held(now)
+    }
+
+    fn finish_subscribe(&mut self, read: RetainedRead, now: Now) -> Result<(), Close> {
+        let mut ops = Vec::new();
+        let mut retained = Vec::new();
+        let mut stored = Vec::new();
+        for lookup in read.lookups {
+            for msg in lookup.messages {
+                let mut out = Outgoing {
+                    seq: None,
+                    msg_id: 0,
+                    qos: msg.qos.min(lookup.granted),
+                    retain: true,
+                    subscription_ids: if lookup.subscription_id != 0 {
+                        vec![lookup.subscription_id]
+                    } else {
+                        vec![]
+                    },
+                    resend: false,
+                    unreferenced: false,
+                    msg,
+                };
+                if self.persistent && out.qos != QoS::AtMostOnce {
+                    out.msg_id = self.broker.store.next_msg_id();
+                    out.unreferenced = true; // stored inline
+                    ops.push(self.enqueue_op(&out));
+                    stored.push(out);
+                } else {
+                    retained.push(out);
+                }
+            }
+        }
+        let ack = read.ack;
+        if !self.persistent {
+            return self.on_event(ConnEvent::Reply(Box::new(ack), retained), now);
+        }
+        // Persistent: even with nothing to store, this waits (a barrier) for the
+        // subscription written at SUBSCRIBE to be durable.
         let broker = self.broker.clone();
         self.when_durable_with(ops, move |seqs| {
             for (mut out, seq) in stored.into_iter().zip(seqs) {
@@ -461,6 +506,7 @@ impl Channel {
             }
             ConnEvent::Reply(Box::new(ack), retained)
         });
+        Ok(())
     }
 
     /// The store op that queues `out` (a retained message, inline) for this session.

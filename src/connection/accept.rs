@@ -262,7 +262,13 @@ pub(crate) async fn open(
     // barrier only when nothing written is waiting to be synced.
     let needs_barrier =
         persistent || resume || existed_persistent || !broker.store.writer().all_durable();
-    if needs_barrier && !store_barrier(broker).await {
+    let durable = !needs_barrier || store_barrier(broker).await;
+    // Read after the barrier: the previous connection's releases are in.
+    let restored = match (durable, resume) {
+        (true, true) => awaiting_rel(broker, &client_id).await,
+        _ => Some(Vec::new()),
+    };
+    let Some(restored) = restored.filter(|_| durable) else {
         tracing::error!(client_id = %client_id, "store unavailable at connect");
         {
             let mut st = handle.state();
@@ -276,14 +282,6 @@ pub(crate) async fn open(
         }
         mailbox.close();
         return Err(refuse(ReasonCode::SERVER_UNAVAILABLE));
-    }
-    let restored = if resume {
-        broker.store.awaiting_rel(&client_id).unwrap_or_else(|e| {
-            tracing::error!(client_id = %client_id, error = %e, "cannot read QoS 2 state");
-            Vec::new()
-        })
-    } else {
-        Vec::new()
     };
 
     let receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
@@ -417,6 +415,32 @@ async fn take_over(broker: &Broker, client_id: &ClientId) {
             tracing::warn!(%client_id, "the connection taken over ended without detaching its session");
             broker.registry.detach(&mut st);
             st.offline_since = Some(Instant::now());
+        }
+    }
+}
+
+/// The inbound QoS 2 ids of a resumed session, read on the store's reader pool (a
+/// scan of its `awaiting_rel` range) while this task waits without a thread. None
+/// when the read failed: the connection is refused, since resuming without the ids
+/// would route a resent PUBLISH again (a QoS 2 duplicate).
+async fn awaiting_rel(broker: &Broker, client_id: &ClientId) -> Option<Vec<u16>> {
+    let (tx, rx) = oneshot::channel();
+    let client = client_id.clone();
+    broker.store.reader().submit(
+        move |db| quay_storage::read::awaiting_rel(db, &client),
+        move |ids| {
+            let _ = tx.send(ids);
+        },
+    );
+    match rx.await {
+        Ok(Ok(ids)) => Some(ids),
+        Ok(Err(e)) => {
+            tracing::error!(client_id = %client_id, error = %e, "cannot read QoS 2 state");
+            None
+        }
+        Err(_) => {
+            tracing::error!(client_id = %client_id, "store reader stopped; QoS 2 state not read");
+            None
         }
     }
 }

@@ -237,6 +237,11 @@ impl Connection {
                     if let Err(close) = ch.handle_events(events, Now::read()) {
                         return Outcome::Closed(close);
                     }
+                    // Packets held back for a store read (`InputPause`) go on once it
+                    // is answered; nothing happens while it is not.
+                    if let Err(close) = ch.handle_bytes(rbuf, Now::read()) {
+                        return Outcome::Closed(close);
+                    }
                 }
                 if mailbox.take_behind() {
                     ch.behind(Now::read());
@@ -249,8 +254,13 @@ impl Connection {
             }
             if let Some(reason) = mailbox.take_kick() {
                 // What the client sent before it was replaced (a PUBACK, a
-                // DISCONNECT) still counts: handle it first.
-                if let Err(earlier) = drain_socket(ch, reader, rbuf) {
+                // DISCONNECT) still counts: handle it first, also what waited for
+                // a store read that will not be answered now.
+                ch.end_read_pause();
+                if let Err(earlier) = ch
+                    .handle_bytes(rbuf, Now::read())
+                    .and_then(|()| drain_socket(ch, reader, rbuf))
+                {
                     return Outcome::Closed(earlier);
                 }
                 return Outcome::Closed(Close::Kicked(reason));

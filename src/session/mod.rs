@@ -19,7 +19,7 @@ use std::time::Duration;
 use quay_storage::Op;
 
 pub use inbound::{Inbound, Qos2Arrival, Release};
-pub use outbound::{Cursor, Outbound};
+pub use outbound::{Cursor, Outbound, Page};
 
 use crate::codec::QoS;
 use crate::message::Message;
@@ -105,7 +105,9 @@ pub enum Action {
     },
     /// Submit a store write nobody waits for.
     Store(Op),
-    /// Read up to `limit` stored entries from `from` and call `Outbound::loaded`.
+    /// Read up to `limit` stored entries from `from` (off the caller's thread: the
+    /// answer may come after other inputs) and call `Outbound::loaded`, or
+    /// `Outbound::load_failed` when the read fails. At most one is out at a time.
     LoadQueue {
         from: u64,
         limit: usize,
@@ -118,5 +120,7 @@ pub fn packet_id_of_seq(seq: u64) -> u16 {
     (seq % 65_535) as u16 + 1
 }
 
+#[cfg(test)]
+mod loading_tests;
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quay_storage::{ClientId, Op, QueueEntry};
 
@@ -16,7 +16,8 @@ use crate::message::Message;
 pub enum Cursor {
     /// Not persistent: nothing is stored.
     Volatile,
-    /// Entries from `from` on are stored and not loaded; `loading` while a read is out.
+    /// Entries from `from` on are stored and not loaded; `loading` while a read is out
+    /// (its answer comes later, as `loaded` or `load_failed`: at most one at a time).
     Disk { from: u64, loading: bool },
     /// Everything stored is loaded; the next stored delivery should carry seq `next`.
     Live { next: u64 },
@@ -45,7 +46,8 @@ struct InFlight {
 pub struct Outbound {
     client: ClientId,
     config: SessionConfig,
-    window: usize,
+    /// Inflight window: at most 65535 (Receive Maximum); u16 keeps the session small.
+    window: u16,
     inflight: BTreeMap<u16, InFlight>,
     pending: VecDeque<Outgoing>,
     cursor: Cursor,
@@ -54,7 +56,31 @@ pub struct Outbound {
     dup_below: u64,
     /// One past the highest stored seq sent by this connection.
     sent_hi: u64,
+    /// What happened around the page read (see `Reading`); boxed, and only while
+    /// there is something to say, so that an idle session stays small.
+    reading: Option<Box<Reading>>,
 }
+
+/// Inputs that came in while a page read was out, or after it failed.
+#[derive(Debug, Default)]
+struct Reading {
+    /// Stored deliveries that arrived while the read was out, in seq order: it may
+    /// or may not have seen them, so `loaded` keeps those past the page. At most a
+    /// page; beyond that they are left to the next read (`reload`).
+    early: Vec<Outgoing>,
+    /// A stored delivery was left out while the read was out (mailbox backlog, or
+    /// `early` full): after the page, read again even if the page was short.
+    reload: bool,
+    /// The read failed: the next one goes at this instant (`tick`), not at once.
+    retry_at: Option<Instant>,
+}
+
+/// How long a failed page read waits before it is tried again.
+const LOAD_RETRY: Duration = Duration::from_millis(100);
+
+/// A page read from the store: each entry's seq, the entry, and its message (None
+/// where it is gone).
+pub type Page = Vec<(u64, QueueEntry, Option<Arc<Message>>)>;
 
 impl Outbound {
     /// A session's outbound side. Persistent sessions start with everything on disk;
@@ -65,7 +91,7 @@ impl Outbound {
         dup_below: u64,
         config: SessionConfig,
     ) -> Outbound {
-        let window = config.max_inflight.max(1) as usize;
+        let window = config.max_inflight.max(1);
         Outbound {
             client,
             config,
@@ -83,6 +109,7 @@ impl Outbound {
             next_volatile_id: 1,
             dup_below,
             sent_hi: 0,
+            reading: None,
         }
     }
 
@@ -124,7 +151,7 @@ impl Outbound {
     /// A connection took the session: resend what is unacknowledged (with DUP) and
     /// start sending. `receive_max` is the client's Receive Maximum (v5) or 65535.
     pub fn attach(&mut self, receive_max: u16, now: Instant) -> Vec<Action> {
-        self.window = (self.config.max_inflight.min(receive_max)).max(1) as usize;
+        self.window = self.config.max_inflight.min(receive_max).max(1);
         let mut actions = Vec::new();
         for (id, f) in self.inflight.iter_mut() {
             f.sent_at = now;
@@ -143,6 +170,20 @@ impl Outbound {
             return self.deliver_volatile(out, now);
         };
         match self.cursor {
+            // The read that is out may have missed it: kept for `loaded`.
+            Cursor::Disk {
+                from,
+                loading: true,
+            } if seq >= from => {
+                let page_size = self.config.page_size;
+                let reading = self.reading.get_or_insert_with(Box::default);
+                if reading.early.len() < page_size {
+                    reading.early.push(out);
+                } else {
+                    reading.early = Vec::new();
+                    reading.reload = true;
+                }
+            }
             // Stored, so the next page read will bring it.
             Cursor::Disk { .. } => {}
             Cursor::Volatile => {
@@ -169,12 +210,20 @@ impl Outbound {
     /// is not loaded yet is read from the store.
     pub fn behind(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
-        if let Cursor::Live { next } = self.cursor {
-            self.cursor = Cursor::Disk {
-                from: next,
-                loading: false,
-            };
-            self.pump(now, &mut actions);
+        match self.cursor {
+            Cursor::Live { next } => {
+                self.cursor = Cursor::Disk {
+                    from: next,
+                    loading: false,
+                };
+                self.pump(now, &mut actions);
+            }
+            // The read that is out may have been taken before the left-out entries
+            // were written: read on after it.
+            Cursor::Disk { loading: true, .. } => {
+                self.reading.get_or_insert_with(Box::default).reload = true
+            }
+            Cursor::Disk { loading: false, .. } | Cursor::Volatile => {}
         }
         actions
     }
@@ -202,15 +251,9 @@ impl Outbound {
         actions
     }
 
-    /// A page read for `Action::LoadQueue { from, limit }`; `msgs` holds each entry's
-    /// message (None where it is gone).
-    pub fn loaded(
-        &mut self,
-        from: u64,
-        limit: usize,
-        entries: Vec<(u64, QueueEntry, Option<Arc<Message>>)>,
-        now: Instant,
-    ) -> Vec<Action> {
+    /// The page read for `Action::LoadQueue { from, limit }`, whenever it comes back:
+    /// deliveries, acks and other events may have come in between.
+    pub fn loaded(&mut self, from: u64, limit: usize, entries: Page, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         if self.cursor
             != (Cursor::Disk {
@@ -220,6 +263,10 @@ impl Outbound {
         {
             return actions; // stale read
         }
+        let (early, reload) = match self.reading.take() {
+            Some(reading) => (reading.early, reading.reload),
+            None => (Vec::new(), false),
+        };
         let full_page = entries.len() >= limit;
         let mut next = from;
         for (seq, entry, msg) in entries {
@@ -264,16 +311,60 @@ impl Outbound {
                 unreferenced: entry.inline.is_some(),
             });
         }
-        self.cursor = if full_page {
+        self.cursor = if full_page || reload {
+            // What arrived meanwhile is stored: the next read brings it.
             Cursor::Disk {
                 from: next,
                 loading: false,
             }
         } else {
-            Cursor::Live { next }
+            self.follow_page(next, early)
         };
         self.pump(now, &mut actions);
         actions
+    }
+
+    /// After a short page ending before `next`: the stored deliveries that arrived
+    /// while it was read and that it did not hold follow it, if they continue it
+    /// without a gap and fit in memory; otherwise the rest is read from disk.
+    fn follow_page(&mut self, mut next: u64, early: Vec<Outgoing>) -> Cursor {
+        for out in early {
+            let Some(seq) = out.seq else { continue };
+            if seq < next {
+                continue; // the page held it
+            }
+            if seq > next || self.pending.len() >= self.config.page_size {
+                return Cursor::Disk {
+                    from: next,
+                    loading: false,
+                };
+            }
+            self.pending.push_back(out);
+            next = seq + 1;
+        }
+        Cursor::Live { next }
+    }
+
+    /// The read for `Action::LoadQueue { from, .. }` failed: it is asked again after
+    /// `LOAD_RETRY` (`tick`), and what arrived meanwhile is left to that read.
+    pub fn load_failed(&mut self, from: u64, now: Instant) -> Vec<Action> {
+        if self.cursor
+            == (Cursor::Disk {
+                from,
+                loading: true,
+            })
+        {
+            self.cursor = Cursor::Disk {
+                from,
+                loading: false,
+            };
+            // What arrived meanwhile is stored: the retried read brings it.
+            self.reading = Some(Box::new(Reading {
+                retry_at: Some(now.checked_add(LOAD_RETRY).unwrap_or(now)),
+                ..Reading::default()
+            }));
+        }
+        Vec::new()
     }
 
     pub fn on_puback(&mut self, packet_id: u16, now: Instant) -> Vec<Action> {
@@ -363,6 +454,10 @@ impl Outbound {
     /// Resend what has waited `retry_interval`; returns packets to send.
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
+        if self.retry_at().is_some_and(|at| now >= at) {
+            self.reading = None;
+            self.pump(now, &mut actions);
+        }
         let retry = self.config.retry_interval;
         for (id, f) in self.inflight.iter_mut() {
             if f.stage != Stage::Releasing && now.saturating_duration_since(f.sent_at) >= retry {
@@ -380,12 +475,18 @@ impl Outbound {
             .values()
             .filter(|f| f.stage != Stage::Releasing)
             .filter_map(|f| f.sent_at.checked_add(self.config.retry_interval))
+            .chain(self.retry_at())
             .min()
+    }
+
+    /// When a failed page read is tried again.
+    fn retry_at(&self) -> Option<Instant> {
+        self.reading.as_ref().and_then(|r| r.retry_at)
     }
 
     fn pump(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let now_ms = crate::message::now_ms();
-        while self.inflight.len() < self.window {
+        while self.inflight.len() < usize::from(self.window) {
             let Some(out) = self.pending.pop_front() else {
                 break;
             };
@@ -442,12 +543,16 @@ impl Outbound {
                 },
             );
         }
+        // Prefetch: the next page is asked for once the one in memory is half
+        // sent, so its read runs while the rest goes out and the socket never
+        // waits for the disk. Memory holds at most about a page and a half.
         if let Cursor::Disk {
             from,
             loading: false,
         } = self.cursor
         {
-            if self.pending.len() < self.config.page_size / 2 {
+            let half = (self.config.page_size / 2).max(1);
+            if self.pending.len() < half && self.retry_at().is_none() {
                 self.cursor = Cursor::Disk {
                     from,
                     loading: true,

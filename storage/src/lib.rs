@@ -1,7 +1,7 @@
 //! Quay's durable store.
 //!
 //! RocksDB column families behind a typed API: `keys` owns every on-disk key,
-//! `records` every value, `store` opens the database, `read` serves reads, and `writer`
+//! `records` every value, `store` opens the database, `read` serves reads, `reader` runs them on a pool of threads for async callers, and `writer`
 //! is the single group-commit writer through which every change goes. `backend` is
 //! the key-value interface under `read` and `writer`: RocksDB in production, and
 //! `sim::SimBackend` (an in-memory disk that loses unsynced writes in a simulated
@@ -12,6 +12,7 @@ pub mod backend;
 mod invariants;
 pub mod keys;
 pub mod read;
+mod reader;
 pub mod records;
 pub mod sim;
 mod store;
@@ -22,8 +23,11 @@ pub use records::{
     DelayedWill, EntryHead, QueueEntry, RecordError, SessionRecord, StoredMessage,
     SubscriptionRecord,
 };
-pub use store::{Result, Store, StoreConfig, StoreError};
+pub use reader::ReaderHandle;
+pub use store::{Result, Store, StoreConfig, StoreError, READ_QUEUE_MAX};
 pub use writer::{ClientId, Completion, Enqueued, Op, WriteRequest, WriterCore, WriterHandle};
 
+#[cfg(test)]
+mod reader_tests;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! The RocksDB store: opening, column families, and direct reads.
 //!
-//! Reads are `read.rs`'s, over the RocksDB backend. Writes never happen here: they go through the single group-commit writer
+//! Reads are `read.rs`'s, over the RocksDB backend; async code reads through the
+//! reader pool (`reader.rs`). Writes never happen here: they go through the single group-commit writer
 //! (`writer.rs`), which owns reference counts and queue sequence numbers. Reads are
 //! direct and may run on any thread.
 
@@ -15,10 +16,16 @@ use thiserror::Error;
 use crate::backend::RocksBackend;
 use crate::keys::{self, KeyError};
 use crate::read;
+use crate::reader::{self, ReaderConfig, ReaderHandle};
 use crate::records::{
     DelayedWill, QueueEntry, RecordError, SessionRecord, StoredMessage, SubscriptionRecord,
 };
 use crate::writer::{self, WriterConfig, WriterHandle};
+
+/// Reads waiting for the reader pool at most. A connection has at most one queue page
+/// and one subscription's retained lookup out at a time, so this is reached only by
+/// tens of thousands of connections reading at once; beyond it a read is refused.
+pub const READ_QUEUE_MAX: usize = 65_536;
 
 /// On-disk format written in `meta/format`; a store with another value is refused.
 const FORMAT_VERSION: &[u8] = b"quay-1";
@@ -41,6 +48,10 @@ pub enum StoreError {
     Closed,
     #[error("write failed: {0}")]
     Write(String),
+    #[error("store reader queue is full")]
+    Busy,
+    #[error("read failed: {0}")]
+    Read(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -54,6 +65,10 @@ pub struct StoreConfig {
     /// Most requests in one batch.
     pub batch_max: usize,
     pub block_cache_bytes: usize,
+    /// Threads of the reader pool (`reader.rs`).
+    pub read_threads: usize,
+    /// Reads waiting at most; more are refused (`StoreError::Busy`).
+    pub read_queue_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -63,6 +78,8 @@ impl Default for StoreConfig {
             batch_window: std::time::Duration::from_millis(1),
             batch_max: 4096,
             block_cache_bytes: 64 << 20,
+            read_threads: 2,
+            read_queue_max: READ_QUEUE_MAX,
         }
     }
 }
@@ -76,16 +93,19 @@ pub struct Store {
     backend: RocksBackend,
     next_msg_id: Arc<AtomicU64>,
     writer: WriterHandle,
+    reader: ReaderHandle,
     _close_on_drop: Arc<CloseOnDrop>,
 }
 
 struct CloseOnDrop {
     db: Arc<DB>,
     writer: WriterHandle,
+    reader: ReaderHandle,
 }
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
+        self.reader.stop();
         self.writer.stop();
         self.db.cancel_all_background_work(true);
     }
@@ -136,27 +156,42 @@ impl Store {
                 batch_max: config.batch_max.max(1),
             },
         );
+        let reader = reader::spawn(
+            backend.clone(),
+            ReaderConfig {
+                threads: config.read_threads.max(1),
+                queue_max: config.read_queue_max.max(1),
+            },
+        );
         Ok(Store {
             _close_on_drop: Arc::new(CloseOnDrop {
                 db: db.clone(),
                 writer: writer.clone(),
+                reader: reader.clone(),
             }),
             db,
             backend,
             next_msg_id,
             writer,
+            reader,
         })
     }
 
     /// Stop the writer and RocksDB's background flushes and compactions, waiting for
     /// them. For process exit: no RocksDB thread may run while the process tears down.
     pub fn shutdown(&self) {
+        self.reader.stop();
         self.writer.stop();
         self.db.cancel_all_background_work(true);
     }
 
     pub fn writer(&self) -> &WriterHandle {
         &self.writer
+    }
+
+    /// The reader pool: reads for async code (see `reader.rs`).
+    pub fn reader(&self) -> &ReaderHandle {
+        &self.reader
     }
 
     /// A fresh, never reused message id.
