@@ -479,6 +479,11 @@ impl Outbound {
             .min()
     }
 
+    /// A page read failed and waits for its retry (`tick`).
+    pub fn retrying_load(&self) -> bool {
+        self.retry_at().is_some()
+    }
+
     /// When a failed page read is tried again.
     fn retry_at(&self) -> Option<Instant> {
         self.reading.as_ref().and_then(|r| r.retry_at)

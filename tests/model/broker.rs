@@ -11,7 +11,8 @@
 //! | `finish`, `detach` | `Connection::finish`, `Connection::detach` (ownership check, end or record the session, wills) |
 //! | `turn` | one turn of `Connection::run`: mailbox events, `behind`, kick (drain what the client sent, then finish), packets, `flush_store_ops` |
 //! | `on_packet`, `on_publish`, `on_durable`, `on_subscribe`, `on_unsubscribe` | `connection/packets.rs` |
-//! | `execute`, `when_durable`, `load_page` | `connection/outgoing.rs` |
+//! | `execute`, `when_durable`, `load_page` | `connection/outgoing.rs` (`load_page` submits to the reader pool) |
+//! | `run_read`, `answer_read` | a reader pool thread: runs one page read (`read_page`), later pushes `ConnEvent::Loaded`; the simulation picks which and when, so answers come after later commits, deliveries and acks |
 //! | `on_event` | `Connection::on_event` |
 //! | `on_timer` | `Connection::on_timer` (retries, `await_rel_timeout`) |
 //! | `send_pubcomp`, the Receive Maximum check in `on_publish` | `Connection::send_pubcomp`, `receive_quota_used` |
@@ -86,6 +87,14 @@ pub enum Done {
     RetainedSweep(Vec<Bytes>),
 }
 
+/// A queue page read out on the reader pool (`Action::LoadQueue`).
+pub(crate) struct PageRead {
+    pub(crate) client: ClientId,
+    pub(crate) mailbox: Arc<Mailbox>,
+    pub(crate) from: u64,
+    pub(crate) limit: usize,
+}
+
 /// A CONNECT accepted up to its store barrier (`accept` before CONNACK).
 pub(crate) struct Accepting {
     pub(crate) wire: u64,
@@ -123,6 +132,11 @@ pub struct SimBroker {
     pub(crate) core: WriterCore<SimBackend>,
     /// Submitted, not yet committed, in submission order.
     pub(crate) pending: Vec<(WriteRequest, Done)>,
+    /// Page reads handed to the reader pool and not yet run, in submission order.
+    pub(crate) reads: Vec<PageRead>,
+    /// Page reads run, their answers not yet in the mailbox (a reader thread between
+    /// its read and its completion): later commits can deliver first.
+    pub(crate) answers: Vec<(Arc<Mailbox>, ConnEvent)>,
     pub(crate) registry: Registry,
     pub(crate) retained: RetainedIndex,
     /// Delayed wills: client -> (due ms, message).
@@ -192,6 +206,8 @@ impl SimBroker {
         let mut broker = SimBroker {
             core: WriterCore::new(disk, true),
             pending: Vec::new(),
+            reads: Vec::new(),
+            answers: Vec::new(),
             registry: Registry::default(),
             retained: RetainedIndex::default(),
             wills: BTreeMap::new(),
@@ -234,6 +250,13 @@ impl SimBroker {
     /// Power failure: the disk as it survives (`keep` of the unsynced batches).
     pub fn crash(self, keep: usize) -> SimBackend {
         self.core.into_backend().crash(keep)
+    }
+
+    /// Some connection waits to read its queue again after a failed read.
+    pub fn waits_to_retry_a_read(&self) -> bool {
+        self.reads.is_empty()
+            && self.answers.is_empty()
+            && self.conns.values().any(|c| c.outbound.retrying_load())
     }
 
     pub fn pending_requests(&self) -> usize {

@@ -13,7 +13,7 @@ use quay::message::Message;
 use quay::session::{Action, DropReason, Inbound, Outbound, Outgoing, Qos2Arrival, Release};
 use quay_storage::{read, Op, QueueEntry, SessionRecord, SubscriptionRecord};
 
-use super::broker::{resp, Accepting, ClientId, Close, Conn, Done, Event, SimBroker};
+use super::broker::{resp, Accepting, ClientId, Close, Conn, Done, Event, PageRead, SimBroker};
 use super::wire::{Down, Pub, Up};
 use super::Mutation;
 
@@ -313,6 +313,15 @@ impl SimBroker {
             }
             // The model registers no hooks: nothing is ever held for a decision.
             ConnEvent::Authorized { .. } => unreachable!("no authorization hooks in the model"),
+            ConnEvent::Loaded { from, limit, page } => {
+                let actions = match page {
+                    Ok(page) => conn.outbound.loaded(from, limit, page, now),
+                    Err(_) => conn.outbound.load_failed(from, now),
+                };
+                self.execute(conn, actions);
+            }
+            // The sim reads retained messages at SUBSCRIBE (`on_subscribe`).
+            ConnEvent::RetainedRead(_) => unreachable!("the sim reads retained at once"),
         }
     }
 
@@ -594,6 +603,19 @@ impl SimBroker {
                 },
             });
         }
+        let ack = Packet::SubAck(codec::SubAck {
+            packet_id,
+            properties: Properties::default(),
+            reasons: vec![ReasonCode(qos as u8)],
+        });
+        if self.retained.is_empty() {
+            self.reply_when_durable(conn, ops, ack, Vec::new());
+            return;
+        }
+        // The real connection writes the subscription now and reads the retained
+        // messages on the reader pool, taking no packet until they are in; the sim
+        // reads them at once (nothing of this client can come in between).
+        conn.store_ops.append(&mut ops);
         for msg in self.retained_for(&filter) {
             let mut out = Outgoing {
                 seq: None,
@@ -631,15 +653,11 @@ impl SimBroker {
                 retained.push(out);
             }
         }
-        let ack = Packet::SubAck(codec::SubAck {
-            packet_id,
-            properties: Properties::default(),
-            reasons: vec![ReasonCode(qos as u8)],
-        });
-        if stored.is_empty() {
-            self.reply_when_durable(conn, ops, ack, retained);
+        if !conn.persistent {
+            self.on_event(conn, ConnEvent::Reply(Box::new(ack), retained));
             return;
         }
+        // Persistent: even with nothing to store, SUBACK waits for the subscription.
         self.flush_store_ops(conn);
         let done = Done::SubscribeStored {
             mailbox: conn.mailbox.clone(),
@@ -714,17 +732,44 @@ impl SimBroker {
                         self.when_durable(conn, vec![op], ConnEvent::Released(packet_id));
                     }
                 }
-                Action::LoadQueue { from, limit } => work.extend(self.load_page(conn, from, limit)),
+                Action::LoadQueue { from, limit } => self.load_page(conn, from, limit),
                 Action::Dropped(DropReason::Missing) => {}
                 Action::Dropped(_) => {}
             }
         }
     }
 
-    pub(crate) fn load_page(&mut self, conn: &mut Conn, from: u64, limit: usize) -> Vec<Action> {
-        let now = self.now();
+    /// Hand the page read to the reader pool; `run_read` answers it later.
+    pub(crate) fn load_page(&mut self, conn: &mut Conn, from: u64, limit: usize) {
+        self.reads.push(PageRead {
+            client: conn.client.clone(),
+            mailbox: conn.mailbox.clone(),
+            from,
+            limit,
+        });
+    }
+
+    /// A reader thread runs read `i` now, against the disk as it is now; its answer
+    /// reaches the connection's mailbox with `answer_read` (`fail`: the read fails).
+    pub fn run_read(&mut self, i: usize, fail: bool) {
+        if i >= self.reads.len() {
+            return;
+        }
+        let read = self.reads.remove(i);
+        if fail {
+            self.log
+                .push(format!("  reader: page of {} from {} fails", read.client, read.from));
+            let answer = ConnEvent::Loaded {
+                from: read.from,
+                limit: read.limit,
+                page: Err(quay_storage::StoreError::Busy),
+            };
+            self.answers.push((read.mailbox, answer));
+            return;
+        }
         let disk = self.core.backend();
-        let entries = read::queue_range(disk, &conn.client, from, limit).expect("sim reads");
+        let entries =
+            read::queue_range(disk, &read.client, read.from, read.limit).expect("sim reads");
         let ids: Vec<u64> = entries
             .iter()
             .filter(|(_, e)| e.inline.is_none())
@@ -739,7 +784,7 @@ impl SimBroker {
             };
             if stored.is_none() && !entry.released {
                 self.events.push(Event::Missing {
-                    client: conn.client.clone(),
+                    client: read.client.clone(),
                     seq,
                 });
             }
@@ -749,6 +794,24 @@ impl SimBroker {
                 stored.map(|m| Arc::new(Message::from_stored(m))),
             ));
         }
-        conn.outbound.loaded(from, limit, page, now)
+        let seqs: Vec<u64> = page.iter().map(|(seq, _, _)| *seq).collect();
+        self.log.push(format!(
+            "  reader: page of {} from {}: {seqs:?}",
+            read.client, read.from
+        ));
+        let answer = ConnEvent::Loaded {
+            from: read.from,
+            limit: read.limit,
+            page: Ok(page),
+        };
+        self.answers.push((read.mailbox, answer));
+    }
+
+    /// The reader thread that ran answer `i` completes it: into the mailbox.
+    pub fn answer_read(&mut self, i: usize) {
+        if i < self.answers.len() {
+            let (mailbox, answer) = self.answers.remove(i);
+            mailbox.push(answer);
+        }
     }
 }

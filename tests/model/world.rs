@@ -21,6 +21,8 @@ const EXPIRIES: [u32; 5] = [0, 5, 30, 3600, 3600];
 /// Simulated wall clock at start, far in the future: `Outbound` compares message
 /// expiry with the real clock, and simulated messages never expire.
 const EPOCH_MS: u64 = 4_000_000_000_000;
+/// The step that crashes the broker (chosen apart from the weighted ones).
+const CRASH: usize = 99;
 /// Packet ids a client uses for its QoS 1/2 PUBLISHes (few, so they are reused).
 const PUBLISH_IDS: u16 = 6;
 
@@ -163,6 +165,8 @@ impl World {
         let conns = broker.conns.len() as u64;
         let connecting = broker.connects.len() as u64;
         let pending = broker.pending_requests() as u64;
+        let reads = broker.reads.len() as u64;
+        let answers = broker.answers.len() as u64;
         let weights = [
             if has_wire { 1 } else { 6 },   // 0 connect (or take over)
             if connected { 10 } else { 0 }, // 1 publish
@@ -174,10 +178,12 @@ impl World {
             connecting.min(1) * 8,          // 7 accept a CONNECT
             pending.min(1) * 12,            // 8 commit a batch
             2,                              // 9 the clock moves
+            reads.min(1) * 10,              // 10 a reader thread runs a page read
+            answers.min(1) * 10,            // 11 ... and completes it (mailbox)
         ];
         // About two crashes in a run of 200 steps.
         let choice = if self.rng.chance(1) {
-            Some(10)
+            Some(CRASH)
         } else {
             self.rng.weighted(&weights)
         };
@@ -228,7 +234,18 @@ impl World {
                 broker.on_timer_all();
                 broker.sweep();
             }
-            Some(10) => self.crash(),
+            Some(CRASH) => self.crash(),
+            Some(10) => {
+                let i = self.rng.below(reads) as usize;
+                let fail = self.rng.chance(5);
+                self.log(format!("reader: run page read {i}{}", if fail { " (fails)" } else { "" }));
+                self.broker().run_read(i, fail);
+            }
+            Some(11) => {
+                let i = self.rng.below(answers) as usize;
+                self.log(format!("reader: answer {i} reaches its mailbox"));
+                self.broker().answer_read(i);
+            }
             _ => {}
         }
     }
@@ -710,6 +727,14 @@ impl World {
                 self.commit(n);
                 moved = true;
             }
+            while !self.broker().reads.is_empty() {
+                self.broker().run_read(0, false);
+                moved = true;
+            }
+            while !self.broker().answers.is_empty() {
+                self.broker().answer_read(0);
+                moved = true;
+            }
             let ids: Vec<u64> = self.broker().conns.keys().copied().collect();
             for id in ids {
                 moved |= self.broker().turn(id, usize::MAX);
@@ -720,6 +745,14 @@ impl World {
                     self.flush_acks(c, usize::MAX);
                     moved = true;
                 }
+            }
+            if !moved && self.broker().waits_to_retry_a_read() {
+                // A page read failed: its retry is due after a pause.
+                self.now_ms += 1000;
+                let now = self.now_ms;
+                self.broker().now_ms = now;
+                self.broker().on_timer_all();
+                moved = true;
             }
             self.absorb();
             if !moved {
