@@ -253,7 +253,9 @@ impl Builder {
             "batch_window" => storage.batch_window = duration(entry)?,
             "batch_max" => storage.batch_max = count(entry, 1)?,
             "block_cache_size" => storage.block_cache_size = entry.read(values::size)?,
-            "read_threads" => storage.read_threads = entry.read(|v| values::uint(v, 1, MAX_READ_THREADS))?,
+            "read_threads" => {
+                storage.read_threads = entry.read(|v| values::uint(v, 1, MAX_READ_THREADS))?
+            }
             _ => return Err(unknown(entry, "storage.* keys", STORAGE_KEYS)),
         }
         Ok(())

@@ -89,9 +89,9 @@ fn sent(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Publish { dup: false, out, .. } => {
-                Some(String::from_utf8_lossy(&out.msg.payload).into_owned())
-            }
+            Action::Publish {
+                dup: false, out, ..
+            } => Some(String::from_utf8_lossy(&out.msg.payload).into_owned()),
             _ => None,
         })
         .collect()
@@ -203,12 +203,19 @@ fn a_failed_read_is_retried_after_a_pause() {
     assert!(s.load_failed(0, now).is_empty());
     let retry = s.next_timeout().expect("a retry is due");
     assert!(retry > now);
-    assert!(loads(&s.deliver_stored(stored(1), now)).is_empty(), "not before the retry");
+    assert!(
+        loads(&s.deliver_stored(stored(1), now)).is_empty(),
+        "not before the retry"
+    );
     assert!(loads(&s.tick(retry - Duration::from_millis(1))).is_empty());
     assert_eq!(loads(&s.tick(retry)), vec![0]);
     let out = s.loaded(0, 8, page(0..=1), retry);
     assert_eq!(sent(&out), ["m0", "m1"]);
-    assert_eq!(s.next_timeout().map(|t| t > retry), Some(true), "only the acks' retries");
+    assert_eq!(
+        s.next_timeout().map(|t| t > retry),
+        Some(true),
+        "only the acks' retries"
+    );
 }
 
 #[test]
@@ -364,8 +371,7 @@ impl Sim {
             }
             Step::Read => {
                 if let Some((from, limit)) = self.out.take() {
-                    let seqs: Vec<u64> =
-                        self.queue.range(from..).take(limit).copied().collect();
+                    let seqs: Vec<u64> = self.queue.range(from..).take(limit).copied().collect();
                     answers.push_back((from, limit, Some(page(seqs))));
                 }
             }

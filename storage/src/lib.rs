@@ -19,11 +19,11 @@ mod store;
 mod writer;
 
 pub use invariants::check as check_invariants;
+pub use reader::ReaderHandle;
 pub use records::{
     DelayedWill, EntryHead, QueueEntry, RecordError, SessionRecord, StoredMessage,
     SubscriptionRecord,
 };
-pub use reader::ReaderHandle;
 pub use store::{Result, Store, StoreConfig, StoreError, READ_QUEUE_MAX};
 pub use writer::{ClientId, Completion, Enqueued, Op, WriteRequest, WriterCore, WriterHandle};
 

@@ -111,13 +111,8 @@ impl ReaderHandle {
         if self.inner.stopped.swap(true, Ordering::AcqRel) {
             return;
         }
-        let threads = std::mem::take(
-            &mut *self
-                .inner
-                .threads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let threads =
+            std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
         // One `Stop` per thread; the last to stop answers what is left. A full
         // queue still takes them: the threads keep draining it (answering `Closed`).
         for _ in &threads {

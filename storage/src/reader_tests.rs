@@ -94,13 +94,15 @@ fn a_full_queue_refuses_at_once_with_busy() {
     started_rx.recv_timeout(WAIT).unwrap();
     let (tx, rx) = mpsc::channel();
     let queued = tx.clone();
-    store
-        .reader()
-        .submit(|_| Ok(1), move |r| queued.send(r.map_err(|e| e.to_string())).unwrap());
+    store.reader().submit(
+        |_| Ok(1),
+        move |r| queued.send(r.map_err(|e| e.to_string())).unwrap(),
+    );
     // The queue holds one job: this one is refused, answered on this thread.
-    store
-        .reader()
-        .submit(|_| Ok(2), move |r| tx.send(r.map_err(|e| e.to_string())).unwrap());
+    store.reader().submit(
+        |_| Ok(2),
+        move |r| tx.send(r.map_err(|e| e.to_string())).unwrap(),
+    );
     let refused = rx.recv_timeout(WAIT).unwrap();
     assert!(
         matches!(&refused, Err(e) if e.contains("full")),
@@ -130,11 +132,15 @@ fn a_failing_read_answers_with_its_error_and_the_pool_goes_on() {
         move |r| t.send(r.map_err(|e| e.to_string())).unwrap(),
     );
     let panicked = rx.recv_timeout(WAIT).unwrap();
-    assert!(matches!(&panicked, Err(e) if e.contains("panicked")), "{panicked:?}");
+    assert!(
+        matches!(&panicked, Err(e) if e.contains("panicked")),
+        "{panicked:?}"
+    );
     // The one thread survived both.
-    store
-        .reader()
-        .submit(|_| Ok(()), move |r| tx.send(r.map_err(|e| e.to_string())).unwrap());
+    store.reader().submit(
+        |_| Ok(()),
+        move |r| tx.send(r.map_err(|e| e.to_string())).unwrap(),
+    );
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), Ok(()));
 }
 
@@ -144,11 +150,15 @@ fn after_shutdown_reads_are_answered_closed() {
     let store = open(dir.path(), 2, 16);
     store.shutdown();
     let (tx, rx) = mpsc::channel();
-    store
-        .reader()
-        .submit(|_| Ok(()), move |r| tx.send(r.map_err(|e| e.to_string())).unwrap());
+    store.reader().submit(
+        |_| Ok(()),
+        move |r| tx.send(r.map_err(|e| e.to_string())).unwrap(),
+    );
     let answer = rx.recv_timeout(WAIT).unwrap();
-    assert!(matches!(&answer, Err(e) if e.contains("stopped") || e.contains("closed")), "{answer:?}");
+    assert!(
+        matches!(&answer, Err(e) if e.contains("stopped") || e.contains("closed")),
+        "{answer:?}"
+    );
 }
 
 #[test]

@@ -757,8 +757,10 @@ impl SimBroker {
         }
         let read = self.reads.remove(i);
         if fail {
-            self.log
-                .push(format!("  reader: page of {} from {} fails", read.client, read.from));
+            self.log.push(format!(
+                "  reader: page of {} from {} fails",
+                read.client, read.from
+            ));
             let answer = ConnEvent::Loaded {
                 from: read.from,
                 limit: read.limit,

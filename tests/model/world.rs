@@ -238,7 +238,10 @@ impl World {
             Some(10) => {
                 let i = self.rng.below(reads) as usize;
                 let fail = self.rng.chance(5);
-                self.log(format!("reader: run page read {i}{}", if fail { " (fails)" } else { "" }));
+                self.log(format!(
+                    "reader: run page read {i}{}",
+                    if fail { " (fails)" } else { "" }
+                ));
                 self.broker().run_read(i, fail);
             }
             Some(11) => {
