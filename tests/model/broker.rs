@@ -10,8 +10,8 @@
 //! | `accept_next`, `finish_accept` | `connection::connect::accept` (lock per client id, `take_over`, resume / create / discard, `PutSession`, barrier, CONNACK, `attach`) |
 //! | `finish`, `detach` | `Connection::finish`, `Connection::detach` (ownership check, end or record the session, wills) |
 //! | `turn` | one turn of `Connection::run`: mailbox events, `behind`, kick (drain what the client sent, then finish), packets, `flush_store_ops` |
-//! | `on_packet`, `on_publish`, `on_durable`, `on_subscribe`, `on_unsubscribe` | `connection/packets.rs` |
-//! | `execute`, `when_durable`, `load_page` | `connection/outgoing.rs` (`load_page` submits to the reader pool) |
+//! | `on_packet`, `on_publish`, `on_durable`, `on_subscribe`, `on_unsubscribe` | `channel/packets.rs` (the sim reads retained messages at SUBSCRIBE; the channel reads them on the reader pool, pausing its input) |
+//! | `execute`, `when_durable`, `load_page` | `channel/deliver.rs` (`load_page` submits to the reader pool) |
 //! | `run_read`, `answer_read` | a reader pool thread: runs one page read (`read_page`), later pushes `ConnEvent::Loaded`; the simulation picks which and when, so answers come after later commits, deliveries and acks |
 //! | `on_event` | `Connection::on_event` |
 //! | `on_timer` | `Connection::on_timer` (retries, `await_rel_timeout`) |
