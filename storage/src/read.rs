@@ -88,7 +88,7 @@ pub fn messages<B: Backend>(db: &B, ids: &[u64]) -> Result<Vec<Option<StoredMess
     db.multi_get(keys::CF_MSGS, &refs)?
         .into_iter()
         .map(|v| match v {
-            Some(v) => Ok(Some(StoredMessage::decode(&v)?)),
+            Some(v) => Ok(Some(StoredMessage::decode_shared(&Bytes::from(v))?)),
             None => Ok(None),
         })
         .collect()

@@ -32,8 +32,8 @@ pub struct StoredMessage {
     pub expiry_ms: u64,
     pub qos: u8,
     pub retain: bool,
-    /// Publisher's client id (for No Local and logs).
-    pub from: String,
+    /// Publisher's client id (for No Local and logs); shared with the live message.
+    pub from: std::sync::Arc<str>,
     pub topic: Bytes,
     pub payload: Bytes,
     /// The broker's own encoding of the pass-through v5 properties; opaque here.
@@ -193,8 +193,11 @@ impl<'a> In<'a> {
         self.take(len)
     }
     fn string(&mut self, what: &'static str) -> Result<String, RecordError> {
+        self.str(what).map(str::to_owned)
+    }
+    fn str(&mut self, what: &'static str) -> Result<&'a str, RecordError> {
         let raw = self.bytes()?;
-        String::from_utf8(raw.to_vec()).map_err(|_| RecordError::Utf8 {
+        std::str::from_utf8(raw).map_err(|_| RecordError::Utf8 {
             record: self.record,
             what,
         })
@@ -229,16 +232,23 @@ impl StoredMessage {
     }
 
     pub fn decode(buf: &[u8]) -> Result<StoredMessage, RecordError> {
+        StoredMessage::decode_shared(&Bytes::copy_from_slice(buf))
+    }
+
+    /// Decode without copying: topic, properties and payload share `buf`'s memory
+    /// (one allocation for the record instead of one per field; the drain reads
+    /// every queued message through here).
+    pub fn decode_shared(buf: &Bytes) -> Result<StoredMessage, RecordError> {
         let mut input = In::new("message", buf)?;
         let msg = StoredMessage {
             publish_ms: input.u64()?,
             expiry_ms: input.u64()?,
             qos: input.u8()?,
             retain: input.u8()? != 0,
-            from: input.string("publisher client id")?,
-            topic: Bytes::copy_from_slice(input.bytes()?),
-            properties: Bytes::copy_from_slice(input.bytes()?),
-            payload: Bytes::copy_from_slice(input.bytes()?),
+            from: std::sync::Arc::from(input.str("publisher client id")?),
+            topic: buf.slice_ref(input.bytes()?),
+            properties: buf.slice_ref(input.bytes()?),
+            payload: buf.slice_ref(input.bytes()?),
         };
         input.finish()?;
         Ok(msg)
@@ -287,6 +297,11 @@ impl QueueEntry {
     }
 
     pub fn decode(buf: &[u8]) -> Result<QueueEntry, RecordError> {
+        QueueEntry::decode_shared(&Bytes::copy_from_slice(buf))
+    }
+
+    /// Decode without copying an inline message (see `StoredMessage::decode_shared`).
+    pub fn decode_shared(buf: &Bytes) -> Result<QueueEntry, RecordError> {
         let mut input = In::new("queue entry", buf)?;
         let msg_id = input.u64()?;
         let qos = input.u8()?;
@@ -298,7 +313,9 @@ impl QueueEntry {
             subscription_ids.push(input.u32()?);
         }
         let inline = if flags & 4 != 0 {
-            Some(StoredMessage::decode(input.bytes()?)?)
+            Some(StoredMessage::decode_shared(
+                &buf.slice_ref(input.bytes()?),
+            )?)
         } else {
             None
         };
@@ -378,11 +395,42 @@ mod tests {
 
     proptest! {
         #[test]
+    fn a_shared_decode_copies_no_field_of_an_inline_message() {
+        let msg = StoredMessage {
+            publish_ms: 1,
+            expiry_ms: 0,
+            qos: 1,
+            retain: false,
+            from: "p".into(),
+            topic: Bytes::from_static(b"a/b"),
+            payload: Bytes::from(vec![7u8; 64]),
+            properties: Bytes::new(),
+        };
+        let entry = QueueEntry {
+            msg_id: 9,
+            qos: 1,
+            retain: false,
+            released: false,
+            subscription_ids: vec![],
+            inline: Some(msg.clone()),
+        };
+        let buf = Bytes::from(entry.encode());
+        let decoded = QueueEntry::decode_shared(&buf).unwrap();
+        assert_eq!(decoded, entry);
+        let inline = decoded.inline.unwrap();
+        let within = |b: &Bytes| {
+            let (start, end) = (buf.as_ptr() as usize, buf.as_ptr() as usize + buf.len());
+            (start..=end).contains(&(b.as_ptr() as usize))
+        };
+        assert!(within(&inline.payload) && within(&inline.topic), "fields point into the record");
+    }
+
+    #[test]
         fn message_roundtrip(publish_ms: u64, expiry_ms: u64, qos in 0u8..3, retain: bool,
                              from in "[ -~]{0,20}", topic in "[a-z/]{1,20}",
                              payload in proptest::collection::vec(any::<u8>(), 0..200),
                              props in proptest::collection::vec(any::<u8>(), 0..20)) {
-            let msg = StoredMessage { publish_ms, expiry_ms, qos, retain, from,
+            let msg = StoredMessage { publish_ms, expiry_ms, qos, retain, from: from.into(),
                 topic: Bytes::from(topic), payload: Bytes::from(payload), properties: Bytes::from(props) };
             let bytes = msg.encode();
             prop_assert_eq!(StoredMessage::decode(&bytes).unwrap(), msg);
