@@ -395,37 +395,6 @@ mod tests {
 
     proptest! {
         #[test]
-    fn a_shared_decode_copies_no_field_of_an_inline_message() {
-        let msg = StoredMessage {
-            publish_ms: 1,
-            expiry_ms: 0,
-            qos: 1,
-            retain: false,
-            from: "p".into(),
-            topic: Bytes::from_static(b"a/b"),
-            payload: Bytes::from(vec![7u8; 64]),
-            properties: Bytes::new(),
-        };
-        let entry = QueueEntry {
-            msg_id: 9,
-            qos: 1,
-            retain: false,
-            released: false,
-            subscription_ids: vec![],
-            inline: Some(msg.clone()),
-        };
-        let buf = Bytes::from(entry.encode());
-        let decoded = QueueEntry::decode_shared(&buf).unwrap();
-        assert_eq!(decoded, entry);
-        let inline = decoded.inline.unwrap();
-        let within = |b: &Bytes| {
-            let (start, end) = (buf.as_ptr() as usize, buf.as_ptr() as usize + buf.len());
-            (start..=end).contains(&(b.as_ptr() as usize))
-        };
-        assert!(within(&inline.payload) && within(&inline.topic), "fields point into the record");
-    }
-
-    #[test]
         fn message_roundtrip(publish_ms: u64, expiry_ms: u64, qos in 0u8..3, retain: bool,
                              from in "[ -~]{0,20}", topic in "[a-z/]{1,20}",
                              payload in proptest::collection::vec(any::<u8>(), 0..200),
@@ -507,5 +476,39 @@ mod tests {
             SessionRecord::decode(&bytes),
             Err(RecordError::Trailing { extra: 1, .. })
         ));
+    }
+
+    #[test]
+    fn a_shared_decode_copies_no_field_of_an_inline_message() {
+        let msg = StoredMessage {
+            publish_ms: 1,
+            expiry_ms: 0,
+            qos: 1,
+            retain: false,
+            from: "p".into(),
+            topic: Bytes::from_static(b"a/b"),
+            payload: Bytes::from(vec![7u8; 64]),
+            properties: Bytes::new(),
+        };
+        let entry = QueueEntry {
+            msg_id: 9,
+            qos: 1,
+            retain: false,
+            released: false,
+            subscription_ids: vec![],
+            inline: Some(msg.clone()),
+        };
+        let buf = Bytes::from(entry.encode());
+        let decoded = QueueEntry::decode_shared(&buf).unwrap();
+        assert_eq!(decoded, entry);
+        let inline = decoded.inline.unwrap();
+        let within = |b: &Bytes| {
+            let (start, end) = (buf.as_ptr() as usize, buf.as_ptr() as usize + buf.len());
+            (start..=end).contains(&(b.as_ptr() as usize))
+        };
+        assert!(
+            within(&inline.payload) && within(&inline.topic),
+            "fields point into the record"
+        );
     }
 }
