@@ -19,7 +19,7 @@ use crate::config::{Config, FsyncPolicy, Zone, DEFAULT_ZONE_NAME};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router::RetainedIndex;
-use registry::{Registry, SessionHandle, SessionState, SubOpts};
+use registry::{Registry, SessionHandle, SessionMeta, SessionState, SubOpts};
 
 pub use publish::{PublishDone, Routed};
 pub use retained::{RetainedLookup, RetainedRead};
@@ -183,18 +183,20 @@ impl Broker {
             self.registry.insert(SessionHandle::new(
                 client,
                 SessionState {
+                    meta: SessionMeta {
+                        incarnation: record.incarnation,
+                        persistent: true,
+                        expiry_interval_s: record.expiry_interval_s,
+                        subscriptions: Default::default(),
+                        protocol_level: record.protocol_level,
+                        dup_below,
+                    },
                     live: true,
-                    incarnation: record.incarnation,
-                    persistent: true,
-                    expiry_interval_s: record.expiry_interval_s,
                     conn: None,
                     offline_since: Some(offline_since),
-                    subscriptions: Default::default(),
                     zone,
                     connected_at_ms: 0,
                     peer: Box::from(""),
-                    protocol_level: record.protocol_level,
-                    dup_below,
                 },
             ));
         }
@@ -253,9 +255,9 @@ impl Broker {
         let writer = self.store.writer();
         let mut sessions = 0;
         let expired = |st: &SessionState| match (st.conn.is_none(), st.offline_since) {
-            (true, Some(since)) if st.expiry_interval_s != u32::MAX => {
+            (true, Some(since)) if st.meta.expiry_interval_s != u32::MAX => {
                 now.saturating_duration_since(since)
-                    >= Duration::from_secs(st.expiry_interval_s as u64)
+                    >= Duration::from_secs(st.meta.expiry_interval_s as u64)
             }
             _ => false,
         };
@@ -267,7 +269,7 @@ impl Broker {
                 continue;
             }
             let ended = self.registry.remove_if(&handle, expired, |st| {
-                if st.persistent {
+                if st.meta.persistent {
                     writer.submit_detached(vec![Op::DeleteSession {
                         client: handle.client_id.clone(),
                     }]);

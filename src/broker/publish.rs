@@ -92,9 +92,9 @@ impl Broker {
             let (persistent, online, incarnation, max_len, upgrade_qos, store_qos0) = {
                 let st = t.handle.state();
                 (
-                    st.persistent,
+                    st.meta.persistent,
                     st.conn.is_some(),
-                    st.incarnation,
+                    st.meta.incarnation,
                     st.zone.max_mqueue_len as u64,
                     st.zone.upgrade_qos,
                     st.zone.mqueue_store_qos0,

@@ -79,29 +79,40 @@ impl SubOpts {
     }
 }
 
-#[derive(Debug)]
-pub struct SessionState {
-    /// Still the registered session of its client id. Cleared, under this lock, by
-    /// `Registry::remove`: whoever holds a handle checks it before reviving it.
-    pub live: bool,
+/// What a cluster replicates about a session: plain data (no handle, no mailbox, no
+/// `Instant`), the same on every node. The session record in the store holds most of
+/// it; the subscriptions are the session's rows of the route table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionMeta {
     /// This life of the session (see `SessionRecord::incarnation`).
     pub incarnation: u64,
     pub persistent: bool,
     pub expiry_interval_s: u32,
+    pub subscriptions: HashMap<String, SubOpts>,
+    pub protocol_level: u8,
+    /// Stored entries below this seq may have been sent (see `Outbound::dup_below`).
+    pub dup_below: u64,
+}
+
+/// A session on this node: its replicated metadata (`meta`) beside what only this
+/// node has (whether it is still registered here, the live connection and its
+/// mailbox, instants, the zone's resolved settings).
+#[derive(Debug)]
+pub struct SessionState {
+    pub meta: SessionMeta,
+    /// Still the registered session of its client id. Cleared, under this lock, by
+    /// `Registry::remove`: whoever holds a handle checks it before reviving it.
+    pub live: bool,
     /// Set only through `Registry::attach`/`detach` once the session is registered:
     /// they keep `connections.count`.
     pub conn: Option<ConnLink>,
     /// Set while offline: when the session expires.
     pub offline_since: Option<Instant>,
-    pub subscriptions: HashMap<String, SubOpts>,
     /// The zone of the listener the client last connected through (stored with the
     /// session, so a session recovered at start keeps its zone's limits while offline).
     pub zone: Arc<Zone>,
     pub connected_at_ms: u64,
     pub peer: Box<str>,
-    pub protocol_level: u8,
-    /// Stored entries below this seq may have been sent (see `Outbound::dup_below`).
-    pub dup_below: u64,
 }
 
 #[derive(Debug)]
@@ -258,12 +269,12 @@ impl Registry {
         let mut sessions = self.sessions();
         let (persistent, connected) = {
             let st = handle.state();
-            (st.persistent, st.live && st.conn.is_some())
+            (st.meta.persistent, st.live && st.conn.is_some())
         };
         if let Some(old) = sessions.insert(handle.client_id.clone(), handle) {
             // Not done by any caller; keeps the persistent count right if it were.
             // The old handle stays live, so its connection is counted until it detaches.
-            if old.state().persistent {
+            if old.state().meta.persistent {
                 self.gauges.sessions_persistent.dec();
             }
         }
@@ -374,12 +385,12 @@ impl Registry {
             {
                 sessions.remove(&handle.client_id);
                 self.gauges.sessions.set(sessions.len() as u64);
-                if st.persistent {
+                if st.meta.persistent {
                     self.gauges.sessions_persistent.dec();
                 }
             }
-            let filters = st.subscriptions.drain().map(|(f, _)| f).collect();
-            (filters, st.incarnation)
+            let filters = st.meta.subscriptions.drain().map(|(f, _)| f).collect();
+            (filters, st.meta.incarnation)
         };
         let mut routes = self.routes_mut();
         for f in filters {
@@ -402,10 +413,14 @@ impl Registry {
         if !st.live {
             return false;
         }
-        let existed = st.subscriptions.insert(filter.to_owned(), opts).is_some();
+        let existed = st
+            .meta
+            .subscriptions
+            .insert(filter.to_owned(), opts)
+            .is_some();
         let mut routes = self.routes_mut();
         let route = Route {
-            incarnation: st.incarnation,
+            incarnation: st.meta.incarnation,
             opts,
         };
         routes.insert(filter, handle.client_id.clone(), route);
@@ -416,7 +431,7 @@ impl Registry {
     /// Remove a subscription; returns true if it existed.
     pub fn unsubscribe(&self, handle: &Arc<SessionHandle>, filter: &str) -> bool {
         let mut st = handle.state();
-        let existed = st.subscriptions.remove(filter).is_some();
+        let existed = st.meta.subscriptions.remove(filter).is_some();
         if existed {
             let mut routes = self.routes_mut();
             routes.remove(filter, &handle.client_id);

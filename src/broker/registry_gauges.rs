@@ -27,18 +27,20 @@ fn session(client: &str, persistent: bool, conn: Option<ConnLink>) -> Arc<Sessio
     SessionHandle::new(
         Arc::from(client),
         SessionState {
+            meta: SessionMeta {
+                incarnation: 1,
+                persistent,
+                expiry_interval_s: if persistent { u32::MAX } else { 0 },
+                subscriptions: Default::default(),
+                protocol_level: 4,
+                dup_below: 0,
+            },
             live: true,
-            incarnation: 1,
-            persistent,
-            expiry_interval_s: if persistent { u32::MAX } else { 0 },
             conn,
             offline_since: None,
-            subscriptions: Default::default(),
             zone: zone(),
             connected_at_ms: 0,
             peer: Box::from(""),
-            protocol_level: 4,
-            dup_below: 0,
         },
     )
 }
@@ -49,7 +51,7 @@ fn scanned(r: &Registry) -> [u64; 5] {
     let mut filters = HashSet::new();
     let mut subs = 0;
     for h in &all {
-        for f in h.state().subscriptions.keys() {
+        for f in h.state().meta.subscriptions.keys() {
             filters.insert(f.clone());
             subs += 1;
         }
@@ -57,7 +59,7 @@ fn scanned(r: &Registry) -> [u64; 5] {
     [
         all.iter().filter(|h| h.state().conn.is_some()).count() as u64,
         all.len() as u64,
-        all.iter().filter(|h| h.state().persistent).count() as u64,
+        all.iter().filter(|h| h.state().meta.persistent).count() as u64,
         subs,
         filters.len() as u64,
     ]
@@ -166,7 +168,7 @@ proptest! {
                     let existing = r.get(&id);
                     let resumable = existing.as_ref().filter(|h| {
                         let st = h.state();
-                        !clean && st.live && st.persistent && st.conn.is_none()
+                        !clean && st.live && st.meta.persistent && st.conn.is_none()
                     });
                     match resumable {
                         Some(h) => r.attach(&mut h.state(), link(conn_ids)),
@@ -186,7 +188,7 @@ proptest! {
                 }
                 Step::Disconnect { client } => {
                     if let Some(h) = held.get(&client) {
-                        let persistent = h.state().persistent;
+                        let persistent = h.state().meta.persistent;
                         if persistent {
                             r.detach(&mut h.state());
                         } else {

@@ -126,9 +126,9 @@ impl Channel {
         // expiry to 0.
         let ended = self.broker.registry.remove_if(
             &self.handle,
-            |st| ours(st) && (!st.persistent || st.expiry_interval_s == 0),
+            |st| ours(st) && (!st.meta.persistent || st.meta.expiry_interval_s == 0),
             |st| {
-                if st.persistent {
+                if st.meta.persistent {
                     writer.submit_detached(vec![Op::DeleteSession {
                         client: client.clone(),
                     }]);
@@ -140,21 +140,21 @@ impl Channel {
             if !ended && st.live && ours(&st) {
                 self.broker.registry.detach(&mut st);
                 st.offline_since = Some(now.at);
-                st.dup_below = dup_below;
+                st.meta.dup_below = dup_below;
                 let op = Op::PutSession {
                     client: client.clone(),
                     record: SessionRecord {
                         protocol_level: self.version.level(),
-                        expiry_interval_s: st.expiry_interval_s,
+                        expiry_interval_s: st.meta.expiry_interval_s,
                         disconnected_ms: now.ms,
                         dup_below,
                         zone: st.zone.name.clone(),
-                        incarnation: st.incarnation,
+                        incarnation: st.meta.incarnation,
                     },
                 };
                 writer.submit_detached(vec![op]);
             }
-            st.expiry_interval_s
+            st.meta.expiry_interval_s
         };
         let Some(will) = self.will.take().filter(|_| publish_will) else {
             return;

@@ -103,11 +103,11 @@ impl Channel {
             Packet::Disconnect(d) => {
                 if let Some(expiry) = d.properties.session_expiry_interval {
                     let mut st = self.handle.state();
-                    if st.expiry_interval_s == 0 && expiry > 0 {
+                    if st.meta.expiry_interval_s == 0 && expiry > 0 {
                         // MQTT 5 §3.14.2.2.2: cannot turn a 0 expiry into a non-zero one.
                         return Err(Close::Error(ReasonCode::PROTOCOL_ERROR));
                     }
-                    st.expiry_interval_s =
+                    st.meta.expiry_interval_s =
                         expiry.min(super::connect::max_session_expiry_s(&self.zone));
                 }
                 return Err(Close::ByClient {
@@ -373,8 +373,8 @@ impl Channel {
             } else if !mqtt.wildcard_subscription && topic::has_wildcard(filter) {
                 ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
             } else if self.zone.max_subscriptions > 0
-                && self.handle.state().subscriptions.len() >= self.zone.max_subscriptions
-                && !self.handle.state().subscriptions.contains_key(filter)
+                && self.handle.state().meta.subscriptions.len() >= self.zone.max_subscriptions
+                && !self.handle.state().meta.subscriptions.contains_key(filter)
             {
                 ReasonCode::QUOTA_EXCEEDED
             } else {
@@ -513,7 +513,7 @@ impl Channel {
     fn enqueue_op(&self, out: &Outgoing) -> Op {
         let (incarnation, max_len) = {
             let st = self.handle.state();
-            (st.incarnation, st.zone.max_mqueue_len as u64)
+            (st.meta.incarnation, st.zone.max_mqueue_len as u64)
         };
         Op::Enqueue {
             client: self.client_id.clone(),

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::{Connection, Env};
 use crate::broker::mailbox::Mailbox;
-use crate::broker::registry::{ConnLink, SessionHandle, SessionState};
+use crate::broker::registry::{ConnLink, SessionHandle, SessionMeta, SessionState};
 use crate::broker::Broker;
 use crate::channel::connect::{describe_limits, session_expiry, validate};
 use crate::channel::fit::{self, Fit};
@@ -168,21 +168,21 @@ pub(crate) async fn open(
     let mut link = Some(link);
     let resumed = existing.filter(|_| !connect.clean_start).and_then(|h| {
         let mut st = h.state();
-        if !(st.live && st.persistent && st.conn.is_none()) {
+        if !(st.live && st.meta.persistent && st.conn.is_none()) {
             return None;
         }
         // Resumed with a Session Expiry of 0 (v5): the stored queue is still
         // delivered [MQTT-3.1.2-5], and the session ends with this connection.
-        st.expiry_interval_s = expiry_s;
+        st.meta.expiry_interval_s = expiry_s;
         if let Some(link) = link.take() {
             broker.registry.attach(&mut st, link);
         }
         st.offline_since = None;
         st.connected_at_ms = now_ms();
         st.peer = peer.to_string().into();
-        st.protocol_level = version.level();
+        st.meta.protocol_level = version.level();
         st.zone = zone.clone();
-        let (dup_below, incarnation) = (st.dup_below, st.incarnation);
+        let (dup_below, incarnation) = (st.meta.dup_below, st.meta.incarnation);
         drop(st);
         Some((h, dup_below, incarnation))
     });
@@ -203,7 +203,7 @@ pub(crate) async fn open(
                     &old,
                     |_| true,
                     |st| {
-                        if st.persistent {
+                        if st.meta.persistent {
                             existed_persistent = true;
                             writer.submit_detached(vec![Op::DeleteSession {
                                 client: client_id.clone(),
@@ -222,18 +222,20 @@ pub(crate) async fn open(
             let h = SessionHandle::new(
                 client_id.clone(),
                 SessionState {
+                    meta: SessionMeta {
+                        incarnation,
+                        persistent,
+                        expiry_interval_s: expiry_s,
+                        subscriptions: Default::default(),
+                        protocol_level: version.level(),
+                        dup_below: 0,
+                    },
                     live: true,
-                    incarnation,
-                    persistent,
-                    expiry_interval_s: expiry_s,
                     conn: link.take(),
                     offline_since: None,
-                    subscriptions: Default::default(),
                     zone: zone.clone(),
                     connected_at_ms: now_ms(),
                     peer: peer.to_string().into(),
-                    protocol_level: version.level(),
-                    dup_below: 0,
                 },
             );
             broker.registry.insert(h.clone());

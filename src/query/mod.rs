@@ -187,7 +187,8 @@ pub fn subscriptions(
         }
         let st = handle.state();
         candidates.extend(
-            st.subscriptions
+            st.meta
+                .subscriptions
                 .iter()
                 .map(|(filter, opts)| subscription_info(&handle.client_id, filter, opts)),
         );
@@ -203,6 +204,7 @@ pub fn subscriptions_of(broker: &Broker, client_id: &str) -> Option<Vec<Subscrip
     let handle = broker.registry.get(client_id)?;
     let st = handle.state();
     let mut subs: Vec<SubscriptionInfo> = st
+        .meta
         .subscriptions
         .iter()
         .map(|(filter, opts)| subscription_info(&handle.client_id, filter, opts))
@@ -270,10 +272,10 @@ fn client_info(h: &SessionHandle) -> ClientInfo {
         client_id: h.client_id.to_string(),
         peer: st.peer.to_string(),
         connected: st.conn.is_some(),
-        proto_ver: st.protocol_level,
-        clean_start: !st.persistent,
-        expiry_interval_s: st.expiry_interval_s,
-        subscriptions: st.subscriptions.len(),
+        proto_ver: st.meta.protocol_level,
+        clean_start: !st.meta.persistent,
+        expiry_interval_s: st.meta.expiry_interval_s,
+        subscriptions: st.meta.subscriptions.len(),
         connected_at_ms: st.connected_at_ms,
     }
 }
@@ -282,10 +284,10 @@ fn session_info(h: &SessionHandle) -> SessionInfo {
     let st = h.state();
     SessionInfo {
         client_id: h.client_id.to_string(),
-        clean_start: !st.persistent,
-        expiry_interval_s: st.expiry_interval_s,
+        clean_start: !st.meta.persistent,
+        expiry_interval_s: st.meta.expiry_interval_s,
         connected: st.conn.is_some(),
-        subscriptions: st.subscriptions.len(),
+        subscriptions: st.meta.subscriptions.len(),
     }
 }
 

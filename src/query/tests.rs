@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::broker::mailbox::Mailbox;
-use crate::broker::registry::{ConnLink, SessionState};
+use crate::broker::registry::{ConnLink, SessionMeta, SessionState};
 use crate::codec::{QoS, RetainHandling};
 
 struct Fixture {
@@ -27,21 +27,23 @@ fn add(broker: &Broker, client: &str, persistent: bool, peer: Option<&str>) -> A
     let handle = SessionHandle::new(
         Arc::from(client),
         SessionState {
+            meta: SessionMeta {
+                incarnation: 7,
+                persistent,
+                expiry_interval_s: if persistent { 3600 } else { 0 },
+                subscriptions: Default::default(),
+                protocol_level: 5,
+                dup_below: 0,
+            },
             live: true,
-            incarnation: 7,
-            persistent,
-            expiry_interval_s: if persistent { 3600 } else { 0 },
             conn: peer.map(|_| ConnLink {
                 conn_id: 1,
                 mailbox: Arc::new(Mailbox::default()),
             }),
             offline_since: None,
-            subscriptions: Default::default(),
             zone: broker.zone("external"),
             connected_at_ms: 1_700_000_000_000,
             peer: peer.unwrap_or("").into(),
-            protocol_level: 5,
-            dup_below: 0,
         },
     );
     broker.registry.insert(handle.clone());

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quay::broker::mailbox::Mailbox;
 use quay::broker::registry::{
-    ConnEvent, Delivered, Registry, SessionHandle, SessionState, SubOpts,
+    ConnEvent, Delivered, Registry, SessionHandle, SessionMeta, SessionState, SubOpts,
 };
 use quay::codec::{Packet, Properties, PubResp, QoS, ReasonCode, RetainHandling};
 use quay::config::{Zone, ZoneConfig};
@@ -428,18 +428,20 @@ impl SimBroker {
             self.registry.insert(SessionHandle::new(
                 Arc::from(client.as_str()),
                 SessionState {
+                    meta: SessionMeta {
+                        incarnation: record.incarnation,
+                        persistent: true,
+                        expiry_interval_s: record.expiry_interval_s,
+                        subscriptions: Default::default(),
+                        protocol_level: record.protocol_level,
+                        dup_below,
+                    },
                     live: true,
-                    incarnation: record.incarnation,
-                    persistent: true,
-                    expiry_interval_s: record.expiry_interval_s,
                     conn: None,
                     offline_since: Some(offline_since),
-                    subscriptions: Default::default(),
                     zone: self.zone.clone(),
                     connected_at_ms: 0,
                     peer: Box::from(""),
-                    protocol_level: record.protocol_level,
-                    dup_below,
                 },
             ));
         }
@@ -496,13 +498,13 @@ impl SimBroker {
             let ended = self.registry.remove_if(
                 &handle,
                 |st| match (st.conn.is_none(), st.offline_since) {
-                    (true, Some(since)) if st.expiry_interval_s != u32::MAX => {
+                    (true, Some(since)) if st.meta.expiry_interval_s != u32::MAX => {
                         now.saturating_duration_since(since)
-                            >= Duration::from_secs(st.expiry_interval_s as u64)
+                            >= Duration::from_secs(st.meta.expiry_interval_s as u64)
                     }
                     _ => false,
                 },
-                |st| end = st.persistent,
+                |st| end = st.meta.persistent,
             );
             if end {
                 self.submit_detached(vec![Op::DeleteSession {
@@ -600,9 +602,9 @@ impl SimBroker {
             let (persistent, online, incarnation, max_len, upgrade_qos, store_qos0) = {
                 let st = t.handle.state();
                 (
-                    st.persistent,
+                    st.meta.persistent,
                     st.conn.is_some(),
-                    st.incarnation,
+                    st.meta.incarnation,
                     st.zone.max_mqueue_len as u64,
                     st.zone.upgrade_qos,
                     st.zone.mqueue_store_qos0,

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use quay::broker::mailbox::Mailbox;
-use quay::broker::registry::{ConnEvent, ConnLink, SessionHandle, SessionState, SubOpts};
+use quay::broker::registry::{
+    ConnEvent, ConnLink, SessionHandle, SessionMeta, SessionState, SubOpts,
+};
 use quay::codec::{self, Packet, Properties, QoS, ReasonCode};
 use quay::message::Message;
 use quay::session::{Action, DropReason, Inbound, Outbound, Outgoing, Qos2Arrival, Release};
@@ -76,14 +78,14 @@ impl SimBroker {
         let zone = self.zone.clone();
         let resumed = existing.filter(|_| !clean_start).and_then(|h| {
             let mut st = h.state();
-            if !(st.live && st.persistent && st.conn.is_none()) {
+            if !(st.live && st.meta.persistent && st.conn.is_none()) {
                 return None;
             }
-            st.expiry_interval_s = expiry_s;
+            st.meta.expiry_interval_s = expiry_s;
             st.conn = link.take();
             st.offline_since = None;
             st.zone = zone.clone();
-            let (dup_below, incarnation) = (st.dup_below, st.incarnation);
+            let (dup_below, incarnation) = (st.meta.dup_below, st.meta.incarnation);
             drop(st);
             Some((h, dup_below, incarnation))
         });
@@ -99,7 +101,7 @@ impl SimBroker {
                 if let Some(old) = self.registry.get(client) {
                     let mut end = false;
                     self.registry
-                        .remove_if(&old, |_| true, |st| end = st.persistent);
+                        .remove_if(&old, |_| true, |st| end = st.meta.persistent);
                     if end {
                         existed_persistent = true;
                         self.submit_detached(vec![Op::DeleteSession {
@@ -112,18 +114,20 @@ impl SimBroker {
                 let h = SessionHandle::new(
                     client.clone(),
                     SessionState {
+                        meta: SessionMeta {
+                            incarnation,
+                            persistent,
+                            expiry_interval_s: expiry_s,
+                            subscriptions: Default::default(),
+                            protocol_level: 5,
+                            dup_below: 0,
+                        },
                         live: true,
-                        incarnation,
-                        persistent,
-                        expiry_interval_s: expiry_s,
                         conn: link.take(),
                         offline_since: None,
-                        subscriptions: Default::default(),
                         zone: zone.clone(),
                         connected_at_ms: 0,
                         peer: Box::from(""),
-                        protocol_level: 5,
-                        dup_below: 0,
                     },
                 );
                 self.registry.insert(h.clone());
@@ -372,8 +376,8 @@ impl SimBroker {
         let mut end = false;
         let ended = self.registry.remove_if(
             &conn.handle,
-            |st| ours(st) && (!st.persistent || st.expiry_interval_s == 0),
-            |st| end = st.persistent,
+            |st| ours(st) && (!st.meta.persistent || st.meta.expiry_interval_s == 0),
+            |st| end = st.meta.persistent,
         );
         if end {
             self.submit_detached(vec![Op::DeleteSession {
@@ -386,17 +390,17 @@ impl SimBroker {
             if !ended && st.live && ours(&st) {
                 st.conn = None;
                 st.offline_since = Some(now);
-                st.dup_below = dup_below;
+                st.meta.dup_below = dup_below;
                 record = Some(SessionRecord {
                     protocol_level: 5,
-                    expiry_interval_s: st.expiry_interval_s,
+                    expiry_interval_s: st.meta.expiry_interval_s,
                     disconnected_ms: now_ms,
                     dup_below,
                     zone: st.zone.name.clone(),
-                    incarnation: st.incarnation,
+                    incarnation: st.meta.incarnation,
                 });
             }
-            (st.expiry_interval_s, record)
+            (st.meta.expiry_interval_s, record)
         };
         if let Some(record) = record {
             self.submit_detached(vec![Op::PutSession {
@@ -476,11 +480,11 @@ impl SimBroker {
             Up::Disconnect { expiry_s } => {
                 if let Some(expiry) = expiry_s {
                     let mut st = conn.handle.state();
-                    if st.expiry_interval_s == 0 && expiry > 0 {
+                    if st.meta.expiry_interval_s == 0 && expiry > 0 {
                         return Err(Close::ProtocolError);
                     }
                     let max = self.zone.session_expiry_interval.as_secs();
-                    st.expiry_interval_s = expiry.min(max.min(u32::MAX as u64) as u32);
+                    st.meta.expiry_interval_s = expiry.min(max.min(u32::MAX as u64) as u32);
                 }
                 return Err(Close::ByClient);
             }
@@ -633,7 +637,7 @@ impl SimBroker {
                 self.next_msg_id += 1;
                 let (incarnation, max_len) = {
                     let st = conn.handle.state();
-                    (st.incarnation, st.zone.max_mqueue_len as u64)
+                    (st.meta.incarnation, st.zone.max_mqueue_len as u64)
                 };
                 ops.push(Op::Enqueue {
                     client: conn.client.clone(),
