@@ -25,6 +25,15 @@ impl Channel {
                     dup,
                     out,
                 } => {
+                    // Expired before its onward delivery started: dropped. A resend
+                    // (DUP) goes on, as MQTT 5 §3.3.2.3.3 has it.
+                    if !dup && out.msg.is_expired(now.ms) {
+                        self.dropped(&out.msg, hooks::DropReason::Expired);
+                        if let Some(id) = packet_id {
+                            work.extend(self.outbound.discard(id, now.at));
+                        }
+                        continue;
+                    }
                     if !self.send_publish(packet_id, dup, &out, now) {
                         if let Some(id) = packet_id {
                             work.extend(self.outbound.discard(id, now.at));
@@ -46,11 +55,23 @@ impl Channel {
                     Metrics::inc(&m.messages_dropped);
                     Metrics::inc(match reason {
                         DropReason::QueueFull => &m.messages_dropped_queue_full,
-                        DropReason::Expired | DropReason::Missing => &m.messages_dropped_expired,
+                        DropReason::Missing => &m.messages_dropped_expired,
                     });
                 }
             }
         }
+    }
+
+    /// A delivery to this client dropped here: counted, and told to `message.dropped`.
+    fn dropped(&self, msg: &Message, reason: hooks::DropReason) {
+        let m = &self.broker.metrics;
+        Metrics::inc(&m.messages_dropped);
+        if reason == hooks::DropReason::Expired {
+            Metrics::inc(&m.messages_dropped_expired);
+        }
+        self.broker
+            .hooks
+            .message_dropped(msg, reason, Some(&self.client_id));
     }
 
     /// Submit `ops` (after the detached writes gathered so far) and hand `then` to

@@ -496,7 +496,7 @@ impl Channel {
     /// The connection ends for `close`: submit what is pending, say why (v5, within
     /// the client's Maximum Packet Size), and tell whether the will is due. The
     /// driver writes what `output` holds (bounded) and then calls `detach`.
-    pub fn close(&mut self, close: &Close) -> bool {
+    pub fn close(&mut self, close: &Close, now: Now) -> bool {
         // Before anything else: a successor waits for this connection to finish and
         // then for the store, so our acks must be submitted by then.
         self.flush_store_ops();
@@ -517,7 +517,7 @@ impl Channel {
         let reason = disconnect_reason(close);
         self.broker
             .hooks
-            .client_disconnected(&self.info, reason, crate::message::now_ms());
+            .client_disconnected(&self.info, reason, now.ms);
         match close {
             Close::ByClient { with_will } => *with_will,
             // Not on shutdown (the broker is going away); on takeover the will delay

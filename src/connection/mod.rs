@@ -354,7 +354,7 @@ impl Connection {
     /// Leave: the channel says why (v5) and whether the will is due; write what it
     /// has for the client (bounded), then hand the session back.
     async fn finish(mut self, close: Close, writer: Option<&mut OwnedWriteHalf>) {
-        let publish_will = self.channel.close(&close);
+        let publish_will = self.channel.close(&close, Now::read());
         if let Some(writer) = writer {
             let output = self.channel.output();
             let _ = tokio::time::timeout(FINAL_WRITE, async {

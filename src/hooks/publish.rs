@@ -68,7 +68,6 @@ impl From<session::DropReason> for DropReason {
     fn from(r: session::DropReason) -> DropReason {
         match r {
             session::DropReason::QueueFull => DropReason::QueueFull,
-            session::DropReason::Expired => DropReason::Expired,
             session::DropReason::Missing => DropReason::Missing,
         }
     }

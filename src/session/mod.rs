@@ -80,11 +80,11 @@ impl Outgoing {
     }
 }
 
-/// Why a delivery was dropped (counted in metrics).
+/// Why the session dropped a delivery (counted in metrics). Expiry is checked by the
+/// channel, which has the wall clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
     QueueFull,
-    Expired,
     /// A stored entry whose message is gone (should not happen; logged).
     Missing,
 }

@@ -489,16 +489,14 @@ impl Outbound {
         self.reading.as_ref().and_then(|r| r.retry_at)
     }
 
+    /// Hand out what the window allows. Message expiry is the channel's to check
+    /// when it sends (it has the wall clock): an expired delivery comes back through
+    /// `discard`, as one too large for the client does.
     fn pump(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        let now_ms = crate::message::now_ms();
         while self.inflight.len() < usize::from(self.window) {
             let Some(out) = self.pending.pop_front() else {
                 break;
             };
-            if out.msg.is_expired(now_ms) {
-                self.finish_dropped(&out, DropReason::Expired, actions);
-                continue;
-            }
             if out.qos == QoS::AtMostOnce {
                 if let Some(seq) = out.seq {
                     self.sent_hi = self.sent_hi.max(seq + 1);

@@ -311,22 +311,6 @@ fn the_volatile_queue_drops_its_oldest_when_full() {
 }
 
 #[test]
-fn expired_messages_are_dropped_not_sent() {
-    let now = Instant::now();
-    let mut s = Outbound::new(Arc::from("c"), true, 0, config(4, 16));
-    s.attach(65535, now);
-    s.loaded(0, 16, vec![], now);
-    let mut out = stored(0, QoS::AtLeastOnce);
-    out.msg = message("old", 1); // expired in 1970
-    let actions = s.deliver_stored(out, now);
-    assert!(publishes(&actions).is_empty());
-    assert_eq!(acks(&actions), vec![0]);
-    assert!(actions
-        .iter()
-        .any(|a| matches!(a, Action::Dropped(DropReason::Expired))));
-}
-
-#[test]
 fn qos0_stored_entries_are_acked_when_sent() {
     let now = Instant::now();
     let mut s = Outbound::new(Arc::from("c"), true, 0, config(4, 16));
