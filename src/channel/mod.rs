@@ -21,6 +21,8 @@ mod deliver;
 pub(crate) mod fit;
 pub(crate) mod keepalive;
 mod packets;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
