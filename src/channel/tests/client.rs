@@ -69,6 +69,18 @@ struct InPub {
     this_conn: bool,
 }
 
+/// Counts of protocol situations a client met: the coverage test checks that the
+/// random steps reach each rule.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Seen {
+    /// DUP resends of a delivery (after a reconnect or a retry).
+    pub dup_resends: u64,
+    /// Deliveries that named their topic by an alias alone.
+    pub alias_only: u64,
+    /// Deliveries that filled our Receive Maximum (v5).
+    pub receive_max_full: u64,
+}
+
 /// Parameters of one CONNECT.
 #[derive(Debug, Clone)]
 pub(super) struct ConnectOpts {
@@ -96,6 +108,8 @@ pub(super) struct Client {
     /// Acks for deliveries wait in `owed` instead of going out.
     pub withhold: bool,
     pub outbox: VecDeque<Packet>,
+    /// What this client saw (for the coverage test).
+    pub seen: Seen,
     owed: Vec<Packet>,
     receive_max: u16,
     alias_max: u16,
@@ -125,6 +139,7 @@ impl Client {
             last_sent: now,
             withhold: false,
             outbox: VecDeque::new(),
+            seen: Seen::default(),
             owed: Vec::new(),
             receive_max: u16::MAX,
             alias_max: 0,
@@ -553,10 +568,14 @@ impl Client {
                     return Err(format!("PUBLISH {id} resent after its PUBREL"));
                 }
                 e.this_conn = true;
+                self.seen.dup_resends += 1;
                 false
             }
         };
         let in_flight = self.in_pub.values().filter(|e| e.this_conn).count();
+        if self.version.is_v5() && in_flight == usize::from(self.receive_max) {
+            self.seen.receive_max_full += 1;
+        }
         if in_flight > usize::from(self.receive_max) {
             return Err(format!(
                 "{in_flight} QoS 1/2 PUBLISHes unacknowledged, above our Receive Maximum {}",
@@ -585,6 +604,7 @@ impl Client {
             ));
         }
         if p.topic.is_empty() {
+            self.seen.alias_only += 1;
             return self
                 .aliases_in
                 .get(&alias)

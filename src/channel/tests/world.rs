@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::client::{parse_key, payload, Arrival, Client, ConnectOpts, Key};
+use super::client::{parse_key, payload, Arrival, Client, ConnectOpts, Key, Seen};
 use super::harness::{Conn, Ended, Sim, STORE_WAIT};
 use crate::channel::Close;
 use crate::codec::{
@@ -87,6 +87,44 @@ pub(super) enum Step {
     },
 }
 
+/// What a case went through (for the coverage test).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Stats {
+    pub deliveries: u64,
+    /// Delivered at a lower QoS than published (a lower granted QoS).
+    pub downgraded: u64,
+    pub retained: u64,
+    pub wills_at_once: u64,
+    pub wills_delayed: u64,
+    pub wills_cancelled: u64,
+    pub keepalive_closes: u64,
+    pub sessions_expired: u64,
+    pub resumed: u64,
+    pub takeovers: u64,
+    /// Resent QoS 2 PUBLISHes the channel answered without routing.
+    pub qos2_resent: u64,
+    pub client: Seen,
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        self.deliveries += o.deliveries;
+        self.downgraded += o.downgraded;
+        self.retained += o.retained;
+        self.wills_at_once += o.wills_at_once;
+        self.wills_delayed += o.wills_delayed;
+        self.wills_cancelled += o.wills_cancelled;
+        self.keepalive_closes += o.keepalive_closes;
+        self.sessions_expired += o.sessions_expired;
+        self.resumed += o.resumed;
+        self.takeovers += o.takeovers;
+        self.qos2_resent += o.qos2_resent;
+        self.client.dup_resends += o.client.dup_resends;
+        self.client.alias_only += o.client.alias_only;
+        self.client.receive_max_full += o.client.receive_max_full;
+    }
+}
+
 /// A message routed to a session: the QoS of each copy not yet delivered.
 #[derive(Debug, Default)]
 struct Expected {
@@ -126,6 +164,7 @@ pub(super) struct World {
     published: Vec<u32>,
     connections: u32,
     sub_ids: u16,
+    stats: Stats,
     trace: Vec<String>,
 }
 
@@ -162,6 +201,7 @@ impl World {
             published: vec![0; n],
             connections: 0,
             sub_ids: 0,
+            stats: Stats::default(),
             trace: Vec::new(),
         };
         let observer = ConnectOpts {
@@ -234,7 +274,8 @@ impl World {
                         How::Lost => {
                             self.end_conn(*c, Close::Lost);
                             self.pump();
-                            return self.check_wills();
+                            self.check_wills();
+                            return self.check_sessions();
                         }
                     };
                     let packet = Packet::Disconnect(Disconnect {
@@ -248,6 +289,7 @@ impl World {
         }
         self.pump();
         self.check_wills();
+        self.check_sessions();
     }
 
     fn sub_id(&mut self) -> u16 {
@@ -295,7 +337,10 @@ impl World {
         let connect = self.clients[c].connect_packet(opts, will.map(|(k, _)| payload(k)));
         let (opened, ended) = self.sim.connect(connect, old);
         match ended {
-            Some(ended) => self.ended(c, ended),
+            Some(ended) => {
+                self.stats.takeovers += 1;
+                self.ended(c, ended);
+            }
             None if took_over => self.fail("the connection taken over did not end"),
             None => {}
         }
@@ -340,7 +385,10 @@ impl World {
                 s.expiry_s = expiry_s;
                 s.offline_since = None;
                 // A reconnect within the Will Delay: no will [MQTT-3.1.3-9].
-                self.pending_wills.remove(&c);
+                if self.pending_wills.remove(&c).is_some() {
+                    self.stats.wills_cancelled += 1;
+                }
+                self.stats.resumed += 1;
                 true
             }
             _ => {
@@ -371,6 +419,7 @@ impl World {
                 let client = &self.clients[c];
                 let silent = self.sim.now().at - client.last_sent;
                 let limit = keepalive_limit(client.keep_alive);
+                self.stats.keepalive_closes += 1;
                 if client.keep_alive == 0 || silent + Duration::from_millis(100) < limit {
                     self.fail(format!(
                         "client {c} closed for keepalive after {silent:?} of silence (keepalive {} s)",
@@ -433,9 +482,11 @@ impl World {
         if let (Some((will, delay_s)), true) = (self.wills[c].take(), publish_will) {
             match delay_s.min(expiry_s) {
                 0 => {
+                    self.stats.wills_at_once += 1;
                     self.wills_due.insert(will);
                 }
                 delay_s => {
+                    self.stats.wills_delayed += 1;
                     let due_ms = now.ms + u64::from(delay_s) * 1000;
                     self.pending_wills.insert(c, (due_ms, will));
                 }
@@ -489,6 +540,7 @@ impl World {
                 let s = self.sessions[c].as_mut().expect("checked above");
                 if p.qos == QoS::ExactlyOnce && !s.held_in.insert(id) {
                     // A resent QoS 2 PUBLISH the channel holds: PUBREC, no routing.
+                    self.stats.qos2_resent += 1;
                     self.clients[c].expect_reason(id, Some(ReasonCode::Success));
                     return;
                 }
@@ -612,6 +664,9 @@ impl World {
         };
         e.qos.swap_remove(i);
         e.arrived += 1;
+        self.stats.deliveries += 1;
+        self.stats.retained += u64::from(a.retain);
+        self.stats.downgraded += u64::from(a.qos < self.msgs[&a.key].1);
         let first = e.arrived == 1;
         if first && !a.retain && a.qos != QoS::AtMostOnce {
             let last = s.last_first.entry(a.key.1).or_insert(0);
@@ -720,6 +775,7 @@ impl World {
             self.pump();
             self.check_keepalive();
             self.check_wills();
+            self.check_sessions();
         }
         self.fail("the clock did not reach its target");
     }
@@ -736,6 +792,7 @@ impl World {
                 })
             });
             if expired {
+                self.stats.sessions_expired += 1;
                 self.sessions[c] = None;
                 if let Some((_, will)) = self.pending_wills.remove(&c) {
                     self.wills_due.insert(will);
@@ -769,6 +826,21 @@ impl World {
         }
     }
 
+    /// The broker holds exactly the sessions the reference says exist.
+    fn check_sessions(&self) {
+        for c in 0..self.n {
+            let id = &self.clients[c].id;
+            let held = self.sim.broker.registry.get(id).is_some();
+            if held != self.sessions[c].is_some() {
+                self.fail(format!(
+                    "client {c}: the broker {} its session, the reference says it {}",
+                    if held { "holds" } else { "has no" },
+                    if held { "ended" } else { "exists" }
+                ));
+            }
+        }
+    }
+
     /// Every will published has reached the observer (it is online and reads all).
     fn check_wills(&self) {
         if !self.wills_due.is_empty() {
@@ -779,7 +851,7 @@ impl World {
     /// The end of a case: acks flow again, every persistent session offline is
     /// resumed and drained; then no QoS 1/2 copy routed to a live session may be
     /// missing, and the store's invariants hold.
-    pub fn finish(mut self) {
+    pub fn finish(mut self) -> Stats {
         self.trace.push("finish".into());
         for client in &mut self.clients {
             client.withhold = false;
@@ -821,6 +893,13 @@ impl World {
             Ok(problems) if problems.is_empty() => {}
             other => self.fail(format!("store invariants: {other:?}")),
         }
+        let mut stats = self.stats;
+        for client in &self.clients {
+            stats.client.dup_resends += client.seen.dup_resends;
+            stats.client.alias_only += client.seen.alias_only;
+            stats.client.receive_max_full += client.seen.receive_max_full;
+        }
+        stats
     }
 }
 
