@@ -361,14 +361,13 @@ impl Client {
                     }
                 }
             }
-            Packet::PubAck(r) => {
+            Packet::PubAck(r)
                 if self
                     .in_pub
                     .get(&r.packet_id)
-                    .is_some_and(|e| e.qos == QoS::AtLeastOnce)
-                {
-                    self.in_pub.remove(&r.packet_id);
-                }
+                    .is_some_and(|e| e.qos == QoS::AtLeastOnce) =>
+            {
+                self.in_pub.remove(&r.packet_id);
             }
             Packet::PubRec(r) => {
                 if let Some(e) = self.in_pub.get_mut(&r.packet_id) {
@@ -376,10 +375,8 @@ impl Client {
                     e.rec_now = true;
                 }
             }
-            Packet::PubComp(r) => {
-                if self.in_pub.get(&r.packet_id).is_some_and(|e| e.released) {
-                    self.in_pub.remove(&r.packet_id);
-                }
+            Packet::PubComp(r) if self.in_pub.get(&r.packet_id).is_some_and(|e| e.released) => {
+                self.in_pub.remove(&r.packet_id);
             }
             Packet::PingReq => self.pings += 1,
             _ => {}

@@ -15,8 +15,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use super::client::{parse_key, payload, Arrival, Client, ConnectOpts, Key, Seen};
 use super::harness::{Conn, Ended, Sim, STORE_WAIT};
 use crate::channel::Close;
@@ -640,7 +638,7 @@ impl World {
         let Some((topic, _)) = self.msgs.get(&a.key) else {
             self.fail(format!("client {c} got {:?}, never published", a.key))
         };
-        if a.topic != Bytes::from(topic.clone()) {
+        if a.topic != topic.as_bytes() {
             self.fail(format!(
                 "client {c} got {:?} on topic {:?}, published on {topic}",
                 a.key, a.topic
