@@ -125,10 +125,11 @@ impl Sim {
         let version = connect.protocol;
         let peer: SocketAddr = ([127, 0, 0, 1], 1).into();
         let (broker, zone, clock) = (self.broker.clone(), self.zone.clone(), &self.clock);
+        let listener: Arc<str> = Arc::from("external");
         let mut old = old;
         let mut ended = None;
         let opened = self.rt.block_on(async {
-            let mut open = std::pin::pin!(accept::open(&broker, &zone, peer, connect));
+            let mut open = std::pin::pin!(accept::open(&broker, &zone, &listener, peer, connect));
             // Bounded: the store answers within milliseconds, a takeover within a turn.
             for _ in 0..5_000 {
                 if let Ok(r) = tokio::time::timeout(Duration::from_millis(1), &mut open).await {
@@ -234,6 +235,12 @@ impl Conn {
             return Err(Close::Kicked(reason));
         }
         self.channel.flush_store_ops();
+        // The driver runs hook decisions here (`run_decisions`); these tests register
+        // no hook, so there must be none.
+        assert!(
+            self.channel.take_decisions().is_empty(),
+            "a hook decision without a registered hook"
+        );
         Ok(any)
     }
 
