@@ -434,6 +434,18 @@ impl Channel {
         idle
     }
 
+    /// A store read or write this channel waits for is still out: the channel tests'
+    /// pump waits for it (reads come from the reader pool, not the writer).
+    #[cfg(test)]
+    pub(crate) fn awaiting_store(&self) -> bool {
+        self.paused_for != InputPause::No
+            || !self.pending_in.is_empty()
+            || matches!(
+                self.outbound.cursor(),
+                crate::session::Cursor::Disk { loading: true, .. }
+            )
+    }
+
     /// Give back what buffers kept (before hibernating).
     pub fn shrink(&mut self) {
         self.output = BytesMut::new();

@@ -221,6 +221,8 @@ impl Conn {
             if !events.is_empty() {
                 any = true;
                 self.channel.handle_events(events, now)?;
+                // Packets held back for a store read go on once it is answered.
+                self.channel.handle_bytes(&mut self.rbuf, now)?;
             }
             if mailbox.take_behind() {
                 any = true;
@@ -232,6 +234,10 @@ impl Conn {
             self.channel.resume_reading(&mut self.rbuf, now)?;
         }
         if let Some(reason) = mailbox.take_kick() {
+            // What the client sent before it was replaced still counts, also what
+            // waited for a store read that will not be answered now.
+            self.channel.end_read_pause();
+            self.channel.handle_bytes(&mut self.rbuf, now)?;
             return Err(Close::Kicked(reason));
         }
         self.channel.flush_store_ops();
@@ -242,6 +248,13 @@ impl Conn {
             "a hook decision without a registered hook"
         );
         Ok(any)
+    }
+
+    /// A store read or write the channel waits for is out (queue pages and
+    /// retained lookups come from the reader pool, whose answers a writer barrier
+    /// does not wait for).
+    pub fn awaiting_store(&self) -> bool {
+        self.channel.awaiting_store()
     }
 
     /// Everything the channel wrote, decoded, as the client reads it.

@@ -715,11 +715,22 @@ impl World {
                 quiet = 0;
                 continue;
             }
-            let waiting = self.clients.iter().enumerate().find_map(|(c, client)| {
-                client
-                    .waiting()
-                    .map(|w| format!("client {c} waits for {w}"))
-            });
+            let waiting = self
+                .clients
+                .iter()
+                .enumerate()
+                .find_map(|(c, client)| {
+                    client
+                        .waiting()
+                        .map(|w| format!("client {c} waits for {w}"))
+                })
+                .or_else(|| {
+                    self.conns.iter().enumerate().find_map(|(c, conn)| {
+                        conn.as_ref()
+                            .filter(|conn| conn.awaiting_store())
+                            .map(|_| format!("channel {c} waits for the store"))
+                    })
+                });
             match waiting {
                 None if quiet > 0 => return,
                 Some(w) if started.elapsed() > STORE_WAIT => {
