@@ -21,6 +21,8 @@ mod deliver;
 pub(crate) mod fit;
 pub(crate) mod keepalive;
 mod packets;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -430,6 +432,18 @@ impl Channel {
             self.active_at = now.at;
         }
         idle
+    }
+
+    /// A store read or write this channel waits for is still out: the channel tests'
+    /// pump waits for it (reads come from the reader pool, not the writer).
+    #[cfg(test)]
+    pub(crate) fn awaiting_store(&self) -> bool {
+        self.paused_for != InputPause::No
+            || !self.pending_in.is_empty()
+            || matches!(
+                self.outbound.cursor(),
+                crate::session::Cursor::Disk { loading: true, .. }
+            )
     }
 
     /// Give back what buffers kept (before hibernating).

@@ -1,0 +1,316 @@
+//! One rule per test, deterministic: the harness's channels driven by hand.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::harness::{Conn, Sim};
+use crate::channel::Close;
+use crate::codec::{
+    Connect, LastWill, Packet, Properties, ProtocolVersion, PubResp, Publish, QoS, ReasonCode,
+    Subscribe, SubscriptionOptions,
+};
+
+fn connect(id: &str, expiry_s: u32) -> Connect {
+    let properties = Properties {
+        session_expiry_interval: Some(expiry_s),
+        ..Properties::default()
+    };
+    Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start: false,
+        keep_alive: 0,
+        properties,
+        client_id: id.into(),
+        will: None,
+        username: None,
+        password: None,
+    }
+}
+
+fn open(sim: &mut Sim, connect: Connect) -> (Conn, Vec<Packet>) {
+    let (opened, _) = sim.connect(connect, None);
+    let Ok(mut conn) = opened else {
+        panic!("refused: {opened:?}", opened = opened.err())
+    };
+    let output = conn.take_output(sim.now());
+    (conn, output)
+}
+
+fn publish(topic: &str, qos: QoS, packet_id: Option<u16>, properties: Properties) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: Bytes::from(topic.to_owned()),
+        packet_id,
+        properties,
+        payload: Bytes::from_static(b"x"),
+    })
+}
+
+fn subscribe(conn: &mut Conn, sim: &Sim, filter: &str, qos: QoS) {
+    let options = SubscriptionOptions {
+        qos,
+        ..SubscriptionOptions::default()
+    };
+    let packet = Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![(filter.into(), options)],
+    });
+    conn.send(&packet, sim.now()).expect("SUBSCRIBE taken");
+    let out = settle(sim, &mut [&mut *conn]);
+    assert!(matches!(out[0].as_slice(), [Packet::SubAck(_)]), "{out:?}");
+}
+
+/// Mailbox events and output until nothing moves across two store barriers.
+fn settle(sim: &Sim, conns: &mut [&mut Conn]) -> Vec<Vec<Packet>> {
+    let mut out = vec![Vec::new(); conns.len()];
+    let mut quiet = 0;
+    for _ in 0..5_000 {
+        let mut moved = false;
+        for (i, conn) in conns.iter_mut().enumerate() {
+            moved |= conn.take_mailbox(sim.now()).expect("still open");
+            let packets = conn.take_output(sim.now());
+            moved |= !packets.is_empty();
+            out[i].extend(packets);
+        }
+        if moved {
+            quiet = 0;
+            continue;
+        }
+        // Reads come from the reader pool: wait for them too (bounded by the loop).
+        if conns.iter().any(|c| c.awaiting_store()) {
+            std::thread::sleep(Duration::from_millis(1));
+        } else if quiet > 1 {
+            return out;
+        }
+        sim.barrier();
+        quiet += 1;
+    }
+    panic!("did not settle");
+}
+
+fn publishes(packets: &[Packet]) -> Vec<&Publish> {
+    packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn one_publish_above_receive_maximum_closes_with_0x93() {
+    let mut sim = Sim::new(|z| z.max_inflight = 2);
+    let (mut conn, out) = open(&mut sim, connect("p", 0));
+    let Some(Packet::ConnAck(ack)) = out.first() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(ack.properties.receive_maximum, Some(2));
+    let now = sim.now();
+    // Sent back to back: none is acknowledged before the third arrives.
+    for id in 1..=2 {
+        let p = publish("t", QoS::AtLeastOnce, Some(id), Properties::default());
+        conn.send(&p, now).expect("within Receive Maximum");
+    }
+    let third = publish("t", QoS::ExactlyOnce, Some(3), Properties::default());
+    let close = conn
+        .send(&third, now)
+        .expect_err("one above Receive Maximum");
+    assert_eq!(close, Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+    let ended = conn.finish(close, now);
+    let Some(Packet::Disconnect(d)) = ended.output.last() else {
+        panic!("{:?}", ended.output)
+    };
+    assert_eq!(d.reason, ReasonCode(0x93));
+}
+
+#[test]
+fn acknowledged_publishes_free_their_receive_maximum_slots() {
+    let mut sim = Sim::new(|z| z.max_inflight = 2);
+    let (mut conn, _) = open(&mut sim, connect("p", 0));
+    for id in 1..=6 {
+        let p = publish("t", QoS::AtLeastOnce, Some(id), Properties::default());
+        conn.send(&p, sim.now()).expect("acks came in between");
+        let out = settle(&sim, &mut [&mut conn]);
+        assert!(matches!(out[0].as_slice(), [Packet::PubAck(a)] if a.packet_id == id));
+    }
+}
+
+#[test]
+fn topic_alias_0_closes_with_0x94_and_an_unset_alias_with_0x82() {
+    let mut sim = Sim::new(|_| {});
+    for (alias, topic, reason) in [(0, "t", 0x94), (7, "", 0x82)] {
+        let (mut conn, _) = open(&mut sim, connect("p", 0));
+        let props = Properties {
+            topic_alias: Some(alias),
+            ..Properties::default()
+        };
+        let close = conn
+            .send(&publish(topic, QoS::AtMostOnce, None, props), sim.now())
+            .expect_err("refused");
+        assert_eq!(close, Close::Error(ReasonCode(reason)));
+        let ended = conn.finish(close, sim.now());
+        assert!(
+            matches!(ended.output.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode(reason)),
+            "{:?}",
+            ended.output
+        );
+    }
+}
+
+#[test]
+fn a_resent_qos2_publish_is_delivered_once() {
+    let mut sim = Sim::new(|_| {});
+    let (mut sub, _) = open(&mut sim, connect("s", 0));
+    subscribe(&mut sub, &sim, "t/q2", QoS::ExactlyOnce);
+    let (mut publ, _) = open(&mut sim, connect("p", 60));
+    let mut p = publish("t/q2", QoS::ExactlyOnce, Some(7), Properties::default());
+    publ.send(&p, sim.now()).expect("PUBLISH");
+    let out = settle(&sim, &mut [&mut publ, &mut sub]);
+    assert!(matches!(out[0].as_slice(), [Packet::PubRec(r)] if r.packet_id == 7));
+    assert_eq!(publishes(&out[1]).len(), 1);
+    // PUBREC lost: the client sends the PUBLISH again, with DUP.
+    if let Packet::Publish(p) = &mut p {
+        p.dup = true;
+    }
+    publ.send(&p, sim.now()).expect("resent PUBLISH");
+    let out = settle(&sim, &mut [&mut publ, &mut sub]);
+    assert!(matches!(out[0].as_slice(), [Packet::PubRec(r)] if r.packet_id == 7));
+    assert!(
+        publishes(&out[1]).is_empty(),
+        "delivered twice: {:?}",
+        out[1]
+    );
+    publ.send(&Packet::PubRel(PubResp::new(7)), sim.now())
+        .expect("PUBREL");
+    let out = settle(&sim, &mut [&mut publ, &mut sub]);
+    assert!(
+        matches!(out[0].as_slice(), [Packet::PubComp(r)] if r.packet_id == 7 && r.reason == ReasonCode::Success)
+    );
+    // The id is free again: a new PUBLISH with it is a new message.
+    let p = publish("t/q2", QoS::ExactlyOnce, Some(7), Properties::default());
+    publ.send(&p, sim.now()).expect("PUBLISH");
+    let out = settle(&sim, &mut [&mut publ, &mut sub]);
+    assert_eq!(publishes(&out[1]).len(), 1);
+}
+
+#[test]
+fn an_unacknowledged_delivery_is_resent_with_dup_after_retry_interval() {
+    let mut sim = Sim::new(|z| z.retry_interval = Duration::from_secs(5));
+    let (mut sub, _) = open(&mut sim, connect("s", 0));
+    subscribe(&mut sub, &sim, "t", QoS::AtLeastOnce);
+    let (mut publ, _) = open(&mut sim, connect("p", 0));
+    publ.send(
+        &publish("t", QoS::AtLeastOnce, Some(1), Properties::default()),
+        sim.now(),
+    )
+    .expect("PUBLISH");
+    let out = settle(&sim, &mut [&mut publ, &mut sub]);
+    let first = publishes(&out[1]);
+    assert!(matches!(first.as_slice(), [p] if !p.dup), "{:?}", out[1]);
+    let id = first[0].packet_id;
+    sim.clock.advance(Duration::from_secs(4));
+    sub.channel.on_timer(sim.now()).expect("open");
+    assert!(
+        publishes(&sub.take_output(sim.now())).is_empty(),
+        "too early"
+    );
+    sim.clock.advance(Duration::from_secs(1));
+    sub.channel.on_timer(sim.now()).expect("open");
+    let again = sub.take_output(sim.now());
+    assert!(
+        matches!(publishes(&again).as_slice(), [p] if p.dup && p.packet_id == id),
+        "{again:?}"
+    );
+}
+
+/// A v5 client with a delayed will, and an observer subscribed to wills.
+fn will_client(sim: &mut Sim, delay_s: u32) -> Conn {
+    let mut c = connect("w", 60);
+    c.will = Some(LastWill {
+        topic: Bytes::from_static(b"will/w"),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties {
+            will_delay_interval: Some(delay_s),
+            ..Properties::default()
+        },
+    });
+    open(sim, c).0
+}
+
+#[test]
+fn a_delayed_will_is_published_after_its_delay_on_the_simulated_clock() {
+    let mut sim = Sim::new(|_| {});
+    let (mut obs, _) = open(&mut sim, connect("obs", 0));
+    subscribe(&mut obs, &sim, "will/#", QoS::AtLeastOnce);
+    let w = will_client(&mut sim, 10);
+    w.finish(Close::Lost, sim.now());
+    for _ in 0..9 {
+        sim.clock.advance(Duration::from_secs(1));
+        sim.sweep();
+        let out = settle(&sim, &mut [&mut obs]);
+        assert!(publishes(&out[0]).is_empty(), "will before its delay");
+    }
+    sim.clock.advance(Duration::from_secs(1));
+    sim.sweep();
+    let out = settle(&sim, &mut [&mut obs]);
+    assert!(
+        matches!(publishes(&out[0]).as_slice(), [p] if p.payload == "gone"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_reconnect_within_the_will_delay_cancels_the_will_and_a_normal_disconnect_has_none() {
+    let mut sim = Sim::new(|_| {});
+    let (mut obs, _) = open(&mut sim, connect("obs", 0));
+    subscribe(&mut obs, &sim, "will/#", QoS::AtLeastOnce);
+    let w = will_client(&mut sim, 10);
+    w.finish(Close::Lost, sim.now());
+    sim.clock.advance(Duration::from_secs(5));
+    let mut w = will_client(&mut sim, 0);
+    // The resumed session's first page comes before anything the client sends.
+    settle(&sim, &mut [&mut w]);
+    // Normal DISCONNECT: no will, even with no delay.
+    let d = Packet::Disconnect(crate::codec::Disconnect {
+        reason: ReasonCode::NORMAL_DISCONNECTION,
+        properties: Properties::default(),
+    });
+    let close = w.send(&d, sim.now()).expect_err("DISCONNECT closes");
+    w.finish(close, sim.now());
+    for _ in 0..20 {
+        sim.clock.advance(Duration::from_secs(1));
+        sim.sweep();
+        let out = settle(&sim, &mut [&mut obs]);
+        assert!(
+            publishes(&out[0]).is_empty(),
+            "a will was published: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn an_offline_session_ends_at_its_expiry_on_the_simulated_clock() {
+    let mut sim = Sim::new(|_| {});
+    let (mut conn, _) = open(&mut sim, connect("e", 10));
+    subscribe(&mut conn, &sim, "t", QoS::AtLeastOnce);
+    conn.finish(Close::Lost, sim.now());
+    sim.clock.advance(Duration::from_millis(9_999));
+    sim.sweep();
+    assert!(sim.broker.registry.get("e").is_some(), "expired early");
+    sim.clock.advance(Duration::from_millis(1));
+    sim.sweep();
+    assert!(sim.broker.registry.get("e").is_none(), "not expired");
+    assert!(
+        sim.broker.registry.targets("t").is_empty(),
+        "its route stays"
+    );
+    let (_conn, out) = open(&mut sim, connect("e", 10));
+    assert!(matches!(out.first(), Some(Packet::ConnAck(a)) if !a.session_present));
+}
