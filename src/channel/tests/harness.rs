@@ -271,7 +271,7 @@ impl Conn {
     /// End the connection as the driver's `finish` does: `close` (DISCONNECT and the
     /// will decision), the last output, `detach`.
     pub fn finish(mut self, close: Close, now: Now) -> Ended {
-        let publish_will = self.channel.close(&close);
+        let publish_will = self.channel.close(&close, now);
         let output = self.take_output(now);
         self.channel.detach(publish_will, now);
         Ended { close, output }
