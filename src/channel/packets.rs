@@ -189,8 +189,8 @@ impl Channel {
             tracing::info!(client_id = %self.client_id, topic = %msg.topic_str(), "PUBLISH not authorized; dropped");
             let denied = |id| resp(id, ReasonCode::NOT_AUTHORIZED);
             match (p.qos, p.packet_id) {
-                (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(denied(id))),
-                (QoS::ExactlyOnce, Some(id)) => self.send(&Packet::PubRec(denied(id))),
+                (QoS::AtLeastOnce, Some(id)) => self.ack_in_order(Packet::PubAck(denied(id))),
+                (QoS::ExactlyOnce, Some(id)) => self.ack_in_order(Packet::PubRec(denied(id))),
                 _ => {}
             }
             return Ok(());
@@ -222,14 +222,14 @@ impl Channel {
                 Qos2Arrival::Duplicate => {
                     Metrics::inc(&metrics.messages_qos2_duplicate);
                     self.inbound.count(packet_id);
-                    self.send(&Packet::PubRec(resp(packet_id, ReasonCode::Success)));
+                    self.ack_in_order(Packet::PubRec(resp(packet_id, ReasonCode::Success)));
                     return Ok(());
                 }
                 Qos2Arrival::InUse if self.version.is_v5() => {
                     // Released, PUBCOMP not sent yet: the client may not reuse the id
                     // (MQTT 5 §2.2.1). Refused, not routed; the flow ends here.
                     tracing::warn!(client_id = %self.client_id, packet_id, "QoS 2 PUBLISH reuses an id before its PUBCOMP");
-                    self.send(&Packet::PubRec(resp(
+                    self.ack_in_order(Packet::PubRec(resp(
                         packet_id,
                         ReasonCode::PACKET_IDENTIFIER_IN_USE,
                     )));
@@ -279,6 +279,17 @@ impl Channel {
             Metrics::inc(&self.broker.metrics.publishers_paused);
             self.paused = true;
             congested.wait_room(self.mailbox.clone());
+        }
+    }
+
+    /// Send a PUBACK / PUBREC that needs nothing stored, after the acks of earlier
+    /// PUBLISHes still waiting for the store: acks go out in PUBLISH order
+    /// [MQTT-4.6.0-2], and the writer completes in order.
+    fn ack_in_order(&mut self, ack: Packet) {
+        if self.pending_in.is_empty() {
+            self.send(&ack);
+        } else {
+            self.when_durable(Vec::new(), ConnEvent::Reply(Box::new(ack), Vec::new()));
         }
     }
 

@@ -1,6 +1,7 @@
 """QoS 0/1/2 in both directions, QoS downgrade, wildcards, $SYS isolation, bad filters."""
 
 import itertools
+import struct
 
 import pytest
 
@@ -149,3 +150,18 @@ def test_large_payload_round_trip(shared_broker, qos):
     finally:
         sub.disconnect()
         pub.disconnect()
+
+
+def test_pubrec_of_a_resent_qos2_publish_waits_for_earlier_ones(shared_broker):
+    """Acks go out in PUBLISH order [MQTT-4.6.0-2], also when one of them needs nothing
+    stored: a resent QoS 2 PUBLISH (id already held) arriving right behind a new one
+    whose id is still being stored is answered after it, not before."""
+    with raw.RawClient(shared_broker.port) as c:
+        c.connect(unique_id("pubrec-order"), clean=False)
+        c.send(raw.publish("order/a", b"1", qos=2, pid=1))
+        first = c.recv_type(raw.PUBREC)
+        assert struct.unpack(">H", first.body[:2])[0] == 1
+        # One write: a new id (its QoS 2 state goes to the store), then id 1 again.
+        c.send(raw.publish("order/a", b"2", qos=2, pid=2) + raw.publish("order/a", b"1", qos=2, pid=1, dup=True))
+        ids = [struct.unpack(">H", c.recv_type(raw.PUBREC).body[:2])[0] for _ in range(2)]
+        assert ids == [2, 1], f"PUBRECs out of PUBLISH order: {ids}"
