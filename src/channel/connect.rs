@@ -106,6 +106,14 @@ pub(crate) fn session_expiry(connect: &Connect, zone: &ZoneConfig, ack: &mut Pro
     asked
 }
 
+/// Whether a CONNECT resumes the session its client id has (else a new one starts and
+/// the old one, if any, is discarded): not with Clean Start, and only a session that
+/// is still registered, stored and not held by a connection (a takeover has detached
+/// the one before by now).
+pub(crate) fn may_resume(clean_start: bool, st: &SessionState) -> bool {
+    !clean_start && st.live && st.meta.persistent && st.conn.is_none()
+}
+
 /// The longest Session Expiry Interval the zone allows, in seconds.
 pub(crate) fn max_session_expiry_s(zone: &ZoneConfig) -> u32 {
     zone.session_expiry_interval.as_secs().min(u32::MAX as u64) as u32

@@ -16,7 +16,7 @@ use super::{Connection, Env};
 use crate::broker::mailbox::Mailbox;
 use crate::broker::registry::{ConnLink, SessionHandle, SessionMeta, SessionState};
 use crate::broker::Broker;
-use crate::channel::connect::{describe_limits, session_expiry, validate};
+use crate::channel::connect::{describe_limits, may_resume, session_expiry, validate};
 use crate::channel::fit::{self, Fit};
 use crate::channel::keepalive;
 use crate::channel::{Accepted, Channel, Now};
@@ -166,9 +166,9 @@ pub(crate) async fn open(
     // Resume under the session's lock, which the expiry sweep also takes: a session
     // is either revived here or ended there, never both.
     let mut link = Some(link);
-    let resumed = existing.filter(|_| !connect.clean_start).and_then(|h| {
+    let resumed = existing.and_then(|h| {
         let mut st = h.state();
-        if !(st.live && st.meta.persistent && st.conn.is_none()) {
+        if !may_resume(connect.clean_start, &st) {
             return None;
         }
         // Resumed with a Session Expiry of 0 (v5): the stored queue is still
