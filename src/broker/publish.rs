@@ -45,12 +45,12 @@ impl Broker {
     /// `publish` for a message a client published.
     pub fn publish_from(
         self: &Arc<Self>,
-        from: &Arc<ClientInfo>,
+        from: Option<Arc<ClientInfo>>,
         msg: Message,
         extra: Vec<Op>,
         done: PublishDone,
     ) -> Routed {
-        self.publish_ordered(Some(from), msg, extra, done, false)
+        self.publish_ordered(from.as_ref(), msg, extra, done, false)
     }
 
     /// `publish`, with `after_pending`: the publisher still waits for the store on

@@ -119,15 +119,18 @@ impl Channel {
     /// `client.check_acl` for each topic `packet` names.
     fn check_acl(&self, packet: &Packet) -> Decision<Verdicts> {
         let hooks = &self.broker.hooks;
+        let Some(info) = self.info_for(HookPoint::ClientCheckAcl) else {
+            return Decision::Ready(Verdicts::new());
+        };
         let decisions: Vec<Decision<AclVerdict>> = match packet {
             Packet::Publish(p) => {
                 let topic = std::str::from_utf8(&p.topic).unwrap_or("");
-                vec![hooks.check_acl(&self.info, Access::Publish, topic, NOMATCH)]
+                vec![hooks.check_acl(&info, Access::Publish, topic, NOMATCH)]
             }
             Packet::Subscribe(s) => s
                 .filters
                 .iter()
-                .map(|(filter, _)| hooks.check_acl(&self.info, Access::Subscribe, filter, NOMATCH))
+                .map(|(filter, _)| hooks.check_acl(&info, Access::Subscribe, filter, NOMATCH))
                 .collect(),
             _ => return Decision::Ready(Verdicts::new()),
         };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{Channel, Now};
 use crate::broker::registry::ConnEvent;
 use crate::codec::{self, Packet, Properties, PubResp, Publish, ReasonCode};
-use crate::hooks;
+use crate::hooks::{self, HookPoint};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::{Action, DropReason, Outgoing};
@@ -153,14 +153,15 @@ impl Channel {
             properties.message_expiry_interval = msg.remaining_expiry_s(now.ms);
             properties.subscription_identifiers = out.subscription_ids.clone();
             if self.alias_out_max > 0 {
-                match self.alias_out.get(&msg.topic) {
+                let aliases = self.aliases.get_or_insert_with(Default::default);
+                match aliases.outbound.get(&msg.topic) {
                     Some(alias) => {
                         properties.topic_alias = Some(*alias);
                         topic = bytes::Bytes::new();
                     }
-                    None if (self.alias_out.len() as u16) < self.alias_out_max => {
+                    None if (aliases.outbound.len() as u16) < self.alias_out_max => {
                         // Registered only once the PUBLISH carrying it is really sent.
-                        let alias = self.alias_out.len() as u16 + 1;
+                        let alias = aliases.outbound.len() as u16 + 1;
                         new_alias = Some(alias);
                         properties.topic_alias = Some(alias);
                     }
@@ -197,11 +198,15 @@ impl Channel {
             return false;
         }
         if let Some(alias) = new_alias {
-            self.alias_out.insert(msg.topic.clone(), alias);
+            if let Some(aliases) = &mut self.aliases {
+                aliases.outbound.insert(msg.topic.clone(), alias);
+            }
         }
         Metrics::inc(&self.broker.metrics.packets_sent);
         Metrics::inc(&self.broker.metrics.messages_sent);
-        self.broker.hooks.message_delivered(&self.info, msg);
+        if let Some(info) = self.info_for(HookPoint::MessageDelivered) {
+            self.broker.hooks.message_delivered(&info, msg);
+        }
         true
     }
 }

@@ -25,6 +25,7 @@ mod packets;
 mod tests;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,7 @@ use crate::broker::registry::{ConnEvent, SessionHandle};
 use crate::broker::Broker;
 use crate::codec::{self, LastWill, Packet, ProtocolVersion, ReasonCode};
 use crate::config::Zone;
-use crate::hooks::{ClientInfo, DisconnectReason};
+use crate::hooks::{ClientInfo, DisconnectReason, HookPoint};
 use crate::message::ClientId;
 use crate::metrics::Metrics;
 use crate::session::{Inbound, Outbound};
@@ -94,8 +95,11 @@ pub(crate) struct Accepted {
     pub broker: Arc<Broker>,
     pub zone: Arc<Zone>,
     pub conn_id: u64,
-    /// Who the client is (what hooks see), after authentication.
-    pub info: Arc<ClientInfo>,
+    /// The listener that accepted it (`listener.tcp.<name>`).
+    pub listener: Arc<str>,
+    pub username: Option<Arc<str>>,
+    /// An authentication hook made it a superuser (it skips `client.check_acl`).
+    pub superuser: bool,
     pub version: ProtocolVersion,
     pub client_id: ClientId,
     pub handle: Arc<SessionHandle>,
@@ -113,7 +117,11 @@ pub(crate) struct Channel {
     broker: Arc<Broker>,
     zone: Arc<Zone>,
     conn_id: u64,
-    info: Arc<ClientInfo>,
+    /// What `client_info` is built from, when a hook wants it (not kept built: most
+    /// nodes register no hook, and an idle connection must stay small).
+    listener: Arc<str>,
+    username: Option<Arc<str>>,
+    superuser: bool,
     version: ProtocolVersion,
     client_id: ClientId,
     handle: Arc<SessionHandle>,
@@ -126,10 +134,9 @@ pub(crate) struct Channel {
     will: Option<Box<LastWill>>,
     /// Largest packet the client accepts (v5 Maximum Packet Size).
     client_max_packet: u32,
-    /// Topic aliases the client set (v5).
-    alias_in: BTreeMap<u16, Bytes>,
-    /// Topic aliases we set, and how many the client allows.
-    alias_out: BTreeMap<Bytes, u16>,
+    /// Topic aliases both ways (v5), once the client uses any (boxed: most never do).
+    aliases: Option<Box<Aliases>>,
+    /// How many topic aliases the client allows us to set.
     alias_out_max: u16,
     /// Inbound QoS 1/2 packet ids waiting for the store: did they match a subscriber?
     pending_in: BTreeMap<u16, bool>,
@@ -165,7 +172,9 @@ impl Channel {
             broker: a.broker,
             zone: a.zone,
             conn_id: a.conn_id,
-            info: a.info,
+            listener: a.listener,
+            username: a.username,
+            superuser: a.superuser,
             version: a.version,
             client_id: a.client_id,
             handle: a.handle,
@@ -175,8 +184,7 @@ impl Channel {
             keep_alive: a.keep_alive,
             will: a.will,
             client_max_packet: a.client_max_packet,
-            alias_in: BTreeMap::new(),
-            alias_out: BTreeMap::new(),
+            aliases: None,
             alias_out_max: a.alias_out_max,
             pending_in: BTreeMap::new(),
             store_ops: Vec::new(),
@@ -206,8 +214,33 @@ impl Channel {
         &self.client_id
     }
 
-    pub fn info(&self) -> &Arc<ClientInfo> {
-        &self.info
+    /// Who the client is, as hooks see it; built for each use (only when a hook is
+    /// registered for the point at hand: see `info_for`).
+    pub fn client_info(&self) -> Arc<ClientInfo> {
+        let peer = self
+            .handle
+            .state()
+            .peer
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let mut info = ClientInfo::new(
+            self.client_id.clone(),
+            peer,
+            self.version,
+            self.listener.clone(),
+            Arc::from(self.zone.name.as_str()),
+        );
+        info.username = self.username.clone();
+        info.is_superuser = self.superuser;
+        Arc::new(info)
+    }
+
+    /// `client_info`, if a hook is registered at `point`.
+    fn info_for(&self, point: HookPoint) -> Option<Arc<ClientInfo>> {
+        self.broker
+            .hooks
+            .is_registered(point)
+            .then(|| self.client_info())
     }
 
     /// CONNACK accepted: send it and start delivering.
@@ -284,7 +317,7 @@ impl Channel {
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    tracing::warn!(client_id = %self.client_id, peer = %self.info.peer, error = %e, "malformed packet");
+                    tracing::warn!(client_id = %self.client_id, peer = %self.handle.state().peer, error = %e, "malformed packet");
                     Metrics::inc(&self.broker.metrics.packets_malformed);
                     return Err(Close::Error(e.reason_code()));
                 }
@@ -394,7 +427,7 @@ impl Channel {
             (self.zone.stall_timeout, self.mailbox.stalled_for_ms(now.ms))
         {
             if stalled_ms >= limit.as_millis() as u64 {
-                tracing::warn!(client_id = %self.client_id, peer = %self.info.peer, stalled_ms, "the client stopped reading while its deliveries held up their publishers; closing it (stall_timeout)");
+                tracing::warn!(client_id = %self.client_id, peer = %self.handle.state().peer, stalled_ms, "the client stopped reading while its deliveries held up their publishers; closing it (stall_timeout)");
                 Metrics::inc(&self.broker.metrics.connections_stalled);
                 return Err(Close::Error(ReasonCode::QUOTA_EXCEEDED));
             }
@@ -527,11 +560,11 @@ impl Channel {
             }
         }
         Metrics::inc(&self.broker.metrics.disconnections);
-        tracing::info!(client_id = %self.client_id, peer = %self.info.peer, ?close, "disconnected");
+        tracing::info!(client_id = %self.client_id, ?close, "disconnected");
         let reason = disconnect_reason(close);
-        self.broker
-            .hooks
-            .client_disconnected(&self.info, reason, now.ms);
+        if let Some(info) = self.info_for(HookPoint::ClientDisconnected) {
+            self.broker.hooks.client_disconnected(&info, reason, now.ms);
+        }
         match close {
             Close::ByClient { with_will } => *with_will,
             // Not on shutdown (the broker is going away); on takeover the will delay
@@ -561,4 +594,13 @@ fn disconnect_reason(close: &Close) -> DisconnectReason {
         Close::Kicked(ReasonCode::SERVER_SHUTTING_DOWN) => DisconnectReason::Shutdown,
         Close::Kicked(_) => DisconnectReason::Kicked,
     }
+}
+
+/// Topic aliases of one connection (MQTT 5 §3.3.2.3.4).
+#[derive(Default)]
+struct Aliases {
+    /// Set by the client: alias to topic.
+    inbound: BTreeMap<u16, Bytes>,
+    /// Set by us: topic to alias.
+    outbound: BTreeMap<Bytes, u16>,
 }

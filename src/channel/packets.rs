@@ -127,7 +127,7 @@ impl Channel {
     fn acked(&self, packet_id: u16) {
         if self.broker.hooks.is_registered(HookPoint::MessageAcked) {
             if let Some(msg) = self.outbound.inflight_message(packet_id) {
-                self.broker.hooks.message_acked(&self.info, msg);
+                self.broker.hooks.message_acked(&self.client_info(), msg);
             }
         }
     }
@@ -196,9 +196,12 @@ impl Channel {
             return Ok(());
         }
         let Some(packet_id) = p.packet_id else {
-            let routed = self
-                .broker
-                .publish_from(&self.info, msg, Vec::new(), Box::new(|_| {}));
+            let routed = self.broker.publish_from(
+                self.info_for(HookPoint::MessagePublish),
+                msg,
+                Vec::new(),
+                Box::new(|_| {}),
+            );
             self.pause_for(routed.congested);
             return Ok(());
         };
@@ -259,7 +262,7 @@ impl Channel {
         // Placeholder until `publish` returns; the Durable event is handled after.
         self.pending_in.insert(packet_id, true);
         let routed = self.broker.publish_ordered(
-            Some(&self.info),
+            self.info_for(HookPoint::MessagePublish).as_ref(),
             msg,
             extra,
             Box::new(move |ok| {
@@ -351,14 +354,15 @@ impl Channel {
         if alias == 0 || alias > self.broker.config.mqtt.max_topic_alias {
             return Err(Close::Error(ReasonCode::TOPIC_ALIAS_INVALID));
         }
+        let aliases = self.aliases.get_or_insert_with(Default::default);
         if p.topic.is_empty() {
-            return self
-                .alias_in
+            return aliases
+                .inbound
                 .get(&alias)
                 .cloned()
                 .ok_or(Close::Error(ReasonCode::PROTOCOL_ERROR));
         }
-        self.alias_in.insert(alias, p.topic.clone());
+        aliases.inbound.insert(alias, p.topic.clone());
         Ok(p.topic.clone())
     }
 
@@ -396,9 +400,9 @@ impl Channel {
                     ..SubOpts::from_options(options, sub_id)
                 };
                 let existed = self.broker.registry.subscribe(&self.handle, filter, opts);
-                self.broker
-                    .hooks
-                    .session_subscribed(&self.info, filter, options);
+                if let Some(info) = self.info_for(HookPoint::SessionSubscribed) {
+                    self.broker.hooks.session_subscribed(&info, filter, options);
+                }
                 if self.persistent {
                     ops.push(Op::PutSubscription {
                         client: self.client_id.clone(),
@@ -548,7 +552,9 @@ impl Channel {
             .iter()
             .map(|filter| {
                 if self.broker.registry.unsubscribe(&self.handle, filter) {
-                    self.broker.hooks.session_unsubscribed(&self.info, filter);
+                    if let Some(info) = self.info_for(HookPoint::SessionUnsubscribed) {
+                        self.broker.hooks.session_unsubscribed(&info, filter);
+                    }
                     if self.persistent {
                         ops.push(Op::DeleteSubscription {
                             client: self.client_id.clone(),

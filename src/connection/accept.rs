@@ -22,7 +22,7 @@ use crate::channel::keepalive;
 use crate::channel::{Accepted, Channel, Now};
 use crate::codec::{self, ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
 use crate::config::Zone;
-use crate::hooks::{AuthVerdict, ClientInfo, ConnectedInfo, Credentials};
+use crate::hooks::{AuthVerdict, ClientInfo, ConnectedInfo, Credentials, HookPoint};
 use crate::message::{now_ms, ClientId};
 use crate::metrics::Metrics;
 use crate::session::{Inbound, Outbound, SessionConfig};
@@ -122,8 +122,8 @@ pub(crate) async fn open(
         }
     }
     let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
-    let info = match authenticate(broker, zone, listener, peer, &client_id, &connect).await {
-        Ok(info) => info,
+    let superuser = match authenticate(broker, zone, listener, peer, &client_id, &connect).await {
+        Ok(superuser) => superuser,
         Err(reason) => return Err(refuse(reason)),
     };
     let expiry_s = session_expiry(&connect, zone, &mut ack_props);
@@ -316,7 +316,9 @@ pub(crate) async fn open(
         will: connect.will.take().map(Box::new),
         client_max_packet,
         alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
-        info,
+        listener: listener.clone(),
+        username: connect.username.as_deref().map(Arc::from),
+        superuser,
         mailbox,
         zone: zone.clone(),
     };
@@ -329,21 +331,23 @@ pub(crate) async fn open(
         properties: ack_props,
     });
     channel.start(connack, receive_max, now);
-    broker.hooks.client_connected(
-        channel.info(),
-        &ConnectedInfo {
-            clean_start: connect.clean_start,
-            keepalive_s: keepalive.seconds,
-            session_present: resume,
-            expiry_interval_s: expiry_s,
-            connected_at_ms: now.ms,
-        },
-    );
+    if broker.hooks.is_registered(HookPoint::ClientConnected) {
+        broker.hooks.client_connected(
+            &channel.client_info(),
+            &ConnectedInfo {
+                clean_start: connect.clean_start,
+                keepalive_s: keepalive.seconds,
+                session_present: resume,
+                expiry_interval_s: expiry_s,
+                connected_at_ms: now.ms,
+            },
+        );
+    }
     Ok(channel)
 }
 
-/// Who the client is, as hooks see it, once `client.authenticate` let it in (an
-/// asynchronous backend is awaited here: this connection waits, nobody else).
+/// Run `client.authenticate` (an asynchronous backend is awaited here: this
+/// connection waits, nobody else); Ok(superuser) when it lets the client in.
 async fn authenticate(
     broker: &Broker,
     zone: &Zone,
@@ -351,7 +355,10 @@ async fn authenticate(
     peer: SocketAddr,
     client_id: &ClientId,
     connect: &Connect,
-) -> Result<Arc<ClientInfo>, ReasonCode> {
+) -> Result<bool, ReasonCode> {
+    if !broker.hooks.is_registered(HookPoint::ClientAuthenticate) {
+        return Ok(false);
+    }
     let mut info = ClientInfo::new(
         client_id.clone(),
         peer,
@@ -375,7 +382,7 @@ async fn authenticate(
         .resolve()
         .await
     {
-        AuthVerdict::Allow { superuser } => Ok(info.with_superuser(superuser)),
+        AuthVerdict::Allow { superuser } => Ok(superuser),
         AuthVerdict::Deny(reason) => {
             tracing::info!(%client_id, %peer, ?reason, "authentication failed");
             Err(reason)
