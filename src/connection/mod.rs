@@ -452,5 +452,8 @@ mod tests {
         // Each session's handle, with its Arc counts, in mimalloc's 192-byte class.
         let handle = std::mem::size_of::<crate::broker::registry::SessionHandle>();
         assert!(handle + 16 <= 192, "SessionHandle is {handle} bytes");
+        // Each connection's mailbox, with its Arc counts, in the 160-byte class.
+        let mailbox = std::mem::size_of::<crate::broker::mailbox::Mailbox>();
+        assert!(mailbox + 16 <= 160, "Mailbox is {mailbox} bytes");
     }
 }
