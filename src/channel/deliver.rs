@@ -50,13 +50,20 @@ impl Channel {
                     self.when_durable(vec![op], ConnEvent::Released(packet_id));
                 }
                 Action::LoadQueue { from, limit } => self.load_page(from, limit),
-                Action::Dropped(reason) => {
+                Action::Dropped(reason, msg) => {
                     let m = &self.broker.metrics;
                     Metrics::inc(&m.messages_dropped);
                     Metrics::inc(match reason {
                         DropReason::QueueFull => &m.messages_dropped_queue_full,
                         DropReason::Missing => &m.messages_dropped_expired,
                     });
+                    if let Some(msg) = msg {
+                        self.broker.hooks.message_dropped(
+                            &msg,
+                            reason.into(),
+                            Some(&self.client_id),
+                        );
+                    }
                 }
             }
         }

@@ -106,6 +106,7 @@ async fn hooks_authorize_rewrite_drop_and_observe_in_the_clients_order() {
     let disconnected = Arc::new(Mutex::new(Vec::new()));
     let subscribed = Arc::new(Mutex::new(Vec::new()));
     let acked = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(Mutex::new(Vec::new()));
     hooks
         .add(
             "auth",
@@ -185,6 +186,19 @@ async fn hooks_authorize_rewrite_drop_and_observe_in_the_clients_order() {
                 0,
                 Hook::subscribed(move |_, filter, _| {
                     subscribed.lock().unwrap().push(filter.to_owned());
+                }),
+            )
+            .unwrap();
+        let dropped = dropped.clone();
+        hooks
+            .add(
+                "events",
+                0,
+                Hook::dropped(move |msg, reason, _| {
+                    dropped
+                        .lock()
+                        .unwrap()
+                        .push((msg.topic_str().to_owned(), reason.as_str()));
                 }),
             )
             .unwrap();
@@ -276,6 +290,11 @@ async fn hooks_authorize_rewrite_drop_and_observe_in_the_clients_order() {
         1
     );
     assert_eq!(*subscribed.lock().unwrap(), vec!["#".to_string()]);
+    assert_eq!(
+        *dropped.lock().unwrap(),
+        vec![("drop/x".to_string(), "disallowed")],
+        "the message a hook dropped is reported; a denied PUBLISH is not a dropped message"
+    );
     assert_eq!(
         connected.load(Ordering::SeqCst),
         2,

@@ -112,7 +112,9 @@ pub enum Action {
         from: u64,
         limit: usize,
     },
-    Dropped(DropReason),
+    /// A delivery dropped (with its message, when there is one), to count and to
+    /// tell `message.dropped`.
+    Dropped(DropReason, Option<Arc<Message>>),
 }
 
 /// Packet id of a stored delivery: a bijection of seq mod 65535 onto 1..=65535.

@@ -297,7 +297,7 @@ impl Outbound {
             let Some(msg) = msg else {
                 tracing::warn!(client_id = %self.client, seq, msg_id = entry.msg_id, "queued message is missing");
                 actions.push(self.ack_op(seq, false));
-                actions.push(Action::Dropped(DropReason::Missing));
+                actions.push(Action::Dropped(DropReason::Missing, None));
                 continue;
             };
             self.pending.push_back(Outgoing {
@@ -583,7 +583,7 @@ impl Outbound {
         if let Some(seq) = out.seq {
             actions.push(self.ack_op(seq, out.unreferenced));
         }
-        actions.push(Action::Dropped(reason));
+        actions.push(Action::Dropped(reason, Some(out.msg.clone())));
     }
 
     /// The store op completing entry `seq`; `unreferenced` when the entry is known

@@ -304,7 +304,7 @@ fn the_volatile_queue_drops_its_oldest_when_full() {
     let dropped = s.deliver_volatile(volatile("e", QoS::AtLeastOnce), now);
     assert!(matches!(
         dropped[..],
-        [Action::Dropped(DropReason::QueueFull)]
+        [Action::Dropped(DropReason::QueueFull, Some(_))]
     ));
     let next = s.on_puback(1, now);
     assert_eq!(publishes(&next), vec![(Some(2), false, "c".into())]);

@@ -737,8 +737,8 @@ impl SimBroker {
                     }
                 }
                 Action::LoadQueue { from, limit } => self.load_page(conn, from, limit),
-                Action::Dropped(DropReason::Missing) => {}
-                Action::Dropped(_) => {}
+                Action::Dropped(DropReason::Missing, _) => {}
+                Action::Dropped(..) => {}
             }
         }
     }
