@@ -189,7 +189,16 @@ impl Broker {
                                     out.seq = Some(seq);
                                     handle.deliver_stored(out);
                                 }
-                                None => broker.metrics.dropped_queue_full(),
+                                None => {
+                                    // The writer refused it: the stored queue is at
+                                    // `max_mqueue_len`.
+                                    broker.metrics.dropped_queue_full();
+                                    broker.hooks.message_dropped(
+                                        &msg,
+                                        DropReason::QueueFull,
+                                        Some(&handle.client_id),
+                                    );
+                                }
                             }
                         }
                         done(true);
