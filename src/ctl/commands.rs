@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::Reply;
 use crate::broker::Broker;
 use crate::codec::ReasonCode;
-use crate::query::{self, ClientInfo, Page, PageRequest, SessionInfo, SubscriptionInfo};
+use crate::query::{self, ClientSummary, Page, PageRequest, SessionInfo, SubscriptionInfo};
 
 /// Items fetched per query page while printing a whole list.
 const LIST_PAGE: usize = 1_000;
@@ -149,7 +149,7 @@ fn not_found() -> Reply {
     }
 }
 
-fn client_line(c: &ClientInfo) -> String {
+fn client_line(c: &ClientSummary) -> String {
     format!(
         "Client({}, peername={}, connected={}, proto_ver={}, clean_start={}, expiry_interval={}, subscriptions={}, connected_at={})\n",
         c.client_id,

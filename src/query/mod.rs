@@ -25,7 +25,7 @@ pub use page::{Page, PageRequest, MAX_PAGE_LIMIT};
 
 /// One connected client (also an offline session's last connection in `client`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ClientInfo {
+pub struct ClientSummary {
     pub client_id: String,
     /// `ip:port` of the connection; empty for a session recovered at start.
     pub peer: String,
@@ -147,21 +147,27 @@ pub fn stats(broker: &Broker) -> Stats {
 }
 
 pub fn metrics(broker: &Broker) -> Vec<MetricValue> {
-    broker
+    let mut values: Vec<MetricValue> = broker
         .metrics
         .snapshot()
         .into_iter()
         .map(|(name, value)| MetricValue { name, value })
-        .collect()
+        .collect();
+    // Counted by the store's reader pool itself (it knows no broker metrics).
+    values.push(MetricValue {
+        name: "store.reads.refused",
+        value: broker.store.reader().refused(),
+    });
+    values
 }
 
 /// Connected clients, by client id.
-pub fn clients(broker: &Broker, req: &PageRequest<String>) -> Page<ClientInfo, String> {
+pub fn clients(broker: &Broker, req: &PageRequest<String>) -> Page<ClientSummary, String> {
     sessions_page(broker, req, |h| h.state().conn.is_some(), client_info)
 }
 
 /// The session of `client_id` as a client, connected or not.
-pub fn client(broker: &Broker, client_id: &str) -> Option<ClientInfo> {
+pub fn client(broker: &Broker, client_id: &str) -> Option<ClientSummary> {
     broker.registry.get(client_id).map(|h| client_info(&h))
 }
 
@@ -266,9 +272,9 @@ fn sessions_page<T>(
     }
 }
 
-fn client_info(h: &SessionHandle) -> ClientInfo {
+fn client_info(h: &SessionHandle) -> ClientSummary {
     let st = h.state();
-    ClientInfo {
+    ClientSummary {
         client_id: h.client_id.to_string(),
         peer: st.peer.to_string(),
         connected: st.conn.is_some(),

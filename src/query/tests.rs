@@ -100,7 +100,7 @@ fn clients_are_the_connected_sessions_in_client_id_order() {
     assert_eq!(sizes, [2, 2], "no empty page after an exact fit");
     assert_eq!(
         listed[0],
-        ClientInfo {
+        ClientSummary {
             client_id: "a".into(),
             peer: "127.0.0.1:5000".into(),
             connected: true,
@@ -289,7 +289,10 @@ fn stats_and_metrics_read_gauges_and_counters() {
         .find(|m| m.name == "session.created")
         .map(|m| m.value);
     assert_eq!(created, Some(1));
-    assert_eq!(m.len(), b.metrics.snapshot().len());
+    // Every counter, and the reader pool's refusals (none here).
+    assert_eq!(m.len(), b.metrics.snapshot().len() + 1);
+    let refused = m.iter().find(|m| m.name == "store.reads.refused");
+    assert_eq!(refused.map(|m| m.value), Some(0));
     let info = broker_info(b);
     assert_eq!(
         (info.node.as_str(), info.version.as_str()),
