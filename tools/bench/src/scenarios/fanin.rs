@@ -5,8 +5,8 @@ use anyhow::Result;
 use quay::codec::QoS;
 use tokio::task::JoinSet;
 
-use super::{ending_note, pacing_note, progress, share, Target};
-use crate::client::{publish_template, ConnectOptions};
+use super::{ending_note, fanin_clients, pacing_note, progress, share, Target};
+use crate::client::publish_template;
 use crate::load::{publish_qos0, spawn_reporting, subscribe_loop, Counting, Pacing};
 use crate::measure::{Better, Figure, Interval};
 
@@ -26,20 +26,7 @@ pub struct FaninArgs {
 }
 
 pub async fn run(target: &Target, args: &FaninArgs) -> Result<Vec<Figure>> {
-    let mut subscriber = target
-        .connect(&ConnectOptions::clean("bench-fanin-sub"))
-        .await?;
-    subscriber
-        .subscribe(&["bench/#".to_string()], QoS::AtMostOnce)
-        .await?;
-    let mut publishers = Vec::new();
-    for i in 0..args.publishers {
-        publishers.push(
-            target
-                .connect(&ConnectOptions::clean(format!("bench-fanin-pub-{i}")))
-                .await?,
-        );
-    }
+    let (subscriber, publishers) = fanin_clients(target, "bench-fanin", args.publishers).await?;
 
     let delivered = progress(args.messages);
     let sent = progress(args.messages);

@@ -80,6 +80,30 @@ pub async fn bounded<T>(
 }
 
 /// How publishers were paced (`--max-ahead`), for notes.
+/// The clients of a fan-in: one QoS 0 subscriber of `bench/#` and `publishers`
+/// publishers, named after `name`.
+pub async fn fanin_clients(
+    target: &Target,
+    name: &str,
+    publishers: u64,
+) -> Result<(MqttConn, Vec<MqttConn>)> {
+    let mut subscriber = target
+        .connect(&ConnectOptions::clean(format!("{name}-sub")))
+        .await?;
+    subscriber
+        .subscribe(&["bench/#".to_string()], QoS::AtMostOnce)
+        .await?;
+    let mut conns = Vec::new();
+    for i in 0..publishers {
+        conns.push(
+            target
+                .connect(&ConnectOptions::clean(format!("{name}-pub-{i}")))
+                .await?,
+        );
+    }
+    Ok((subscriber, conns))
+}
+
 pub fn pacing_note(max_ahead: u64) -> String {
     match max_ahead {
         0 => "open loop".to_string(),

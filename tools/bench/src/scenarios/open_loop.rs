@@ -18,7 +18,7 @@ use anyhow::{bail, Result};
 use quay::codec::QoS;
 use tokio::task::JoinSet;
 
-use super::{progress, share, Target};
+use super::{fanin_clients, progress, share, Target};
 use crate::client::{publish_template, ConnectOptions, MqttConn};
 use crate::load::{publish_qos0, subscribe_loop, Counting};
 use crate::measure::{Better, Figure, Interval, Progress};
@@ -58,20 +58,8 @@ pub struct FanoutOpenArgs {
 }
 
 pub async fn fanin(target: &Target, args: &FaninOpenArgs) -> Result<Vec<Figure>> {
-    let mut subscriber = target
-        .connect(&ConnectOptions::clean("bench-fanin-open-sub"))
-        .await?;
-    subscriber
-        .subscribe(&["bench/#".to_string()], QoS::AtMostOnce)
-        .await?;
-    let mut publishers = Vec::new();
-    for i in 0..args.publishers {
-        publishers.push(
-            target
-                .connect(&ConnectOptions::clean(format!("bench-fanin-open-pub-{i}")))
-                .await?,
-        );
-    }
+    let (subscriber, publishers) =
+        fanin_clients(target, "bench-fanin-open", args.publishers).await?;
     let mut run = OpenRun::new(args.messages, 1);
     // Sequence numbers run across all publishers, so the one subscriber can tell a
     // duplicate from a new message.
