@@ -52,7 +52,7 @@ pub struct Broker {
     sweeping_retained: AtomicBool,
     pub started_at: Instant,
     /// Connections hibernating now (see `crate::hibernate`).
-    pub hibernated: AtomicU64,
+    pub hibernated: crate::metrics::Gauge,
     /// Every configured zone, shared by its listeners, connections and sessions.
     zones: BTreeMap<String, Arc<Zone>>,
     incarnation_base: u64,
@@ -88,7 +88,7 @@ impl Broker {
             compacting: Arc::new(AtomicBool::new(false)),
             sweeping_retained: AtomicBool::new(false),
             started_at: Instant::now(),
-            hibernated: AtomicU64::new(0),
+            hibernated: Default::default(),
             zones: config
                 .zones
                 .iter()

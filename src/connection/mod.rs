@@ -9,7 +9,6 @@
 pub(crate) mod accept;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -165,10 +164,7 @@ async fn drive(mut conn: Connection, mut stream: TcpStream, mut rbuf: BytesMut) 
 
 /// A hibernated connection woke up: run it as a task again.
 async fn resume(conn: Box<Connection>, socket: std::net::TcpStream) {
-    conn.channel
-        .broker()
-        .hibernated
-        .fetch_sub(1, Ordering::Relaxed);
+    conn.channel.broker().hibernated.dec();
     match TcpStream::from_std(socket) {
         // Out of the box: a running connection lives in its task.
         Ok(stream) => drive(*conn, stream, BytesMut::new()).await,
@@ -337,14 +333,14 @@ impl Connection {
         let hibernator = self.hibernation.0.clone();
         let broker = self.channel.broker().clone();
         tracing::debug!(client_id = %self.channel.client_id(), "hibernating");
-        broker.hibernated.fetch_add(1, Ordering::Relaxed);
+        broker.hibernated.inc();
         // Boxed now, late: the boxes of hibernated connections are allocated together
         // instead of among the short-lived allocations of their connects, so they
         // pack densely and the memory their tasks used goes back to the OS.
         match hibernator.park(Box::new(self), socket, deadline, |waker| mailbox.arm(waker)) {
             Ok(()) => Ok(()),
             Err((conn, socket)) => {
-                broker.hibernated.fetch_sub(1, Ordering::Relaxed);
+                broker.hibernated.dec();
                 let socket = TcpStream::from_std(socket).ok();
                 Err((conn, socket))
             }

@@ -117,7 +117,7 @@ fn all_pages<T, K>(
 fn stats_text(s: &query::Stats) -> String {
     let rows = [
         ("connections.count", s.connections.count),
-        ("connections.hibernated", s.connections_hibernated),
+        ("connections.hibernated", s.connections_hibernated.count),
         ("sessions.count", s.sessions.count),
         ("sessions.persistent.count", s.sessions_persistent.count),
         ("subscriptions.count", s.subscriptions.count),
@@ -126,6 +126,7 @@ fn stats_text(s: &query::Stats) -> String {
         ("sessions.max", s.sessions.max),
         ("sessions.persistent.max", s.sessions_persistent.max),
         ("subscriptions.max", s.subscriptions.max),
+        ("connections.hibernated.max", s.connections_hibernated.max),
         ("topics.count", s.topics.count),
         ("topics.max", s.topics.max),
         ("routes.count", s.routes.count),

@@ -98,7 +98,7 @@ impl From<&Gauge> for Count {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stats {
     pub connections: Count,
-    pub connections_hibernated: u64,
+    pub connections_hibernated: Count,
     pub sessions: Count,
     pub sessions_persistent: Count,
     pub subscriptions: Count,
@@ -136,7 +136,7 @@ pub fn stats(broker: &Broker) -> Stats {
     let g = broker.registry.gauges();
     Stats {
         connections: (&g.connections).into(),
-        connections_hibernated: broker.hibernated.load(std::sync::atomic::Ordering::Relaxed),
+        connections_hibernated: (&broker.hibernated).into(),
         sessions: (&g.sessions).into(),
         sessions_persistent: (&g.sessions_persistent).into(),
         subscriptions: (&g.subscriptions).into(),

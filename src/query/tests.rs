@@ -273,7 +273,7 @@ fn stats_and_metrics_read_gauges_and_counters() {
         s,
         Stats {
             connections: c(1, 2),
-            connections_hibernated: 0,
+            connections_hibernated: Count { count: 0, max: 0 },
             sessions: c(2, 3),
             sessions_persistent: c(1, 2),
             subscriptions: c(0, 2),

@@ -151,7 +151,9 @@ def test_idle_clients_hibernate_and_activity_wakes_them(node):
 
         assert wait_until(busy_is_awake, timeout_s=5), "a publishing client still counted as hibernated"
         wait_hibernated(node, 3)  # quiet again: back to sleep
-        assert stats(node)["connections.count"] == 3
+        s = stats(node)
+        assert s["connections.count"] == 3
+        assert s["connections.hibernated.max"] == 3, "the most hibernated at once"
         assert all(c.disconnects == [] for c in clients)
     finally:
         for c in clients:
