@@ -122,6 +122,9 @@ pub(crate) struct Channel {
     listener: Arc<str>,
     username: Option<Arc<str>>,
     superuser: bool,
+    /// `client_info`, once built: at connect when any hook is registered (so it
+    /// records this connection's peer), else at its first use.
+    info: std::cell::OnceCell<Arc<ClientInfo>>,
     version: ProtocolVersion,
     client_id: ClientId,
     handle: Arc<SessionHandle>,
@@ -175,6 +178,7 @@ impl Channel {
             listener: a.listener,
             username: a.username,
             superuser: a.superuser,
+            info: std::cell::OnceCell::new(),
             version: a.version,
             client_id: a.client_id,
             handle: a.handle,
@@ -214,15 +218,21 @@ impl Channel {
         &self.client_id
     }
 
-    /// Who the client is, as hooks see it; built for each use (only when a hook is
-    /// registered for the point at hand: see `info_for`).
+    /// Who the client is, as hooks see it: built once, when first wanted (callers ask
+    /// only when a hook is registered for the point at hand: see `info_for`).
     pub fn client_info(&self) -> Arc<ClientInfo> {
-        let peer = self
-            .handle
-            .state()
-            .peer
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        self.info.get_or_init(|| self.build_info()).clone()
+    }
+
+    fn build_info(&self) -> Arc<ClientInfo> {
+        // The session keeps the peer of the connection holding it; after a takeover
+        // that is the successor's, so only ours is taken.
+        let peer = {
+            let st = self.handle.state();
+            let ours = st.conn.as_ref().is_some_and(|l| l.conn_id == self.conn_id);
+            ours.then(|| st.peer.parse().ok()).flatten()
+        }
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         let mut info = ClientInfo::new(
             self.client_id.clone(),
             peer,
@@ -350,6 +360,11 @@ impl Channel {
     }
 
     /// A subscriber this channel waited for has room (or has gone): take packets again.
+    /// Paused by a congested subscriber (`Routed::congested`).
+    pub fn waiting_for_room(&self) -> bool {
+        self.paused
+    }
+
     pub fn resume_reading(&mut self, rbuf: &mut BytesMut, now: Now) -> Result<(), Close> {
         if !self.paused {
             return Ok(());

@@ -331,6 +331,10 @@ pub(crate) async fn open(
         properties: ack_props,
     });
     channel.start(connack, receive_max, now);
+    if broker.hooks.any_registered() {
+        // Built now, while the session's peer is this connection's.
+        channel.client_info();
+    }
     if broker.hooks.is_registered(HookPoint::ClientConnected) {
         broker.hooks.client_connected(
             &channel.client_info(),

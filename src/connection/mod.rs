@@ -243,7 +243,9 @@ impl Connection {
                     ch.behind(Now::read());
                 }
             }
-            if mailbox.take_room() {
+            // Only a paused channel waits for room (one signal per pause): no
+            // mailbox lock on every turn for it.
+            if ch.waiting_for_room() && mailbox.take_room() {
                 if let Err(close) = ch.resume_reading(rbuf, Now::read()) {
                     return Outcome::Closed(close);
                 }

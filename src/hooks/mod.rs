@@ -337,6 +337,12 @@ impl Hooks {
         self.registered.load(Ordering::Relaxed) & point.bit() != 0
     }
 
+    /// Whether any hook is registered at all.
+    #[inline]
+    pub fn any_registered(&self) -> bool {
+        self.registered.load(Ordering::Relaxed) != 0
+    }
+
     /// The chain to run, or `None` (the fast path) when nothing is registered.
     #[inline]
     fn chain(&self, point: HookPoint) -> Option<Arc<[Entry]>> {
