@@ -1,18 +1,151 @@
-//! CONNECT's decisions: validation, Session Expiry, the CONNACK's description of the
-//! broker's limits; and the reverse at the end (detach, will, session end).
+//! CONNECT's checks, made before any session is touched: validation, the client id
+//! (assigned when empty), keepalive, Session Expiry, and the CONNACK: its properties
+//! fitted to the client's Maximum Packet Size, or the refusal that says why. What
+//! CONNECT then does to the session is decided in `session_open`.
 
-use quay_storage::{Op, SessionRecord};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-use super::{Channel, Now};
-use crate::broker::registry::SessionState;
+use bytes::BytesMut;
+
+use super::fit::{self, Fit};
+use super::keepalive::{self, Keepalive};
 use crate::broker::Broker;
-use crate::codec::{Connect, Properties, ProtocolVersion, QoS, ReasonCode};
+use crate::codec::{self, ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
 use crate::config::ZoneConfig;
-use crate::message::Message;
+use crate::message::ClientId;
 use crate::topic;
 
+/// A CONNECT that passed every check, with the CONNACK it will get.
+pub(crate) struct Admission {
+    /// The CONNECT, with its final client id (the username's, or assigned); its will
+    /// moves into the channel.
+    pub connect: Connect,
+    pub client_id: ClientId,
+    pub keepalive: Keepalive,
+    /// Session Expiry Interval in seconds, capped at the zone's.
+    pub expiry_s: u32,
+    /// The CONNACK's properties, already fitted to `client_max_packet`.
+    pub ack_props: Properties,
+    /// The largest packet the client takes (v5 Maximum Packet Size).
+    pub client_max_packet: u32,
+    pub peer: SocketAddr,
+}
+
+/// A CONNECT refused: the encoded CONNACK that says why, if one can be sent.
+pub(crate) struct Refused(pub Option<BytesMut>);
+
+/// Check `connect` and decide its CONNACK. `fresh_id` names a client that sent an
+/// empty client id (v5, or v3.1.1 with Clean Session).
+pub(crate) fn admit(
+    broker: &Broker,
+    zone: &ZoneConfig,
+    peer: SocketAddr,
+    mut connect: Connect,
+    fresh_id: impl FnOnce() -> String,
+) -> Result<Admission, Refused> {
+    let version = connect.protocol;
+    // CONNACK too must fit the client's Maximum Packet Size [MQTT-3.1.2-24].
+    let client_max_packet = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+    let refuse = |reason| refusal(peer, version, client_max_packet, reason);
+    validate(broker, zone, &mut connect).map_err(refuse)?;
+    let keepalive = keepalive::negotiate(version, connect.keep_alive, zone).map_err(|reason| {
+        tracing::info!(%peer, keep_alive = connect.keep_alive, max_keepalive = zone.max_keepalive, "keepalive above max_keepalive");
+        refuse(reason)
+    })?;
+    let mut ack_props = Properties::default();
+    if connect.client_id.is_empty() {
+        connect.client_id = fresh_id();
+        if version.is_v5() {
+            ack_props.assigned_client_identifier = Some(connect.client_id.clone());
+        }
+    }
+    let client_id: ClientId = Arc::from(connect.client_id.as_str());
+    let expiry_s = session_expiry(&connect, zone, &mut ack_props);
+    ack_props.server_keep_alive = keepalive.server_keep_alive;
+    if version.is_v5() {
+        describe_limits(broker, zone, &mut ack_props);
+    }
+    let ack = ConnAck {
+        session_present: false,
+        reason: ReasonCode::Success,
+        properties: ack_props,
+    };
+    // A CONNACK that cannot be sent must not take over or create anything.
+    let ack_props = match fit::connack(ack, version, client_max_packet) {
+        Fit::Send { packet, dropped } => {
+            if !dropped.is_empty() {
+                tracing::debug!(%client_id, max = client_max_packet, ?dropped, "CONNACK properties dropped to fit the client's Maximum Packet Size");
+            }
+            packet.properties
+        }
+        Fit::TooLarge { size } => {
+            tracing::info!(%client_id, %peer, size, max = client_max_packet, "CONNACK does not fit the client's Maximum Packet Size; closing without it");
+            return Err(Refused(None));
+        }
+    };
+    Ok(Admission {
+        connect,
+        client_id,
+        keepalive,
+        expiry_s,
+        ack_props,
+        client_max_packet,
+        peer,
+    })
+}
+
+impl Admission {
+    /// Refuse this client after all (authentication, or the store), with `reason`.
+    pub fn refuse(&self, reason: ReasonCode) -> Refused {
+        refusal(
+            self.peer,
+            self.connect.protocol,
+            self.client_max_packet,
+            reason,
+        )
+    }
+
+    /// The CONNACK accepting the client.
+    pub fn connack(&mut self, session_present: bool) -> Packet {
+        Packet::ConnAck(ConnAck {
+            session_present,
+            reason: ReasonCode::Success,
+            properties: std::mem::take(&mut self.ack_props),
+        })
+    }
+}
+
+/// The CONNACK refusing a client with `reason`, within its Maximum Packet Size.
+fn refusal(
+    peer: SocketAddr,
+    version: ProtocolVersion,
+    client_max_packet: u32,
+    reason: ReasonCode,
+) -> Refused {
+    tracing::info!(%peer, ?reason, "connection refused");
+    let properties = Properties {
+        reason_string: version.is_v5().then(|| reason.description().to_owned()),
+        ..Properties::default()
+    };
+    let ack = ConnAck {
+        session_present: false,
+        reason,
+        properties,
+    };
+    let Fit::Send { packet, .. } = fit::connack(ack, version, client_max_packet) else {
+        tracing::info!(%peer, max = client_max_packet, "refusing CONNACK larger than the client's Maximum Packet Size; not sent");
+        return Refused(None);
+    };
+    let mut buf = BytesMut::new();
+    match codec::encode(&Packet::ConnAck(packet), version, &mut buf) {
+        Ok(()) => Refused(Some(buf)),
+        Err(_) => Refused(None),
+    }
+}
+
 /// The v5 CONNACK properties that describe what the broker supports and allows.
-pub(crate) fn describe_limits(broker: &Broker, zone: &ZoneConfig, ack: &mut Properties) {
+fn describe_limits(broker: &Broker, zone: &ZoneConfig, ack: &mut Properties) {
     let mqtt = &broker.config.mqtt;
     // Our Receive Maximum: enforced on inbound QoS 1/2 (see `on_publish`).
     ack.receive_maximum = Some(zone.max_inflight);
@@ -35,11 +168,7 @@ pub(crate) fn describe_limits(broker: &Broker, zone: &ZoneConfig, ack: &mut Prop
 }
 
 /// Checks that refuse the connection with a CONNACK reason.
-pub(crate) fn validate(
-    broker: &Broker,
-    zone: &ZoneConfig,
-    connect: &mut Connect,
-) -> Result<(), ReasonCode> {
+fn validate(broker: &Broker, zone: &ZoneConfig, connect: &mut Connect) -> Result<(), ReasonCode> {
     let mqtt = &broker.config.mqtt;
     let version = connect.protocol;
     if zone.use_username_as_clientid {
@@ -93,7 +222,7 @@ pub(crate) fn validate(
 
 /// Session Expiry Interval in seconds: v3 clean = 0, v3 persistent = the zone's;
 /// v5 as asked, capped at the zone's (told back in CONNACK when capped).
-pub(crate) fn session_expiry(connect: &Connect, zone: &ZoneConfig, ack: &mut Properties) -> u32 {
+fn session_expiry(connect: &Connect, zone: &ZoneConfig, ack: &mut Properties) -> u32 {
     let max = max_session_expiry_s(zone);
     if !connect.protocol.is_v5() {
         return if connect.clean_start { 0 } else { max };
@@ -106,95 +235,7 @@ pub(crate) fn session_expiry(connect: &Connect, zone: &ZoneConfig, ack: &mut Pro
     asked
 }
 
-/// Whether a CONNECT resumes the session its client id has (else a new one starts and
-/// the old one, if any, is discarded): not with Clean Start, and only a session that
-/// is still registered, stored and not held by a connection (a takeover has detached
-/// the one before by now).
-pub(crate) fn may_resume(clean_start: bool, st: &SessionState) -> bool {
-    !clean_start && st.live && st.meta.persistent && st.conn.is_none()
-}
-
 /// The longest Session Expiry Interval the zone allows, in seconds.
 pub(crate) fn max_session_expiry_s(zone: &ZoneConfig) -> u32 {
     zone.session_expiry_interval.as_secs().min(u32::MAX as u64) as u32
-}
-
-impl Channel {
-    /// Give the session back: offline (persistent) or gone; publish the will if due.
-    pub fn detach(&mut self, publish_will: bool, now: Now) {
-        let dup_below = self.outbound.dup_below();
-        let writer = self.broker.store.writer();
-        let client = &self.client_id;
-        let conn_id = self.conn_id;
-        // Everything below happens under the session's lock and only if this
-        // connection still owns the session: a connection that was taken over (or
-        // whose session ended) never writes session state.
-        let ours = |st: &SessionState| st.conn.as_ref().is_some_and(|l| l.conn_id == conn_id);
-        // The session ends with this connection: clean, or v5 DISCONNECT set its
-        // expiry to 0.
-        let ended = self.broker.registry.remove_if(
-            &self.handle,
-            |st| ours(st) && (!st.meta.persistent || st.meta.expiry_interval_s == 0),
-            |st| {
-                if st.meta.persistent {
-                    writer.submit_detached(vec![Op::DeleteSession {
-                        client: client.clone(),
-                    }]);
-                }
-            },
-        );
-        let expiry_s = {
-            let mut st = self.handle.state();
-            if !ended && st.live && ours(&st) {
-                self.broker.registry.detach(&mut st);
-                st.offline_since = Some(now.at);
-                st.meta.dup_below = dup_below;
-                let op = Op::PutSession {
-                    client: client.clone(),
-                    record: SessionRecord {
-                        protocol_level: self.version.level(),
-                        expiry_interval_s: st.meta.expiry_interval_s,
-                        disconnected_ms: now.ms,
-                        dup_below,
-                        zone: st.zone.name.clone(),
-                        incarnation: st.meta.incarnation,
-                    },
-                };
-                writer.submit_detached(vec![op]);
-            }
-            st.meta.expiry_interval_s
-        };
-        let Some(will) = self.will.take().filter(|_| publish_will) else {
-            return;
-        };
-        let delay_s = will
-            .properties
-            .will_delay_interval
-            .unwrap_or(0)
-            .min(expiry_s);
-        let mut props = Message::pass_through(&will.properties);
-        props.user_properties = will.properties.user_properties.clone();
-        let msg = Message {
-            topic: will.topic.clone(),
-            payload: will.payload.clone(),
-            qos: will.qos.min(QoS::ExactlyOnce),
-            retain: will.retain,
-            from: self.client_id.clone(),
-            publish_ms: now.ms,
-            expiry_ms: will
-                .properties
-                .message_expiry_interval
-                .map(|s| now.ms + s as u64 * 1000)
-                .unwrap_or(0),
-            properties: props,
-        };
-        if delay_s == 0 {
-            self.broker.publish(msg, Vec::new(), Box::new(|_| {}));
-            return;
-        }
-        // Stored: a reconnect within the delay cancels it, the end of the session
-        // publishes it at once, a restart keeps it (see `broker::wills`).
-        let due_ms = now.ms + u64::from(delay_s) * 1000;
-        self.broker.delay_will(self.client_id.clone(), due_ms, msg);
-    }
 }

@@ -10,17 +10,22 @@
 //! broker (in-memory registry and trie; the store writer's queue), whose answers come
 //! back as mailbox events.
 //!
-//! CONNECT's decisions are in `connect` (validation, expiry, keepalive, CONNACK
-//! properties); taking over or resuming the session needs to wait for another
-//! connection, which the driver does (`connection::accept`) before it builds the
-//! channel.
+//! CONNECT's decisions are here too: `connect` checks it and decides its CONNACK
+//! (validation, client id, keepalive, expiry, properties) before any session is
+//! touched; `session_open` decides and applies which session the client gets (resume,
+//! or a new one discarding the old, whose will is then due) and builds the channel;
+//! `detach` gives the session back at the end. The driver (`connection::accept`) only
+//! waits in between: for the authentication hook, for the connection it takes the
+//! session from, for the store.
 
 mod authorize;
 pub(crate) mod connect;
 mod deliver;
+mod detach;
 pub(crate) mod fit;
 pub(crate) mod keepalive;
 mod packets;
+pub(crate) mod session_open;
 #[cfg(test)]
 mod tests;
 
@@ -90,7 +95,7 @@ pub(crate) enum InputPause {
     Retained,
 }
 
-/// What `connection::accept` decided for a new channel.
+/// What CONNECT decided for a new channel (see `session_open`).
 pub(crate) struct Accepted {
     pub broker: Arc<Broker>,
     pub zone: Arc<Zone>,

@@ -53,13 +53,6 @@ impl Clock {
     pub fn advance_to(&mut self, at: Instant) {
         self.offset = self.offset.max(at.saturating_duration_since(self.base_at));
     }
-
-    /// `accept::open` starts the channel with the real clock (`Now::read`): keep the
-    /// simulated one at or after it, so that no instant the channel holds is in the
-    /// simulated future. Costs the real time a test took (milliseconds), never more.
-    fn catch_up(&mut self) {
-        self.offset = self.offset.max(self.base_at.elapsed());
-    }
 }
 
 /// A broker and the clock its channels run on.
@@ -129,7 +122,9 @@ impl Sim {
         let mut old = old;
         let mut ended = None;
         let opened = self.rt.block_on(async {
-            let mut open = std::pin::pin!(accept::open(&broker, &zone, &listener, peer, connect));
+            let now = || clock.now();
+            let mut open =
+                std::pin::pin!(accept::open(&broker, &zone, &listener, peer, connect, &now));
             // Bounded: the store answers within milliseconds, a takeover within a turn.
             for _ in 0..5_000 {
                 if let Ok(r) = tokio::time::timeout(Duration::from_millis(1), &mut open).await {
@@ -145,22 +140,13 @@ impl Sim {
             None
         });
         assert!(old.is_none(), "the connection taken over was never kicked");
-        self.clock.catch_up();
         let opened = opened.expect("accept::open finished within 5 s");
         let result = match opened {
-            Ok(mut channel) => {
-                // `open` started the channel at the real instant, which is before the
-                // simulated one once the test has advanced the clock: the CONNECT
-                // counts as read now, or the keepalive would run out early. What the
-                // channel sent during `open` keeps the real instant (its retry may
-                // come early), so retry timing is checked only in `rules`.
-                channel.bytes_read(0, self.clock.now());
-                Ok(Conn {
-                    channel,
-                    version,
-                    rbuf: BytesMut::new(),
-                })
-            }
+            Ok(channel) => Ok(Conn {
+                channel,
+                version,
+                rbuf: BytesMut::new(),
+            }),
             Err(accept::Refused(bytes)) => {
                 let mut buf = bytes.unwrap_or_default();
                 Err(decode_all(&mut buf, version))

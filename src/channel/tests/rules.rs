@@ -314,3 +314,104 @@ fn an_offline_session_ends_at_its_expiry_on_the_simulated_clock() {
     let (_conn, out) = open(&mut sim, connect("e", 10));
     assert!(matches!(out.first(), Some(Packet::ConnAck(a)) if !a.session_present));
 }
+
+// ---- CONNECT's session decision (`channel::session_open`) ----
+
+fn connack(out: &[Packet]) -> &crate::codec::ConnAck {
+    match out.first() {
+        Some(Packet::ConnAck(ack)) => ack,
+        other => panic!("no CONNACK first: {other:?}"),
+    }
+}
+
+/// A persistent session "p" subscribed to "t" at QoS 1, offline with one message queued.
+fn offline_with_one_queued(sim: &mut Sim) {
+    let (mut p, _) = open(sim, connect("p", 60));
+    subscribe(&mut p, sim, "t", QoS::AtLeastOnce);
+    p.finish(Close::Lost, sim.now());
+    let (mut publisher, _) = open(sim, connect("pub", 0));
+    let packet = publish("t", QoS::AtLeastOnce, Some(1), Properties::default());
+    publisher.send(&packet, sim.now()).expect("PUBLISH taken");
+    let out = settle(sim, &mut [&mut publisher]);
+    assert!(matches!(out[0].as_slice(), [Packet::PubAck(_)]), "{out:?}");
+}
+
+#[test]
+fn a_persistent_session_resumes_with_session_present_and_its_queue() {
+    let mut sim = Sim::new(|_| {});
+    offline_with_one_queued(&mut sim);
+    let (mut p, out) = open(&mut sim, connect("p", 60));
+    assert!(connack(&out).session_present, "{out:?}");
+    let more = settle(&sim, &mut [&mut p]);
+    assert_eq!(publishes(&more[0]).len(), 1, "{more:?}");
+}
+
+#[test]
+fn a_resume_with_expiry_0_delivers_the_queue_and_the_session_ends_with_the_connection() {
+    let mut sim = Sim::new(|_| {});
+    offline_with_one_queued(&mut sim);
+    let (mut p, out) = open(&mut sim, connect("p", 0));
+    assert!(connack(&out).session_present, "{out:?}");
+    let more = settle(&sim, &mut [&mut p]);
+    assert_eq!(publishes(&more[0]).len(), 1, "{more:?}");
+    p.finish(Close::Lost, sim.now());
+    assert!(
+        sim.broker.registry.get("p").is_none(),
+        "the session outlived expiry 0"
+    );
+    let (_p, out) = open(&mut sim, connect("p", 60));
+    assert!(!connack(&out).session_present, "{out:?}");
+}
+
+#[test]
+fn clean_start_discards_the_stored_session_and_publishes_its_waiting_will_at_once() {
+    let mut sim = Sim::new(|_| {});
+    let (mut obs, _) = open(&mut sim, connect("obs", 0));
+    subscribe(&mut obs, &sim, "will/#", QoS::AtLeastOnce);
+    let w = will_client(&mut sim, 3_600);
+    w.finish(Close::Lost, sim.now());
+    let mut fresh = connect("w", 60);
+    fresh.clean_start = true;
+    let (mut w, out) = open(&mut sim, fresh);
+    assert!(!connack(&out).session_present, "{out:?}");
+    let seen = settle(&sim, &mut [&mut obs, &mut w]);
+    assert!(
+        matches!(publishes(&seen[0]).as_slice(), [p] if p.payload == "gone"),
+        "the old session's will was not published at its end: {seen:?}"
+    );
+    sim.clock.advance(Duration::from_secs(3_600));
+    sim.sweep();
+    let later = settle(&sim, &mut [&mut obs]);
+    assert!(
+        publishes(&later[0]).is_empty(),
+        "the will came twice: {later:?}"
+    );
+}
+
+#[test]
+fn an_empty_client_id_is_assigned_one_and_told_in_connack() {
+    let mut sim = Sim::new(|_| {});
+    let mut c = connect("", 0);
+    c.clean_start = true;
+    let (conn, out) = open(&mut sim, c);
+    let assigned = connack(&out)
+        .properties
+        .assigned_client_identifier
+        .clone()
+        .expect("an Assigned Client Identifier");
+    assert!(!assigned.is_empty());
+    assert_eq!(conn.channel.client_id().as_ref(), assigned);
+    assert!(sim.broker.registry.get(&assigned).is_some());
+}
+
+#[test]
+fn a_takeover_moves_the_session_and_the_old_connection_ends_with_0x8e() {
+    let mut sim = Sim::new(|_| {});
+    let (first, _) = open(&mut sim, connect("t", 60));
+    let (opened, ended) = sim.connect(connect("t", 60), Some(first));
+    let mut second = opened.expect("the takeover connects");
+    let ended = ended.expect("the first connection ended");
+    assert_eq!(ended.close, Close::Kicked(ReasonCode::SESSION_TAKEN_OVER));
+    let out = second.take_output(sim.now());
+    assert!(connack(&out).session_present, "{out:?}");
+}
