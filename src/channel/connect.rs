@@ -14,6 +14,7 @@ use crate::broker::Broker;
 use crate::codec::{self, ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
 use crate::config::ZoneConfig;
 use crate::message::ClientId;
+use crate::metrics::Metrics;
 use crate::topic;
 
 /// A CONNECT that passed every check, with the CONNACK it will get.
@@ -30,6 +31,41 @@ pub(crate) struct Admission {
     /// The largest packet the client takes (v5 Maximum Packet Size).
     pub client_max_packet: u32,
     pub peer: SocketAddr,
+}
+
+/// What the first bytes of a connection hold: its first packet must be a CONNECT
+/// [MQTT-3.1.0-1].
+pub(crate) enum Preface {
+    /// Not a whole packet yet.
+    More,
+    Connect(Box<Connect>),
+    /// Not a CONNECT we take: write these bytes (may be none), then close.
+    Reject(&'static [u8]),
+}
+
+/// Decode the first packet from `rbuf`, or say why the connection ends.
+pub(crate) fn preface(broker: &Broker, peer: SocketAddr, rbuf: &mut BytesMut) -> Preface {
+    let max_packet = broker.config.mqtt.max_packet_size as usize;
+    match codec::decode_connect(rbuf, max_packet) {
+        Ok(None) => Preface::More,
+        Ok(Some(Packet::Connect(c))) => {
+            Metrics::inc(&broker.metrics.packets_connect);
+            Preface::Connect(c)
+        }
+        Ok(Some(_)) => Preface::Reject(&[]),
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "bad CONNECT");
+            Metrics::inc(&broker.metrics.packets_malformed);
+            match e {
+                // A 3.1.1-shaped CONNACK with return code 1 (unacceptable protocol
+                // version), which every version reads.
+                codec::DecodeError::UnsupportedProtocolVersion(_) => {
+                    Preface::Reject(&[0x20, 0x02, 0x00, 0x01])
+                }
+                _ => Preface::Reject(&[]),
+            }
+        }
+    }
 }
 
 /// A CONNECT refused: the encoded CONNACK that says why, if one can be sent.

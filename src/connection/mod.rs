@@ -20,11 +20,11 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use crate::broker::registry::ConnEvent;
 use crate::broker::Broker;
+use crate::channel::connect::{preface, Preface};
 use crate::channel::{Channel, Close, Now};
-use crate::codec::{self, Packet, ReasonCode};
+use crate::codec::ReasonCode;
 use crate::config::Zone;
 use crate::hibernate::Hibernator;
-use crate::metrics::Metrics;
 
 /// Bound on the last write to a closing connection (DISCONNECT, pending acks): a
 /// client that stopped reading cannot hold up its successor or a shutdown.
@@ -87,7 +87,6 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let broker = env.broker.clone();
-    let max_packet = broker.config.mqtt.max_packet_size as usize;
     // Buffers start empty and grow on demand: idle connections must stay small.
     let mut rbuf = BytesMut::new();
     // CONNECT must arrive within idle_timeout. The connect and teardown stages are
@@ -95,37 +94,31 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, peer: SocketAddr) {
     // of every connection.
     let connect = Box::pin(tokio::time::timeout(env.zone.idle_timeout, async {
         loop {
-            match codec::decode_connect(&mut rbuf, max_packet) {
-                Ok(Some(p)) => return Ok(p),
-                Ok(None) => {}
-                Err(e) => return Err(Some(e)),
+            match preface(&broker, peer, &mut rbuf) {
+                Preface::More => {}
+                Preface::Connect(c) => return Ok(c),
+                Preface::Reject(bytes) => return Err(bytes),
             }
             match reader.read_buf(&mut rbuf).await {
-                Ok(0) | Err(_) => return Err(None),
+                Ok(0) | Err(_) => return Err(&[][..]),
                 Ok(_) => {}
             }
         }
     }))
     .await;
     let connect = match connect {
-        Ok(Ok(Packet::Connect(c))) => c,
-        Ok(Ok(_)) => return,
-        Ok(Err(Some(e))) => {
-            tracing::warn!(%peer, error = %e, "bad CONNECT");
-            Metrics::inc(&broker.metrics.packets_malformed);
-            if let codec::DecodeError::UnsupportedProtocolVersion(_) = e {
-                // A 3.1.1-shaped CONNACK with return code 1, which every version reads.
-                let _ = writer.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+        Ok(Ok(c)) => c,
+        Ok(Err(reject)) => {
+            if !reject.is_empty() {
+                let _ = writer.write_all(reject).await;
             }
             return;
         }
-        Ok(Err(None)) => return,
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT within idle_timeout");
             return;
         }
     };
-    Metrics::inc(&broker.metrics.packets_connect);
     let accepted = Box::pin(accept::accept(env, peer, *connect, &mut writer));
     let Some(conn) = accepted.await else {
         return;
