@@ -21,4 +21,7 @@ pub mod node;
 pub mod query;
 pub mod router;
 pub mod session;
+/// The model test's access to the broker (`tests/model/`); not an API.
+#[doc(hidden)]
+pub mod sim;
 pub mod topic;

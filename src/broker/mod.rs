@@ -56,6 +56,9 @@ pub struct Broker {
     /// Every configured zone, shared by its listeners, connections and sessions.
     zones: BTreeMap<String, Arc<Zone>>,
     incarnation_base: u64,
+    /// Set only by the model test (`crate::sim`): its clock, fault switches and
+    /// publish probe. None in production, where it costs one branch where it is read.
+    sim: Option<Box<crate::sim::Simulation>>,
 }
 
 impl Broker {
@@ -77,7 +80,44 @@ impl Broker {
             path: path.display().to_string(),
             source,
         })?;
-        let broker = Arc::new(Broker {
+        let incarnation_base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        let broker = Broker::over(config, store, incarnation_base, None);
+        broker.recover()?;
+        tracing::info!(
+            sessions = broker.registry.len(),
+            routes = broker.registry.route_count(),
+            retained = broker.retained.len(),
+            delayed_wills = broker.wills.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovery done"
+        );
+        Ok(broker)
+    }
+
+    /// A broker over a simulated store (`Store::simulated`), recovered from it as
+    /// `open` does, on the simulation's clock. For the model test (`crate::sim`).
+    #[doc(hidden)]
+    pub fn open_simulated(
+        config: Config,
+        store: Store,
+        incarnation_base: u64,
+        sim: crate::sim::Simulation,
+    ) -> Result<Arc<Broker>, BrokerError> {
+        let broker = Broker::over(config, store, incarnation_base, Some(Box::new(sim)));
+        broker.recover()?;
+        Ok(broker)
+    }
+
+    fn over(
+        config: Config,
+        store: Store,
+        incarnation_base: u64,
+        sim: Option<Box<crate::sim::Simulation>>,
+    ) -> Arc<Broker> {
+        Arc::new(Broker {
             store,
             registry: Registry::default(),
             retained: RetainedIndex::default(),
@@ -101,21 +141,37 @@ impl Broker {
                 })
                 .collect(),
             config: Arc::new(config),
-            incarnation_base: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1),
-        });
-        broker.recover()?;
-        tracing::info!(
-            sessions = broker.registry.len(),
-            routes = broker.registry.route_count(),
-            retained = broker.retained.len(),
-            delayed_wills = broker.wills.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "recovery done"
-        );
-        Ok(broker)
+            incarnation_base,
+            sim,
+        })
+    }
+
+    /// The time on the broker's own paths (recovery; the model's CONNECT clock): the clocks,
+    /// or the model test's simulated one.
+    pub(crate) fn now(&self) -> crate::channel::Now {
+        match &self.sim {
+            None => crate::channel::Now::read(),
+            Some(sim) => sim.clock.now(),
+        }
+    }
+
+    /// The wall clock in ms, or the model test's.
+    pub(crate) fn now_ms(&self) -> u64 {
+        match &self.sim {
+            None => crate::message::now_ms(),
+            Some(sim) => sim.clock.now().ms,
+        }
+    }
+
+    /// Queue entries a session reads from the store at a time (the model test
+    /// makes pages small, to run the paths between them).
+    pub(crate) fn queue_page_size(&self) -> usize {
+        self.sim.as_ref().map_or(1024, |s| s.page_size)
+    }
+
+    /// Whether the model test switched `fault` on (never in production).
+    pub(crate) fn fault(&self, fault: crate::sim::Fault) -> bool {
+        self.sim.as_ref().is_some_and(|s| s.faults.contains(&fault))
     }
 
     /// The zone called `name`; the default zone's settings under that name if it is
@@ -142,8 +198,7 @@ impl Broker {
     }
 
     fn recover(&self) -> Result<(), quay_storage::StoreError> {
-        let now = Instant::now();
-        let now_ms = crate::message::now_ms();
+        let crate::channel::Now { at: now, ms: now_ms } = self.now();
         let sessions = self.store.sessions()?;
         let total = sessions.len();
         let mut expired = Vec::new();
@@ -250,8 +305,13 @@ impl Broker {
     /// passed (those after a scan on the reader pool); compact when something was
     /// deleted so the disk space comes back. Returns how many sessions ended.
     pub fn sweep_expired(self: &Arc<Self>, now: Instant) -> usize {
+        self.sweep_expired_at(now, crate::message::now_ms())
+    }
+
+    /// `sweep_expired` with the wall clock given too (delayed wills, retained expiry).
+    pub(crate) fn sweep_expired_at(self: &Arc<Self>, now: Instant, now_ms: u64) -> usize {
         // Wills first: a will is due at the latest when its session ends.
-        self.publish_due_wills(crate::message::now_ms());
+        self.publish_due_wills(now_ms);
         let writer = self.store.writer();
         let mut sessions = 0;
         let expired = |st: &SessionState| match (st.conn.is_none(), st.offline_since) {
@@ -282,7 +342,7 @@ impl Broker {
                 sessions += 1;
             }
         }
-        self.sweep_expired_retained();
+        self.sweep_expired_retained(now_ms);
         if sessions > 0 {
             self.compact_soon();
         }
@@ -293,11 +353,10 @@ impl Broker {
     /// on the reader pool (it reads every retained message), and its answer asks the
     /// writer to delete those still expired when the delete applies: a message set
     /// after the scan survives, and so does its index entry.
-    fn sweep_expired_retained(self: &Arc<Self>) {
+    fn sweep_expired_retained(self: &Arc<Self>, now_ms: u64) {
         if self.sweeping_retained.swap(true, Ordering::AcqRel) {
             return;
         }
-        let now_ms = crate::message::now_ms();
         let broker = self.clone();
         self.store.reader().submit(
             move |db| quay_storage::read::expired_retained(db, now_ms),
@@ -338,6 +397,10 @@ impl Broker {
     /// Flush and compact after a sweep deleted something, so the disk space comes
     /// back; one compaction at a time, on its own thread (it is slow).
     fn compact_soon(&self) {
+        // A simulated store has nothing to compact, and the model runs no thread.
+        if self.sim.is_some() {
+            return;
+        }
         if !self.compacting.swap(true, Ordering::AcqRel) {
             let store = self.store.clone();
             let compacting = self.compacting.clone();

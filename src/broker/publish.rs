@@ -170,6 +170,10 @@ impl Broker {
         }
         // Enqueues follow the Message op: the writer counts references in op order.
         ops.append(&mut enqueues);
+        let done = match &self.sim {
+            None => done,
+            Some(sim) => sim.routed(msg_id, &msg, !ops.is_empty(), done),
+        };
         if ops.is_empty() {
             self.finish_without_routing(ops, done, after_pending);
             return Routed { matched, congested };

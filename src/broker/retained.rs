@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use quay_storage::backend::RocksBackend;
+use quay_storage::backend::ReadDb;
 use quay_storage::read;
 
 use super::Broker;
@@ -71,8 +71,8 @@ impl Broker {
 
     /// Retained messages for a new subscription to `filter`, live ones only. Runs on
     /// a reader thread.
-    pub fn retained_for(&self, db: &RocksBackend, filter: &str) -> Vec<Arc<Message>> {
-        let now = crate::message::now_ms();
+    pub fn retained_for(&self, db: &ReadDb<'_>, filter: &str) -> Vec<Arc<Message>> {
+        let now = self.now_ms();
         let read = |topic: String| -> Option<Arc<Message>> {
             if let Some(msg) = self.retained.pending(&topic) {
                 return (!msg.is_expired(now)).then_some(msg);

@@ -46,6 +46,13 @@ impl Channel {
                     properties: Properties::default(),
                 })),
                 Action::Store(op) => self.store_ops.push(op),
+                Action::Release { packet_id, op }
+                    if self.broker.fault(crate::sim::Fault::PubrelBeforeDurable) =>
+                {
+                    // The model test's known defect: PUBREL before the release is durable.
+                    self.store_ops.push(op);
+                    work.extend(self.outbound.released(packet_id, now.at));
+                }
                 Action::Release { packet_id, op } => {
                     self.when_durable(vec![op], ConnEvent::Released(packet_id));
                 }
@@ -222,7 +229,7 @@ impl Channel {
 /// ones carry theirs, the rest are read from the log in one multi-get. Runs on a
 /// reader thread. A message that is gone is None (the session drops its entry).
 fn read_page(
-    db: &quay_storage::backend::RocksBackend,
+    db: &quay_storage::backend::ReadDb<'_>,
     client: &str,
     from: u64,
     limit: usize,

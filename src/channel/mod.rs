@@ -53,7 +53,7 @@ pub(crate) const OUTPUT_HIGH: usize = 256 * 1024;
 /// The time, as the driver read it: monotonic for timers, wall-clock milliseconds for
 /// message timestamps and expiry (which are stored and outlive the process).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Now {
+pub struct Now {
     pub at: Instant,
     pub ms: u64,
 }
@@ -70,7 +70,7 @@ impl Now {
 
 /// Why a connection ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Close {
+pub enum Close {
     /// DISCONNECT from the client; `with_will` for v5 reason 0x04.
     ByClient { with_will: bool },
     /// The socket closed or failed without DISCONNECT.

@@ -94,7 +94,13 @@ impl Channel {
                     } else {
                         Vec::new()
                     };
-                    self.reply_when_durable(ops, pubcomp, Vec::new(), now);
+                    if self.broker.fault(crate::sim::Fault::PubcompBeforeDurable) {
+                        // The model test's known defect: PUBCOMP before the deletion.
+                        self.store_ops.extend(ops);
+                        self.send_pubcomp(r.packet_id, ReasonCode::Success);
+                    } else {
+                        self.reply_when_durable(ops, pubcomp, Vec::new(), now);
+                    }
                 }
             },
             Packet::Subscribe(s) => self.on_subscribe(s, &verdicts, now),

@@ -211,7 +211,7 @@ impl Channel {
             max_inflight: zone.max_inflight,
             retry_interval: zone.retry_interval,
             max_mqueue_len: zone.max_mqueue_len,
-            page_size: 1024,
+            page_size: s.broker.queue_page_size(),
         };
         let accepted = Accepted {
             broker: s.broker.clone(),

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -85,7 +85,7 @@ pub(crate) async fn open(
     // under this lock, so exactly one connection wins.
     let client_id = admission.client_id.clone();
     let client_lock = broker.registry.lock_client(&client_id).await;
-    take_over(broker, &client_id).await;
+    take_over(broker, &client_id, clock).await;
     let settled = settle(broker, zone, &admission, clock());
     drop(client_lock);
     let durable = !settled.needs_barrier || store_barrier(broker).await;
@@ -158,7 +158,7 @@ async fn authenticate(
 /// are interruptible by the kick, so this does not wait for a socket that stopped
 /// reading; it never gives up, because a successor serving the queue while the old
 /// connection still does would send one message twice.
-async fn take_over(broker: &Broker, client_id: &ClientId) {
+async fn take_over(broker: &Broker, client_id: &ClientId, clock: &(dyn Fn() -> Now + Sync)) {
     loop {
         let Some(handle) = broker.registry.get(client_id) else {
             return;
@@ -186,7 +186,7 @@ async fn take_over(broker: &Broker, client_id: &ClientId) {
         {
             tracing::warn!(%client_id, "the connection taken over ended without detaching its session");
             broker.registry.detach(&mut st);
-            st.offline_since = Some(Instant::now());
+            st.offline_since = Some(clock().at);
         }
     }
 }

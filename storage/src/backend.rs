@@ -197,3 +197,88 @@ impl Backend for RocksBackend {
         Ok(self.db.flush_wal(true)?)
     }
 }
+
+/// What a read runs over: RocksDB in production, the model test's simulated disk
+/// (`sim_store`). Reads only: a batch written through it fails. One branch per call
+/// (a scan or a seek, not per key), and nothing on the writer's path.
+#[derive(Clone, Copy)]
+pub enum ReadDb<'a> {
+    Rocks(&'a RocksBackend),
+    Sim(&'a crate::sim::SimBackend),
+}
+
+impl Backend for ReadDb<'_> {
+    type Batch = ();
+
+    fn get<R>(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+        read: impl FnOnce(&[u8]) -> Result<R>,
+    ) -> Result<Option<R>> {
+        match self {
+            ReadDb::Rocks(db) => db.get(cf, key, read),
+            ReadDb::Sim(db) => db.get(cf, key, read),
+        }
+    }
+
+    fn multi_get(&self, cf: &'static str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        match self {
+            ReadDb::Rocks(db) => db.multi_get(cf, keys),
+            ReadDb::Sim(db) => db.multi_get(cf, keys),
+        }
+    }
+
+    fn scan(
+        &self,
+        cf: &'static str,
+        from: &[u8],
+        upper: Option<&[u8]>,
+        visit: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        match self {
+            ReadDb::Rocks(db) => db.scan(cf, from, upper, visit),
+            ReadDb::Sim(db) => db.scan(cf, from, upper, visit),
+        }
+    }
+
+    fn last_at_or_before<R>(
+        &self,
+        cf: &'static str,
+        at: Option<&[u8]>,
+        read: impl FnOnce(&[u8]) -> Result<R>,
+    ) -> Result<Option<R>> {
+        match self {
+            ReadDb::Rocks(db) => db.last_at_or_before(cf, at, read),
+            ReadDb::Sim(db) => db.last_at_or_before(cf, at, read),
+        }
+    }
+
+    fn put(&self, _: &mut (), _: &'static str, _: &[u8], _: &[u8]) -> Result<()> {
+        Err(read_only())
+    }
+
+    fn delete(&self, _: &mut (), _: &'static str, _: &[u8]) -> Result<()> {
+        Err(read_only())
+    }
+
+    fn delete_range(&self, _: &mut (), _: &'static str, _: &[u8], _: &[u8]) -> Result<()> {
+        Err(read_only())
+    }
+
+    fn batch_is_empty(_: &()) -> bool {
+        true
+    }
+
+    fn write(&self, _: (), _: bool) -> Result<()> {
+        Err(read_only())
+    }
+
+    fn sync_wal(&self) -> Result<()> {
+        Err(read_only())
+    }
+}
+
+fn read_only() -> StoreError {
+    StoreError::Write("a read-only view of the store cannot write".into())
+}

@@ -5,7 +5,8 @@
 //! is the single group-commit writer through which every change goes. `backend` is
 //! the key-value interface under `read` and `writer`: RocksDB in production, and
 //! `sim::SimBackend` (an in-memory disk that loses unsynced writes in a simulated
-//! crash) under the model test; `invariants` checks a store's references and keys. Nothing in this
+//! crash) under the model test, where `sim_store::SimStore` steps the writer and the
+//! reads of a `Store::simulated` by hand; `invariants` checks a store's references and keys. Nothing in this
 //! crate knows MQTT beyond the shape of a stored message.
 
 pub mod backend;
@@ -15,11 +16,13 @@ pub mod read;
 mod reader;
 pub mod records;
 pub mod sim;
+mod sim_store;
 mod store;
 mod writer;
 
 pub use invariants::check as check_invariants;
 pub use reader::ReaderHandle;
+pub use sim_store::SimStore;
 pub use records::{
     DelayedWill, EntryHead, QueueEntry, RecordError, SessionRecord, StoredMessage,
     SubscriptionRecord,

@@ -26,12 +26,13 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
-use crate::backend::RocksBackend;
+use crate::backend::{ReadDb, RocksBackend};
+use crate::sim_store::SimStore;
 use crate::store::{Result, StoreError};
 
 /// One job: the read and its completion, fused; called with the database, or with
 /// the reason it will not run.
-type Job = Box<dyn FnOnce(std::result::Result<&RocksBackend, StoreError>) + Send>;
+type Job = Box<dyn FnOnce(std::result::Result<&ReadDb<'_>, StoreError>) + Send>;
 
 enum Msg {
     Read(Job),
@@ -50,8 +51,18 @@ pub struct ReaderConfig {
 /// Shared handle to the pool: cheap to clone.
 #[derive(Clone)]
 pub struct ReaderHandle {
-    tx: SyncSender<Msg>,
-    inner: Arc<Shared>,
+    pool: Pool,
+}
+
+#[derive(Clone)]
+enum Pool {
+    Threads {
+        tx: SyncSender<Msg>,
+        inner: Arc<Shared>,
+    },
+    /// The model test's store: reads wait until the simulation runs them
+    /// (`SimStore::run_read`), and their answers until it delivers them.
+    Sim(Arc<SimStore>),
 }
 
 struct Shared {
@@ -68,10 +79,20 @@ impl ReaderHandle {
     /// error, on the caller's thread.
     pub fn submit<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&RocksBackend) -> Result<T> + Send + 'static,
+        read: impl FnOnce(&ReadDb<'_>) -> Result<T> + Send + 'static,
         done: impl FnOnce(Result<T>) + Send + 'static,
     ) {
-        if self.inner.stopped.load(Ordering::Acquire) {
+        let (tx, inner) = match &self.pool {
+            Pool::Threads { tx, inner } => (tx, inner),
+            Pool::Sim(sim) => {
+                sim.queue_read(Box::new(move |db| {
+                    let result = db.and_then(read);
+                    Box::new(move || done(result))
+                }));
+                return;
+            }
+        };
+        if inner.stopped.load(Ordering::Acquire) {
             done(Err(StoreError::Closed));
             return;
         }
@@ -85,10 +106,10 @@ impl ReaderHandle {
             };
             done(result);
         });
-        match self.tx.try_send(Msg::Read(job)) {
+        match tx.try_send(Msg::Read(job)) {
             Ok(()) => {}
             Err(TrySendError::Full(Msg::Read(job))) => {
-                let refused = self.inner.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                let refused = inner.refused.fetch_add(1, Ordering::Relaxed) + 1;
                 // Logged on powers of two: a flood must not flood the log too.
                 if refused.is_power_of_two() {
                     tracing::warn!(refused, "store reader queue full; read refused");
@@ -102,21 +123,32 @@ impl ReaderHandle {
 
     /// Reads refused so far because the queue was full.
     pub fn refused(&self) -> u64 {
-        self.inner.refused.load(Ordering::Relaxed)
+        match &self.pool {
+            Pool::Threads { inner, .. } => inner.refused.load(Ordering::Relaxed),
+            Pool::Sim(_) => 0,
+        }
+    }
+
+    pub(crate) fn simulated(sim: Arc<SimStore>) -> ReaderHandle {
+        ReaderHandle {
+            pool: Pool::Sim(sim),
+        }
     }
 
     /// Answer what is queued with `Closed`, stop the threads and wait for them (not
     /// for the current thread: a completion may drop the last store handle).
     pub fn stop(&self) {
-        if self.inner.stopped.swap(true, Ordering::AcqRel) {
+        let Pool::Threads { tx, inner } = &self.pool else {
+            return;
+        };
+        if inner.stopped.swap(true, Ordering::AcqRel) {
             return;
         }
-        let threads =
-            std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let threads = std::mem::take(&mut *inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
         // One `Stop` per thread; the last to stop answers what is left. A full
         // queue still takes them: the threads keep draining it (answering `Closed`).
         for _ in &threads {
-            let _ = self.tx.send(Msg::Stop);
+            let _ = tx.send(Msg::Stop);
         }
         for thread in threads {
             if thread.thread().id() != thread::current().id() {
@@ -157,10 +189,13 @@ pub(crate) fn spawn(db: RocksBackend, config: ReaderConfig) -> ReaderHandle {
         inner.stopped.store(true, Ordering::Release);
     }
     *inner.threads.lock().unwrap_or_else(|e| e.into_inner()) = threads;
-    ReaderHandle { tx, inner }
+    ReaderHandle {
+        pool: Pool::Threads { tx, inner },
+    }
 }
 
 fn run(db: &RocksBackend, rx: &Mutex<Receiver<Msg>>, shared: &Shared) {
+    let db = ReadDb::Rocks(db);
     loop {
         // One thread waits in `recv` holding the lock; the others wait for the lock.
         let msg = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
@@ -168,7 +203,7 @@ fn run(db: &RocksBackend, rx: &Mutex<Receiver<Msg>>, shared: &Shared) {
             Ok(Msg::Read(job)) if shared.stopped.load(Ordering::Acquire) => {
                 job(Err(StoreError::Closed))
             }
-            Ok(Msg::Read(job)) => job(Ok(db)),
+            Ok(Msg::Read(job)) => job(Ok(&db)),
             Ok(Msg::Stop) => {
                 if shared.running.fetch_sub(1, Ordering::AcqRel) == 1 {
                     // The last one: answer what was queued behind the stops.

@@ -13,14 +13,16 @@ use bytes::Bytes;
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
 use thiserror::Error;
 
-use crate::backend::RocksBackend;
+use crate::backend::{ReadDb, RocksBackend};
 use crate::keys::{self, KeyError};
 use crate::read;
 use crate::reader::{self, ReaderConfig, ReaderHandle};
+use crate::sim::SimBackend;
+use crate::sim_store::SimStore;
 use crate::records::{
     DelayedWill, QueueEntry, RecordError, SessionRecord, StoredMessage, SubscriptionRecord,
 };
-use crate::writer::{self, WriterConfig, WriterHandle};
+use crate::writer::{self, WriterConfig, WriterCore, WriterHandle};
 
 /// Reads waiting for the reader pool at most. A connection has at most one queue page
 /// and one subscription's retained lookup out at a time, so this is reached only by
@@ -89,12 +91,18 @@ impl Default for StoreConfig {
 /// compacting while the process exits aborts it).
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) db: Arc<DB>,
-    backend: RocksBackend,
+    disk: Disk,
     next_msg_id: Arc<AtomicU64>,
     writer: WriterHandle,
     reader: ReaderHandle,
-    _close_on_drop: Arc<CloseOnDrop>,
+    _close_on_drop: Option<Arc<CloseOnDrop>>,
+}
+
+#[derive(Clone)]
+enum Disk {
+    Rocks { db: Arc<DB>, backend: RocksBackend },
+    /// The model test's store (`sim_store`): no thread, no RocksDB.
+    Sim(Arc<SimStore>),
 }
 
 struct CloseOnDrop {
@@ -164,17 +172,52 @@ impl Store {
             },
         );
         Ok(Store {
-            _close_on_drop: Arc::new(CloseOnDrop {
+            _close_on_drop: Some(Arc::new(CloseOnDrop {
                 db: db.clone(),
                 writer: writer.clone(),
                 reader: reader.clone(),
-            }),
-            db,
-            backend,
+            })),
+            disk: Disk::Rocks { db, backend },
             next_msg_id,
             writer,
             reader,
         })
+    }
+
+    /// A store over the simulated disk `backend`, with fsync on, whose writer and
+    /// reader pool the returned `SimStore` steps (see `sim_store`). For the model test.
+    #[doc(hidden)]
+    pub fn simulated(backend: SimBackend) -> Result<(Store, Arc<SimStore>)> {
+        let next_msg_id = Arc::new(AtomicU64::new(read::last_msg_id(&backend)? + 1));
+        let core = WriterCore::new(backend, true);
+        let detached = core.detached_counts();
+        let sim = Arc::new(SimStore::new(core));
+        let store = Store {
+            disk: Disk::Sim(sim.clone()),
+            next_msg_id,
+            writer: writer::simulated(sim.clone(), detached),
+            reader: ReaderHandle::simulated(sim.clone()),
+            _close_on_drop: None,
+        };
+        Ok((store, sim))
+    }
+
+    /// `read` over the disk, directly (not on the reader pool).
+    fn read<T>(&self, read: impl FnOnce(&ReadDb<'_>) -> Result<T>) -> Result<T> {
+        match &self.disk {
+            Disk::Rocks { backend, .. } => read(&ReadDb::Rocks(backend)),
+            Disk::Sim(sim) => sim
+                .with_backend(|b| read(&ReadDb::Sim(b)))
+                .unwrap_or(Err(StoreError::Closed)),
+        }
+    }
+
+    /// RocksDB, unless this store is simulated.
+    fn rocks(&self) -> Option<&Arc<DB>> {
+        match &self.disk {
+            Disk::Rocks { db, .. } => Some(db),
+            Disk::Sim(_) => None,
+        }
     }
 
     /// Stop the writer and RocksDB's background flushes and compactions, waiting for
@@ -182,7 +225,9 @@ impl Store {
     pub fn shutdown(&self) {
         self.reader.stop();
         self.writer.stop();
-        self.db.cancel_all_background_work(true);
+        if let Some(db) = self.rocks() {
+            db.cancel_all_background_work(true);
+        }
     }
 
     pub fn writer(&self) -> &WriterHandle {
@@ -199,21 +244,18 @@ impl Store {
         self.next_msg_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily> {
-        cf(&self.db, name)
-    }
 
     pub fn sessions(&self) -> Result<Vec<(String, SessionRecord)>> {
-        read::sessions(&self.backend)
+        self.read(|db| read::sessions(db))
     }
 
     pub fn session(&self, client: &str) -> Result<Option<SessionRecord>> {
-        read::session(&self.backend, client)
+        self.read(|db| read::session(db, client))
     }
 
     /// Every stored subscription: (client, filter, options).
     pub fn subscriptions(&self) -> Result<Vec<(String, String, SubscriptionRecord)>> {
-        read::subscriptions(&self.backend)
+        self.read(|db| read::subscriptions(db))
     }
 
     /// Up to `limit` queue entries of `client` with seq >= `from_seq`, in order.
@@ -223,78 +265,85 @@ impl Store {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<(u64, QueueEntry)>> {
-        read::queue_range(&self.backend, client, from_seq, limit)
+        self.read(|db| read::queue_range(db, client, from_seq, limit))
     }
 
     /// One past the highest seq in `client`'s queue (0 when empty): one seek.
     pub fn next_queue_seq(&self, client: &str) -> Result<u64> {
-        read::next_queue_seq(&self.backend, client)
+        self.read(|db| read::next_queue_seq(db, client))
     }
 
     /// Messages by id, `None` where a message is gone.
     pub fn messages(&self, ids: &[u64]) -> Result<Vec<Option<StoredMessage>>> {
-        read::messages(&self.backend, ids)
+        self.read(|db| read::messages(db, ids))
     }
 
     /// QoS 2 packet ids received from `client` and awaiting PUBREL.
     pub fn awaiting_rel(&self, client: &str) -> Result<Vec<u16>> {
-        read::awaiting_rel(&self.backend, client)
+        self.read(|db| read::awaiting_rel(db, client))
     }
 
     /// Every stored delayed will: (client, will).
     pub fn wills(&self) -> Result<Vec<(String, DelayedWill)>> {
-        read::wills(&self.backend)
+        self.read(|db| read::wills(db))
     }
 
     /// Topics of every retained message (keys only: payloads stay on disk).
     pub fn retained_topics(&self) -> Result<Vec<Bytes>> {
-        read::retained_topics(&self.backend)
+        self.read(|db| read::retained_topics(db))
     }
 
     pub fn retained(&self, topic: &[u8]) -> Result<Option<StoredMessage>> {
-        read::retained(&self.backend, topic)
+        self.read(|db| read::retained(db, topic))
     }
 
     /// Retained messages whose expiry is at or before `now_ms` (a background sweep).
     pub fn expired_retained(&self, now_ms: u64) -> Result<Vec<Bytes>> {
-        read::expired_retained(&self.backend, now_ms)
+        self.read(|db| read::expired_retained(db, now_ms))
     }
 
     /// The store's invariants (see `invariants.rs`); a list of what is broken.
     pub fn check_invariants(&self) -> Result<Vec<String>> {
-        crate::invariants::check(&self.backend)
+        self.read(|db| crate::invariants::check(db))
     }
 
     /// Flush memtables to SST files, so the next open has no WAL to replay.
     pub fn flush(&self) -> Result<()> {
+        let Some(db) = self.rocks() else {
+            return Ok(());
+        };
         for name in keys::ALL_CFS {
-            self.db.flush_cf(self.cf(name)?)?;
+            db.flush_cf(cf(db, name)?)?;
         }
         Ok(())
     }
 
     /// Flush memtables and compact every column family so deleted data leaves the disk.
     pub fn compact(&self) -> Result<()> {
+        let Some(db) = self.rocks() else {
+            return Ok(());
+        };
         for name in keys::ALL_CFS {
-            let cf = self.cf(name)?;
-            self.db.flush_cf(cf)?;
-            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+            let cf = cf(db, name)?;
+            db.flush_cf(cf)?;
+            db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
     }
 
     /// Approximate bytes of live data (SST files + memtables), for metrics and tests.
     pub fn live_data_bytes(&self) -> u64 {
+        let Some(db) = self.rocks() else {
+            return 0;
+        };
         keys::ALL_CFS
             .iter()
             .filter_map(|name| {
-                let cf = self.db.cf_handle(name)?;
-                let sst = self
-                    .db
+                let cf = db.cf_handle(name)?;
+                let sst = db
                     .property_int_value_cf(cf, "rocksdb.live-sst-files-size")
                     .ok()??;
-                let mem = self
-                    .db
+                let mem = db
                     .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")
                     .ok()??;
                 Some(sst + mem)

@@ -28,6 +28,7 @@ use bytes::Bytes;
 
 use crate::backend::{Backend, RocksBackend};
 use crate::keys;
+use crate::sim_store::SimStore;
 use crate::records::{
     DelayedWill, EntryHead, QueueEntry, SessionRecord, StoredMessage, SubscriptionRecord,
 };
@@ -138,9 +139,9 @@ pub struct WriteRequest {
     pub waited: bool,
 }
 
-struct Request {
-    ops: Vec<Op>,
-    done: Option<Completion>,
+pub(crate) struct Request {
+    pub(crate) ops: Vec<Op>,
+    pub(crate) done: Option<Completion>,
 }
 
 enum Msg {
@@ -158,15 +159,25 @@ pub struct WriterConfig {
 
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: Sender<Msg>,
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    queue: Queue,
     detached: Arc<DetachedCounts>,
+}
+
+#[derive(Clone)]
+enum Queue {
+    Thread {
+        tx: Sender<Msg>,
+        thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    },
+    /// The model test's store: requests wait until the simulation commits them
+    /// (`SimStore::commit`).
+    Sim(Arc<SimStore>),
 }
 
 /// Detached requests submitted, and how many of them (in order) a synced batch has
 /// made durable: equal means nothing written without a waiter is still unsynced.
 #[derive(Default)]
-struct DetachedCounts {
+pub(crate) struct DetachedCounts {
     submitted: AtomicU64,
     synced: AtomicU64,
 }
@@ -175,10 +186,15 @@ impl WriterHandle {
     /// Queue `ops`; `done` runs on the writer thread once they are durable (or failed).
     /// It must be quick and must not block: hand results to another task.
     pub fn submit(&self, ops: Vec<Op>, done: Completion) {
-        if let Err(mpsc::SendError(Msg::Write(req))) = self.tx.send(Msg::Write(Request {
+        let request = Request {
             ops,
             done: Some(done),
-        })) {
+        };
+        let tx = match &self.queue {
+            Queue::Thread { tx, .. } => tx,
+            Queue::Sim(sim) => return sim.queue_write(request),
+        };
+        if let Err(mpsc::SendError(Msg::Write(req))) = tx.send(Msg::Write(request)) {
             if let Some(done) = req.done {
                 done(Err(StoreError::Closed));
             }
@@ -189,11 +205,12 @@ impl WriterHandle {
     pub fn submit_detached(&self, ops: Vec<Op>) {
         // Counted before it is sent, so `all_durable` can never miss it.
         self.detached.submitted.fetch_add(1, Ordering::SeqCst);
-        if self
-            .tx
-            .send(Msg::Write(Request { ops, done: None }))
-            .is_err()
-        {
+        let request = Request { ops, done: None };
+        let tx = match &self.queue {
+            Queue::Thread { tx, .. } => tx,
+            Queue::Sim(sim) => return sim.queue_write(request),
+        };
+        if tx.send(Msg::Write(request)).is_err() {
             tracing::error!("store writer stopped; a write was dropped");
         }
     }
@@ -205,8 +222,14 @@ impl WriterHandle {
             == self.detached.submitted.load(Ordering::SeqCst)
     }
 
-    /// Wait until everything submitted before this call is durable.
+    /// Wait until everything submitted before this call is durable. Not on the
+    /// model test's store, which commits only when the simulation says so.
     pub fn barrier(&self) -> Result<()> {
+        if let Queue::Sim(_) = self.queue {
+            return Err(StoreError::Write(
+                "a simulated store has no blocking barrier".into(),
+            ));
+        }
         let (tx, rx) = mpsc::channel();
         self.submit(
             Vec::new(),
@@ -220,8 +243,11 @@ impl WriterHandle {
     /// Commit what was submitted, stop the writer thread and wait for it. Later
     /// submits fail with `Closed`.
     pub fn stop(&self) {
-        let _ = self.tx.send(Msg::Stop);
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Queue::Thread { tx, thread } = &self.queue else {
+            return;
+        };
+        let _ = tx.send(Msg::Stop);
+        let thread = thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
             // A completion running on the writer thread may drop the last store
             // handle: never join yourself.
@@ -249,8 +275,19 @@ pub(crate) fn spawn(db: RocksBackend, config: WriterConfig) -> WriterHandle {
         }
     };
     WriterHandle {
-        tx,
-        thread: Arc::new(Mutex::new(thread)),
+        queue: Queue::Thread {
+            tx,
+            thread: Arc::new(Mutex::new(thread)),
+        },
+        detached,
+    }
+}
+
+/// The handle of a simulated store's writer (`sim_store`), counting detached writes
+/// in `detached` as the thread's handle does.
+pub(crate) fn simulated(sim: Arc<SimStore>, detached: Arc<DetachedCounts>) -> WriterHandle {
+    WriterHandle {
+        queue: Queue::Sim(sim),
         detached,
     }
 }
@@ -367,6 +404,11 @@ impl<B: Backend> WriterCore<B> {
 
     pub fn backend(&self) -> &B {
         &self.db
+    }
+
+    /// The counts `all_durable` compares, shared with a handle.
+    pub(crate) fn detached_counts(&self) -> Arc<DetachedCounts> {
+        self.detached.clone()
     }
 
     /// Give the backend back (the writer's memory is dropped, as in a crash).
