@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 use quay::codec::QoS;
 
-use super::broker::ClientId;
+use super::server::ClientId;
 use super::wire::{Down, Pub, Up};
 
 /// What the client can be sure of about its session at the broker.
@@ -63,6 +63,9 @@ pub struct Client {
     pub force_clean: bool,
     /// A CONNECT was left unanswered since the last CONNACK.
     pub abandoned: bool,
+    /// CONNECTs left unanswered, per wire, that the broker may still take: after
+    /// later ones, since connections are not ordered (see `ghost_resolved`).
+    pub ghosts: BTreeMap<u64, Connecting>,
     /// The client dropped its session state (its session ended) and has not
     /// started a new session since: it cannot resume one.
     pub stateless: bool,
@@ -117,6 +120,7 @@ impl Client {
             knows: Knows::Unknown,
             force_clean: false,
             abandoned: false,
+            ghosts: BTreeMap::new(),
             stateless: true,
             offline_since_ms: None,
             epoch: 0,
@@ -182,6 +186,9 @@ impl Client {
         if let Some(c) = self.connecting.take() {
             // The broker may still take that CONNECT, later.
             self.abandoned = true;
+            if let Some(wire) = self.wire {
+                self.ghosts.insert(wire, c);
+            }
             // Never answered: what the broker made of it is unknown, except that a
             // resume with a non-zero expiry keeps a session alive either way.
             match self.knows {
@@ -217,8 +224,39 @@ impl Client {
 
     pub fn crashed(&mut self, now_ms: u64) {
         self.leave_wire(now_ms);
+        // What an abandoned CONNECT did before the crash may have been written.
+        let ghosts: Vec<u64> = self.ghosts.keys().copied().collect();
+        for wire in ghosts {
+            self.ghost_resolved(wire, now_ms);
+        }
         if let Knows::Ended { .. } = self.knows {
             self.knows = Knows::Ended { crash_since: true };
+        }
+    }
+
+    /// The broker finished with the CONNECT on `wire` (taken or refused). If the
+    /// client had left it unanswered, that CONNECT may have come after the client's
+    /// later ones (connections are not ordered): unless it resumed the session the
+    /// client knows is alive, the client can no longer tell which session is there.
+    pub fn ghost_resolved(&mut self, wire: u64, now_ms: u64) {
+        let Some(c) = self.ghosts.remove(&wire) else {
+            return;
+        };
+        let keeps = !c.clean_start
+            && c.expiry_s > 0
+            && matches!(self.knows, Knows::Alive { .. })
+            && !self.may_have_expired(now_ms);
+        if let (true, Knows::Alive { expiry_s }) = (keeps, self.knows) {
+            // It resumed the session with its own expiry.
+            self.knows = Knows::Alive {
+                expiry_s: expiry_s.min(c.expiry_s),
+            };
+        } else {
+            self.set_knows(Knows::Unknown);
+            self.force_clean = true;
+            if let Some(connecting) = &mut self.connecting {
+                connecting.expect_present = None;
+            }
         }
     }
 
@@ -370,6 +408,8 @@ impl Client {
                 }
             }
             Down::Disconnect => self.leave_wire(now_ms),
+            // The connection closes after it; the CONNECT stays unanswered.
+            Down::Refused => {}
         }
         noticed
     }

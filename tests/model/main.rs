@@ -30,10 +30,9 @@
 //! one seed with its step trace printed, `QUAY_MODEL_STEPS=<n>` sets steps per seed
 //! (default 200). A failing seed prints itself, its trace and what broke.
 
-mod broker;
 mod client;
-mod conn;
 mod rng;
+mod server;
 mod wire;
 mod world;
 

@@ -2,14 +2,14 @@
 //! model that checks them after every step.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quay::codec::QoS;
 use quay::topic;
 use quay_storage::sim::SimBackend;
 
-use super::broker::{BrokerSettings, ClientId, Event, SimBroker};
+use super::server::{BrokerSettings, ClientId, Event, Server};
 use super::client::{Client, Knows, Noticed, OutFlight, OutStage};
 use super::rng::Rng;
 use super::wire::{Pub, Up, WillSpec};
@@ -25,6 +25,13 @@ const EPOCH_MS: u64 = 4_000_000_000_000;
 const CRASH: usize = 99;
 /// Packet ids a client uses for its QoS 1/2 PUBLISHes (few, so they are reused).
 const PUBLISH_IDS: u16 = 6;
+
+thread_local! {
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a tokio runtime for the model's context");
+}
 
 /// Who must get an acknowledged message: a client's session in one life.
 type Holder = (usize, u64, u64);
@@ -50,7 +57,7 @@ pub struct Stats {
 
 pub struct World {
     rng: Rng,
-    broker: Option<SimBroker>,
+    broker: Option<Server>,
     clients: Vec<Client>,
     next_wire: u64,
     pub trace: Vec<String>,
@@ -87,7 +94,7 @@ impl World {
             .map(|i| Client::new(&format!("c{i}")))
             .collect();
         let base = Instant::now();
-        let broker = SimBroker::open(
+        let broker = Server::open(
             SimBackend::new(),
             settings,
             base,
@@ -119,7 +126,7 @@ impl World {
         }
     }
 
-    fn broker(&mut self) -> &mut SimBroker {
+    fn broker(&mut self) -> &mut Server {
         self.broker.as_mut().expect("a broker runs between steps")
     }
 
@@ -129,6 +136,15 @@ impl World {
 
     /// Run `steps` random steps, then drain and check. Err when a check failed.
     pub fn run(&mut self, steps: u64) -> Result<(), ()> {
+        // `accept::open` waits for a takeover with a tokio timer: its futures are
+        // polled inside a runtime's context (the runtime itself never runs).
+        RUNTIME.with(|rt| {
+            let _context = rt.enter();
+            self.run_in_context(steps)
+        })
+    }
+
+    fn run_in_context(&mut self, steps: u64) -> Result<(), ()> {
         for _ in 0..steps {
             self.stats.steps += 1;
             self.step();
@@ -163,10 +179,10 @@ impl World {
         let acks = connected && !client.acks.is_empty();
         let broker = self.broker.as_ref().expect("broker");
         let conns = broker.conns.len() as u64;
-        let connecting = broker.connects.len() as u64;
+        let connecting = broker.accepting().len() as u64;
         let pending = broker.pending_requests() as u64;
-        let reads = broker.reads.len() as u64;
-        let answers = broker.answers.len() as u64;
+        let reads = broker.pending_reads() as u64;
+        let answers = broker.pending_answers() as u64;
         let weights = [
             if has_wire { 1 } else { 6 },   // 0 connect (or take over)
             if connected { 10 } else { 0 }, // 1 publish
@@ -209,10 +225,10 @@ impl World {
                 }
             }
             Some(7) => {
-                let waiting = self.broker().clients_connecting();
-                if let Some(client) = self.rng.pick(&waiting).cloned() {
-                    self.log(format!("server: accept step for {client}"));
-                    self.broker().accept_next(&client);
+                let waiting = self.broker().accepting();
+                if let Some(&wire) = self.rng.pick(&waiting) {
+                    self.log(format!("server: accept step for the CONNECT on wire {wire}"));
+                    self.accept_step(wire);
                 }
             }
             Some(8) => {
@@ -253,6 +269,19 @@ impl World {
         }
     }
 
+    /// One poll of an accept; when it is done, a client that left that CONNECT
+    /// unanswered learns it (`Client::ghost_resolved`).
+    fn accept_step(&mut self, wire: u64) -> bool {
+        let done = self.broker().accept_step(wire);
+        if done {
+            let now = self.now_ms;
+            for c in &mut self.clients {
+                c.ghost_resolved(wire, now);
+            }
+        }
+        done
+    }
+
     fn commit(&mut self, k: usize) {
         self.stats.commits += 1;
         self.log(format!("writer: commit a batch of {k} requests"));
@@ -271,7 +300,10 @@ impl World {
         let broker = self.broker.as_ref().expect("broker");
         let expiry_ms = broker.retainer_expiry_ms();
         for (topic, (payload, publish_ms)) in &self.retained {
-            let stored = quay_storage::read::retained(broker.backend(), topic.as_bytes())
+            let stored = broker
+                .store()
+                .with_backend(|b| quay_storage::read::retained(b, topic.as_bytes()))
+                .expect("the store runs")
                 .expect("sim reads")
                 .map(|m| m.payload);
             let may_expire = expiry_ms != 0 && self.now_ms >= publish_ms + expiry_ms;
@@ -289,7 +321,7 @@ impl World {
 
     fn crash(&mut self) {
         let broker = self.broker.take().expect("broker");
-        let unsynced = broker.backend().unsynced_batches() as u64;
+        let unsynced = broker.store().unsynced_batches() as u64;
         let keep = if self.rng.chance(30) {
             unsynced
         } else {
@@ -305,7 +337,7 @@ impl World {
                 .push(format!("store invariant after a crash: {p}"));
         }
         self.restarts += 1;
-        self.broker = Some(SimBroker::open(
+        self.broker = Some(Server::open(
             disk,
             self.settings,
             self.base,
@@ -625,7 +657,7 @@ impl World {
     fn absorb(&mut self) {
         let log = std::mem::take(&mut self.broker().log);
         self.trace.extend(log);
-        let events = std::mem::take(&mut self.broker().events);
+        let events = self.broker().take_events();
         let problems = std::mem::take(&mut self.broker().problems);
         self.problems.extend(problems);
         for event in events {
@@ -663,8 +695,8 @@ impl World {
                 Event::Dropped { client, payload } => {
                     self.dropped.insert((client, payload));
                 }
-                Event::Missing { client, seq } => self.problems.push(format!(
-                    "{client}: queue entry {seq} refers to a message that is gone"
+                Event::Missing { client } => self.problems.push(format!(
+                    "{client}: a queue entry refers to a message that is gone"
                 )),
             }
         }
@@ -708,6 +740,7 @@ impl World {
     /// No faults: reconnect every client whose session must exist, and run until
     /// nothing moves, so every queue is delivered.
     fn drain(&mut self) {
+        let mut waited = 0;
         for _ in 0..400 {
             let mut moved = false;
             let now = self.now_ms;
@@ -722,19 +755,19 @@ impl World {
                     }
                 }
             }
-            for client in self.broker().clients_connecting() {
-                moved |= self.broker().accept_next(&client);
+            for wire in self.broker().accepting() {
+                moved |= self.accept_step(wire);
             }
             if self.broker().pending_requests() > 0 {
                 let n = self.broker().pending_requests();
                 self.commit(n);
                 moved = true;
             }
-            while !self.broker().reads.is_empty() {
+            while self.broker().pending_reads() > 0 {
                 self.broker().run_read(0, false);
                 moved = true;
             }
-            while !self.broker().answers.is_empty() {
+            while self.broker().pending_answers() > 0 {
                 self.broker().answer_read(0);
                 moved = true;
             }
@@ -749,13 +782,16 @@ impl World {
                     moved = true;
                 }
             }
-            if !moved && self.broker().waits_to_retry_a_read() {
-                // A page read failed: its retry is due after a pause.
-                self.now_ms += 1000;
-                let now = self.now_ms;
-                self.broker().now_ms = now;
-                self.broker().on_timer_all();
-                moved = true;
+            if !moved && waited < 10 {
+                // A timer is due soon (a failed page read retries after a pause).
+                if let Some(at) = self.broker().deadline_within(Duration::from_secs(2)) {
+                    waited += 1;
+                    self.now_ms = self.now_ms.max(at);
+                    let now = self.now_ms;
+                    self.broker().now_ms = now;
+                    self.broker().on_timer_all();
+                    moved = true;
+                }
             }
             self.absorb();
             if !moved {
