@@ -160,6 +160,8 @@ pub(crate) struct Channel {
     paused: bool,
     /// A store read the client's next packets must wait for is out (`InputPause`).
     paused_for: InputPause,
+    /// Kicked: what the client sent is handled to its end, without pauses.
+    closing: bool,
     /// Encoded packets for the client, which the driver writes.
     output: BytesMut,
     last_packet_at: Instant,
@@ -201,6 +203,7 @@ impl Channel {
             held: None,
             paused: false,
             paused_for: InputPause::No,
+            closing: false,
             output: BytesMut::new(),
             last_packet_at: now.at,
             active_at: now.at,
@@ -271,9 +274,13 @@ impl Channel {
         }
     }
 
-    /// Closing: packets that waited for a store read are handled without it.
+    /// Closing: packets that waited for a store read are handled without it, and so
+    /// is every packet after them, even one that would wait for a read again (a
+    /// SUBSCRIBE's retained lookup) or a publish that congests a subscriber: a
+    /// DISCONNECT behind it still counts (found by the model test).
     pub fn end_read_pause(&mut self) {
         self.paused_for = InputPause::No;
+        self.closing = true;
     }
 
     // ---- what the driver reads and writes ----
@@ -324,7 +331,7 @@ impl Channel {
     /// publish congested a subscriber (the rest waits in `rbuf` for its room).
     pub fn handle_bytes(&mut self, rbuf: &mut BytesMut, now: Now) -> Result<(), Close> {
         let max_packet = self.broker.config.mqtt.max_packet_size as usize;
-        while !self.paused && self.paused_for == InputPause::No {
+        while self.closing || (!self.paused && self.paused_for == InputPause::No) {
             match codec::decode(rbuf, self.version, max_packet) {
                 Ok(Some(packet)) => {
                     Metrics::inc(&self.broker.metrics.packets_received);
