@@ -244,7 +244,7 @@ impl Client {
         };
         let keeps = !c.clean_start
             && c.expiry_s > 0
-            && matches!(self.knows, Knows::Alive { .. })
+            && matches!(self.knows, Knows::Alive { expiry_s } if expiry_s > 0)
             && !self.may_have_expired(now_ms);
         if let (true, Knows::Alive { expiry_s }) = (keeps, self.knows) {
             // It resumed the session with its own expiry.
