@@ -198,7 +198,10 @@ impl Broker {
     }
 
     fn recover(&self) -> Result<(), quay_storage::StoreError> {
-        let crate::channel::Now { at: now, ms: now_ms } = self.now();
+        let crate::channel::Now {
+            at: now,
+            ms: now_ms,
+        } = self.now();
         let sessions = self.store.sessions()?;
         let total = sessions.len();
         let mut expired = Vec::new();

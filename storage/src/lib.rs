@@ -22,11 +22,11 @@ mod writer;
 
 pub use invariants::check as check_invariants;
 pub use reader::ReaderHandle;
-pub use sim_store::SimStore;
 pub use records::{
     DelayedWill, EntryHead, QueueEntry, RecordError, SessionRecord, StoredMessage,
     SubscriptionRecord,
 };
+pub use sim_store::SimStore;
 pub use store::{Result, Store, StoreConfig, StoreError, READ_QUEUE_MAX};
 pub use writer::{ClientId, Completion, Enqueued, Op, WriteRequest, WriterCore, WriterHandle};
 

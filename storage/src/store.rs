@@ -17,11 +17,11 @@ use crate::backend::{ReadDb, RocksBackend};
 use crate::keys::{self, KeyError};
 use crate::read;
 use crate::reader::{self, ReaderConfig, ReaderHandle};
-use crate::sim::SimBackend;
-use crate::sim_store::SimStore;
 use crate::records::{
     DelayedWill, QueueEntry, RecordError, SessionRecord, StoredMessage, SubscriptionRecord,
 };
+use crate::sim::SimBackend;
+use crate::sim_store::SimStore;
 use crate::writer::{self, WriterConfig, WriterCore, WriterHandle};
 
 /// Reads waiting for the reader pool at most. A connection has at most one queue page
@@ -100,7 +100,10 @@ pub struct Store {
 
 #[derive(Clone)]
 enum Disk {
-    Rocks { db: Arc<DB>, backend: RocksBackend },
+    Rocks {
+        db: Arc<DB>,
+        backend: RocksBackend,
+    },
     /// The model test's store (`sim_store`): no thread, no RocksDB.
     Sim(Arc<SimStore>),
 }
@@ -243,7 +246,6 @@ impl Store {
     pub fn next_msg_id(&self) -> u64 {
         self.next_msg_id.fetch_add(1, Ordering::Relaxed)
     }
-
 
     pub fn sessions(&self) -> Result<Vec<(String, SessionRecord)>> {
         self.read(|db| read::sessions(db))

@@ -28,10 +28,10 @@ use bytes::Bytes;
 
 use crate::backend::{Backend, RocksBackend};
 use crate::keys;
-use crate::sim_store::SimStore;
 use crate::records::{
     DelayedWill, EntryHead, QueueEntry, SessionRecord, StoredMessage, SubscriptionRecord,
 };
+use crate::sim_store::SimStore;
 use crate::store::{Result, StoreError};
 
 pub type ClientId = Arc<str>;

@@ -353,8 +353,10 @@ impl Server {
         self.write(wire, output);
         if let Some(conn) = self.conns.get(&id) {
             if let Err(close) = result {
-                self.log
-                    .push(format!("  connection {id} of {} ends: {close:?}", conn.client));
+                self.log.push(format!(
+                    "  connection {id} of {} ends: {close:?}",
+                    conn.client
+                ));
                 self.finish(id, close);
                 moved = true;
             }

@@ -181,9 +181,8 @@ pub fn decode_down(buf: &mut BytesMut) -> Result<Vec<Down>, String> {
             Ok(None) => return Err(format!("{} bytes of a partial packet", buf.len())),
             Err(e) => return Err(format!("undecodable bytes: {e}")),
         };
-        let refused = |what: &str, reason: ReasonCode| {
-            Err(format!("{what} with reason {:#04x}", reason.0))
-        };
+        let refused =
+            |what: &str, reason: ReasonCode| Err(format!("{what} with reason {:#04x}", reason.0));
         out.push(match packet {
             Packet::ConnAck(a) if a.reason == ReasonCode::Success => Down::ConnAck {
                 present: a.session_present,

@@ -9,9 +9,9 @@ use quay::codec::QoS;
 use quay::topic;
 use quay_storage::sim::SimBackend;
 
-use super::server::{BrokerSettings, ClientId, Event, Server};
 use super::client::{Client, Knows, Noticed, OutFlight, OutStage};
 use super::rng::Rng;
+use super::server::{BrokerSettings, ClientId, Event, Server};
 use super::wire::{Pub, Up, WillSpec};
 use super::Mutation;
 
@@ -227,7 +227,9 @@ impl World {
             Some(7) => {
                 let waiting = self.broker().accepting();
                 if let Some(&wire) = self.rng.pick(&waiting) {
-                    self.log(format!("server: accept step for the CONNECT on wire {wire}"));
+                    self.log(format!(
+                        "server: accept step for the CONNECT on wire {wire}"
+                    ));
                     self.accept_step(wire);
                 }
             }
