@@ -50,6 +50,9 @@ pub struct Connecting {
     pub expiry_s: u32,
     /// What CONNACK's session present must say, when the client can know.
     pub expect_present: Option<bool>,
+    /// A ghost taken while this CONNECT waited may have made a session the client
+    /// has no state for: a session present = 1 may not be the client's.
+    pub unsure: bool,
 }
 
 pub struct Client {
@@ -66,6 +69,10 @@ pub struct Client {
     /// CONNECTs left unanswered, per wire, that the broker may still take: after
     /// later ones, since connections are not ordered (see `ghost_resolved`).
     pub ghosts: BTreeMap<u64, Connecting>,
+    /// Ghosts the broker took while `connecting` was unanswered: taken before it or
+    /// after it, the client cannot tell, so its CONNACK alone does not say which
+    /// session is there (see `on_packet`).
+    pub ghosts_while_connecting: Vec<Connecting>,
     /// The client dropped its session state (its session ended) and has not
     /// started a new session since: it cannot resume one.
     pub stateless: bool,
@@ -121,6 +128,7 @@ impl Client {
             force_clean: false,
             abandoned: false,
             ghosts: BTreeMap::new(),
+            ghosts_while_connecting: Vec::new(),
             stateless: true,
             offline_since_ms: None,
             epoch: 0,
@@ -184,6 +192,9 @@ impl Client {
     /// moves to a new one). A session with expiry 0 ends with it.
     pub fn leave_wire(&mut self, now_ms: u64) {
         if let Some(c) = self.connecting.take() {
+            // Those ghosts' effects were applied when they were taken; this CONNECT
+            // becomes a ghost itself and is reasoned about when it is taken.
+            self.ghosts_while_connecting.clear();
             // The broker may still take that CONNECT, later.
             self.abandoned = true;
             if let Some(wire) = self.wire {
@@ -256,7 +267,11 @@ impl Client {
             self.force_clean = true;
             if let Some(connecting) = &mut self.connecting {
                 connecting.expect_present = None;
+                connecting.unsure = true;
             }
+        }
+        if self.connecting.is_some() {
+            self.ghosts_while_connecting.push(c);
         }
     }
 
@@ -277,10 +292,12 @@ impl Client {
             self.set_knows(Knows::Unknown);
         }
         self.wire = Some(wire);
+        self.ghosts_while_connecting.clear();
         self.connecting = Some(Connecting {
             clean_start,
             expiry_s,
             expect_present,
+            unsure: false,
         });
     }
 
@@ -319,11 +336,11 @@ impl Client {
                     _ => {}
                 }
                 let ghost = std::mem::take(&mut self.abandoned);
-                if present && (self.stateless || (ghost && may_have_expired)) {
+                if present && (self.stateless || c.unsure || (ghost && may_have_expired)) {
                     // A session the client has no state for (it came back after a
                     // crash), or may not have (an abandoned CONNECT, taken after the
-                    // session expired, made a new one): the client must close
-                    // [MQTT-3.2.2-4], and starts anew.
+                    // session expired, made a new one: seed 32395): the client must
+                    // close [MQTT-3.2.2-4], and starts anew.
                     self.connected = false;
                     self.force_clean = true;
                     self.set_knows(Knows::Unknown);
@@ -352,6 +369,26 @@ impl Client {
                 self.knows = Knows::Alive {
                     expiry_s: c.expiry_s,
                 };
+                // A ghost taken while this CONNECT waited may have been taken after
+                // it (seed 16240): it then took this session over, resuming it only
+                // if it still existed then (this CONNECT's expiry is not 0; if it is,
+                // the session ended with this connection and the ghost made a new
+                // one) and only if the ghost itself resumed with a non-zero expiry.
+                for g in std::mem::take(&mut self.ghosts_while_connecting) {
+                    match self.knows {
+                        Knows::Alive { expiry_s }
+                            if expiry_s > 0 && !g.clean_start && g.expiry_s > 0 =>
+                        {
+                            self.knows = Knows::Alive {
+                                expiry_s: expiry_s.min(g.expiry_s),
+                            };
+                        }
+                        _ => {
+                            self.set_knows(Knows::Unknown);
+                            self.force_clean = true;
+                        }
+                    }
+                }
             }
             Down::Publish(p) => self.on_publish(p, &mut noticed),
             Down::PubRel(id) => {
