@@ -23,6 +23,11 @@ const EXPIRIES: [u32; 5] = [0, 5, 30, 3600, 3600];
 const EPOCH_MS: u64 = 4_000_000_000_000;
 /// The step that crashes the broker (chosen apart from the weighted ones).
 const CRASH: usize = 99;
+/// Runs whose drain crashes once, in one of its first rounds: the backlog a drain
+/// delivers (resent PUBLISHes, PUBRELs, PUBCOMPs) makes many acknowledgements whose
+/// store writes a crash right after can lose, which the random steps (a crash in
+/// about one step of a hundred) rarely reach.
+const DRAIN_CRASH_PCT: u64 = 50;
 /// Packet ids a client uses for its QoS 1/2 PUBLISHes (few, so they are reused).
 const PUBLISH_IDS: u16 = 6;
 
@@ -443,6 +448,10 @@ impl World {
         let topic = self.rng.pick(&TOPICS).copied().unwrap_or("t/a").to_owned();
         let retain = self.rng.chance(15);
         let clear = retain && self.rng.chance(30);
+        self.publish_with(c, qos, topic, retain, clear);
+    }
+
+    fn publish_with(&mut self, c: usize, qos: QoS, topic: String, retain: bool, clear: bool) {
         let client = &mut self.clients[c];
         let id = if qos == QoS::AtMostOnce {
             None
@@ -742,8 +751,10 @@ impl World {
     /// No faults: reconnect every client whose session must exist, and run until
     /// nothing moves, so every queue is delivered.
     fn drain(&mut self) {
+        let mut crash_at = self.rng.chance(DRAIN_CRASH_PCT).then(|| self.rng.below(4));
+        let mut publish_after: Vec<usize> = Vec::new();
         let mut waited = 0;
-        for _ in 0..400 {
+        for round in 0..400 {
             let mut moved = false;
             let now = self.now_ms;
             for c in 0..self.clients.len() {
@@ -782,6 +793,28 @@ impl World {
                 if !self.clients[c].acks.is_empty() && self.clients[c].connected {
                     self.flush_acks(c, usize::MAX);
                     moved = true;
+                }
+            }
+            if crash_at == Some(round) {
+                crash_at = None;
+                self.absorb();
+                self.crash();
+                publish_after = (0..self.clients.len()).collect();
+                moved = true;
+            }
+            // After the crash, each client that is back publishes once at QoS 2: a
+            // packet id the broker still holds from before the crash (a lost PUBCOMP
+            // deletion) would swallow it.
+            for c in std::mem::take(&mut publish_after) {
+                if self.clients[c].connected && self.clients[c].connecting.is_none() {
+                    let topic = self.rng.pick(&TOPICS).copied().unwrap_or("t/a").to_owned();
+                    self.publish_with(c, QoS::ExactlyOnce, topic, false, false);
+                    moved = true;
+                } else if self.clients[c].wire.is_some()
+                    || matches!(self.clients[c].knows, Knows::Alive { expiry_s } if expiry_s > 0)
+                {
+                    // (connecting, or reconnected by the next round)
+                    publish_after.push(c);
                 }
             }
             if !moved && waited < 10 {
