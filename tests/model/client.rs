@@ -73,6 +73,11 @@ pub struct Client {
     /// after it, the client cannot tell, so its CONNACK alone does not say which
     /// session is there (see `on_packet`).
     pub ghosts_while_connecting: Vec<Connecting>,
+    /// The broker no longer reads the client's connection (a ghost taken while the
+    /// client was connected took the session over from it, or the server closed it):
+    /// what the client sends there is lost (seed 186036: a DISCONNECT with expiry 0
+    /// did not end the session).
+    pub dead_wire: bool,
     /// The client dropped its session state (its session ended) and has not
     /// started a new session since: it cannot resume one.
     pub stateless: bool,
@@ -129,6 +134,7 @@ impl Client {
             abandoned: false,
             ghosts: BTreeMap::new(),
             ghosts_while_connecting: Vec::new(),
+            dead_wire: false,
             stateless: true,
             offline_since_ms: None,
             epoch: 0,
@@ -220,6 +226,7 @@ impl Client {
                 }
             }
         }
+        self.dead_wire = false;
         if self.wire.take().is_some() && self.offline_since_ms.is_none() {
             self.offline_since_ms = Some(now_ms);
         }
@@ -230,6 +237,14 @@ impl Client {
             self.set_knows(Knows::Ended { crash_since: false });
             self.new_epoch();
             self.stateless = true;
+        }
+    }
+
+    /// The server closed the connection the client just left at `closed_ms`: its
+    /// session went offline then, before the client saw it (seed 202095).
+    pub fn server_closed_at(&mut self, closed_ms: u64) {
+        if let Some(since) = &mut self.offline_since_ms {
+            *since = (*since).min(closed_ms);
         }
     }
 
@@ -272,6 +287,8 @@ impl Client {
         }
         if self.connecting.is_some() {
             self.ghosts_while_connecting.push(c);
+        } else if self.connected {
+            self.dead_wire = true;
         }
     }
 
@@ -303,6 +320,11 @@ impl Client {
 
     /// The DISCONNECT went out (`expiry_s`: its Session Expiry property).
     pub fn disconnected(&mut self, expiry_s: Option<u32>, now_ms: u64) {
+        if self.dead_wire {
+            // Sent on a connection a ghost took over: the broker never reads it.
+            self.leave_wire(now_ms);
+            return;
+        }
         if let (Knows::Alive { expiry_s: current }, Some(e)) = (self.knows, expiry_s) {
             if e <= current {
                 self.knows = Knows::Alive { expiry_s: e };

@@ -317,8 +317,10 @@ impl Server {
             Err(connack) => {
                 self.log.push(format!("  wire {wire}: CONNECT refused"));
                 self.write(wire, connack.unwrap_or_default());
+                let now_ms = self.now_ms;
                 if let Some(w) = self.wires.get_mut(&wire) {
                     w.server_closed = true;
+                    w.closed_ms = now_ms;
                 }
             }
         }
@@ -413,8 +415,10 @@ impl Server {
         let publish_will = conn.channel.close(&close, now);
         let output = take_output(&mut conn, now);
         self.write(conn.wire, output);
+        let now_ms = self.now_ms;
         if let Some(w) = self.wires.get_mut(&conn.wire) {
             w.server_closed = true;
+            w.closed_ms = now_ms;
         }
         conn.channel.detach(publish_will, now);
     }

@@ -89,6 +89,9 @@ pub struct Wire {
     pub down: VecDeque<Down>,
     /// The server closed it (after its last packets in `down`).
     pub server_closed: bool,
+    /// When (simulated ms): the session it held went offline then, before its
+    /// client can see it.
+    pub closed_ms: u64,
 }
 
 /// The MQTT 5 packet `up` is on the wire (`client`'s, for CONNECT); None for `Eof`.

@@ -326,7 +326,25 @@ impl World {
         }
     }
 
+    /// When the server closed `wire`, if it did.
+    fn server_closed_ms(&self, wire: Option<u64>) -> Option<u64> {
+        let broker = self.broker.as_ref()?;
+        let w = broker.wires.get(&wire?)?;
+        w.server_closed.then_some(w.closed_ms)
+    }
+
+    /// Client `c` left `wire`: if the server had closed it, the session went offline
+    /// then, before the client saw it (`Client::server_closed_at`).
+    fn left_wire(&mut self, c: usize, wire: Option<u64>) {
+        if let Some(closed_ms) = self.server_closed_ms(wire) {
+            self.clients[c].server_closed_at(closed_ms);
+        }
+    }
+
     fn crash(&mut self) {
+        let closed: Vec<Option<u64>> = (0..self.clients.len())
+            .map(|c| self.server_closed_ms(self.clients[c].wire))
+            .collect();
         let broker = self.broker.take().expect("broker");
         let unsynced = broker.store().unsynced_batches() as u64;
         let keep = if self.rng.chance(30) {
@@ -357,8 +375,11 @@ impl World {
         self.retain_ops.clear();
         self.check_retained();
         let now = self.now_ms;
-        for c in &mut self.clients {
+        for (c, closed_ms) in self.clients.iter_mut().zip(closed) {
             c.crashed(now);
+            if let Some(closed_ms) = closed_ms {
+                c.server_closed_at(closed_ms);
+            }
         }
     }
 
@@ -407,6 +428,7 @@ impl World {
                 }
             ));
             self.clients[c].leave_wire(now);
+            self.left_wire(c, Some(old));
         }
         // A client unsure which session a resume would find starts anew.
         let clean_start = clean_start || self.clients[c].force_clean;
@@ -602,6 +624,9 @@ impl World {
                 break;
             }
         }
+        if self.clients[c].wire != Some(wire) {
+            self.left_wire(c, Some(wire));
+        }
         if moved && self.rng.chance(50) {
             self.flush_acks(c, usize::MAX);
         }
@@ -645,7 +670,9 @@ impl World {
         if self.rng.chance(30) {
             self.log(format!("{id}: network loss"));
             self.send_up(c, Up::Eof);
+            let wire = self.clients[c].wire;
             self.clients[c].leave_wire(now);
+            self.left_wire(c, wire);
             return;
         }
         let current = match self.clients[c].knows {
@@ -661,7 +688,12 @@ impl World {
         };
         self.log(format!("{id}: DISCONNECT expiry {expiry:?}"));
         self.send_up(c, Up::Disconnect { expiry_s: expiry });
+        let wire = self.clients[c].wire;
+        if self.server_closed_ms(wire).is_some() {
+            self.clients[c].dead_wire = true;
+        }
         self.clients[c].disconnected(expiry, now);
+        self.left_wire(c, wire);
     }
 
     /// Learn from what the broker did in the last step.
