@@ -10,7 +10,6 @@
 //! calls the connection driver makes (`connection::Connection::run`), nothing more:
 //! the model mirrors the driver's I/O loop, never a protocol decision.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -123,21 +122,18 @@ pub fn sweep(broker: &Arc<Broker>, now: Now) {
 /// Open the session `connect` asks for and build its channel, as a connection does
 /// after reading CONNECT (`connection::accept::open`). Err: refused, with the
 /// CONNACK that says why if one can be sent.
-pub fn open(
+pub async fn open(
     broker: Arc<Broker>,
     zone: Arc<Zone>,
     connect: Connect,
-) -> impl Future<Output = Result<SimChannel, Option<BytesMut>>> {
-    async move {
-        let listener: Arc<str> = Arc::from(zone.name.as_str());
-        let peer = SocketAddr::from(([127, 0, 0, 1], 1883));
-        let clock = || broker.now();
-        match crate::connection::accept::open(&broker, &zone, &listener, peer, connect, &clock)
-            .await
-        {
-            Ok(channel) => Ok(SimChannel { channel }),
-            Err(refused) => Err(refused.0),
-        }
+) -> Result<SimChannel, Option<BytesMut>> {
+    let listener: Arc<str> = Arc::from(zone.name.as_str());
+    let peer = SocketAddr::from(([127, 0, 0, 1], 1883));
+    // The broker's clock is the simulation's.
+    let clock = || broker.now();
+    match crate::connection::accept::open(&broker, &zone, &listener, peer, connect, &clock).await {
+        Ok(channel) => Ok(SimChannel { channel }),
+        Err(refused) => Err(refused.0),
     }
 }
 
