@@ -220,10 +220,7 @@ impl Conn {
             self.channel.resume_reading(&mut self.rbuf, now)?;
         }
         if let Some(reason) = mailbox.take_kick() {
-            // What the client sent before it was replaced still counts, also what
-            // waited for a store read that will not be answered now.
-            self.channel.end_read_pause();
-            self.channel.handle_bytes(&mut self.rbuf, now)?;
+            self.kicked(now)?;
             return Err(Close::Kicked(reason));
         }
         self.channel.flush_store_ops();
@@ -234,6 +231,14 @@ impl Conn {
             "a hook decision without a registered hook"
         );
         Ok(any)
+    }
+
+    /// The driver's first move on a kick: what the client sent before it was
+    /// replaced still counts, also what waited for a store read that will not be
+    /// answered now (a DISCONNECT among it ends the connection its way).
+    pub fn kicked(&mut self, now: Now) -> Result<(), Close> {
+        self.channel.end_read_pause();
+        self.channel.handle_bytes(&mut self.rbuf, now)
     }
 
     /// A store read or write the channel waits for is out (queue pages and

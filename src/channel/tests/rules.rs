@@ -415,3 +415,50 @@ fn a_takeover_moves_the_session_and_the_old_connection_ends_with_0x8e() {
     let out = second.take_output(sim.now());
     assert!(connack(&out).session_present, "{out:?}");
 }
+
+/// Found by the model test (seed 634): on a kick, the driver handles what the client
+/// sent before it; a second SUBSCRIBE there paused input again for its retained
+/// lookup, and the DISCONNECT with expiry 0 behind it was ignored, so the session
+/// outlived it. Never taking the mailbox holds the first lookup's answer back, as a
+/// kick that comes first does.
+#[test]
+fn a_kicked_connection_takes_a_disconnect_behind_subscribes_waiting_for_retained_lookups() {
+    let mut sim = Sim::new(|_| {});
+    let (mut publisher, _) = open(&mut sim, connect("pub", 0));
+    let Packet::Publish(mut retained) = publish("r", QoS::AtMostOnce, None, Properties::default())
+    else {
+        unreachable!()
+    };
+    retained.retain = true;
+    publisher
+        .send(&Packet::Publish(retained), sim.now())
+        .expect("PUBLISH taken");
+    settle(&sim, &mut [&mut publisher]);
+    let (mut k, _) = open(&mut sim, connect("k", 60));
+    for packet_id in [1, 2] {
+        let packet = Packet::Subscribe(Subscribe {
+            packet_id,
+            properties: Properties::default(),
+            filters: vec![("r".into(), SubscriptionOptions::default())],
+        });
+        k.send(&packet, sim.now()).expect("SUBSCRIBE taken");
+    }
+    assert!(k.awaiting_store(), "the first SUBSCRIBE reads retained");
+    let properties = Properties {
+        session_expiry_interval: Some(0),
+        ..Properties::default()
+    };
+    let disconnect = Packet::Disconnect(crate::codec::Disconnect {
+        reason: ReasonCode::NORMAL_DISCONNECTION,
+        properties,
+    });
+    k.send(&disconnect, sim.now())
+        .expect("held behind the SUBSCRIBEs");
+    let close = k.kicked(sim.now()).expect_err("the DISCONNECT is handled");
+    assert_eq!(close, Close::ByClient { with_will: false });
+    k.finish(close, sim.now());
+    assert!(
+        sim.broker.registry.get("k").is_none(),
+        "the session outlived its DISCONNECT with expiry 0"
+    );
+}
