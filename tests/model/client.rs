@@ -78,6 +78,10 @@ pub struct Client {
     /// what the client sends there is lost (seed 186036: a DISCONNECT with expiry 0
     /// did not end the session).
     pub dead_wire: bool,
+    /// A ghost taken while the CONNECT of the client's connection waited may have
+    /// taken it over after its CONNACK: whether the broker reads what the client
+    /// sends there, the client cannot tell.
+    pub maybe_dead_wire: bool,
     /// The client dropped its session state (its session ended) and has not
     /// started a new session since: it cannot resume one.
     pub stateless: bool,
@@ -135,6 +139,7 @@ impl Client {
             ghosts: BTreeMap::new(),
             ghosts_while_connecting: Vec::new(),
             dead_wire: false,
+            maybe_dead_wire: false,
             stateless: true,
             offline_since_ms: None,
             epoch: 0,
@@ -227,6 +232,7 @@ impl Client {
             }
         }
         self.dead_wire = false;
+        self.maybe_dead_wire = false;
         if self.wire.take().is_some() && self.offline_since_ms.is_none() {
             self.offline_since_ms = Some(now_ms);
         }
@@ -325,6 +331,11 @@ impl Client {
             self.leave_wire(now_ms);
             return;
         }
+        if self.maybe_dead_wire && expiry_s.is_some() {
+            // The new expiry may or may not have reached the session.
+            self.set_knows(Knows::Unknown);
+            self.force_clean = true;
+        }
         if let (Knows::Alive { expiry_s: current }, Some(e)) = (self.knows, expiry_s) {
             if e <= current {
                 self.knows = Knows::Alive { expiry_s: e };
@@ -396,6 +407,7 @@ impl Client {
                 // if it still existed then (this CONNECT's expiry is not 0; if it is,
                 // the session ended with this connection and the ghost made a new
                 // one) and only if the ghost itself resumed with a non-zero expiry.
+                self.maybe_dead_wire = !self.ghosts_while_connecting.is_empty();
                 for g in std::mem::take(&mut self.ghosts_while_connecting) {
                     match self.knows {
                         Knows::Alive { expiry_s }
