@@ -3,9 +3,10 @@
 //!
 //! The model opens a broker over a simulated store (`Broker::open_simulated`,
 //! `quay_storage::Store::simulated`) with a `Simulation`: the clock the broker's own
-//! paths read (recovery, sweeps, CONNECT), switches that put known defects back into
-//! the real code (the model must catch each), and a probe told of every routing and
-//! of when what it stored is durable. Channels are opened through the real
+//! paths read (recovery, retained lookups; `open` passes it to CONNECT as its clock),
+//! the queue page size, switches that put known defects back into the real code (the
+//! model must catch each), and a probe told of every routing and of when what it
+//! stored is durable. Channels are opened through the real
 //! `connection::accept::open` (`open`), and `SimChannel` hands the model exactly the
 //! calls the connection driver makes (`connection::Connection::run`), nothing more:
 //! the model mirrors the driver's I/O loop, never a protocol decision.
