@@ -150,6 +150,13 @@ pub(crate) struct Channel {
     pending_in: BTreeMap<u16, bool>,
     /// Detached store writes (acks, releases), submitted once per driver turn.
     store_ops: Vec<quay_storage::Op>,
+    /// The queue page to read from this seq, `page_read_limit` entries, submitted
+    /// with `store_ops`: after the turn's output is written (see `flush_store_ops`).
+    /// Two plain fields, not an `Option` of a pair: the limit fits in padding, and
+    /// the connection future stays within its size (`connection::tests`).
+    page_read_from: u64,
+    /// 0: no page read waits.
+    page_read_limit: u32,
     /// This connection's inbox; store completions answer through it.
     mailbox: Arc<Mailbox>,
     /// Packets waiting for an authorization decision, or behind one (boxed: almost
@@ -199,6 +206,8 @@ impl Channel {
             alias_out_max: a.alias_out_max,
             pending_in: BTreeMap::new(),
             store_ops: Vec::new(),
+            page_read_from: 0,
+            page_read_limit: 0,
             mailbox: a.mailbox,
             held: None,
             paused: false,
@@ -387,11 +396,19 @@ impl Channel {
         self.handle_bytes(rbuf, now)
     }
 
-    /// Submit the store writes gathered since the last call, as one request.
+    /// Submit the store writes gathered since the last call, as one request, then
+    /// the queue page read asked for meanwhile. The driver calls this once per turn,
+    /// after writing what the turn produced for the client: each wakes a store
+    /// thread, which on a shared core may run before this task writes (a page read
+    /// takes about half a millisecond), and the client would wait for it. A read
+    /// submitted later sees more of the writer's work, never less (`reader.rs`).
     pub fn flush_store_ops(&mut self) {
         if !self.store_ops.is_empty() {
             let ops = std::mem::take(&mut self.store_ops);
             self.broker.store.writer().submit_detached(ops);
+        }
+        if let Some((from, limit)) = self.take_page_read() {
+            self.submit_page_read(from, limit);
         }
     }
 
@@ -485,6 +502,7 @@ impl Channel {
             && self.paused_for == InputPause::No
             && self.output.is_empty()
             && self.store_ops.is_empty()
+            && self.page_read_limit == 0
             && self.pending_in.is_empty()
             && self.outbound.is_idle()
             && self.inbound.is_empty();
@@ -572,7 +590,9 @@ impl Channel {
     /// driver writes what `output` holds (bounded) and then calls `detach`.
     pub fn close(&mut self, close: &Close, now: Now) -> bool {
         // Before anything else: a successor waits for this connection to finish and
-        // then for the store, so our acks must be submitted by then.
+        // then for the store, so our acks must be submitted by then. Not a page read:
+        // its answer would reach a closed mailbox.
+        self.take_page_read();
         self.flush_store_ops();
         let reason = match close {
             Close::Error(r) | Close::Kicked(r) => Some(*r),

@@ -256,6 +256,14 @@ impl Connection {
                 }
                 return Outcome::Closed(Close::Kicked(reason));
             }
+            // Hand the client what is ready before waking the store's threads with
+            // the writes and reads gathered meanwhile: on a busy (or single) core a
+            // woken store thread may run first, and the client would wait for it.
+            // During a drain this overlaps the client's turn with the deletion of
+            // the entries it just acknowledged and the read of the next page.
+            if let Err(close) = write_now(ch, writer) {
+                return Outcome::Closed(close);
+            }
             ch.flush_store_ops();
             run_decisions(ch);
             let now = Now::read();
@@ -378,6 +386,23 @@ fn may_hibernate(ch: &mut Channel, now: Now, rbuf: &BytesMut) -> bool {
         return false;
     };
     rbuf.is_empty() && ch.hibernation_due(now, after)
+}
+
+/// Write what the channel has for the client as far as the socket takes it now,
+/// without waiting (what it does not take goes in the driver's `select!`).
+fn write_now(ch: &mut Channel, writer: &OwnedWriteHalf) -> Result<(), Close> {
+    if ch.output().is_empty() {
+        return Ok(());
+    }
+    match writer.try_write(ch.output()) {
+        Ok(0) => Err(Close::Lost),
+        Ok(n) => {
+            ch.written(n, Now::read());
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(_) => Err(Close::Lost),
+    }
 }
 
 /// Handle what is already readable, without waiting (bounded: 64 reads).

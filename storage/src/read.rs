@@ -54,17 +54,38 @@ pub fn queue_range<B: Backend>(
     from_seq: u64,
     limit: usize,
 ) -> Result<Vec<(u64, QueueEntry)>> {
-    let start = keys::queue_key(client, from_seq)?;
-    let end = keys::prefix_end(&keys::client_prefix(client)?);
-    let mut out = Vec::new();
-    if limit == 0 {
-        return Ok(out);
-    }
-    db.scan(keys::CF_QUEUE, &start, end.as_deref(), |key, value| {
-        out.push((keys::decode_queue_seq(key)?, QueueEntry::decode(value)?));
-        Ok(out.len() < limit)
+    let mut out = Vec::with_capacity(limit.min(PREALLOCATED_MAX));
+    visit_queue_range(db, client, from_seq, limit, |seq, entry| {
+        out.push((seq, entry));
+        Ok(())
     })?;
     Ok(out)
+}
+
+/// Entries a reader allocates room for up front: a page (1024 by default) fits, and
+/// an absurd `limit` cannot allocate wildly.
+pub const PREALLOCATED_MAX: usize = 4096;
+
+/// `queue_range`, handing each entry to `visit` as it is decoded, so a caller that
+/// builds its own page does not collect (and move) the entries twice.
+pub fn visit_queue_range<B: Backend>(
+    db: &B,
+    client: &str,
+    from_seq: u64,
+    limit: usize,
+    mut visit: impl FnMut(u64, QueueEntry) -> Result<()>,
+) -> Result<()> {
+    let start = keys::queue_key(client, from_seq)?;
+    let end = keys::prefix_end(&keys::client_prefix(client)?);
+    if limit == 0 {
+        return Ok(());
+    }
+    let mut seen = 0;
+    db.scan(keys::CF_QUEUE, &start, end.as_deref(), |key, value| {
+        visit(keys::decode_queue_seq(key)?, QueueEntry::decode(value)?)?;
+        seen += 1;
+        Ok(seen < limit)
+    })
 }
 
 /// One past the highest seq in `client`'s queue (0 when empty): one seek.

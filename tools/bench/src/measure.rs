@@ -28,6 +28,16 @@ pub struct Progress {
     done: Notify,
     /// Woken on every `add`, for publishers that pace themselves on deliveries.
     advanced: Notify,
+    /// With `with_marks(step)`: when the count reached each multiple of `step`.
+    marks: Option<Marks>,
+}
+
+/// When a `Progress` first moved and reached each multiple of `step`: the shape of a
+/// run over time (a slow start, a stall in the middle), which one rate hides.
+struct Marks {
+    step: u64,
+    first: Mutex<Option<Instant>>,
+    at: Mutex<Vec<Instant>>,
 }
 
 /// How a wait for a `Progress` ended.
@@ -50,6 +60,33 @@ impl Progress {
             error: Mutex::new(None),
             done: Notify::new(),
             advanced: Notify::new(),
+            marks: None,
+        }
+    }
+
+    /// As `new`, also noting when the count reaches each multiple of `step` (see `marks`).
+    pub fn with_marks(target: u64, step: u64) -> Progress {
+        Progress {
+            marks: Some(Marks {
+                step: step.max(1),
+                first: Mutex::new(None),
+                at: Mutex::new(Vec::new()),
+            }),
+            ..Progress::new(target)
+        }
+    }
+
+    /// When the count first moved, if marked and it did.
+    pub fn first_mark(&self) -> Option<Instant> {
+        let marks = self.marks.as_ref()?;
+        *marks.first.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When the count reached `step`, `2 * step`, ... (as far as it got), if marked.
+    pub fn marks(&self) -> Vec<Instant> {
+        match &self.marks {
+            Some(m) => m.at.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            None => Vec::new(),
         }
     }
 
@@ -68,6 +105,17 @@ impl Progress {
         let total = self.count.fetch_add(n, Ordering::Relaxed) + n;
         self.last_ns
             .store(self.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if let Some(marks) = &self.marks {
+            if total == n {
+                *marks.first.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            }
+            let crossed = total / marks.step - (total - n) / marks.step;
+            if crossed > 0 {
+                let now = Instant::now();
+                let mut at = marks.at.lock().unwrap_or_else(|p| p.into_inner());
+                at.extend(std::iter::repeat_n(now, crossed as usize));
+            }
+        }
         if total >= self.target {
             self.done.notify_one();
         }
@@ -156,6 +204,11 @@ impl Interval {
             cpu: CpuSample::take(broker_pid)?,
             started: Instant::now(),
         })
+    }
+
+    /// When the interval started.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// Ends the interval at `end` for the wall clock (e.g. the last delivery) and now for CPU.
@@ -358,5 +411,25 @@ mod tests {
         q.add(3);
         let ending = q.wait(far, Duration::from_millis(150)).await.unwrap();
         assert_eq!(ending, Ending::Stalled);
+    }
+
+    #[test]
+    fn marks_note_each_multiple_once() {
+        let p = Progress::with_marks(100, 10);
+        assert!(p.first_mark().is_none());
+        p.add(5);
+        assert!(p.marks().is_empty());
+        let first = p.first_mark().expect("moved");
+        p.add(5);
+        p.add(25);
+        let marks = p.marks();
+        assert_eq!(marks.len(), 3, "10, 20 and 30 were reached");
+        assert!(first <= marks[0] && marks[0] <= marks[1] && marks[1] == marks[2]);
+        assert_eq!(
+            p.first_mark(),
+            Some(first),
+            "the first move stays the first"
+        );
+        assert!(Progress::new(10).marks().is_empty());
     }
 }

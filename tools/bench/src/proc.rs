@@ -8,7 +8,38 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 /// CPU time (user + system) of a whole process, all threads, including ones that exited.
+/// From the process's CPU-time clock (nanoseconds) where the kernel lets us read it;
+/// else from `/proc/<pid>/stat`, in clock ticks (10 ms: ±5% of a 0.2 s drain).
 pub fn process_cpu(pid: u32) -> Result<Duration> {
+    match process_clock(pid) {
+        Some(cpu) => Ok(cpu),
+        None => process_cpu_ticks(pid),
+    }
+}
+
+/// `CLOCK_PROCESS_CPUTIME_ID` of another process: `clock_getcpuclockid`.
+fn process_clock(pid: u32) -> Option<Duration> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    let mut clock: libc::clockid_t = 0;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: both calls only write into the locals we pass.
+    let ok = unsafe {
+        libc::clock_getcpuclockid(pid, &mut clock) == 0 && libc::clock_gettime(clock, &mut ts) == 0
+    };
+    if !ok {
+        return None;
+    }
+    Some(Duration::new(
+        u64::try_from(ts.tv_sec).ok()?,
+        u32::try_from(ts.tv_nsec).ok()?,
+    ))
+}
+
+/// `process_cpu` from `/proc/<pid>/stat` (utime + stime, in clock ticks).
+fn process_cpu_ticks(pid: u32) -> Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) is in parentheses and may contain spaces.
@@ -101,6 +132,13 @@ mod tests {
         assert!(spin != 1);
         assert!(process_rss_kib(pid).unwrap() > 0);
         assert!(process_cpu(pid).is_ok());
+        // Both sources count the same CPU (the ticks round down to 10 ms).
+        let (clock, ticks) = (process_clock(pid).unwrap(), process_cpu_ticks(pid).unwrap());
+        assert!(
+            clock + Duration::from_millis(50) >= ticks
+                && ticks + Duration::from_millis(50) >= clock,
+            "{clock:?} vs {ticks:?}"
+        );
         assert!(self_cpu() > Duration::ZERO);
     }
 }
