@@ -86,6 +86,21 @@ impl Default for StoreConfig {
     }
 }
 
+/// Options of the `queue` column family: each client's queue keeps an insert hint
+/// in the memtable (`memtable_insert_with_hint_prefix_extractor`, not in RocksDB's C
+/// API, hence the options string). A drain deletes its entries in seq order while
+/// they are still in the memtable, so each tombstone lands right after the previous
+/// one's entry; without a hint RocksDB searches the whole skiplist for each (a fifth
+/// of a drain's CPU), with one it moves a step from the last insert. The prefix is
+/// the key's first 10 bytes (client id length and up to 8 bytes of the id): clients
+/// that share it share a hint, which costs them a longer step, never a wrong insert.
+/// Hints live in the memtable's arena, so they count towards its size.
+fn queue_cf_options() -> Result<Options> {
+    Ok(Options::default().get_options_from_string(
+        "memtable_insert_with_hint_prefix_extractor=rocksdb.CappedPrefix.10",
+    )?)
+}
+
 /// Shared handle: cheap to clone. Dropping the last clone stops the writer and
 /// RocksDB's background work, so no RocksDB thread outlives the store (a thread still
 /// compacting while the process exits aborts it).
@@ -133,7 +148,11 @@ impl Store {
         opts.set_max_total_wal_size(256 << 20);
         let cache = Cache::new_lru_cache(config.block_cache_bytes);
         let cfs = keys::ALL_CFS.iter().map(|name| {
-            let mut cf_opts = Options::default();
+            let mut cf_opts = if *name == keys::CF_QUEUE {
+                queue_cf_options()?
+            } else {
+                Options::default()
+            };
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
             if *name == keys::CF_REFS {
@@ -141,8 +160,9 @@ impl Store {
                 table.set_bloom_filter(10.0, false);
             }
             cf_opts.set_block_based_table_factory(&table);
-            ColumnFamilyDescriptor::new(*name, cf_opts)
+            Ok(ColumnFamilyDescriptor::new(*name, cf_opts))
         });
+        let cfs = cfs.collect::<Result<Vec<_>>>()?;
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let meta = db.cf_handle(keys::CF_META).ok_or(StoreError::Closed)?;
         match db.get_cf(meta, keys::META_FORMAT)? {

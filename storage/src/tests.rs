@@ -750,3 +750,64 @@ fn an_unreferenced_ack_deletes_without_reading_and_stays_idempotent() {
     let seqs = submit(&store, publish_to(id, msg("t", b"y"), &[&a], 0)).unwrap();
     assert_eq!(seqs, vec![Some(1)]);
 }
+
+#[test]
+fn queues_sharing_a_memtable_insert_hint_keep_exactly_their_entries() {
+    // The queue column family keeps an insert hint per first 10 key bytes (the id's
+    // length and up to 8 bytes of it): the first two clients share one, the third
+    // has its own. Interleaved enqueues and acks, in and out of seq order, must
+    // leave each queue exactly what it was not acked, before and after a reopen.
+    let dir = tempfile::tempdir().unwrap();
+    let clients: [ClientId; 3] = [
+        Arc::from("bench-drain-0001"),
+        Arc::from("bench-drain-0002"),
+        Arc::from("other"),
+    ];
+    let n = 300u64;
+    let store = open(dir.path());
+    for _ in 0..n {
+        let id = store.next_msg_id();
+        let to: Vec<&ClientId> = clients.iter().collect();
+        submit(&store, publish_to(id, msg("t", b"x"), &to, 0)).unwrap();
+    }
+    // Each batch acks for all three: client 0 its even seqs from the top down,
+    // client 1 its odd seqs in order, client 2 every third seq.
+    let mut expected: Vec<Vec<u64>> = vec![(0..n).collect(); 3];
+    for round in 0..(n / 2) {
+        let mut ops = Vec::new();
+        let down = n - 2 - 2 * round;
+        let up = 2 * round + 1;
+        ops.push(Op::Ack {
+            client: clients[0].clone(),
+            seq: down,
+        });
+        ops.push(Op::Ack {
+            client: clients[1].clone(),
+            seq: up,
+        });
+        if round * 3 < n {
+            ops.push(Op::Ack {
+                client: clients[2].clone(),
+                seq: round * 3,
+            });
+            expected[2].retain(|s| *s != round * 3);
+        }
+        expected[0].retain(|s| *s != down);
+        expected[1].retain(|s| *s != up);
+        submit(&store, ops).unwrap();
+    }
+    let check = |store: &Store| {
+        for (client, want) in clients.iter().zip(&expected) {
+            let got: Vec<u64> = store
+                .queue_range(client, 0, 1000)
+                .unwrap()
+                .into_iter()
+                .map(|(seq, _)| seq)
+                .collect();
+            assert_eq!(&got, want, "{client}");
+        }
+    };
+    check(&store);
+    drop(store);
+    check(&open(dir.path()));
+}

@@ -720,8 +720,12 @@ impl<B: Backend> WriterCore<B> {
         client: &ClientId,
         seq: u64,
     ) -> Result<()> {
-        let next = self.next_seq(client)?;
-        self.next_seq.insert(client.clone(), next);
+        // Cached before anything is deleted (see `forget_cached`); once cached it
+        // stays, so a drain's acks do not clone and re-insert it one by one.
+        if !self.next_seq.contains_key(client) {
+            let next = crate::read::next_queue_seq(&self.db, client)?;
+            self.next_seq.insert(client.clone(), next);
+        }
         self.db
             .delete(batch, keys::CF_QUEUE, &keys::queue_key(client, seq)?)?;
         state.set(client, seq, None);

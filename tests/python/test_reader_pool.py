@@ -102,3 +102,45 @@ def test_a_resumed_queue_goes_out_before_the_answer_to_the_next_packet(shared_br
         # The default window (max_inflight 32) holds all 20.
         assert payloads == [f"q{i}".encode() for i in range(20)], payloads
         c.send(raw.disconnect())
+
+
+def test_a_queue_of_several_pages_drains_in_order_each_message_once(broker_factory):
+    """2,600 QoS 1 messages queued (no queue limit) (two pages of 1,024 and part of a third; the next
+    page is read while the current one goes out, and handed to the reader pool after
+    the turn's PUBLISHes are written): a client acking as it reads gets each once, in
+    order, without DUP, and a second connection finds nothing left to send."""
+    broker = broker_factory({"zone.external.max_mqueue_len": 0})
+    topic = f"rp/{unique_id('pages')}"
+    cid = unique_id("rpages")
+    count, chunk = 2600, 100
+    with raw.RawClient(broker.port, timeout_s=WAIT_S) as c:
+        assert c.connect(cid, clean=False, timeout_s=WAIT_S)["rc"] == 0
+        assert c.subscribe(1, [(topic, 1)], timeout_s=WAIT_S) == [1]
+        c.send(raw.disconnect())
+    with raw.RawClient(broker.port, timeout_s=WAIT_S) as pub:
+        assert pub.connect(unique_id("rpagespub"), timeout_s=WAIT_S)["rc"] == 0
+        for start in range(0, count, chunk):
+            pub.send(b"".join(raw.publish(topic, f"m{i}", qos=1, pid=i + 1) for i in range(start, start + chunk)))
+            for _ in range(chunk):
+                assert pub.recv_type(raw.PUBACK, WAIT_S)
+        pub.send(raw.disconnect())
+    with raw.RawClient(broker.port, timeout_s=WAIT_S) as c:
+        assert c.connect(cid, clean=False, timeout_s=WAIT_S)["session_present"]
+        got = []
+        while len(got) < count:
+            try:
+                p = c.recv(WAIT_S)
+            except TimeoutError:
+                raise AssertionError(f"stalled after {len(got)} of {count}")
+            assert p.type == raw.PUBLISH, p
+            m = raw.parse_publish(p, 4)
+            assert m["qos"] == 1 and not m["dup"], m
+            got.append(m["payload"])
+            c.send(raw.ack(raw.PUBACK, m["pid"]))
+        assert got == [f"m{i}".encode() for i in range(count)]
+        c.send(raw.disconnect())
+    with raw.RawClient(broker.port, timeout_s=WAIT_S) as c:
+        assert c.connect(cid, clean=False, timeout_s=WAIT_S)["session_present"]
+        c.send(raw.pingreq())
+        assert packets_until_pingresp(c) == []
+        c.send(raw.disconnect())
