@@ -11,7 +11,7 @@ use crate::codec::{self, Packet, Properties, PubResp, Publish, ReasonCode};
 use crate::hooks::{self, HookPoint};
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::session::{Action, DropReason, Outgoing};
+use crate::session::{Action, DropReason, Outgoing, PageEntry};
 use quay_storage::read;
 
 impl Channel {
@@ -258,21 +258,18 @@ fn read_page(
     // Where the entries whose message is in the log sit in `page`, and their ids.
     let mut logged: Vec<(usize, u64)> = Vec::new();
     read::visit_queue_range(db, client, from, limit, |seq, entry| {
-        let msg = match &entry.inline {
-            Some(m) => Some(Arc::new(Message::from_stored(m.clone()))),
-            None => {
-                logged.push((page.len(), entry.msg_id));
-                None
-            }
-        };
-        page.push((seq, entry, msg));
+        let stored = PageEntry::from_entry(seq, entry);
+        if !stored.inline {
+            logged.push((page.len(), stored.msg_id));
+        }
+        page.push(stored);
         Ok(())
     })?;
     if !logged.is_empty() {
         let ids: Vec<u64> = logged.iter().map(|(_, id)| *id).collect();
         let messages = read::messages(db, &ids)?;
         for ((at, _), stored) in logged.into_iter().zip(messages) {
-            page[at].2 = stored.map(|m| Arc::new(Message::from_stored(m)));
+            page[at].msg = stored.map(|m| Arc::new(Message::from_stored(m)));
         }
     }
     Ok(page)

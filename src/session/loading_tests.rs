@@ -60,7 +60,10 @@ fn page(seqs: impl IntoIterator<Item = u64>) -> Page {
                 subscription_ids: vec![],
                 inline: None,
             };
-            (seq, entry, Some(message(seq)))
+            PageEntry {
+                msg: Some(message(seq)),
+                ..PageEntry::from_entry(seq, entry)
+            }
         })
         .collect()
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use quay_storage::Op;
 
 pub use inbound::{Inbound, Qos2Arrival, Release};
-pub use outbound::{Cursor, Outbound, Page};
+pub use outbound::{Cursor, Outbound, Page, PageEntry};
 
 use crate::codec::QoS;
 use crate::message::Message;

@@ -78,9 +78,42 @@ struct Reading {
 /// How long a failed page read waits before it is tried again.
 const LOAD_RETRY: Duration = Duration::from_millis(100);
 
-/// A page read from the store: each entry's seq, the entry, and its message (None
-/// where it is gone).
-pub type Page = Vec<(u64, QueueEntry, Option<Arc<Message>>)>;
+/// A page read from the store, in seq order.
+pub type Page = Vec<PageEntry>;
+
+/// One stored entry of a page: what `loaded` needs of it and its message (None
+/// where it is gone). Not the `QueueEntry` itself, whose room for an inline message
+/// would triple the size of a page (the message is in `msg` by then).
+#[derive(Debug)]
+pub struct PageEntry {
+    pub seq: u64,
+    pub msg_id: u64,
+    pub qos: u8,
+    pub retain: bool,
+    pub released: bool,
+    /// The message was inline: the entry holds no reference to the log.
+    pub inline: bool,
+    pub subscription_ids: Vec<u32>,
+    pub msg: Option<Arc<Message>>,
+}
+
+impl PageEntry {
+    /// `entry`, at seq `seq`: an inline message moves to `msg`; a logged one is left
+    /// for the caller to fill in (`msg` None).
+    pub fn from_entry(seq: u64, mut entry: QueueEntry) -> PageEntry {
+        let inline = entry.inline.take();
+        PageEntry {
+            seq,
+            msg_id: entry.msg_id,
+            qos: entry.qos,
+            retain: entry.retain,
+            released: entry.released,
+            inline: inline.is_some(),
+            subscription_ids: entry.subscription_ids,
+            msg: inline.map(|m| Arc::new(Message::from_stored(m))),
+        }
+    }
+}
 
 impl Outbound {
     /// A session's outbound side. Persistent sessions start with everything on disk;
@@ -269,7 +302,8 @@ impl Outbound {
         };
         let full_page = entries.len() >= limit;
         let mut next = from;
-        for (seq, entry, msg) in entries {
+        for entry in entries {
+            let (seq, msg) = (entry.seq, entry.msg);
             next = seq + 1;
             let id = packet_id_of_seq(seq);
             if entry.released {
@@ -308,7 +342,7 @@ impl Outbound {
                 retain: entry.retain,
                 subscription_ids: entry.subscription_ids,
                 resend: seq < self.dup_below,
-                unreferenced: entry.inline.is_some(),
+                unreferenced: entry.inline,
             });
         }
         self.cursor = if full_page || reload {

@@ -181,8 +181,9 @@ fn a_persistent_session_pages_its_queue_from_the_store() {
         first[..],
         [Action::LoadQueue { from: 0, limit: 4 }]
     ));
-    let entry = |seq: u64, released: bool| {
-        (
+    let entry = |seq: u64, released: bool| PageEntry {
+        msg: Some(message(&format!("m{seq}"), 0)),
+        ..PageEntry::from_entry(
             seq,
             QueueEntry {
                 msg_id: 100 + seq,
@@ -192,7 +193,6 @@ fn a_persistent_session_pages_its_queue_from_the_store() {
                 subscription_ids: vec![],
                 inline: None,
             },
-            Some(message(&format!("m{seq}"), 0)),
         )
     };
     // A full page: a released QoS2 entry (PUBREL again) and three to send.
@@ -452,8 +452,9 @@ fn entries_sent_by_an_earlier_connection_are_resent_with_dup() {
     // The next connection re-reads seq 0 (unacked) and a never-sent seq 1.
     let mut second = Outbound::new(Arc::from("c"), true, first.dup_below(), config(4, 16));
     second.attach(65535, now);
-    let entry = |seq: u64| {
-        (
+    let entry = |seq: u64| PageEntry {
+        msg: Some(message(&format!("m{seq}"), 0)),
+        ..PageEntry::from_entry(
             seq,
             QueueEntry {
                 msg_id: 100 + seq,
@@ -463,7 +464,6 @@ fn entries_sent_by_an_earlier_connection_are_resent_with_dup() {
                 subscription_ids: vec![],
                 inline: None,
             },
-            Some(message(&format!("m{seq}"), 0)),
         )
     };
     let actions = second.loaded(0, 16, vec![entry(0), entry(1)], now);
@@ -471,4 +471,37 @@ fn entries_sent_by_an_earlier_connection_are_resent_with_dup() {
         publishes(&actions),
         vec![(Some(1), true, "m0".into()), (Some(2), false, "m1".into())]
     );
+}
+
+#[test]
+fn a_page_entry_carries_an_inline_message_and_leaves_a_logged_one_to_fill_in() {
+    let stored = quay_storage::StoredMessage {
+        publish_ms: 1,
+        expiry_ms: 0,
+        qos: 1,
+        retain: false,
+        from: "pub".into(),
+        topic: Bytes::from_static(b"t/1"),
+        properties: Bytes::new(),
+        payload: Bytes::from_static(b"inline"),
+    };
+    let entry = |inline: Option<quay_storage::StoredMessage>| QueueEntry {
+        msg_id: 7,
+        qos: 1,
+        retain: true,
+        released: false,
+        subscription_ids: vec![3],
+        inline,
+    };
+    let carried = PageEntry::from_entry(4, entry(Some(stored)));
+    assert!(carried.inline);
+    let msg = carried.msg.expect("the inline message");
+    assert_eq!(
+        (&msg.topic[..], &msg.payload[..]),
+        (&b"t/1"[..], &b"inline"[..])
+    );
+    assert_eq!((carried.seq, carried.msg_id, carried.retain), (4, 7, true));
+    assert_eq!(carried.subscription_ids, vec![3]);
+    let logged = PageEntry::from_entry(5, entry(None));
+    assert!(!logged.inline && logged.msg.is_none());
 }
