@@ -132,7 +132,7 @@ impl Channel {
     /// The page read waiting for `flush_store_ops`, if any (it no longer waits).
     pub(super) fn take_page_read(&mut self) -> Option<(u64, usize)> {
         let limit = std::mem::take(&mut self.page_read_limit);
-        (limit != 0).then(|| (self.page_read_from, limit as usize))
+        (limit != 0).then_some((self.page_read_from, limit as usize))
     }
 
     /// Hand the read of a queue page to the store's reader pool: the page comes back
