@@ -25,3 +25,4 @@ pub mod session;
 #[doc(hidden)]
 pub mod sim;
 pub mod topic;
+pub(crate) mod transport;

@@ -26,6 +26,7 @@ metrics! {
     packets_sent => "packets.sent",
     packets_connect => "packets.connect.received",
     packets_malformed => "packets.malformed",
+    tls_handshake_failed => "client.tls.handshake_failed",
     packets_publish_denied => "packets.publish.auth_error",
     packets_subscribe_denied => "packets.subscribe.auth_error",
     connections => "client.connected",

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 use crate::connection::Hibernation;
+use crate::transport::tls::{TlsListener, TlsSetupError};
 use crate::{ctl, listener};
 
 #[derive(Debug, Error)]
@@ -28,6 +29,8 @@ pub enum NodeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
     #[error("cannot start the hibernation poller: {0}")]
     Hibernation(std::io::Error),
     #[error("control socket {path}: {source}")]
@@ -53,17 +56,18 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
 
     let mut bound = Vec::new();
     for l in &broker.config.listeners {
+        let tls = TlsListener::for_listener(l)?;
         let listener = listener::tcp::bind(l).map_err(|source| NodeError::Bind {
-            name: l.name.clone(),
+            name: l.id(),
             addr: l.bind.to_string(),
             source,
         })?;
-        tracing::info!(listener = %l.name, addr = %l.bind, "listening (mqtt:tcp)");
-        bound.push((l.clone(), listener));
+        tracing::info!(listener = %l.id(), addr = %l.bind, "listening");
+        bound.push((l.clone(), listener, tls));
     }
     let hibernation = Hibernation::start().map_err(NodeError::Hibernation)?;
     let mut listeners = JoinSet::new();
-    for (l, listener) in bound {
+    for (l, listener, tls) in bound {
         listeners.spawn(listener::tcp::serve(
             broker.clone(),
             l,
@@ -71,6 +75,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             shutdown_rx.clone(),
             alive_tx.clone(),
             hibernation.clone(),
+            tls,
         ));
     }
     let ctl_path = ctl::socket_path(&data_dir);

@@ -12,15 +12,28 @@ use std::path::{Path, PathBuf};
 use super::parse::Entry;
 use super::values;
 use super::{
-    default_log, default_node, resolve, Config, ConfigError, FsyncPolicy, ListenerConfig,
-    LogConfig, LogLevel, LogTo, MqttConfig, NodeConfig, Origin, RetainerConfig, StorageConfig,
-    ZoneConfig, MAX_PACKET_SIZE_LIMIT,
+    default_log, default_node, resolve, CertField, Config, ConfigError, FsyncPolicy,
+    ListenerConfig, LogConfig, LogLevel, LogTo, MqttConfig, NodeConfig, Origin, RetainerConfig,
+    StorageConfig, TlsConfig, TlsVerify, ZoneConfig, MAX_PACKET_SIZE_LIMIT,
 };
 
-const SECTIONS: &str = "node.*, log.*, listener.tcp.*, mqtt.*, zone.*, storage.*, retainer.*";
+const SECTIONS: &str =
+    "node.*, log.*, listener.tcp.*, listener.ssl.*, mqtt.*, zone.*, storage.*, retainer.*";
 const NODE_KEYS: &[&str] = &["name", "data_dir"];
 const LOG_KEYS: &[&str] = &["to", "level", "dir", "file"];
 const LISTENER_KEYS: &[&str] = &["acceptors", "max_connections", "zone", "backlog"];
+const SSL_KEYS: &[&str] = &[
+    "handshake_timeout",
+    "keyfile",
+    "certfile",
+    "cacertfile",
+    "verify",
+    "fail_if_no_peer_cert",
+    "tls_versions",
+    "ciphers",
+    "peer_cert_as_username",
+];
+const TLS_VERSIONS: &[&str] = &["tlsv1.3", "tlsv1.2", "tlsv1.1", "tlsv1"];
 const MQTT_KEYS: &[&str] = &[
     "max_packet_size",
     "max_clientid_len",
@@ -89,7 +102,8 @@ struct ListenerDraft {
 pub(super) struct Builder {
     node: NodeConfig,
     log: LogConfig,
-    listeners: BTreeMap<String, ListenerDraft>,
+    /// By (proto, name): `("tcp", "external")`.
+    listeners: BTreeMap<(&'static str, String), ListenerDraft>,
     mqtt: MqttConfig,
     zones: BTreeMap<String, ZoneConfig>,
     storage: StorageConfig,
@@ -117,14 +131,16 @@ impl Builder {
         match segments.as_slice() {
             ["node", field] => self.apply_node(field, entry),
             ["log", field] => self.apply_log(field, entry),
-            ["listener", "tcp", name] => {
+            ["listener", proto @ ("tcp" | "ssl"), name] => {
                 let bind = entry.read(values::listen_addr)?;
-                let draft = self.listener(name, entry);
+                let draft = self.listener(proto, name, entry);
                 draft.config.bind = bind;
                 draft.bind_origin = Some(entry.origin.clone());
                 Ok(())
             }
-            ["listener", "tcp", name, field] => self.apply_listener(name, field, entry),
+            ["listener", proto @ ("tcp" | "ssl"), name, field] => {
+                self.apply_listener(proto, name, field, entry)
+            }
             ["mqtt", field] => self.apply_mqtt(field, entry),
             ["zone", zone, field] => self.apply_zone(zone, field, entry),
             ["storage", field] => self.apply_storage(field, entry),
@@ -157,6 +173,7 @@ impl Builder {
 
     fn apply_listener(
         &mut self,
+        proto: &str,
         name: &str,
         field: &str,
         entry: &Entry,
@@ -164,33 +181,46 @@ impl Builder {
         match field {
             "acceptors" => {
                 let acceptors = count(entry, 1)?;
-                self.listener(name, entry).config.acceptors = acceptors;
+                self.listener(proto, name, entry).config.acceptors = acceptors;
             }
             "max_connections" => {
                 let max = count(entry, 1)?;
-                self.listener(name, entry).config.max_connections = max;
+                self.listener(proto, name, entry).config.max_connections = max;
             }
             "zone" => {
                 let zone = entry.read(|v| values::non_empty(v, "a zone name"))?;
-                let draft = self.listener(name, entry);
+                let draft = self.listener(proto, name, entry);
                 draft.config.zone = zone;
                 draft.zone_origin = Some(entry.origin.clone());
             }
             "backlog" => {
                 let backlog = entry.read(|v| values::uint(v, 1, u32::MAX.into()))?;
-                self.listener(name, entry).config.backlog = backlog;
+                self.listener(proto, name, entry).config.backlog = backlog;
+            }
+            _ if proto == "ssl" && SSL_KEYS.contains(&field) => {
+                let tls = self.listener(proto, name, entry).config.tls.as_mut();
+                let tls = tls.expect("an ssl listener has TLS settings");
+                apply_tls(tls, field, entry)?;
+            }
+            _ if proto == "ssl" => {
+                let keys: Vec<&str> = LISTENER_KEYS.iter().chain(SSL_KEYS).copied().collect();
+                return Err(unknown(entry, "listener.ssl.<name>.* keys", &keys));
             }
             _ => return Err(unknown(entry, "listener.tcp.<name>.* keys", LISTENER_KEYS)),
         }
         Ok(())
     }
 
-    /// The draft for listener `name`, created with default sub-key values.
-    fn listener(&mut self, name: &str, entry: &Entry) -> &mut ListenerDraft {
+    /// The draft for listener `proto`/`name`, created with default sub-key values.
+    fn listener(&mut self, proto: &str, name: &str, entry: &Entry) -> &mut ListenerDraft {
+        let (proto, tls) = match proto {
+            "ssl" => ("ssl", Some(TlsConfig::with_defaults())),
+            _ => ("tcp", None),
+        };
         self.listeners
-            .entry(name.to_string())
+            .entry((proto, name.to_string()))
             .or_insert_with(|| ListenerDraft {
-                config: ListenerConfig::with_defaults(name, UNBOUND),
+                config: ListenerConfig::with_defaults(name, UNBOUND, tls),
                 bind_origin: None,
                 zone_origin: None,
                 first_origin: entry.origin.clone(),
@@ -280,8 +310,8 @@ impl Builder {
         config_file: PathBuf,
     ) -> Result<Config, ConfigError> {
         let mut listeners: Vec<ListenerConfig> = Vec::new();
-        for (name, draft) in self.listeners {
-            let address_key = format!("listener.tcp.{name}");
+        for ((proto, name), draft) in self.listeners {
+            let address_key = format!("listener.{proto}.{name}");
             let Some(bind_origin) = draft.bind_origin else {
                 return Err(ConfigError::Inconsistent {
                     origin: draft.first_origin,
@@ -292,7 +322,12 @@ impl Builder {
                     key: address_key,
                 });
             };
-            let listener = draft.config;
+            let mut listener = draft.config;
+            if let Some(tls) = listener.tls.as_mut() {
+                tls.keyfile = resolve(release_root, &tls.keyfile);
+                tls.certfile = resolve(release_root, &tls.certfile);
+                tls.cacertfile = tls.cacertfile.as_deref().map(|p| resolve(release_root, p));
+            }
             let zone = &listener.zone;
             if !self.zones.contains_key(zone) {
                 let (origin, key) = match draft.zone_origin {
@@ -324,7 +359,8 @@ impl Builder {
                     origin: bind_origin,
                     key: address_key,
                     problem: format!(
-                        "address {bind} is already used by listener.tcp.{}",
+                        "address {bind} is already used by listener.{}.{}",
+                        other.proto(),
                         other.name
                     ),
                 });
@@ -353,6 +389,61 @@ impl Builder {
 /// A count or length, at least `min`.
 /// More reader threads than this only compete with the workers for the cores.
 const MAX_READ_THREADS: u64 = 64;
+
+/// One `listener.ssl.<name>.<field>` TLS key.
+fn apply_tls(tls: &mut TlsConfig, field: &str, entry: &Entry) -> Result<(), ConfigError> {
+    let path = |v: &str| values::non_empty(v, "a file path").map(PathBuf::from);
+    match field {
+        "handshake_timeout" => tls.handshake_timeout = entry.read(values::duration)?,
+        "keyfile" => tls.keyfile = entry.read(path)?,
+        "certfile" => tls.certfile = entry.read(path)?,
+        "cacertfile" => tls.cacertfile = Some(entry.read(path)?),
+        "verify" => {
+            tls.verify = entry.read(|v| match v {
+                "verify_peer" => Ok(TlsVerify::VerifyPeer),
+                "verify_none" => Ok(TlsVerify::VerifyNone),
+                _ => Err("verify_peer or verify_none".to_string()),
+            })?
+        }
+        "fail_if_no_peer_cert" => tls.fail_if_no_peer_cert = entry.read(values::boolean)?,
+        "tls_versions" => {
+            tls.tls_versions = entry.read(|v| {
+                let versions = comma_list(v);
+                match versions
+                    .iter()
+                    .find(|x| !TLS_VERSIONS.contains(&x.as_str()))
+                {
+                    Some(bad) => Err(format!(
+                        "TLS versions from {} (comma-separated), not {bad:?}",
+                        TLS_VERSIONS.join(", ")
+                    )),
+                    None if versions.is_empty() => Err("at least one TLS version".to_string()),
+                    None => Ok(versions),
+                }
+            })?
+        }
+        "ciphers" => tls.ciphers = entry.read(|v| Ok(comma_list(v)))?,
+        "peer_cert_as_username" => {
+            tls.peer_cert_as_username = entry.read(|v| match v {
+                "cn" => Ok(Some(CertField::Cn)),
+                "dn" => Ok(Some(CertField::Dn)),
+                "off" | "false" => Ok(None),
+                _ => Err("cn or dn".to_string()),
+            })?
+        }
+        _ => return Err(unknown(entry, "listener.ssl.<name>.* keys", SSL_KEYS)),
+    }
+    Ok(())
+}
+
+/// `a, b,c` → `["a", "b", "c"]`, blanks dropped.
+fn comma_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
 
 fn count(entry: &Entry, min: u64) -> Result<usize, ConfigError> {
     entry.read(|v| values::uint(v, min, USIZE_MAX))
@@ -446,10 +537,11 @@ mod tests {
     /// Every field a hint lists is handled: applying it never says "unknown key".
     #[test]
     fn the_listed_keys_are_the_handled_keys() {
-        let groups: [(&str, &[&str]); 7] = [
+        let groups: [(&str, &[&str]); 8] = [
             ("node.", NODE_KEYS),
             ("log.", LOG_KEYS),
             ("listener.tcp.x.", LISTENER_KEYS),
+            ("listener.ssl.x.", SSL_KEYS),
             ("mqtt.", MQTT_KEYS),
             ("zone.x.", ZONE_KEYS),
             ("storage.", STORAGE_KEYS),

@@ -114,11 +114,14 @@ impl LogLevel {
     }
 }
 
-/// One MQTT/TCP listener, from `listener.tcp.<name> = <addr>` and its sub-keys.
+/// One MQTT listener, from `listener.<proto>.<name> = <addr>` and its sub-keys
+/// (`proto`: `tcp`, or `ssl` for MQTT over TLS).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
+    /// `Some` for `listener.ssl.<name>`: MQTT over TLS.
+    pub tls: Option<TlsConfig>,
     pub acceptors: usize,
     pub max_connections: usize,
     /// Always names a zone in [`Config::zones`].
@@ -366,14 +369,85 @@ impl Default for RetainerConfig {
 impl ListenerConfig {
     /// A listener with the default sub-key values; its zone is the zone of the same
     /// name for `external` and `internal`, else `external`.
-    fn with_defaults(name: &str, bind: SocketAddr) -> ListenerConfig {
+    fn with_defaults(name: &str, bind: SocketAddr, tls: Option<TlsConfig>) -> ListenerConfig {
         ListenerConfig {
             name: name.to_string(),
             bind,
+            tls,
             acceptors: 8,
             max_connections: 1_024_000,
             zone: default_zone_of_listener(name).to_string(),
             backlog: 1024,
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// `tcp` or `ssl`, as in the keys.
+    pub fn proto(&self) -> &'static str {
+        if self.tls.is_some() {
+            "ssl"
+        } else {
+            "tcp"
+        }
+    }
+
+    /// The listener's id as EMQX 4 shows it: `mqtt:tcp:external`, `mqtt:ssl:external`.
+    pub fn id(&self) -> String {
+        format!("mqtt:{}:{}", self.proto(), self.name)
+    }
+}
+
+/// The TLS settings of a `listener.ssl.<name>`. Paths are resolved against the release
+/// root; what the names in `tls_versions` and `ciphers` mean is the broker's business
+/// (it says which it cannot use).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub keyfile: PathBuf,
+    pub certfile: PathBuf,
+    /// The CAs that client certificates must chain to (`verify = verify_peer`).
+    pub cacertfile: Option<PathBuf>,
+    pub verify: TlsVerify,
+    /// With `verify_peer`: a client without a certificate is refused.
+    pub fail_if_no_peer_cert: bool,
+    /// `tlsv1.3`, `tlsv1.2`, `tlsv1.1`, `tlsv1`, in the given order.
+    pub tls_versions: Vec<String>,
+    /// OpenSSL cipher suite names; empty = the TLS library's defaults.
+    pub ciphers: Vec<String>,
+    /// The handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// Take the client certificate's CN or whole DN as the MQTT username.
+    pub peer_cert_as_username: Option<CertField>,
+}
+
+/// Whether an SSL listener asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVerify {
+    VerifyNone,
+    VerifyPeer,
+}
+
+/// Which part of the client certificate's subject becomes the username.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertField {
+    Cn,
+    Dn,
+}
+
+impl TlsConfig {
+    /// EMQX 4's defaults: the development certificates in `etc/certs/`, no client
+    /// certificate asked for, TLS 1.3 and 1.2, the library's cipher suites.
+    pub fn with_defaults() -> TlsConfig {
+        TlsConfig {
+            keyfile: PathBuf::from("etc/certs/key.pem"),
+            certfile: PathBuf::from("etc/certs/cert.pem"),
+            cacertfile: Some(PathBuf::from("etc/certs/cacert.pem")),
+            verify: TlsVerify::VerifyNone,
+            fail_if_no_peer_cert: false,
+            tls_versions: vec!["tlsv1.3".into(), "tlsv1.2".into()],
+            ciphers: Vec::new(),
+            handshake_timeout: Duration::from_secs(15),
+            peer_cert_as_username: None,
         }
     }
 }
@@ -441,14 +515,26 @@ impl Config {
     pub fn defaults(release_root: &Path) -> Config {
         let release_root =
             std::path::absolute(release_root).unwrap_or_else(|_| release_root.to_path_buf());
+        let mut tls = TlsConfig::with_defaults();
+        tls.keyfile = resolve(&release_root, &tls.keyfile);
+        tls.certfile = resolve(&release_root, &tls.certfile);
+        tls.cacertfile = tls.cacertfile.map(|p| resolve(&release_root, &p));
+        // In the order loading gives: by protocol (`ssl` before `tcp`), then name.
         let listeners = vec![
             ListenerConfig::with_defaults(
                 "external",
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8883),
+                Some(tls),
+            ),
+            ListenerConfig::with_defaults(
+                "external",
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 1883),
+                None,
             ),
             ListenerConfig::with_defaults(
                 "internal",
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 11883),
+                None,
             ),
         ];
         let zones = BTreeMap::from([

@@ -82,11 +82,22 @@ fn built_in_defaults() {
     assert_eq!(config.log.to, LogTo::Console);
     assert_eq!(config.log.level, LogLevel::Warning);
     assert_eq!(config.config_file, Path::new("/opt/emqx/etc/emqx.conf"));
-    let names: Vec<_> = config.listeners.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(names, ["external", "internal"]);
-    assert_eq!(config.listeners[0].bind, "0.0.0.0:1883".parse().unwrap());
-    assert_eq!(config.listeners[1].bind, "127.0.0.1:11883".parse().unwrap());
-    assert_eq!(config.listeners[1].zone, "internal");
+    let ids: Vec<_> = config.listeners.iter().map(|l| l.id()).collect();
+    assert_eq!(
+        ids,
+        [
+            "mqtt:ssl:external",
+            "mqtt:tcp:external",
+            "mqtt:tcp:internal"
+        ]
+    );
+    assert_eq!(config.listeners[0].bind, "0.0.0.0:8883".parse().unwrap());
+    let tls = config.listeners[0].tls.as_ref().expect("TLS settings");
+    assert_eq!(tls.certfile, Path::new("/opt/emqx/etc/certs/cert.pem"));
+    assert_eq!(tls.verify, TlsVerify::VerifyNone);
+    assert_eq!(config.listeners[1].bind, "0.0.0.0:1883".parse().unwrap());
+    assert_eq!(config.listeners[2].bind, "127.0.0.1:11883".parse().unwrap());
+    assert_eq!(config.listeners[2].zone, "internal");
     assert_eq!(config.zone("internal").max_inflight, 128);
     assert_eq!(config.zone("internal").max_mqueue_len, 10_000);
     assert_eq!(config.zone("external").max_inflight, 32);
@@ -409,4 +420,58 @@ fn the_config_file_is_found_walking_up_from_a_directory() {
     );
     let elsewhere = tempfile::tempdir().unwrap();
     assert_eq!(find_config_upwards(elsewhere.path()), None);
+}
+
+#[test]
+fn ssl_listener_keys() {
+    let text = "listener.ssl.s = 127.0.0.1:8884\n\
+                listener.ssl.s.verify = verify_peer\n\
+                listener.ssl.s.fail_if_no_peer_cert = true\n\
+                listener.ssl.s.tls_versions = tlsv1.2\n\
+                listener.ssl.s.ciphers = ECDHE-RSA-AES128-GCM-SHA256, TLS_AES_128_GCM_SHA256\n\
+                listener.ssl.s.peer_cert_as_username = dn\n\
+                listener.ssl.s.handshake_timeout = 2s\n\
+                listener.ssl.s.keyfile = k.pem\n\
+                zone.external.max_inflight = 32\n";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("etc/emqx.conf");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, text).unwrap();
+    let config = Config::load(&file, &[]).unwrap();
+    let listener = &config.listeners[0];
+    assert_eq!(listener.id(), "mqtt:ssl:s");
+    let tls = listener.tls.as_ref().unwrap();
+    assert_eq!(tls.verify, TlsVerify::VerifyPeer);
+    assert!(tls.fail_if_no_peer_cert);
+    assert_eq!(tls.tls_versions, ["tlsv1.2"]);
+    assert_eq!(
+        tls.ciphers,
+        ["ECDHE-RSA-AES128-GCM-SHA256", "TLS_AES_128_GCM_SHA256"]
+    );
+    assert_eq!(tls.peer_cert_as_username, Some(CertField::Dn));
+    assert_eq!(tls.handshake_timeout, Duration::from_secs(2));
+    assert!(tls.keyfile.is_absolute() && tls.keyfile.ends_with("k.pem"));
+}
+
+#[test]
+fn bad_ssl_values_name_the_key() {
+    for (line, wants) in [
+        (
+            "listener.ssl.s.verify = maybe",
+            "verify_peer or verify_none",
+        ),
+        ("listener.ssl.s.tls_versions = sslv3", "TLS versions from"),
+        ("listener.ssl.s.peer_cert_as_username = email", "cn or dn"),
+        (
+            "listener.tcp.t.keyfile = k.pem",
+            "listener.tcp.<name>.* keys",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("emqx.conf");
+        std::fs::write(&file, format!("{line}\n")).unwrap();
+        let err = Config::load(&file, &[]).unwrap_err().to_string();
+        assert!(err.contains(wants), "{line}: {err}");
+        assert!(err.contains("emqx.conf:1"), "{line}: {err}");
+    }
 }

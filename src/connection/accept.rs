@@ -7,11 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 
-use super::{Connection, Env};
 use crate::broker::Broker;
 pub(crate) use crate::channel::connect::Refused;
 use crate::channel::connect::{admit, Admission};
@@ -22,46 +19,6 @@ use crate::config::Zone;
 use crate::hooks::{AuthVerdict, ClientInfo, Credentials, HookPoint};
 use crate::message::ClientId;
 use crate::metrics::Metrics;
-
-/// Handle CONNECT; on success the CONNACK is in the channel's output and the
-/// connection returned; a refusal's CONNACK is written here.
-pub(super) async fn accept(
-    env: Env,
-    peer: SocketAddr,
-    connect: Connect,
-    writer: &mut OwnedWriteHalf,
-) -> Option<Connection> {
-    match open(
-        &env.broker,
-        &env.zone,
-        &env.listener,
-        peer,
-        connect,
-        &Now::read,
-    )
-    .await
-    {
-        Ok(channel) => {
-            let Env {
-                shutdown,
-                hibernation,
-                guard,
-                ..
-            } = env;
-            Some(Connection {
-                channel,
-                shutdown,
-                hibernation,
-                _guard: guard,
-            })
-        }
-        Err(Refused(Some(connack))) => {
-            let _ = writer.write_all(&connack).await;
-            None
-        }
-        Err(Refused(None)) => None,
-    }
-}
 
 /// Open the session CONNECT asks for (taking it over from another connection,
 /// resuming it or creating it) and build the client's channel, with the CONNACK in its

@@ -44,6 +44,16 @@ pub struct CertIdentity {
     pub dn: Option<Arc<str>>,
 }
 
+impl CertIdentity {
+    /// The part `peer_cert_as_username` names.
+    pub fn field(&self, field: crate::config::CertField) -> Option<Arc<str>> {
+        match field {
+            crate::config::CertField::Cn => self.cn.clone(),
+            crate::config::CertField::Dn => self.dn.clone(),
+        }
+    }
+}
+
 impl ClientInfo {
     /// A client with only what every connection has; the rest is set by field.
     pub fn new(

@@ -1,4 +1,5 @@
-//! The plain TCP listener (`listener.tcp.<name>`).
+//! The TCP listeners: plain (`listener.tcp.<name>`) and MQTT over TLS
+//! (`listener.ssl.<name>`), whose handshake runs on the connection's task.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::broker::Broker;
 use crate::config::ListenerConfig;
 use crate::connection::{ConnGuard, Env, Hibernation};
+use crate::transport::tls::TlsListener;
 
 /// Bind now (so start-up fails on a taken port), serve in the background.
 pub fn bind(config: &ListenerConfig) -> std::io::Result<TcpListener> {
@@ -30,6 +32,7 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
     alive: tokio::sync::mpsc::Sender<()>,
     hibernation: Hibernation,
+    tls: Option<Arc<TlsListener>>,
 ) {
     let limit = Arc::new(Semaphore::new(
         config.max_connections.min(Semaphore::MAX_PERMITS),
@@ -46,19 +49,20 @@ pub async fn serve(
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(listener = %config.name, error = %e, "accept failed");
+                tracing::warn!(listener = %config.id(), error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(listener = %config.name, %peer, max = config.max_connections, "max_connections reached; refused");
+            tracing::warn!(listener = %config.id(), %peer, max = config.max_connections, "max_connections reached; refused");
             continue;
         };
         let env = Env {
             broker: broker.clone(),
             zone: zone.clone(),
             listener: name.clone(),
+            tls: tls.clone(),
             shutdown: shutdown.clone(),
             hibernation: hibernation.clone(),
             guard: ConnGuard {

@@ -80,7 +80,9 @@ class Client:
     waits for at least n of them.
     """
 
-    def __init__(self, port, client_id=None, protocol=V311, clean=True, keepalive=30, manual_ack=False):
+    def __init__(
+        self, port, client_id=None, protocol=V311, clean=True, keepalive=30, manual_ack=False, tls=None, username=None
+    ):
         self.port = port
         self.protocol = protocol
         self.client_id = unique_id("c") if client_id is None else client_id
@@ -97,6 +99,11 @@ class Client:
             manual_ack=manual_ack,
             **kwargs,
         )
+        if tls is not None:
+            # ca_certs / certfile / keyfile, as paho's tls_set takes them.
+            self.c.tls_set(**tls)
+        if username is not None:
+            self.c.username_pw_set(username)
         self.c.max_inflight_messages_set(100)
         self.c.max_queued_messages_set(0)
         self._cond = threading.Condition()

@@ -87,6 +87,7 @@ start_quay() {
     mkdir -p "$dir/data" "$dir/log"
     EMQX_LISTENER__TCP__EXTERNAL="127.0.0.1:$PORT" \
     EMQX_LISTENER__TCP__INTERNAL="127.0.0.1:$INTERNAL_PORT" \
+    EMQX_LISTENER__SSL__EXTERNAL="127.0.0.1:0" \
     EMQX_NODE__DATA_DIR="$dir/data" \
     EMQX_LOG__DIR="$dir/log" \
     EMQX_ZONE__EXTERNAL__MAX_MQUEUE_LEN=0 \
