@@ -375,8 +375,8 @@ impl Connection {
             // woken store thread may run first, and the client would wait for it.
             // During a drain this overlaps the client's turn with the deletion of
             // the entries it just acknowledged and the read of the next page.
-            if let Err(close) = write_now(ch, writer) {
-                return Outcome::Closed(close);
+            if transport.write_now(ch, writer, Now::read()).is_err() {
+                return Outcome::Closed(Close::Lost);
             }
             ch.flush_store_ops();
             run_decisions(ch);
@@ -522,23 +522,6 @@ fn may_hibernate(ch: &mut Channel, transport: &Transport, now: Now, rbuf: &Bytes
         return false;
     };
     rbuf.is_empty() && !transport.wants_write(&[]) && ch.hibernation_due(now, after)
-}
-
-/// Write what the channel has for the client as far as the socket takes it now,
-/// without waiting (what it does not take goes in the driver's `select!`).
-fn write_now(ch: &mut Channel, writer: &OwnedWriteHalf) -> Result<(), Close> {
-    if ch.output().is_empty() {
-        return Ok(());
-    }
-    match writer.try_write(ch.output()) {
-        Ok(0) => Err(Close::Lost),
-        Ok(n) => {
-            ch.written(n, Now::read());
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-        Err(_) => Err(Close::Lost),
-    }
 }
 
 /// Handle what is already readable, without waiting (bounded: 64 reads).

@@ -137,6 +137,43 @@ impl Transport {
         }
     }
 
+    /// Write what the channel has for the client as far as the socket takes it now,
+    /// without waiting (what it does not take waits for `poll_write`).
+    pub fn write_now(
+        &mut self,
+        ch: &mut Channel,
+        sock: &OwnedWriteHalf,
+        now: Now,
+    ) -> io::Result<()> {
+        if let Transport::Plain = self {
+            if ch.output().is_empty() {
+                return Ok(());
+            }
+            return match sock.try_write(ch.output()) {
+                Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    ch.written(n, now);
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        self.stage(ch, now);
+        let Transport::Tls(tls) = self else {
+            return Ok(());
+        };
+        while tls.wants_write() {
+            match tls.write_tls(&mut TryWriter(sock)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Write what is ready: the channel's bytes `plain` (plain TCP; the count is of
     /// those bytes) or the session's records (TLS; the count is of wire bytes, the
     /// plaintext was counted by `stage`). Pending while the socket is full.
@@ -172,6 +209,23 @@ impl Transport {
         if let Transport::Tls(tls) = self {
             tls.send_close_notify();
         }
+    }
+}
+
+/// `Write` over a socket half that never waits: WouldBlock when it is full.
+struct TryWriter<'a>(&'a OwnedWriteHalf);
+
+impl Write for TryWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
