@@ -217,7 +217,12 @@ async fn handshake(
     if let Some(reason) = failed {
         // An alert the session has for the client (a bad certificate), if it can go.
         let _ = tokio::time::timeout(FINAL_WRITE, transport.flush(writer)).await;
-        tracing::info!(%peer, reason, "TLS handshake failed");
+        // Logged at most once every 10 s (a scan or a flood must not fill the log);
+        // every failure is counted in `client.tls.handshake_failed`.
+        static FAILED: crate::logging::Throttle = crate::logging::Throttle::new();
+        if let Some(skipped) = FAILED.ready(crate::message::now_ms(), 10_000) {
+            tracing::info!(%peer, reason, not_logged_since = skipped, "TLS handshake failed");
+        }
         return None;
     }
     match transport {
