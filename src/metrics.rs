@@ -27,6 +27,7 @@ metrics! {
     packets_connect => "packets.connect.received",
     packets_malformed => "packets.malformed",
     tls_handshake_failed => "client.tls.handshake_failed",
+    ws_handshake_failed => "client.ws.handshake_failed",
     packets_publish_denied => "packets.publish.auth_error",
     packets_subscribe_denied => "packets.subscribe.auth_error",
     connections => "client.connected",

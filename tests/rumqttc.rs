@@ -85,6 +85,8 @@ impl Node {
             )
             // The TLS listener is not used here: any free port.
             .env("EMQX_LISTENER__SSL__EXTERNAL", "127.0.0.1:0")
+            .env("EMQX_LISTENER__WS__EXTERNAL", "127.0.0.1:0")
+            .env("EMQX_LISTENER__WSS__EXTERNAL", "127.0.0.1:0")
             .env("EMQX_NODE__DATA_DIR", root.join("data"))
             .env("EMQX_LOG__DIR", root.join("log"))
             .env("EMQX_LOG__LEVEL", "info")

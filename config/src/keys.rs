@@ -14,11 +14,11 @@ use super::values;
 use super::{
     default_log, default_node, resolve, CertField, Config, ConfigError, FsyncPolicy,
     ListenerConfig, LogConfig, LogLevel, LogTo, MqttConfig, NodeConfig, Origin, RetainerConfig,
-    StorageConfig, TlsConfig, TlsVerify, ZoneConfig, MAX_PACKET_SIZE_LIMIT,
+    StorageConfig, TlsConfig, TlsVerify, WsConfig, ZoneConfig, MAX_PACKET_SIZE_LIMIT,
 };
 
-const SECTIONS: &str =
-    "node.*, log.*, listener.tcp.*, listener.ssl.*, mqtt.*, zone.*, storage.*, retainer.*";
+const SECTIONS: &str = "node.*, log.*, listener.tcp.*, listener.ssl.*, listener.ws.*, \
+                        listener.wss.*, mqtt.*, zone.*, storage.*, retainer.*";
 const NODE_KEYS: &[&str] = &["name", "data_dir"];
 const LOG_KEYS: &[&str] = &["to", "level", "dir", "file"];
 const LISTENER_KEYS: &[&str] = &["acceptors", "max_connections", "zone", "backlog"];
@@ -32,6 +32,11 @@ const SSL_KEYS: &[&str] = &[
     "tls_versions",
     "ciphers",
     "peer_cert_as_username",
+];
+const WS_KEYS: &[&str] = &[
+    "mqtt_path",
+    "fail_if_no_subprotocol",
+    "supported_subprotocols",
 ];
 const TLS_VERSIONS: &[&str] = &["tlsv1.3", "tlsv1.2", "tlsv1.1", "tlsv1"];
 const MQTT_KEYS: &[&str] = &[
@@ -131,14 +136,14 @@ impl Builder {
         match segments.as_slice() {
             ["node", field] => self.apply_node(field, entry),
             ["log", field] => self.apply_log(field, entry),
-            ["listener", proto @ ("tcp" | "ssl"), name] => {
+            ["listener", proto @ ("tcp" | "ssl" | "ws" | "wss"), name] => {
                 let bind = entry.read(values::listen_addr)?;
                 let draft = self.listener(proto, name, entry);
                 draft.config.bind = bind;
                 draft.bind_origin = Some(entry.origin.clone());
                 Ok(())
             }
-            ["listener", proto @ ("tcp" | "ssl"), name, field] => {
+            ["listener", proto @ ("tcp" | "ssl" | "ws" | "wss"), name, field] => {
                 self.apply_listener(proto, name, field, entry)
             }
             ["mqtt", field] => self.apply_mqtt(field, entry),
@@ -197,30 +202,42 @@ impl Builder {
                 let backlog = entry.read(|v| values::uint(v, 1, u32::MAX.into()))?;
                 self.listener(proto, name, entry).config.backlog = backlog;
             }
-            _ if proto == "ssl" && SSL_KEYS.contains(&field) => {
-                let tls = self.listener(proto, name, entry).config.tls.as_mut();
-                let tls = tls.expect("an ssl listener has TLS settings");
-                apply_tls(tls, field, entry)?;
+            _ => {
+                let config = &mut self.listener(proto, name, entry).config;
+                match (&mut config.tls, &mut config.ws) {
+                    (Some(tls), _) if SSL_KEYS.contains(&field) => apply_tls(tls, field, entry)?,
+                    (_, Some(ws)) if WS_KEYS.contains(&field) => apply_ws(ws, field, entry)?,
+                    (tls, ws) => {
+                        let mut keys = LISTENER_KEYS.to_vec();
+                        if tls.is_some() {
+                            keys.extend(SSL_KEYS);
+                        }
+                        if ws.is_some() {
+                            keys.extend(WS_KEYS);
+                        }
+                        let what = format!("listener.{proto}.<name>.* keys");
+                        return Err(unknown(entry, &what, &keys));
+                    }
+                }
             }
-            _ if proto == "ssl" => {
-                let keys: Vec<&str> = LISTENER_KEYS.iter().chain(SSL_KEYS).copied().collect();
-                return Err(unknown(entry, "listener.ssl.<name>.* keys", &keys));
-            }
-            _ => return Err(unknown(entry, "listener.tcp.<name>.* keys", LISTENER_KEYS)),
         }
         Ok(())
     }
 
     /// The draft for listener `proto`/`name`, created with default sub-key values.
     fn listener(&mut self, proto: &str, name: &str, entry: &Entry) -> &mut ListenerDraft {
-        let (proto, tls) = match proto {
-            "ssl" => ("ssl", Some(TlsConfig::with_defaults())),
-            _ => ("tcp", None),
+        let tls = || Some(TlsConfig::with_defaults());
+        let ws = || Some(WsConfig::with_defaults());
+        let (proto, tls, ws) = match proto {
+            "ssl" => ("ssl", tls(), None),
+            "ws" => ("ws", None, ws()),
+            "wss" => ("wss", tls(), ws()),
+            _ => ("tcp", None, None),
         };
         self.listeners
             .entry((proto, name.to_string()))
             .or_insert_with(|| ListenerDraft {
-                config: ListenerConfig::with_defaults(name, UNBOUND, tls),
+                config: ListenerConfig::with_defaults(name, UNBOUND, tls, ws),
                 bind_origin: None,
                 zone_origin: None,
                 first_origin: entry.origin.clone(),
@@ -436,6 +453,27 @@ fn apply_tls(tls: &mut TlsConfig, field: &str, entry: &Entry) -> Result<(), Conf
     Ok(())
 }
 
+/// One `listener.ws(s).<name>.<field>` WebSocket key.
+fn apply_ws(ws: &mut WsConfig, field: &str, entry: &Entry) -> Result<(), ConfigError> {
+    match field {
+        "mqtt_path" => {
+            ws.mqtt_path = entry.read(|v| match v.starts_with('/') {
+                true => Ok(v.to_string()),
+                false => Err("an HTTP path starting with /".to_string()),
+            })?
+        }
+        "fail_if_no_subprotocol" => ws.fail_if_no_subprotocol = entry.read(values::boolean)?,
+        "supported_subprotocols" => {
+            ws.supported_subprotocols = entry.read(|v| match comma_list(v) {
+                names if names.is_empty() => Err("at least one subprotocol name".to_string()),
+                names => Ok(names),
+            })?
+        }
+        _ => return Err(unknown(entry, "listener.ws.<name>.* keys", WS_KEYS)),
+    }
+    Ok(())
+}
+
 /// `a, b,c` → `["a", "b", "c"]`, blanks dropped.
 fn comma_list(text: &str) -> Vec<String> {
     text.split(',')
@@ -537,11 +575,14 @@ mod tests {
     /// Every field a hint lists is handled: applying it never says "unknown key".
     #[test]
     fn the_listed_keys_are_the_handled_keys() {
-        let groups: [(&str, &[&str]); 8] = [
+        let groups: [(&str, &[&str]); 11] = [
             ("node.", NODE_KEYS),
             ("log.", LOG_KEYS),
             ("listener.tcp.x.", LISTENER_KEYS),
             ("listener.ssl.x.", SSL_KEYS),
+            ("listener.ws.x.", WS_KEYS),
+            ("listener.wss.x.", WS_KEYS),
+            ("listener.wss.x.", SSL_KEYS),
             ("mqtt.", MQTT_KEYS),
             ("zone.x.", ZONE_KEYS),
             ("storage.", STORAGE_KEYS),

@@ -115,13 +115,16 @@ impl LogLevel {
 }
 
 /// One MQTT listener, from `listener.<proto>.<name> = <addr>` and its sub-keys
-/// (`proto`: `tcp`, or `ssl` for MQTT over TLS).
+/// (`proto`: `tcp`, `ssl` for MQTT over TLS, `ws` for MQTT over WebSocket, `wss` for
+/// MQTT over WebSocket over TLS).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
-    /// `Some` for `listener.ssl.<name>`: MQTT over TLS.
+    /// `Some` for `listener.ssl.<name>` and `listener.wss.<name>`: TLS.
     pub tls: Option<TlsConfig>,
+    /// `Some` for `listener.ws.<name>` and `listener.wss.<name>`: WebSocket.
+    pub ws: Option<WsConfig>,
     pub acceptors: usize,
     pub max_connections: usize,
     /// Always names a zone in [`Config::zones`].
@@ -369,11 +372,17 @@ impl Default for RetainerConfig {
 impl ListenerConfig {
     /// A listener with the default sub-key values; its zone is the zone of the same
     /// name for `external` and `internal`, else `external`.
-    fn with_defaults(name: &str, bind: SocketAddr, tls: Option<TlsConfig>) -> ListenerConfig {
+    fn with_defaults(
+        name: &str,
+        bind: SocketAddr,
+        tls: Option<TlsConfig>,
+        ws: Option<WsConfig>,
+    ) -> ListenerConfig {
         ListenerConfig {
             name: name.to_string(),
             bind,
             tls,
+            ws,
             acceptors: 8,
             max_connections: 1_024_000,
             zone: default_zone_of_listener(name).to_string(),
@@ -383,16 +392,18 @@ impl ListenerConfig {
 }
 
 impl ListenerConfig {
-    /// `tcp` or `ssl`, as in the keys.
+    /// `tcp`, `ssl`, `ws` or `wss`, as in the keys.
     pub fn proto(&self) -> &'static str {
-        if self.tls.is_some() {
-            "ssl"
-        } else {
-            "tcp"
+        match (self.tls.is_some(), self.ws.is_some()) {
+            (false, false) => "tcp",
+            (true, false) => "ssl",
+            (false, true) => "ws",
+            (true, true) => "wss",
         }
     }
 
-    /// The listener's id as EMQX 4 shows it: `mqtt:tcp:external`, `mqtt:ssl:external`.
+    /// The listener's id as EMQX 4 shows it: `mqtt:tcp:external`, `mqtt:ssl:external`,
+    /// `mqtt:ws:external`, `mqtt:wss:external`.
     pub fn id(&self) -> String {
         format!("mqtt:{}:{}", self.proto(), self.name)
     }
@@ -418,6 +429,39 @@ pub struct TlsConfig {
     pub handshake_timeout: Duration,
     /// Take the client certificate's CN or whole DN as the MQTT username.
     pub peer_cert_as_username: Option<CertField>,
+}
+
+/// The WebSocket settings of a `listener.ws.<name>` or `listener.wss.<name>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WsConfig {
+    /// The HTTP path clients upgrade on; any other path is answered 404.
+    pub mqtt_path: String,
+    /// Refuse (HTTP 400) an upgrade that offers no `Sec-WebSocket-Protocol`.
+    pub fail_if_no_subprotocol: bool,
+    /// The subprotocols accepted; the first the client offers that is here is chosen.
+    pub supported_subprotocols: Vec<String>,
+}
+
+impl WsConfig {
+    /// EMQX 4's defaults: path `/mqtt`, a subprotocol required; the accepted names are
+    /// EMQX 4's (`mqtt`, `mqtt-v3`, `mqtt-v3.1.1`, `mqtt-v5`) and those MQTT clients
+    /// send for 3.1 and 3.1.1 (`mqttv3.1`, `mqttv3.1.1`).
+    pub fn with_defaults() -> WsConfig {
+        WsConfig {
+            mqtt_path: "/mqtt".to_string(),
+            fail_if_no_subprotocol: true,
+            supported_subprotocols: [
+                "mqtt",
+                "mqttv3.1",
+                "mqttv3.1.1",
+                "mqtt-v3",
+                "mqtt-v3.1.1",
+                "mqtt-v5",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
 }
 
 /// Whether an SSL listener asks clients for a certificate.
@@ -519,23 +563,20 @@ impl Config {
         tls.keyfile = resolve(&release_root, &tls.keyfile);
         tls.certfile = resolve(&release_root, &tls.certfile);
         tls.cacertfile = tls.cacertfile.map(|p| resolve(&release_root, &p));
-        // In the order loading gives: by protocol (`ssl` before `tcp`), then name.
+        let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+        let ws = Some(WsConfig::with_defaults());
+        // In the order loading gives: by protocol (ssl, tcp, ws, wss), then name.
         let listeners = vec![
-            ListenerConfig::with_defaults(
-                "external",
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8883),
-                Some(tls),
-            ),
-            ListenerConfig::with_defaults(
-                "external",
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 1883),
-                None,
-            ),
+            ListenerConfig::with_defaults("external", any(8883), Some(tls.clone()), None),
+            ListenerConfig::with_defaults("external", any(1883), None, None),
             ListenerConfig::with_defaults(
                 "internal",
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 11883),
                 None,
+                None,
             ),
+            ListenerConfig::with_defaults("external", any(8083), None, ws.clone()),
+            ListenerConfig::with_defaults("external", any(8084), Some(tls), ws),
         ];
         let zones = BTreeMap::from([
             ("external".to_string(), ZoneConfig::DEFAULT),

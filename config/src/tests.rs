@@ -88,7 +88,9 @@ fn built_in_defaults() {
         [
             "mqtt:ssl:external",
             "mqtt:tcp:external",
-            "mqtt:tcp:internal"
+            "mqtt:tcp:internal",
+            "mqtt:ws:external",
+            "mqtt:wss:external",
         ]
     );
     assert_eq!(config.listeners[0].bind, "0.0.0.0:8883".parse().unwrap());
@@ -98,6 +100,13 @@ fn built_in_defaults() {
     assert_eq!(config.listeners[1].bind, "0.0.0.0:1883".parse().unwrap());
     assert_eq!(config.listeners[2].bind, "127.0.0.1:11883".parse().unwrap());
     assert_eq!(config.listeners[2].zone, "internal");
+    assert_eq!(config.listeners[3].bind, "0.0.0.0:8083".parse().unwrap());
+    let ws = config.listeners[3].ws.as_ref().expect("WebSocket settings");
+    assert_eq!(ws.mqtt_path, "/mqtt");
+    assert!(ws.fail_if_no_subprotocol);
+    assert!(config.listeners[3].tls.is_none());
+    assert_eq!(config.listeners[4].bind, "0.0.0.0:8084".parse().unwrap());
+    assert!(config.listeners[4].ws.is_some() && config.listeners[4].tls.is_some());
     assert_eq!(config.zone("internal").max_inflight, 128);
     assert_eq!(config.zone("internal").max_mqueue_len, 10_000);
     assert_eq!(config.zone("external").max_inflight, 32);
@@ -464,6 +473,63 @@ fn bad_ssl_values_name_the_key() {
         ("listener.ssl.s.peer_cert_as_username = email", "cn or dn"),
         (
             "listener.tcp.t.keyfile = k.pem",
+            "listener.tcp.<name>.* keys",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("emqx.conf");
+        std::fs::write(&file, format!("{line}\n")).unwrap();
+        let err = Config::load(&file, &[]).unwrap_err().to_string();
+        assert!(err.contains(wants), "{line}: {err}");
+        assert!(err.contains("emqx.conf:1"), "{line}: {err}");
+    }
+}
+
+#[test]
+fn ws_and_wss_listener_keys() {
+    let text = "listener.ws.w = 127.0.0.1:9083\n\
+                listener.ws.w.mqtt_path = /ws\n\
+                listener.ws.w.fail_if_no_subprotocol = false\n\
+                listener.ws.w.supported_subprotocols = mqtt, mqttv3.1\n\
+                listener.wss.s = 127.0.0.1:9084\n\
+                listener.wss.s.mqtt_path = /secure\n\
+                listener.wss.s.verify = verify_peer\n\
+                listener.wss.s.handshake_timeout = 3s\n\
+                zone.external.max_inflight = 32\n";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("etc/emqx.conf");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, text).unwrap();
+    let config = Config::load(&file, &[]).unwrap();
+    let ids: Vec<_> = config.listeners.iter().map(|l| l.id()).collect();
+    assert_eq!(ids, ["mqtt:ws:w", "mqtt:wss:s"]);
+    let ws = config.listeners[0].ws.as_ref().unwrap();
+    assert_eq!(ws.mqtt_path, "/ws");
+    assert!(!ws.fail_if_no_subprotocol);
+    assert_eq!(ws.supported_subprotocols, ["mqtt", "mqttv3.1"]);
+    assert!(config.listeners[0].tls.is_none());
+    let wss = &config.listeners[1];
+    assert_eq!(wss.ws.as_ref().unwrap().mqtt_path, "/secure");
+    let tls = wss.tls.as_ref().unwrap();
+    assert_eq!(tls.verify, TlsVerify::VerifyPeer);
+    assert_eq!(tls.handshake_timeout, Duration::from_secs(3));
+    assert!(tls.certfile.is_absolute());
+}
+
+#[test]
+fn bad_ws_values_name_the_key() {
+    for (line, wants) in [
+        (
+            "listener.ws.w.mqtt_path = mqtt",
+            "an HTTP path starting with /",
+        ),
+        (
+            "listener.ws.w.supported_subprotocols = ,",
+            "at least one subprotocol",
+        ),
+        ("listener.ws.w.keyfile = k.pem", "listener.ws.<name>.* keys"),
+        (
+            "listener.tcp.t.mqtt_path = /mqtt",
             "listener.tcp.<name>.* keys",
         ),
     ] {

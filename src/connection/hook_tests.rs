@@ -30,6 +30,7 @@ async fn serve(broker: Arc<Broker>) -> u16 {
                 zone: broker.zone("external"),
                 listener: Arc::from("external"),
                 tls: None,
+                ws: None,
                 shutdown: shutdown.clone(),
                 hibernation: hibernation.clone(),
                 guard: super::ConnGuard {

@@ -1,7 +1,8 @@
 //! The connection driver: the async edge around one client's channel.
 //!
 //! It owns the socket: it reads bytes and hands them, through the connection's
-//! transport (plain, or TLS: `crate::transport`), to the channel (`crate::channel`,
+//! transport (plain, TLS, WebSocket, or WebSocket over TLS: `crate::transport`), to
+//! the channel (`crate::channel`,
 //! sans-IO), takes mailbox events for it, writes what the channel produced, and runs
 //! its timers; it makes no protocol decision. One task per busy
 //! connection; an idle one hibernates without a task (`Connection::hibernate`,
@@ -24,11 +25,12 @@ use crate::broker::Broker;
 use crate::channel::connect::{preface, Preface};
 use crate::channel::{Channel, Close, Now};
 use crate::codec::ReasonCode;
-use crate::config::Zone;
+use crate::config::{WsConfig, Zone};
 use crate::hibernate::Hibernator;
 use crate::metrics::Metrics;
 use crate::transport::tls::{peer_identity, TlsListener};
-use crate::transport::{Received, Transport};
+use crate::transport::ws::{RefusalLog, WsState};
+use crate::transport::{Received, Transport, Ws};
 
 /// Bound on the last write to a closing connection (DISCONNECT, pending acks): a
 /// client that stopped reading cannot hold up its successor or a shutdown.
@@ -47,8 +49,10 @@ pub(crate) struct Env {
     pub zone: Arc<Zone>,
     /// The listener's name (`listener.tcp.<name>`), which hooks see.
     pub listener: Arc<str>,
-    /// An SSL listener's TLS settings.
+    /// An SSL or WSS listener's TLS settings.
     pub tls: Option<Arc<TlsListener>>,
+    /// A WS or WSS listener's WebSocket settings.
+    pub ws: Option<Arc<WsConfig>>,
     pub shutdown: watch::Receiver<bool>,
     pub hibernation: Hibernation,
     /// Held for the connection's whole life, hibernated or not.
@@ -109,6 +113,33 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, peer: SocketAddr) {
             .and_then(|field| peer_identity(&session)?.field(field));
         transport = Transport::Tls(session);
     }
+    if let Some(ws) = &env.ws {
+        // WebSocket above whatever is below (TLS for WSS); what the TLS handshake
+        // left over is the start of the HTTP request.
+        let tls = match transport {
+            Transport::Tls(session) => Some(session),
+            _ => None,
+        };
+        let mut state = WsState::default();
+        state.pending_mut().extend_from_slice(&rbuf.split());
+        transport = Transport::Ws(Box::new(Ws { tls, ws: state }));
+        let upgrade = Box::pin(upgrade(
+            ws,
+            env.zone.idle_timeout,
+            peer,
+            &mut reader,
+            &mut writer,
+            &mut transport,
+            &mut rbuf,
+        ));
+        if let Err(reason) = upgrade.await {
+            Metrics::inc(&broker.metrics.ws_handshake_failed);
+            let proto = if env.tls.is_some() { "wss" } else { "ws" };
+            let id = format!("mqtt:{proto}:{}", env.listener);
+            WS_REFUSALS.refused(&id, peer, &reason);
+            return;
+        }
+    }
     // CONNECT must arrive within idle_timeout. The connect and teardown stages are
     // boxed: they are large and short-lived, and inlined they would size the future
     // of every connection.
@@ -132,9 +163,15 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, peer: SocketAddr) {
     let mut connect = match connect {
         Ok(Ok(c)) => c,
         Ok(Err(reject)) => {
-            if !reject.is_empty() {
-                let _ = Box::pin(transport.send_all(&mut writer, reject)).await;
-            }
+            // The refusal, or what the transport has for the client (a WebSocket
+            // Close frame, a TLS alert), bounded as every last write.
+            let last = Box::pin(async {
+                match reject.is_empty() {
+                    true => transport.flush(&mut writer).await,
+                    false => transport.send_all(&mut writer, reject).await,
+                }
+            });
+            let _ = tokio::time::timeout(FINAL_WRITE, last).await;
             return;
         }
         Err(_) => {
@@ -227,8 +264,62 @@ async fn handshake(
     }
     match transport {
         Transport::Tls(session) => Some(session),
-        Transport::Plain => None,
+        Transport::Plain | Transport::Ws(_) => None,
     }
+}
+
+/// Upgrade refusals on every WebSocket listener, logged once per interval.
+static WS_REFUSALS: RefusalLog = RefusalLog::new();
+
+/// The HTTP upgrade to WebSocket, within `timeout` (the zone's `idle_timeout`, as for
+/// CONNECT); frames the client sent right behind it are decoded into `rbuf`. A
+/// refusal's HTTP response is written (bounded) before the connection is dropped.
+async fn upgrade(
+    config: &WsConfig,
+    timeout: Duration,
+    peer: SocketAddr,
+    reader: &mut OwnedReadHalf,
+    writer: &mut OwnedWriteHalf,
+    transport: &mut Transport,
+    rbuf: &mut BytesMut,
+) -> Result<(), String> {
+    let done = tokio::time::timeout(timeout, async {
+        loop {
+            let Transport::Ws(layers) = &mut *transport else {
+                return Err("not a WebSocket transport".to_string());
+            };
+            match layers.ws.upgrade(config, rbuf) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            reader.readable().await.map_err(|e| e.to_string())?;
+            match read_some(reader, transport, rbuf) {
+                Ok(0) => return Err("closed by the client".to_string()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        // The 101 response goes out before CONNACK.
+        transport.flush(writer).await.map_err(|e| e.to_string())
+    })
+    .await;
+    let reason = match done {
+        Ok(Ok(())) => {
+            tracing::debug!(%peer, "WebSocket upgraded");
+            return Ok(());
+        }
+        Ok(Err(reason)) => reason,
+        Err(_) => format!("no WebSocket upgrade within idle_timeout ({timeout:?})"),
+    };
+    // The refusal's HTTP response (404, 400, ...), if it can go.
+    let _ = tokio::time::timeout(FINAL_WRITE, async {
+        let _ = transport.flush(writer).await;
+        let _ = writer.shutdown().await;
+    })
+    .await;
+    Err(reason)
 }
 
 /// Run a connection until it closes or hibernates.
@@ -490,9 +581,9 @@ impl Connection {
                     Transport::Plain => {
                         let _ = writer.write_all(ch.output()).await;
                     }
-                    Transport::Tls(_) => {
-                        while !ch.output().is_empty() {
-                            transport.stage(ch, Now::read());
+                    Transport::Tls(_) | Transport::Ws(_) => {
+                        // Staging stops after a WebSocket Close frame went out.
+                        while transport.stage(ch, Now::read()) {
                             if transport.flush(writer).await.is_err() {
                                 break;
                             }
@@ -579,6 +670,7 @@ mod tests {
             zone,
             listener: std::sync::Arc::from("external"),
             tls: None,
+            ws: None,
             shutdown,
             hibernation: super::Hibernation::start().unwrap(),
             guard: super::ConnGuard {

@@ -1,5 +1,7 @@
-//! The TCP listeners: plain (`listener.tcp.<name>`) and MQTT over TLS
-//! (`listener.ssl.<name>`), whose handshake runs on the connection's task.
+//! The TCP listeners: plain (`listener.tcp.<name>`), MQTT over TLS
+//! (`listener.ssl.<name>`), MQTT over WebSocket (`listener.ws.<name>`) and over
+//! WebSocket over TLS (`listener.wss.<name>`); the TLS handshake and the HTTP upgrade
+//! run on the connection's task.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +41,7 @@ pub async fn serve(
     ));
     let zone = broker.zone(&config.zone);
     let name: Arc<str> = Arc::from(config.name.as_str());
+    let ws = config.ws.clone().map(Arc::new);
     let mut stop = shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -63,6 +66,7 @@ pub async fn serve(
             zone: zone.clone(),
             listener: name.clone(),
             tls: tls.clone(),
+            ws: ws.clone(),
             shutdown: shutdown.clone(),
             hibernation: hibernation.clone(),
             guard: ConnGuard {

@@ -1,16 +1,19 @@
-//! What lies between a connection's socket and its channel: nothing (plain TCP) or a
-//! TLS session (rustls, which is sans-IO like the channel). The connection driver
-//! always reads and writes the TCP socket itself, so every transport hibernates the
-//! same way (the socket is parked; the TLS session waits in the connection's box) and
-//! the channel only ever sees MQTT bytes.
+//! What lies between a connection's socket and its channel: nothing (plain TCP), a
+//! TLS session (rustls, which is sans-IO like the channel), a WebSocket state
+//! (`ws`, sans-IO too), or both layered (WSS: TLS below, WebSocket above). The
+//! connection driver always reads and writes the TCP socket itself, so every
+//! transport hibernates the same way (the socket is parked; the TLS session and the
+//! WebSocket state wait in the connection's box) and the channel only ever sees MQTT
+//! bytes.
 //!
 //! Reading: the driver hands every chunk read from the socket to `received`, which
 //! appends the MQTT bytes it carries to the read buffer. Writing: `stage` moves what
-//! the channel has for the client into the TLS session (bounded by rustls's buffer
-//! limit, so a slow reader still holds the channel back), and `poll_write` writes
-//! what is ready for the socket.
+//! the channel has for the client into the transport (bounded: rustls's buffer limit,
+//! one 64 KiB WebSocket frame, so a slow reader still holds the channel back), and
+//! `poll_write` writes what is ready for the socket.
 
 pub mod tls;
+pub mod ws;
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;
@@ -27,6 +30,15 @@ pub(crate) enum Transport {
     Plain,
     /// Boxed: a TLS session is large and plain connections are the many.
     Tls(Box<rustls::ServerConnection>),
+    /// MQTT over WebSocket, over TLS for WSS.
+    Ws(Box<Ws>),
+}
+
+/// The layers of a WebSocket connection: the TLS session under it (WSS), whose
+/// plaintext is the WebSocket's wire; boxed again so that plain WS carries none.
+pub(crate) struct Ws {
+    pub tls: Option<Box<rustls::ServerConnection>>,
+    pub ws: ws::WsState,
 }
 
 /// A transport-level failure: the connection is closed and the reason logged.
@@ -36,6 +48,8 @@ pub(crate) enum TransportError {
     Tls(#[from] rustls::Error),
     #[error("TLS: {0}")]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    Ws(#[from] ws::WsError),
 }
 
 /// What a chunk of socket bytes amounted to.
@@ -53,75 +67,73 @@ impl Transport {
         wire: &[u8],
         rbuf: &mut BytesMut,
     ) -> Result<Received, TransportError> {
-        let Transport::Tls(tls) = self else {
-            rbuf.extend_from_slice(wire);
-            return Ok(Received::Open);
-        };
-        let mut rest = wire;
-        while !rest.is_empty() {
-            // Takes what fits in its buffer; the loop hands it the rest once the
-            // records so far are processed and their plaintext taken.
-            let taken = tls.read_tls(&mut rest)?;
-            let state = tls.process_new_packets()?;
-            let mut plain = state.plaintext_bytes_to_read();
-            while plain > 0 {
-                let start = rbuf.len();
-                rbuf.resize(start + plain, 0);
-                let n = tls.reader().read(&mut rbuf[start..])?;
-                rbuf.truncate(start + n);
-                if n == 0 {
-                    break;
+        match self {
+            Transport::Plain => {
+                rbuf.extend_from_slice(wire);
+                Ok(Received::Open)
+            }
+            Transport::Tls(tls) => tls_received(tls, wire, rbuf),
+            Transport::Ws(layers) => {
+                let Ws { tls, ws } = &mut **layers;
+                let Some(tls) = tls else {
+                    return Ok(match ws.received(wire, rbuf)? {
+                        ws::WsReceived::Open => Received::Open,
+                        ws::WsReceived::Closed => Received::Closed,
+                    });
+                };
+                // The plaintext is the WebSocket's wire: straight into its pending bytes.
+                let tls_state = tls_received(tls, wire, ws.pending_mut())?;
+                let ws_state = ws.decode(rbuf)?;
+                if tls_state == Received::Closed || ws_state == ws::WsReceived::Closed {
+                    return Ok(Received::Closed);
                 }
-                plain -= n;
-            }
-            if state.peer_has_closed() {
-                return Ok(Received::Closed);
-            }
-            if taken == 0 {
-                break;
+                Ok(Received::Open)
             }
         }
-        Ok(Received::Open)
     }
 
     /// Still in the TLS handshake.
     pub fn handshaking(&self) -> bool {
         match self {
-            Transport::Plain => false,
+            Transport::Plain | Transport::Ws(_) => false,
             Transport::Tls(tls) => tls.is_handshaking(),
         }
     }
 
     /// Move what the channel has for the client into the transport (TLS: encrypted
-    /// into records, as far as the session's buffer limit allows).
-    pub fn stage(&mut self, ch: &mut Channel, now: Now) {
-        if let Transport::Tls(tls) = self {
-            let output = ch.output();
-            if output.is_empty() {
-                return;
-            }
+    /// into records, as far as the session's buffer limit allows; WebSocket: framed,
+    /// one bounded frame at a time). Whether anything was taken.
+    pub fn stage(&mut self, ch: &mut Channel, now: Now) -> bool {
+        let output = ch.output();
+        if output.is_empty() {
+            return false;
+        }
+        let n = match self {
+            Transport::Plain => 0,
             // rustls takes at most its buffer limit (64 KiB by default); never fails
             // for a connection past its handshake.
-            if let Ok(n) = tls.writer().write(output) {
-                if n > 0 {
-                    ch.written(n, now);
-                }
-            }
+            Transport::Tls(tls) => tls.writer().write(output).unwrap_or(0),
+            Transport::Ws(layers) => layers.ws.stage(output),
+        };
+        if n > 0 {
+            ch.written(n, now);
         }
+        n > 0
     }
 
     /// Send `bytes` (not from a channel: a refusing CONNACK, the handshake's
     /// records, a last write), waiting for the socket as needed.
     pub async fn send_all(&mut self, sock: &mut OwnedWriteHalf, bytes: &[u8]) -> io::Result<()> {
-        let Transport::Tls(tls) = self else {
-            return tokio::io::AsyncWriteExt::write_all(sock, bytes).await;
-        };
-        tls.writer().write_all(bytes)?;
+        match self {
+            Transport::Plain => return tokio::io::AsyncWriteExt::write_all(sock, bytes).await,
+            Transport::Tls(tls) => tls.writer().write_all(bytes)?,
+            Transport::Ws(layers) => layers.ws.stage_all(bytes),
+        }
         self.flush(sock).await
     }
 
-    /// Wait until every TLS record is written (nothing to do for plain TCP, which
-    /// stages nothing).
+    /// Wait until every TLS record and WebSocket frame is written (nothing to do for
+    /// plain TCP, which stages nothing).
     pub async fn flush(&mut self, sock: &mut OwnedWriteHalf) -> io::Result<()> {
         while self.wants_write(&[]) {
             std::future::poll_fn(|cx| self.poll_write(cx, sock, &[])).await?;
@@ -129,11 +141,15 @@ impl Transport {
         Ok(())
     }
 
-    /// Whether bytes wait for the socket: the channel's (plain) or TLS records.
+    /// Whether bytes wait for the socket: the channel's (plain), TLS records or
+    /// WebSocket frames.
     pub fn wants_write(&self, channel_output: &[u8]) -> bool {
         match self {
             Transport::Plain => !channel_output.is_empty(),
             Transport::Tls(tls) => tls.wants_write(),
+            Transport::Ws(layers) => {
+                !layers.ws.out().is_empty() || layers.tls.as_ref().is_some_and(|t| t.wants_write())
+            }
         }
     }
 
@@ -175,39 +191,67 @@ impl Transport {
     }
 
     /// Write what is ready: the channel's bytes `plain` (plain TCP; the count is of
-    /// those bytes) or the session's records (TLS; the count is of wire bytes, the
-    /// plaintext was counted by `stage`). Pending while the socket is full.
+    /// those bytes) or the transport's (TLS, WebSocket; the count is of wire bytes,
+    /// the channel's were counted by `stage`). Pending while the socket is full.
     pub fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
         sock: &mut OwnedWriteHalf,
         plain: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let tls = match self {
-            Transport::Plain => return Pin::new(sock).poll_write(cx, plain),
-            Transport::Tls(tls) => tls,
-        };
-        let mut total = 0;
-        while tls.wants_write() {
-            match tls.write_tls(&mut PollWriter { sock, cx }) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => total += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return match total {
-                        0 => Poll::Pending,
-                        n => Poll::Ready(Ok(n)),
-                    };
+        match self {
+            Transport::Plain => Pin::new(sock).poll_write(cx, plain),
+            Transport::Tls(tls) => poll_write_tls(tls, cx, sock),
+            Transport::Ws(layers) => {
+                let Ws { tls, ws } = &mut **layers;
+                let Some(tls) = tls else {
+                    return poll_write_ws(ws, cx, sock);
+                };
+                // Frames into the session as far as its buffer allows, records out,
+                // until both are empty or the socket is full (bounded: each turn
+                // either empties the session or waits).
+                let mut total = 0;
+                for _ in 0..64 {
+                    let taken = tls.writer().write(ws.out()).unwrap_or(0);
+                    ws.sent(taken);
+                    if taken == 0 && !ws.out().is_empty() && !tls.wants_write() {
+                        // The session takes no more (it failed or was closed).
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    match poll_write_tls(tls, cx, sock) {
+                        Poll::Ready(Ok(n)) => total += n,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending if total == 0 => return Poll::Pending,
+                        Poll::Pending => break,
+                    }
+                    if ws.out().is_empty() && !tls.wants_write() {
+                        break;
+                    }
                 }
-                Err(e) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(total))
             }
         }
-        Poll::Ready(Ok(total))
     }
 
-    /// The session ends: a TLS close_notify goes out with the last bytes.
+    /// The session ends: a WebSocket Close frame and a TLS close_notify go out with
+    /// the last bytes.
     pub fn close(&mut self) {
-        if let Transport::Tls(tls) = self {
-            tls.send_close_notify();
+        match self {
+            Transport::Plain => {}
+            Transport::Tls(tls) => tls.send_close_notify(),
+            Transport::Ws(layers) => {
+                let Ws { tls, ws } = &mut **layers;
+                ws.close();
+                if let Some(tls) = tls {
+                    let taken = tls.writer().write(ws.out()).unwrap_or(0);
+                    ws.sent(taken);
+                    // After the Close frame, unless it did not fit (then the TCP
+                    // close ends the session).
+                    if ws.out().is_empty() {
+                        tls.send_close_notify();
+                    }
+                }
+            }
         }
     }
 }
@@ -227,6 +271,84 @@ impl Write for TryWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// `wire` (TLS records) into the session; the plaintext appended to `plain`.
+fn tls_received(
+    tls: &mut rustls::ServerConnection,
+    wire: &[u8],
+    plain: &mut BytesMut,
+) -> Result<Received, TransportError> {
+    let mut rest = wire;
+    while !rest.is_empty() {
+        // Takes what fits in its buffer; the loop hands it the rest once the
+        // records so far are processed and their plaintext taken.
+        let taken = tls.read_tls(&mut rest)?;
+        let state = tls.process_new_packets()?;
+        let mut readable = state.plaintext_bytes_to_read();
+        while readable > 0 {
+            let start = plain.len();
+            plain.resize(start + readable, 0);
+            let n = tls.reader().read(&mut plain[start..])?;
+            plain.truncate(start + n);
+            if n == 0 {
+                break;
+            }
+            readable -= n;
+        }
+        if state.peer_has_closed() {
+            return Ok(Received::Closed);
+        }
+        if taken == 0 {
+            break;
+        }
+    }
+    Ok(Received::Open)
+}
+
+/// Write the session's records until it has none or the socket is full.
+fn poll_write_tls(
+    tls: &mut rustls::ServerConnection,
+    cx: &mut Context<'_>,
+    sock: &mut OwnedWriteHalf,
+) -> Poll<io::Result<usize>> {
+    let mut total = 0;
+    while tls.wants_write() {
+        match tls.write_tls(&mut PollWriter { sock, cx }) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return match total {
+                    0 => Poll::Pending,
+                    n => Poll::Ready(Ok(n)),
+                };
+            }
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Poll::Ready(Ok(total))
+}
+
+/// Write the WebSocket's frames (plain WS) until none wait or the socket is full.
+fn poll_write_ws(
+    ws: &mut ws::WsState,
+    cx: &mut Context<'_>,
+    sock: &mut OwnedWriteHalf,
+) -> Poll<io::Result<usize>> {
+    let mut total = 0;
+    while !ws.out().is_empty() {
+        match Pin::new(&mut *sock).poll_write(cx, ws.out()) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                ws.sent(n);
+                total += n;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending if total == 0 => return Poll::Pending,
+            Poll::Pending => break,
+        }
+    }
+    Poll::Ready(Ok(total))
 }
 
 /// `Write` over a socket half for rustls's `write_tls`, inside a poll: WouldBlock

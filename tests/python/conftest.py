@@ -74,6 +74,8 @@ class Broker:
         self.port = free_port()
         self.internal_port = free_port()
         self.ssl_port = free_port()
+        self.ws_port = free_port()
+        self.wss_port = free_port()
         self.overrides = dict(overrides or {})
         self.proc = None
         self.starts = 0
@@ -93,6 +95,8 @@ class Broker:
                 "EMQX_LISTENER__TCP__EXTERNAL": f"{HOST}:{self.port}",
                 "EMQX_LISTENER__TCP__INTERNAL": f"{HOST}:{self.internal_port}",
                 "EMQX_LISTENER__SSL__EXTERNAL": f"{HOST}:{self.ssl_port}",
+                "EMQX_LISTENER__WS__EXTERNAL": f"{HOST}:{self.ws_port}",
+                "EMQX_LISTENER__WSS__EXTERNAL": f"{HOST}:{self.wss_port}",
                 "EMQX_NODE__DATA_DIR": str(self.data_dir),
                 "EMQX_LOG__DIR": str(self.log_dir),
                 "EMQX_LOG__LEVEL": "info",

@@ -81,7 +81,17 @@ class Client:
     """
 
     def __init__(
-        self, port, client_id=None, protocol=V311, clean=True, keepalive=30, manual_ack=False, tls=None, username=None
+        self,
+        port,
+        client_id=None,
+        protocol=V311,
+        clean=True,
+        keepalive=30,
+        manual_ack=False,
+        tls=None,
+        username=None,
+        transport="tcp",
+        ws_path="/mqtt",
     ):
         self.port = port
         self.protocol = protocol
@@ -97,8 +107,11 @@ class Client:
             protocol=protocol,
             reconnect_on_failure=False,
             manual_ack=manual_ack,
+            transport=transport,
             **kwargs,
         )
+        if transport == "websockets":
+            self.c.ws_set_options(path=ws_path)
         if tls is not None:
             # ca_certs / certfile / keyfile, as paho's tls_set takes them.
             self.c.tls_set(**tls)

@@ -146,6 +146,8 @@ impl Broker {
                     .env("EMQX_LISTENER__TCP__EXTERNAL", loopback(self.port))
                     .env("EMQX_LISTENER__TCP__INTERNAL", loopback(self.internal_port))
                     .env("EMQX_LISTENER__SSL__EXTERNAL", "127.0.0.1:0")
+                    .env("EMQX_LISTENER__WS__EXTERNAL", "127.0.0.1:0")
+                    .env("EMQX_LISTENER__WSS__EXTERNAL", "127.0.0.1:0")
                     .env("EMQX_NODE__DATA_DIR", self.root.join("data"))
                     .env("EMQX_LOG__DIR", self.root.join("log"))
                     // Unbounded stored queues: a drop for a full queue would look like a loss.
