@@ -8,7 +8,11 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quay-target}"
 export CARGO_TERM_COLOR=never
 
-apt_packages=(libclang-dev protobuf-compiler mosquitto mosquitto-clients strace)
+# chromium: MQTT.js runs in it for the WebSocket tests (tests/browser).
+apt_packages=(libclang-dev protobuf-compiler mosquitto mosquitto-clients strace chromium)
+# Node and npm from Debian, unless a node is there already (nodesource's nodejs ships
+# npm and conflicts with Debian's npm package).
+command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -28,12 +32,19 @@ import importlib.util, sys
 sys.exit(0 if all(importlib.util.find_spec(m) for m in ("paho", "pytest")) else 1)
 PY
 
+# MQTT.js and playwright-core, pinned by tests/browser/package-lock.json; installed
+# again only when the lock file changed.
+if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.quay-installed-lock 2>/dev/null; then
+  echo "== npm ci (tests/browser)"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.quay-installed-lock)
+fi
+
 echo "== build (release, once for everything)"
 cargo build --release --workspace --all-targets
 
 echo "== rust tests"
 cargo test --release --workspace
 
-echo "== python tests (paho-mqtt, mosquitto clients) against the real binary"
+echo "== python tests (paho-mqtt, mosquitto clients, MQTT.js in Chromium) against the real binary"
 export QUAY_BIN_DIR="$CARGO_TARGET_DIR/release"
 python3 -m pytest -q -p no:cacheprovider tests/python
