@@ -2,11 +2,11 @@
 //!
 //! It owns the socket: it reads bytes and hands them, through the connection's
 //! transport (plain, TLS, WebSocket, or WebSocket over TLS: `crate::transport`), to
-//! the channel (`crate::channel`,
-//! sans-IO), takes mailbox events for it, writes what the channel produced, and runs
-//! its timers; it makes no protocol decision. One task per busy
-//! connection; an idle one hibernates without a task (`Connection::hibernate`,
-//! `crate::hibernate`). A failure here closes this connection only.
+//! the channel (`crate::channel`, sans-IO), takes mailbox events for it, writes what
+//! the channel produced, and runs its timers; it makes no protocol decision. One task
+//! per busy connection; an idle one hibernates without a task
+//! (`Connection::hibernate`, `crate::hibernate`). A failure here closes this
+//! connection only.
 
 pub(crate) mod accept;
 
@@ -29,7 +29,7 @@ use crate::config::{WsConfig, Zone};
 use crate::hibernate::Hibernator;
 use crate::metrics::Metrics;
 use crate::transport::tls::{peer_identity, TlsListener};
-use crate::transport::ws::{RefusalLog, WsState};
+use crate::transport::ws::{RefusalLog, WsError, WsState};
 use crate::transport::{Received, Transport, Ws};
 
 /// Bound on the last write to a closing connection (DISCONNECT, pending acks): a
@@ -285,12 +285,16 @@ async fn upgrade(
 ) -> Result<(), String> {
     let done = tokio::time::timeout(timeout, async {
         loop {
+            // `serve` made it a WebSocket transport just before.
             let Transport::Ws(layers) = &mut *transport else {
                 return Err("not a WebSocket transport".to_string());
             };
             match layers.ws.upgrade(config, rbuf) {
                 Ok(true) => break,
                 Ok(false) => {}
+                Err(WsError::Refused { status, reason }) => {
+                    return Err(format!("{status}: {reason}"))
+                }
                 Err(e) => return Err(e.to_string()),
             }
             reader.readable().await.map_err(|e| e.to_string())?;

@@ -61,7 +61,7 @@ struct InFrame {
 enum FrameKind {
     Data,
     /// A control frame's payload is collected (at most 125 bytes).
-    Control(Control, Vec<u8>),
+    Control(Control, BytesMut),
 }
 
 /// Why a WebSocket connection is closed: the close code sent to the client says it.
@@ -165,30 +165,15 @@ impl WsState {
                 self.frame = Some(self.start_frame(header, len)?);
                 continue;
             };
+            // As much of the payload as is here, unmasked into its destination: the
+            // read buffer (data) or the frame's own few bytes (control).
             let take = usize::try_from(frame.remaining)
                 .unwrap_or(usize::MAX)
                 .min(self.pending.len());
             let chunk = self.pending.split_to(take);
-            let into = match &mut frame.kind {
-                FrameKind::Data => &mut *rbuf,
-                FrameKind::Control(_, payload) => {
-                    let start = payload.len();
-                    payload.extend_from_slice(&chunk);
-                    unmask(&mut payload[start..], frame.mask, frame.done);
-                    frame.done += take as u64;
-                    frame.remaining -= take as u64;
-                    if frame.remaining > 0 {
-                        return Ok(WsReceived::Open);
-                    }
-                    if let Some(FrameKind::Control(control, payload)) =
-                        self.frame.take().map(|f| f.kind)
-                    {
-                        if self.control(control, payload) == WsReceived::Closed {
-                            return Ok(WsReceived::Closed);
-                        }
-                    }
-                    continue;
-                }
+            let into: &mut BytesMut = match &mut frame.kind {
+                FrameKind::Data => rbuf,
+                FrameKind::Control(_, payload) => payload,
             };
             let start = into.len();
             into.extend_from_slice(&chunk);
@@ -198,7 +183,15 @@ impl WsState {
             if frame.remaining > 0 {
                 return Ok(WsReceived::Open);
             }
-            self.frame = None;
+            if let Some(InFrame {
+                kind: FrameKind::Control(control, payload),
+                ..
+            }) = self.frame.take()
+            {
+                if self.control(control, &payload) == WsReceived::Closed {
+                    return Ok(WsReceived::Closed);
+                }
+            }
         }
     }
 
@@ -235,7 +228,7 @@ impl WsState {
                 return protocol("a control frame over 125 bytes")
             }
             OpCode::Control(control @ (Control::Close | Control::Ping | Control::Pong)) => {
-                FrameKind::Control(control, Vec::new())
+                FrameKind::Control(control, BytesMut::new())
             }
             _ => return protocol("a reserved opcode"),
         };
@@ -248,10 +241,10 @@ impl WsState {
     }
 
     /// A complete control frame: Ping is answered with Pong, Close with Close.
-    fn control(&mut self, control: Control, payload: Vec<u8>) -> WsReceived {
+    fn control(&mut self, control: Control, payload: &[u8]) -> WsReceived {
         match control {
             Control::Ping if !self.close_sent => {
-                self.queue_frame(OpCode::Control(Control::Pong), &payload);
+                self.queue_frame(OpCode::Control(Control::Pong), payload);
                 WsReceived::Open
             }
             Control::Close => {
