@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Quay vs Mosquitto, side by side, on loopback.
 #
-#   tools/bench/run.sh [scenario...]     scenarios: fanin fanin-open qos1 qos2 fanout fanout-open
-#                                        idle drain restart (default: all)
+#   tools/bench/run.sh [scenario...]     scenarios: fanin fanin-ws fanin-open qos1 qos2 fanout
+#                                        fanout-open idle drain restart (default: all)
+#
+# fanin-ws is fanin with the publishers over WebSocket (Quay's listener.ws, Mosquitto's
+# `protocol websockets` listener), the subscriber on TCP.
 #
 # Each scenario starts a fresh broker (Quay, then Mosquitto 2) pinned to one core
 # (BENCH_BROKER_CPU, default 0) and runs the generator pinned to another
@@ -26,7 +29,7 @@ BROKER_CPU=${BENCH_BROKER_CPU:-0}
 GEN_CPU=${BENCH_GEN_CPU:-1}
 TIME_LIMIT_S=${BENCH_TIME_LIMIT_S:-60}
 RESTART_MESSAGES=${BENCH_RESTART_MESSAGES:-1000000}
-ALL=(fanin fanin-open qos1 qos2 fanout fanout-open idle drain restart)
+ALL=(fanin fanin-ws fanin-open qos1 qos2 fanout fanout-open idle drain restart)
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=("${ALL[@]}")
 for s in "${SCENARIOS[@]}"; do
@@ -54,6 +57,7 @@ RESULTS="$WORK/results.tsv"
 BROKER_PID=""
 PORT=""
 INTERNAL_PORT=""
+WS_PORT=""
 # Keep the work directory when asked to, and whenever something failed.
 KEEP=${BENCH_KEEP:-0}
 
@@ -88,7 +92,7 @@ start_quay() {
     EMQX_LISTENER__TCP__EXTERNAL="127.0.0.1:$PORT" \
     EMQX_LISTENER__TCP__INTERNAL="127.0.0.1:$INTERNAL_PORT" \
     EMQX_LISTENER__SSL__EXTERNAL="127.0.0.1:0" \
-    EMQX_LISTENER__WS__EXTERNAL="127.0.0.1:0" \
+    EMQX_LISTENER__WS__EXTERNAL="127.0.0.1:$WS_PORT" \
     EMQX_LISTENER__WSS__EXTERNAL="127.0.0.1:0" \
     EMQX_NODE__DATA_DIR="$dir/data" \
     EMQX_LOG__DIR="$dir/log" \
@@ -120,6 +124,8 @@ autosave_interval 0
 log_dest file $dir/mosquitto.log
 log_type error
 log_type warning
+listener $WS_PORT 127.0.0.1
+protocol websockets
 EOF
     taskset -c "$BROKER_CPU" "$MOSQUITTO" -c "$dir/mosquitto.conf" >>"$dir/console.log" 2>&1 &
     BROKER_PID=$!
@@ -178,6 +184,10 @@ run_one() {
     free_port
     INTERNAL_PORT=$PORT # Quay's second listener
     free_port
+    WS_PORT=$PORT # the WebSocket listener (fanin-ws)
+    free_port
+    local extra=()
+    [ "$scenario" = fanin-ws ] && extra=(--ws-port "$WS_PORT")
     case $scenario in
     restart)
         start_broker "$broker" "$dir" true
@@ -193,7 +203,7 @@ run_one() {
         local var="BENCH_${scenario^^}_ARGS"
         var=${var//-/_} # fanin-open: BENCH_FANIN_OPEN_ARGS
         # shellcheck disable=SC2086 # word splitting of the extra arguments is intended
-        bench "${common[@]}" --broker-pid "$BROKER_PID" "$scenario" ${!var:-} || return 1
+        bench "${common[@]}" --broker-pid "$BROKER_PID" "$scenario" "${extra[@]}" ${!var:-} || return 1
         ;;
     esac
     stop_broker

@@ -78,6 +78,8 @@ pub struct MqttConn {
     stream: TcpStream,
     read_buf: BytesMut,
     write_buf: BytesMut,
+    /// Over WebSocket: the frames read and not yet unframed, and the frame buffer.
+    ws: Option<(BytesMut, BytesMut)>,
     read_chunk: usize,
     version: ProtocolVersion,
     pub client_id: String,
@@ -99,13 +101,29 @@ impl MqttConn {
         options: &ConnectOptions,
         limit: Duration,
     ) -> Result<MqttConn> {
-        match tokio::time::timeout(limit, MqttConn::connect_unbounded(addr, options)).await {
+        match tokio::time::timeout(limit, MqttConn::connect_unbounded(addr, options, false)).await {
             Ok(result) => result,
             Err(_) => bail!("{}: waited {limit:?} for CONNACK", options.client_id),
         }
     }
 
-    async fn connect_unbounded(addr: SocketAddr, options: &ConnectOptions) -> Result<MqttConn> {
+    /// As `connect`, over WebSocket: `addr` is a WebSocket listener (path `/mqtt`).
+    pub async fn connect_websocket(addr: SocketAddr, options: &ConnectOptions) -> Result<MqttConn> {
+        let connecting = MqttConn::connect_unbounded(addr, options, true);
+        match tokio::time::timeout(HANDSHAKE_LIMIT, connecting).await {
+            Ok(result) => result,
+            Err(_) => bail!(
+                "{}: waited {HANDSHAKE_LIMIT:?} for CONNACK",
+                options.client_id
+            ),
+        }
+    }
+
+    async fn connect_unbounded(
+        addr: SocketAddr,
+        options: &ConnectOptions,
+        websocket: bool,
+    ) -> Result<MqttConn> {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()
         } else {
@@ -117,15 +135,25 @@ impl MqttConn {
                 .set_recv_buffer_size(bytes)
                 .with_context(|| format!("setting SO_RCVBUF to {bytes}"))?;
         }
-        let stream = socket
+        let mut stream = socket
             .connect(addr)
             .await
             .with_context(|| format!("connecting to {addr} as {:?}", options.client_id))?;
         stream.set_nodelay(true)?;
+        let ws = match websocket {
+            true => Some((
+                crate::ws_frames::upgrade(&mut stream, addr)
+                    .await
+                    .with_context(|| format!("{}: WebSocket", options.client_id))?,
+                BytesMut::new(),
+            )),
+            false => None,
+        };
         let mut conn = MqttConn {
             stream,
             read_buf: BytesMut::with_capacity(4096),
             write_buf: BytesMut::with_capacity(4096),
+            ws,
             read_chunk: SMALL_READ_CHUNK,
             version: options.protocol,
             client_id: options.client_id.clone(),
@@ -270,8 +298,16 @@ impl MqttConn {
         if self.write_buf.is_empty() {
             return Ok(());
         }
+        let bytes = match &mut self.ws {
+            None => &self.write_buf,
+            Some((_, framed)) => {
+                framed.clear();
+                crate::ws_frames::frame_into(&self.write_buf, framed);
+                framed
+            }
+        };
         self.stream
-            .write_all(&self.write_buf)
+            .write_all(bytes)
             .await
             .with_context(|| format!("{}: writing", self.client_id))?;
         self.write_buf.clear();
@@ -280,14 +316,22 @@ impl MqttConn {
 
     /// One read from the socket into the read buffer; an error if the broker closed it.
     pub async fn fill(&mut self) -> Result<usize> {
-        self.read_buf.reserve(self.read_chunk);
+        let into = match &mut self.ws {
+            None => &mut self.read_buf,
+            Some((wire, _)) => wire,
+        };
+        into.reserve(self.read_chunk);
         let n = self
             .stream
-            .read_buf(&mut self.read_buf)
+            .read_buf(into)
             .await
             .with_context(|| format!("{}: reading", self.client_id))?;
         if n == 0 {
             bail!("{}: broker closed the connection", self.client_id);
+        }
+        if let Some((wire, _)) = &mut self.ws {
+            crate::ws_frames::unframe(wire, &mut self.read_buf)
+                .with_context(|| format!("{}: WebSocket", self.client_id))?;
         }
         Ok(n)
     }

@@ -18,6 +18,7 @@ mod quay_ctl;
 mod report;
 mod scenarios;
 mod soak;
+mod ws_frames;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -71,6 +72,8 @@ struct Cli {
 enum Command {
     /// Many QoS 0 publishers to one wildcard subscriber
     Fanin(fanin::FaninArgs),
+    /// The same with the publishers over WebSocket (--ws-port), the subscriber on TCP
+    FaninWs(fanin::FaninArgs),
     /// QoS 1 publishers with a window, each to its own persistent subscriber
     Qos1(qos1::Qos1Args),
     /// The same with QoS 2 (persistent publishers: their packet ids are stored too)
@@ -109,6 +112,7 @@ impl Command {
     fn scenario(&self) -> &'static str {
         match self {
             Command::Fanin(_) => "fanin",
+            Command::FaninWs(_) => "fanin-ws",
             Command::Qos1(_) => "qos1",
             Command::Qos2(_) => "qos2",
             Command::Fanout(_) => "fanout",
@@ -179,6 +183,10 @@ fn main() -> Result<ExitCode> {
 async fn run(target: &Target, command: &Command) -> Result<Vec<Figure>> {
     match command {
         Command::Fanin(args) => fanin::run(target, args).await,
+        Command::FaninWs(args) => {
+            anyhow::ensure!(args.ws_port.is_some(), "fanin-ws needs --ws-port");
+            fanin::run(target, args).await
+        }
         Command::Qos1(args) => qos1::run(target, args, quay::codec::QoS::AtLeastOnce).await,
         Command::Qos2(args) => qos1::run(target, args, quay::codec::QoS::ExactlyOnce).await,
         Command::Fanout(args) => fanout::run(target, args).await,

@@ -23,10 +23,14 @@ pub struct FaninArgs {
     /// as fast as the broker reads, and let it queue or shed the excess).
     #[arg(long, default_value_t = 4000)]
     pub max_ahead: u64,
+    /// Publishers connect over WebSocket to this port (same host, path /mqtt).
+    #[arg(long)]
+    pub ws_port: Option<u16>,
 }
 
 pub async fn run(target: &Target, args: &FaninArgs) -> Result<Vec<Figure>> {
-    let (subscriber, publishers) = fanin_clients(target, "bench-fanin", args.publishers).await?;
+    let (subscriber, publishers) =
+        fanin_clients(target, "bench-fanin", args.publishers, args.ws_port).await?;
 
     let delivered = progress(args.messages);
     let sent = progress(args.messages);

@@ -81,11 +81,13 @@ pub async fn bounded<T>(
 
 /// How publishers were paced (`--max-ahead`), for notes.
 /// The clients of a fan-in: one QoS 0 subscriber of `bench/#` and `publishers`
-/// publishers, named after `name`.
+/// publishers, named after `name`; with `ws_port` the publishers connect over
+/// WebSocket to that port (the subscriber stays on TCP).
 pub async fn fanin_clients(
     target: &Target,
     name: &str,
     publishers: u64,
+    ws_port: Option<u16>,
 ) -> Result<(MqttConn, Vec<MqttConn>)> {
     let mut subscriber = target
         .connect(&ConnectOptions::clean(format!("{name}-sub")))
@@ -95,11 +97,14 @@ pub async fn fanin_clients(
         .await?;
     let mut conns = Vec::new();
     for i in 0..publishers {
-        conns.push(
-            target
-                .connect(&ConnectOptions::clean(format!("{name}-pub-{i}")))
-                .await?,
-        );
+        let options = ConnectOptions::clean(format!("{name}-pub-{i}"));
+        conns.push(match ws_port {
+            Some(port) => {
+                let addr = SocketAddr::new(target.addr.ip(), port);
+                MqttConn::connect_websocket(addr, &options).await?
+            }
+            None => target.connect(&options).await?,
+        });
     }
     Ok((subscriber, conns))
 }

@@ -59,7 +59,7 @@ pub struct FanoutOpenArgs {
 
 pub async fn fanin(target: &Target, args: &FaninOpenArgs) -> Result<Vec<Figure>> {
     let (subscriber, publishers) =
-        fanin_clients(target, "bench-fanin-open", args.publishers).await?;
+        fanin_clients(target, "bench-fanin-open", args.publishers, None).await?;
     let mut run = OpenRun::new(args.messages, 1);
     // Sequence numbers run across all publishers, so the one subscriber can tell a
     // duplicate from a new message.
