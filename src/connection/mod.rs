@@ -690,6 +690,10 @@ mod tests {
         assert!(size <= 2688, "connection future is {size} bytes");
         let conn = std::mem::size_of::<super::Connection>();
         assert!(conn <= 512, "Connection is {conn} bytes");
+        // Every layer past plain TCP is boxed: a plain connection carries a tag and
+        // a pointer's room, not a TLS session or a WebSocket state.
+        let transport = std::mem::size_of::<crate::transport::Transport>();
+        assert!(transport <= 16, "Transport is {transport} bytes");
         // Each session's handle, with its Arc counts, in mimalloc's 192-byte class.
         let handle = std::mem::size_of::<crate::broker::registry::SessionHandle>();
         assert!(handle + 16 <= 192, "SessionHandle is {handle} bytes");
