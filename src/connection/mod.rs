@@ -116,13 +116,16 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, peer: SocketAddr) {
     if let Some(ws) = &env.ws {
         // WebSocket above whatever is below (TLS for WSS); what the TLS handshake
         // left over is the start of the HTTP request.
-        let tls = match transport {
+        let session = match transport {
             Transport::Tls(session) => Some(session),
             _ => None,
         };
         let mut state = WsState::default();
         state.pending_mut().extend_from_slice(&rbuf.split());
-        transport = Transport::Ws(Box::new(Ws { tls, ws: state }));
+        transport = Transport::Ws(Box::new(Ws {
+            tls: session,
+            ws: state,
+        }));
         let upgrade = Box::pin(upgrade(
             ws,
             env.zone.idle_timeout,
@@ -475,6 +478,7 @@ impl Connection {
             // woken store thread may run first, and the client would wait for it.
             // During a drain this overlaps the client's turn with the deletion of
             // the entries it just acknowledged and the read of the next page.
+            // Through the transport: TLS and WebSocket bytes are staged first.
             if transport.write_now(ch, writer, Now::read()).is_err() {
                 return Outcome::Closed(Close::Lost);
             }

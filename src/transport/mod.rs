@@ -153,43 +153,6 @@ impl Transport {
         }
     }
 
-    /// Write what the channel has for the client as far as the socket takes it now,
-    /// without waiting (what it does not take waits for `poll_write`).
-    pub fn write_now(
-        &mut self,
-        ch: &mut Channel,
-        sock: &OwnedWriteHalf,
-        now: Now,
-    ) -> io::Result<()> {
-        if let Transport::Plain = self {
-            if ch.output().is_empty() {
-                return Ok(());
-            }
-            return match sock.try_write(ch.output()) {
-                Ok(0) => Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    ch.written(n, now);
-                    Ok(())
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-                Err(e) => Err(e),
-            };
-        }
-        self.stage(ch, now);
-        let Transport::Tls(tls) = self else {
-            return Ok(());
-        };
-        while tls.wants_write() {
-            match tls.write_tls(&mut TryWriter(sock)) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
     /// Write what is ready: the channel's bytes `plain` (plain TCP; the count is of
     /// those bytes) or the transport's (TLS, WebSocket; the count is of wire bytes,
     /// the channel's were counted by `stage`). Pending while the socket is full.
@@ -229,6 +192,69 @@ impl Transport {
                     }
                 }
                 Poll::Ready(Ok(total))
+            }
+        }
+    }
+
+    /// Write what is ready as far as the socket takes it now, without waiting: the
+    /// channel's output (plain), or TLS records and WebSocket frames after staging it.
+    /// What the socket does not take waits for `poll_write`. Err: the socket failed.
+    pub fn write_now(
+        &mut self,
+        ch: &mut Channel,
+        sock: &OwnedWriteHalf,
+        now: Now,
+    ) -> io::Result<()> {
+        let Transport::Plain = self else {
+            self.stage(ch, now);
+            return self.flush_now(sock);
+        };
+        let output = ch.output();
+        if output.is_empty() {
+            return Ok(());
+        }
+        match sock.try_write(output) {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                ch.written(n, now);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The transport's bytes to the socket as far as it takes them now.
+    fn flush_now(&mut self, sock: &OwnedWriteHalf) -> io::Result<()> {
+        let mut sock = TryWriter(sock);
+        match self {
+            Transport::Plain => Ok(()),
+            Transport::Tls(tls) => write_tls_now(tls, &mut sock),
+            Transport::Ws(layers) => {
+                let Ws { tls, ws } = &mut **layers;
+                // Bounded: each turn empties the session, or the socket is full.
+                for _ in 0..64 {
+                    if ws.out().is_empty() && tls.as_ref().is_none_or(|t| !t.wants_write()) {
+                        break;
+                    }
+                    let Some(tls) = tls else {
+                        match sock.write(ws.out()) {
+                            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                            Ok(n) => ws.sent(n),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(e),
+                        }
+                        continue;
+                    };
+                    let taken = tls.writer().write(ws.out()).unwrap_or(0);
+                    ws.sent(taken);
+                    write_tls_now(tls, &mut sock)?;
+                    if tls.wants_write() || taken == 0 {
+                        // The socket is full, or the session takes no more now.
+                        break;
+                    }
+                }
+                Ok(())
             }
         }
     }
@@ -349,6 +375,19 @@ fn poll_write_ws(
         }
     }
     Poll::Ready(Ok(total))
+}
+
+/// Write the session's records until it has none or the socket is full, now.
+fn write_tls_now(tls: &mut rustls::ServerConnection, sock: &mut TryWriter<'_>) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(sock) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `Write` over a socket half for rustls's `write_tls`, inside a poll: WouldBlock
