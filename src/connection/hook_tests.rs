@@ -29,8 +29,7 @@ async fn serve(broker: Arc<Broker>) -> u16 {
                 broker: broker.clone(),
                 zone: broker.zone("external"),
                 listener: Arc::from("external"),
-                tls: None,
-                ws: None,
+                layers: None,
                 shutdown: shutdown.clone(),
                 hibernation: hibernation.clone(),
                 guard: super::ConnGuard {

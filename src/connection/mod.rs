@@ -30,7 +30,7 @@ use crate::hibernate::Hibernator;
 use crate::metrics::Metrics;
 use crate::transport::tls::{peer_identity, TlsListener};
 use crate::transport::ws::{RefusalLog, WsError, WsState};
-use crate::transport::{Received, Transport, Ws};
+use crate::transport::{Received, Transport};
 
 /// Bound on the last write to a closing connection (DISCONNECT, pending acks): a
 /// client that stopped reading cannot hold up its successor or a shutdown.
@@ -49,14 +49,21 @@ pub(crate) struct Env {
     pub zone: Arc<Zone>,
     /// The listener's name (`listener.tcp.<name>`), which hooks see.
     pub listener: Arc<str>,
-    /// An SSL or WSS listener's TLS settings.
-    pub tls: Option<Arc<TlsListener>>,
-    /// A WS or WSS listener's WebSocket settings.
-    pub ws: Option<Arc<WsConfig>>,
+    /// What an SSL, WS or WSS listener puts under the channel (None: plain TCP).
+    pub layers: Option<Arc<ListenerLayers>>,
     pub shutdown: watch::Receiver<bool>,
     pub hibernation: Hibernation,
     /// Held for the connection's whole life, hibernated or not.
     pub guard: ConnGuard,
+}
+
+/// The layers a listener's connections get, set up in this order before CONNECT.
+/// One pointer in `Env` for all of them: `Env` lives in every connection's future.
+pub(crate) struct ListenerLayers {
+    /// An SSL or WSS listener's TLS settings.
+    pub tls: Option<Arc<TlsListener>>,
+    /// A WS or WSS listener's WebSocket settings.
+    pub ws: Option<WsConfig>,
 }
 
 /// A listener's connection slot and the node's count of live connections.
@@ -102,7 +109,8 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, peer: SocketAddr) {
     let mut rbuf = BytesMut::new();
     let mut transport = Transport::Plain;
     let mut username_from_cert = None;
-    if let Some(tls) = &env.tls {
+    let layers = env.layers.as_deref();
+    if let Some(tls) = layers.and_then(|l| l.tls.as_ref()) {
         let shaken = Box::pin(handshake(tls, peer, &mut reader, &mut writer, &mut rbuf));
         let Some(session) = shaken.await else {
             Metrics::inc(&broker.metrics.tls_handshake_failed);
@@ -111,21 +119,14 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, peer: SocketAddr) {
         username_from_cert = tls
             .peer_cert_as_username
             .and_then(|field| peer_identity(&session)?.field(field));
-        transport = Transport::Tls(session);
+        transport = Transport::tls(session);
     }
-    if let Some(ws) = &env.ws {
+    if let Some(ws) = layers.and_then(|l| l.ws.as_ref()) {
         // WebSocket above whatever is below (TLS for WSS); what the TLS handshake
         // left over is the start of the HTTP request.
-        let session = match transport {
-            Transport::Tls(session) => Some(session),
-            _ => None,
-        };
         let mut state = WsState::default();
         state.pending_mut().extend_from_slice(&rbuf.split());
-        transport = Transport::Ws(Box::new(Ws {
-            tls: session,
-            ws: state,
-        }));
+        transport = Transport::ws(transport.into_tls(), state);
         let upgrade = Box::pin(upgrade(
             ws,
             env.zone.idle_timeout,
@@ -137,7 +138,11 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, peer: SocketAddr) {
         ));
         if let Err(reason) = upgrade.await {
             Metrics::inc(&broker.metrics.ws_handshake_failed);
-            let proto = if env.tls.is_some() { "wss" } else { "ws" };
+            let proto = if layers.is_some_and(|l| l.tls.is_some()) {
+                "wss"
+            } else {
+                "ws"
+            };
             let id = format!("mqtt:{proto}:{}", env.listener);
             WS_REFUSALS.refused(&id, peer, &reason);
             return;
@@ -230,7 +235,7 @@ async fn handshake(
             return None;
         }
     };
-    let mut transport = Transport::Tls(Box::new(session));
+    let mut transport = Transport::tls(Box::new(session));
     let shaken = tokio::time::timeout(tls.handshake_timeout, async {
         while transport.handshaking() {
             transport.flush(writer).await.map_err(|e| e.to_string())?;
@@ -265,10 +270,7 @@ async fn handshake(
         }
         return None;
     }
-    match transport {
-        Transport::Tls(session) => Some(session),
-        Transport::Plain | Transport::Ws(_) => None,
-    }
+    transport.into_tls()
 }
 
 /// Upgrade refusals on every WebSocket listener, logged once per interval.
@@ -289,7 +291,7 @@ async fn upgrade(
     let done = tokio::time::timeout(timeout, async {
         loop {
             // `serve` made it a WebSocket transport just before.
-            let Transport::Ws(layers) = &mut *transport else {
+            let Some(layers) = transport.ws_layer() else {
                 return Err("not a WebSocket transport".to_string());
             };
             match layers.ws.upgrade(config, rbuf) {
@@ -589,7 +591,7 @@ impl Connection {
                     Transport::Plain => {
                         let _ = writer.write_all(ch.output()).await;
                     }
-                    Transport::Tls(_) | Transport::Ws(_) => {
+                    Transport::Layered(_) => {
                         // Staging stops after a WebSocket Close frame went out.
                         while transport.stage(ch, Now::read()) {
                             if transport.flush(writer).await.is_err() {
@@ -677,8 +679,7 @@ mod tests {
             broker: broker.clone(),
             zone,
             listener: std::sync::Arc::from("external"),
-            tls: None,
-            ws: None,
+            layers: None,
             shutdown,
             hibernation: super::Hibernation::start().unwrap(),
             guard: super::ConnGuard {
@@ -694,10 +695,10 @@ mod tests {
         assert!(size <= 2688, "connection future is {size} bytes");
         let conn = std::mem::size_of::<super::Connection>();
         assert!(conn <= 512, "Connection is {conn} bytes");
-        // Every layer past plain TCP is boxed: a plain connection carries a tag and
-        // a pointer's room, not a TLS session or a WebSocket state.
+        // Every layer past plain TCP is behind one pointer: a plain connection
+        // carries no TLS session or WebSocket state, and none a second pointer.
         let transport = std::mem::size_of::<crate::transport::Transport>();
-        assert!(transport <= 16, "Transport is {transport} bytes");
+        assert!(transport <= 8, "Transport is {transport} bytes");
         // Each session's handle, with its Arc counts, in mimalloc's 192-byte class.
         let handle = std::mem::size_of::<crate::broker::registry::SessionHandle>();
         assert!(handle + 16 <= 192, "SessionHandle is {handle} bytes");

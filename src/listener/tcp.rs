@@ -11,7 +11,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::broker::Broker;
 use crate::config::ListenerConfig;
-use crate::connection::{ConnGuard, Env, Hibernation};
+use crate::connection::{ConnGuard, Env, Hibernation, ListenerLayers};
 use crate::transport::tls::TlsListener;
 
 /// Bind now (so start-up fails on a taken port), serve in the background.
@@ -41,7 +41,12 @@ pub async fn serve(
     ));
     let zone = broker.zone(&config.zone);
     let name: Arc<str> = Arc::from(config.name.as_str());
-    let ws = config.ws.clone().map(Arc::new);
+    let layers = (tls.is_some() || config.ws.is_some()).then(|| {
+        Arc::new(ListenerLayers {
+            tls,
+            ws: config.ws.clone(),
+        })
+    });
     let mut stop = shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -65,8 +70,7 @@ pub async fn serve(
             broker: broker.clone(),
             zone: zone.clone(),
             listener: name.clone(),
-            tls: tls.clone(),
-            ws: ws.clone(),
+            layers: layers.clone(),
             shutdown: shutdown.clone(),
             hibernation: hibernation.clone(),
             guard: ConnGuard {

@@ -25,20 +25,40 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::channel::{Channel, Now};
 
-/// The transport of one connection.
+/// The transport of one connection: one pointer, so that every `Connection` (and
+/// each hibernated one's box) stays in its allocator size class whatever the
+/// listener; the layers live behind it.
 pub(crate) enum Transport {
     Plain,
-    /// Boxed: a TLS session is large and plain connections are the many.
+    Layered(Box<Layers>),
+}
+
+/// What lies under the channel on a TLS or WebSocket connection. Each layer is boxed
+/// on its own: a TLS session is large and plain WebSocket connections carry none.
+pub(crate) enum Layers {
     Tls(Box<rustls::ServerConnection>),
     /// MQTT over WebSocket, over TLS for WSS.
     Ws(Box<Ws>),
 }
 
 /// The layers of a WebSocket connection: the TLS session under it (WSS), whose
-/// plaintext is the WebSocket's wire; boxed again so that plain WS carries none.
+/// plaintext is the WebSocket's wire.
 pub(crate) struct Ws {
     pub tls: Option<Box<rustls::ServerConnection>>,
     pub ws: ws::WsState,
+}
+
+/// A transport seen by layer, for matching.
+enum View<'a> {
+    Plain,
+    Tls(&'a mut rustls::ServerConnection),
+    Ws(&'a mut Ws),
+}
+
+enum ViewRef<'a> {
+    Plain,
+    Tls(&'a rustls::ServerConnection),
+    Ws(&'a Ws),
 }
 
 /// A transport-level failure: the connection is closed and the reason logged.
@@ -61,20 +81,67 @@ pub(crate) enum Received {
 }
 
 impl Transport {
+    pub fn tls(session: Box<rustls::ServerConnection>) -> Transport {
+        Transport::Layered(Box::new(Layers::Tls(session)))
+    }
+
+    pub fn ws(tls: Option<Box<rustls::ServerConnection>>, ws: ws::WsState) -> Transport {
+        Transport::Layered(Box::new(Layers::Ws(Box::new(Ws { tls, ws }))))
+    }
+
+    /// The TLS session of a TLS-only transport (after its handshake).
+    pub fn into_tls(self) -> Option<Box<rustls::ServerConnection>> {
+        match self {
+            Transport::Layered(layers) => match *layers {
+                Layers::Tls(session) => Some(session),
+                Layers::Ws(_) => None,
+            },
+            Transport::Plain => None,
+        }
+    }
+
+    /// The WebSocket layer, if any.
+    pub fn ws_layer(&mut self) -> Option<&mut Ws> {
+        match self.view() {
+            View::Ws(ws) => Some(ws),
+            _ => None,
+        }
+    }
+
+    fn view(&mut self) -> View<'_> {
+        match self {
+            Transport::Plain => View::Plain,
+            Transport::Layered(layers) => match &mut **layers {
+                Layers::Tls(tls) => View::Tls(tls),
+                Layers::Ws(ws) => View::Ws(ws),
+            },
+        }
+    }
+
+    fn view_ref(&self) -> ViewRef<'_> {
+        match self {
+            Transport::Plain => ViewRef::Plain,
+            Transport::Layered(layers) => match &**layers {
+                Layers::Tls(tls) => ViewRef::Tls(tls),
+                Layers::Ws(ws) => ViewRef::Ws(ws),
+            },
+        }
+    }
+
     /// `wire` was read from the socket: append the MQTT bytes it carries to `rbuf`.
     pub fn received(
         &mut self,
         wire: &[u8],
         rbuf: &mut BytesMut,
     ) -> Result<Received, TransportError> {
-        match self {
-            Transport::Plain => {
+        match self.view() {
+            View::Plain => {
                 rbuf.extend_from_slice(wire);
                 Ok(Received::Open)
             }
-            Transport::Tls(tls) => tls_received(tls, wire, rbuf),
-            Transport::Ws(layers) => {
-                let Ws { tls, ws } = &mut **layers;
+            View::Tls(tls) => tls_received(tls, wire, rbuf),
+            View::Ws(layers) => {
+                let Ws { tls, ws } = layers;
                 let Some(tls) = tls else {
                     return Ok(match ws.received(wire, rbuf)? {
                         ws::WsReceived::Open => Received::Open,
@@ -94,9 +161,9 @@ impl Transport {
 
     /// Still in the TLS handshake.
     pub fn handshaking(&self) -> bool {
-        match self {
-            Transport::Plain | Transport::Ws(_) => false,
-            Transport::Tls(tls) => tls.is_handshaking(),
+        match self.view_ref() {
+            ViewRef::Plain | ViewRef::Ws(_) => false,
+            ViewRef::Tls(tls) => tls.is_handshaking(),
         }
     }
 
@@ -108,12 +175,12 @@ impl Transport {
         if output.is_empty() {
             return false;
         }
-        let n = match self {
-            Transport::Plain => 0,
+        let n = match self.view() {
+            View::Plain => 0,
             // rustls takes at most its buffer limit (64 KiB by default); never fails
             // for a connection past its handshake.
-            Transport::Tls(tls) => tls.writer().write(output).unwrap_or(0),
-            Transport::Ws(layers) => layers.ws.stage(output),
+            View::Tls(tls) => tls.writer().write(output).unwrap_or(0),
+            View::Ws(layers) => layers.ws.stage(output),
         };
         if n > 0 {
             ch.written(n, now);
@@ -124,10 +191,10 @@ impl Transport {
     /// Send `bytes` (not from a channel: a refusing CONNACK, the handshake's
     /// records, a last write), waiting for the socket as needed.
     pub async fn send_all(&mut self, sock: &mut OwnedWriteHalf, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Transport::Plain => return tokio::io::AsyncWriteExt::write_all(sock, bytes).await,
-            Transport::Tls(tls) => tls.writer().write_all(bytes)?,
-            Transport::Ws(layers) => layers.ws.stage_all(bytes),
+        match self.view() {
+            View::Plain => return tokio::io::AsyncWriteExt::write_all(sock, bytes).await,
+            View::Tls(tls) => tls.writer().write_all(bytes)?,
+            View::Ws(layers) => layers.ws.stage_all(bytes),
         }
         self.flush(sock).await
     }
@@ -144,10 +211,10 @@ impl Transport {
     /// Whether bytes wait for the socket: the channel's (plain), TLS records or
     /// WebSocket frames.
     pub fn wants_write(&self, channel_output: &[u8]) -> bool {
-        match self {
-            Transport::Plain => !channel_output.is_empty(),
-            Transport::Tls(tls) => tls.wants_write(),
-            Transport::Ws(layers) => {
+        match self.view_ref() {
+            ViewRef::Plain => !channel_output.is_empty(),
+            ViewRef::Tls(tls) => tls.wants_write(),
+            ViewRef::Ws(layers) => {
                 !layers.ws.out().is_empty() || layers.tls.as_ref().is_some_and(|t| t.wants_write())
             }
         }
@@ -162,11 +229,11 @@ impl Transport {
         sock: &mut OwnedWriteHalf,
         plain: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self {
-            Transport::Plain => Pin::new(sock).poll_write(cx, plain),
-            Transport::Tls(tls) => poll_write_tls(tls, cx, sock),
-            Transport::Ws(layers) => {
-                let Ws { tls, ws } = &mut **layers;
+        match self.view() {
+            View::Plain => Pin::new(sock).poll_write(cx, plain),
+            View::Tls(tls) => poll_write_tls(tls, cx, sock),
+            View::Ws(layers) => {
+                let Ws { tls, ws } = layers;
                 let Some(tls) = tls else {
                     return poll_write_ws(ws, cx, sock);
                 };
@@ -205,7 +272,7 @@ impl Transport {
         sock: &OwnedWriteHalf,
         now: Now,
     ) -> io::Result<()> {
-        let Transport::Plain = self else {
+        let View::Plain = self.view() else {
             self.stage(ch, now);
             return self.flush_now(sock);
         };
@@ -227,11 +294,11 @@ impl Transport {
     /// The transport's bytes to the socket as far as it takes them now.
     fn flush_now(&mut self, sock: &OwnedWriteHalf) -> io::Result<()> {
         let mut sock = TryWriter(sock);
-        match self {
-            Transport::Plain => Ok(()),
-            Transport::Tls(tls) => write_tls_now(tls, &mut sock),
-            Transport::Ws(layers) => {
-                let Ws { tls, ws } = &mut **layers;
+        match self.view() {
+            View::Plain => Ok(()),
+            View::Tls(tls) => write_tls_now(tls, &mut sock),
+            View::Ws(layers) => {
+                let Ws { tls, ws } = layers;
                 // Bounded: each turn empties the session, or the socket is full.
                 for _ in 0..64 {
                     if ws.out().is_empty() && tls.as_ref().is_none_or(|t| !t.wants_write()) {
@@ -262,11 +329,11 @@ impl Transport {
     /// The session ends: a WebSocket Close frame and a TLS close_notify go out with
     /// the last bytes.
     pub fn close(&mut self) {
-        match self {
-            Transport::Plain => {}
-            Transport::Tls(tls) => tls.send_close_notify(),
-            Transport::Ws(layers) => {
-                let Ws { tls, ws } = &mut **layers;
+        match self.view() {
+            View::Plain => {}
+            View::Tls(tls) => tls.send_close_notify(),
+            View::Ws(layers) => {
+                let Ws { tls, ws } = layers;
                 ws.close();
                 if let Some(tls) = tls {
                     let taken = tls.writer().write(ws.out()).unwrap_or(0);
