@@ -29,7 +29,7 @@ use crate::config::{WsConfig, Zone};
 use crate::hibernate::Hibernator;
 use crate::metrics::Metrics;
 use crate::transport::tls::{peer_identity, TlsListener};
-use crate::transport::ws::{RefusalLog, WsError, WsState};
+use crate::transport::ws::{WsError, WsState};
 use crate::transport::{Received, Transport};
 
 /// Bound on the last write to a closing connection (DISCONNECT, pending acks): a
@@ -144,7 +144,11 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, peer: SocketAddr) {
                 "ws"
             };
             let id = format!("mqtt:{proto}:{}", env.listener);
-            WS_REFUSALS.refused(&id, peer, &reason);
+            // Logged at most once every 10 s, as TLS handshake failures: a scanner
+            // on 8083 must not fill the log; every refusal is counted above.
+            if let Some(skipped) = WS_REFUSALS.ready(crate::message::now_ms(), 10_000) {
+                tracing::info!(listener = %id, %peer, reason, not_logged_since = skipped, "WebSocket upgrade refused");
+            }
             return;
         }
     }
@@ -274,7 +278,7 @@ async fn handshake(
 }
 
 /// Upgrade refusals on every WebSocket listener, logged once per interval.
-static WS_REFUSALS: RefusalLog = RefusalLog::new();
+static WS_REFUSALS: crate::logging::Throttle = crate::logging::Throttle::new();
 
 /// The HTTP upgrade to WebSocket, within `timeout` (the zone's `idle_timeout`, as for
 /// CONNECT); frames the client sent right behind it are decoded into `rbuf`. A

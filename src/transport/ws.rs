@@ -13,8 +13,6 @@
 //! one frame may hold several packets: only the channel decodes packets.
 
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
@@ -445,49 +443,6 @@ pub(crate) fn upgrade_response(
              Sec-WebSocket-Accept: {accept}\r\n{protocol_line}\r\n"
         ),
     )))
-}
-
-/// Upgrade refusals are logged at most once per `EVERY_SECS` (with the count of
-/// those not logged since): a scanner on port 8083 must not flood the log.
-pub(crate) struct RefusalLog {
-    last_secs: AtomicU64,
-    unlogged: AtomicU64,
-}
-
-const EVERY_SECS: u64 = 10;
-
-impl RefusalLog {
-    pub const fn new() -> RefusalLog {
-        RefusalLog {
-            last_secs: AtomicU64::new(0),
-            unlogged: AtomicU64::new(0),
-        }
-    }
-
-    /// Log this refusal unless one was logged within the interval.
-    pub fn refused(&self, listener: &str, peer: std::net::SocketAddr, reason: &str) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.last_secs.load(Ordering::Relaxed);
-        let due = now >= last.saturating_add(EVERY_SECS)
-            && self
-                .last_secs
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok();
-        if due {
-            let unlogged = self.unlogged.swap(0, Ordering::Relaxed);
-            tracing::info!(
-                listener,
-                %peer,
-                reason,
-                unlogged_since = unlogged,
-                "WebSocket upgrade refused"
-            );
-        } else {
-            self.unlogged.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 #[cfg(test)]
