@@ -162,13 +162,9 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, peer: SocketAddr) {
                 Preface::Connect(c) => return Ok(c),
                 Preface::Reject(bytes) => return Err(bytes),
             }
-            reader.readable().await.map_err(|_| &[][..])?;
-            match read_some(&reader, &mut transport, &mut rbuf) {
-                Ok(0) => return Err(&[][..]),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return Err(&[][..]),
-            }
+            read_more(&reader, &mut transport, &mut rbuf)
+                .await
+                .map_err(|_| &[][..])?;
         }
     }))
     .await;
@@ -243,13 +239,7 @@ async fn handshake(
     let shaken = tokio::time::timeout(tls.handshake_timeout, async {
         while transport.handshaking() {
             transport.flush(writer).await.map_err(|e| e.to_string())?;
-            reader.readable().await.map_err(|e| e.to_string())?;
-            match read_some(reader, &mut transport, rbuf) {
-                Ok(0) => return Err("closed by the client".to_string()),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.to_string()),
-            }
+            read_more(reader, &mut transport, rbuf).await?;
         }
         // The last flight (TLS 1.3: session tickets) goes out before CONNACK.
         transport.flush(writer).await.map_err(|e| e.to_string())
@@ -306,13 +296,7 @@ async fn upgrade(
                 }
                 Err(e) => return Err(e.to_string()),
             }
-            reader.readable().await.map_err(|e| e.to_string())?;
-            match read_some(reader, transport, rbuf) {
-                Ok(0) => return Err("closed by the client".to_string()),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.to_string()),
-            }
+            read_more(reader, transport, rbuf).await?;
         }
         // The 101 response goes out before CONNACK.
         transport.flush(writer).await.map_err(|e| e.to_string())
@@ -380,6 +364,22 @@ async fn resume(conn: Box<Connection>, socket: std::net::TcpStream) {
 /// through the transport, appending the MQTT bytes to `rbuf`: the connection's own
 /// buffer grows only to what is really pending. Ok(0): the stream ended (EOF, or a
 /// TLS close_notify); a TLS failure is an `InvalidData` error.
+/// Before CONNECT is handled (handshake, upgrade, CONNECT itself): wait for the
+/// socket and pass what it has through the transport. Err says why the stream ended.
+async fn read_more(
+    reader: &OwnedReadHalf,
+    transport: &mut Transport,
+    rbuf: &mut BytesMut,
+) -> Result<(), String> {
+    reader.readable().await.map_err(|e| e.to_string())?;
+    match read_some(reader, transport, rbuf) {
+        Ok(0) => Err("closed by the client".to_string()),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn read_some(
     reader: &OwnedReadHalf,
     transport: &mut Transport,
