@@ -72,6 +72,23 @@ def wait_hibernated(broker, n, timeout_s=STATS_WAIT_S):
     wait_stat(broker, "connections.hibernated", n, timeout_s)
 
 
+def assert_parks_and_wakes(broker, sub, topic):
+    """`sub` (connected, subscribed to `topic` at QoS 1, the broker's only client) parks
+    with its transport state; deliveries wake it, then it parks again; its own PUBLISH
+    wakes it too. For any transport (TCP, TLS, WebSocket)."""
+    for round_ in range(3):
+        wait_hibernated(broker, 1)
+        pub = connected(broker.port)
+        pub.publish(topic, f"wake-{round_}".encode(), qos=1)
+        pub.disconnect()
+        sub.wait_messages(round_ + 1)
+    assert [m.payload for m in sub.messages] == [b"wake-0", b"wake-1", b"wake-2"]
+    wait_hibernated(broker, 1)
+    sub.publish(topic, b"self", qos=1)
+    sub.wait_messages(4)
+    assert sub.disconnects == []
+
+
 def assert_stays(broker, name, expected, seconds):
     """`name` equals `expected` at every reading for `seconds` (bounded by design)."""
     deadline = time.monotonic() + seconds

@@ -16,7 +16,7 @@ import pytest
 from conftest import BIN_DIR, HOST
 from helpers import V5, V311, Client, connected, unique_id, wait_until
 from test_flow_control import metric
-from test_hibernate import wait_hibernated
+from test_hibernate import assert_parks_and_wakes
 
 
 def certgen(out, *args):
@@ -100,19 +100,7 @@ def test_an_idle_tls_connection_hibernates_and_wakes_with_its_session(broker_fac
     sub.connect()
     sub.subscribe("hib/t", qos=1)
     try:
-        # Parked with its TLS session; a delivery wakes it, then it parks again.
-        for round_ in range(3):
-            wait_hibernated(broker, 1)
-            pub = connected(broker.port)
-            pub.publish("hib/t", f"wake-{round_}".encode(), qos=1)
-            pub.disconnect()
-            sub.wait_messages(round_ + 1)
-        assert [m.payload for m in sub.messages] == [b"wake-0", b"wake-1", b"wake-2"]
-        # Its own packet (a PUBLISH over the parked TLS session) wakes it too.
-        wait_hibernated(broker, 1)
-        sub.publish("hib/t", b"self", qos=1)
-        sub.wait_messages(4)
-        assert sub.disconnects == []
+        assert_parks_and_wakes(broker, sub, "hib/t")
     finally:
         sub.disconnect()
 

@@ -17,7 +17,7 @@ from conftest import HOST
 from helpers import V5, V311, Client, connected, unique_id, wait_until
 from rawws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, RawWs, upgrade_request
 from test_flow_control import metric
-from test_hibernate import wait_hibernated
+from test_hibernate import assert_parks_and_wakes
 
 REPO = Path(__file__).resolve().parents[2]
 CA = REPO / "etc" / "certs" / "cacert.pem"
@@ -106,19 +106,7 @@ def test_an_idle_websocket_connection_hibernates_and_wakes_with_its_session(brok
     sub.connect()
     sub.subscribe("hib/ws", qos=1)
     try:
-        # Parked with its WebSocket (and TLS) state; a delivery wakes it, then it parks again.
-        for round_ in range(3):
-            wait_hibernated(broker, 1)
-            pub = connected(broker.port)
-            pub.publish("hib/ws", f"wake-{round_}".encode(), qos=1)
-            pub.disconnect()
-            sub.wait_messages(round_ + 1)
-        assert [m.payload for m in sub.messages] == [b"wake-0", b"wake-1", b"wake-2"]
-        # Its own frames (a PUBLISH, paho's PINGREQs) wake it too.
-        wait_hibernated(broker, 1)
-        sub.publish("hib/ws", b"self", qos=1)
-        sub.wait_messages(4)
-        assert sub.disconnects == []
+        assert_parks_and_wakes(broker, sub, "hib/ws")
     finally:
         sub.disconnect()
 
