@@ -442,11 +442,7 @@ fn ssl_listener_keys() {
                 listener.ssl.s.handshake_timeout = 2s\n\
                 listener.ssl.s.keyfile = k.pem\n\
                 zone.external.max_inflight = 32\n";
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("etc/emqx.conf");
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, text).unwrap();
-    let config = Config::load(&file, &[]).unwrap();
+    let config = Release::new(text).load().unwrap();
     let listener = &config.listeners[0];
     assert_eq!(listener.id(), "mqtt:ssl:s");
     let tls = listener.tls.as_ref().unwrap();
@@ -463,7 +459,7 @@ fn ssl_listener_keys() {
 }
 
 #[test]
-fn bad_ssl_values_name_the_key() {
+fn bad_listener_values_name_the_key() {
     for (line, wants) in [
         (
             "listener.ssl.s.verify = maybe",
@@ -475,11 +471,24 @@ fn bad_ssl_values_name_the_key() {
             "listener.tcp.t.keyfile = k.pem",
             "listener.tcp.<name>.* keys",
         ),
+        (
+            "listener.ws.w.mqtt_path = mqtt",
+            "an HTTP path starting with /",
+        ),
+        (
+            "listener.ws.w.supported_subprotocols = ,",
+            "at least one subprotocol",
+        ),
+        ("listener.ws.w.keyfile = k.pem", "listener.ws.<name>.* keys"),
+        (
+            "listener.tcp.t.mqtt_path = /mqtt",
+            "listener.tcp.<name>.* keys",
+        ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("emqx.conf");
-        std::fs::write(&file, format!("{line}\n")).unwrap();
-        let err = Config::load(&file, &[]).unwrap_err().to_string();
+        let err = Release::new(&format!("{line}\n"))
+            .load()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(wants), "{line}: {err}");
         assert!(err.contains("emqx.conf:1"), "{line}: {err}");
     }
@@ -496,11 +505,7 @@ fn ws_and_wss_listener_keys() {
                 listener.wss.s.verify = verify_peer\n\
                 listener.wss.s.handshake_timeout = 3s\n\
                 zone.external.max_inflight = 32\n";
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("etc/emqx.conf");
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, text).unwrap();
-    let config = Config::load(&file, &[]).unwrap();
+    let config = Release::new(text).load().unwrap();
     let ids: Vec<_> = config.listeners.iter().map(|l| l.id()).collect();
     assert_eq!(ids, ["mqtt:ws:w", "mqtt:wss:s"]);
     let ws = config.listeners[0].ws.as_ref().unwrap();
@@ -514,30 +519,4 @@ fn ws_and_wss_listener_keys() {
     assert_eq!(tls.verify, TlsVerify::VerifyPeer);
     assert_eq!(tls.handshake_timeout, Duration::from_secs(3));
     assert!(tls.certfile.is_absolute());
-}
-
-#[test]
-fn bad_ws_values_name_the_key() {
-    for (line, wants) in [
-        (
-            "listener.ws.w.mqtt_path = mqtt",
-            "an HTTP path starting with /",
-        ),
-        (
-            "listener.ws.w.supported_subprotocols = ,",
-            "at least one subprotocol",
-        ),
-        ("listener.ws.w.keyfile = k.pem", "listener.ws.<name>.* keys"),
-        (
-            "listener.tcp.t.mqtt_path = /mqtt",
-            "listener.tcp.<name>.* keys",
-        ),
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("emqx.conf");
-        std::fs::write(&file, format!("{line}\n")).unwrap();
-        let err = Config::load(&file, &[]).unwrap_err().to_string();
-        assert!(err.contains(wants), "{line}: {err}");
-        assert!(err.contains("emqx.conf:1"), "{line}: {err}");
-    }
 }
