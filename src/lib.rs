@@ -4,6 +4,7 @@
 //! machine) → `broker` (routing, retained, registry) → `quay_storage` (RocksDB, group
 //! commit) → back out to subscribers' connections. See docs/ARCHITECTURE.md.
 
+pub mod acl;
 pub mod broker;
 pub(crate) mod channel;
 pub mod codec;

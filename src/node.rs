@@ -31,6 +31,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    #[error("ACL file {0}")]
+    Acl(#[from] crate::acl::AclError),
     #[error("cannot start the hibernation poller: {0}")]
     Hibernation(std::io::Error),
     #[error("control socket {path}: {source}")]
@@ -48,6 +50,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         source,
     })?;
     let broker = Broker::open(config)?;
+    broker.acl.load_at_start(&broker.hooks)?;
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

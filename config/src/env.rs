@@ -7,6 +7,7 @@
 //! This file never reads the process environment: the caller passes the variables in,
 //! so tests give their own list and the binary gives `std::env::vars()`.
 
+use super::keys::TOP_LEVEL_KEYS;
 use super::parse::{check_key, unquote, Entry};
 use super::{ConfigError, Origin};
 
@@ -19,7 +20,9 @@ pub(super) fn overrides(vars: &[(String, String)]) -> Result<Vec<Entry>, ConfigE
         let Some(rest) = name.strip_prefix(PREFIX) else {
             continue;
         };
-        if !rest.contains("__") {
+        // `EMQX_ALLOW_ANONYMOUS` sets a top-level key; other names without `__`
+        // (`EMQX_NODE_NAME`, `EMQX_LOADED_PLUGINS`) are not overrides, as in EMQX.
+        if !rest.contains("__") && !TOP_LEVEL_KEYS.contains(&rest.to_ascii_lowercase().as_str()) {
             continue;
         }
         let origin = Origin::Env { var: name.clone() };
@@ -60,6 +63,7 @@ mod tests {
             ("EMQX_LISTENER__TCP__EXTERNAL", "127.0.0.1:1884"),
             ("EMQX_NODE__DATA_DIR", "/tmp/d"),
             ("EMQX_ZONE__EXTERNAL__MAX_INFLIGHT", " \"64\" "),
+            ("EMQX_ACL_NOMATCH", "deny"),
         ]))
         .unwrap();
         assert_eq!(
@@ -68,6 +72,7 @@ mod tests {
                 ("listener.tcp.external", "127.0.0.1:1884"),
                 ("node.data_dir", "/tmp/d"),
                 ("zone.external.max_inflight", "64"),
+                ("acl_nomatch", "deny"),
             ]
         );
         assert_eq!(

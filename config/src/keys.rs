@@ -12,13 +12,22 @@ use std::path::{Path, PathBuf};
 use super::parse::Entry;
 use super::values;
 use super::{
-    default_log, default_node, resolve, CertField, Config, ConfigError, FsyncPolicy,
-    ListenerConfig, LogConfig, LogLevel, LogTo, MqttConfig, NodeConfig, Origin, RetainerConfig,
-    StorageConfig, TlsConfig, TlsVerify, WsConfig, ZoneConfig, MAX_PACKET_SIZE_LIMIT,
+    default_log, default_node, resolve, AccessConfig, AclDenyAction, CertField, Config,
+    ConfigError, FsyncPolicy, ListenerConfig, LogConfig, LogLevel, LogTo, MqttConfig, NodeConfig,
+    Origin, RetainerConfig, StorageConfig, TlsConfig, TlsVerify, WsConfig, ZoneConfig,
+    MAX_PACKET_SIZE_LIMIT,
 };
 
 const SECTIONS: &str = "node.*, log.*, listener.tcp.*, listener.ssl.*, listener.ws.*, \
-                        listener.wss.*, mqtt.*, zone.*, storage.*, retainer.*";
+                        listener.wss.*, mqtt.*, zone.*, storage.*, retainer.*, \
+                        allow_anonymous, acl_nomatch, acl_file, acl_deny_action";
+/// Keys of no section (EMQX 4's authentication and ACL settings).
+pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
+    "allow_anonymous",
+    "acl_nomatch",
+    "acl_file",
+    "acl_deny_action",
+];
 const NODE_KEYS: &[&str] = &["name", "data_dir"];
 const LOG_KEYS: &[&str] = &["to", "level", "dir", "file"];
 const LISTENER_KEYS: &[&str] = &["acceptors", "max_connections", "zone", "backlog"];
@@ -113,6 +122,7 @@ pub(super) struct Builder {
     zones: BTreeMap<String, ZoneConfig>,
     storage: StorageConfig,
     retainer: RetainerConfig,
+    access: AccessConfig,
 }
 
 impl Builder {
@@ -127,6 +137,7 @@ impl Builder {
             zones: BTreeMap::new(),
             storage: StorageConfig::default(),
             retainer: RetainerConfig::default(),
+            access: AccessConfig::with_defaults(relative),
         }
     }
 
@@ -150,6 +161,9 @@ impl Builder {
             ["zone", zone, field] => self.apply_zone(zone, field, entry),
             ["storage", field] => self.apply_storage(field, entry),
             ["retainer", field] => self.apply_retainer(field, entry),
+            [field @ ("allow_anonymous" | "acl_nomatch" | "acl_file" | "acl_deny_action")] => {
+                self.apply_access(field, entry)
+            }
             _ => Err(unknown(entry, "known key groups", &[SECTIONS])),
         }
     }
@@ -160,6 +174,32 @@ impl Builder {
             "name" => node.name = entry.read(node_name)?,
             "data_dir" => node.data_dir = entry.read(|v| dir(v, "a directory"))?,
             _ => return Err(unknown(entry, "node.* keys", NODE_KEYS)),
+        }
+        Ok(())
+    }
+
+    fn apply_access(&mut self, field: &str, entry: &Entry) -> Result<(), ConfigError> {
+        let access = &mut self.access;
+        match field {
+            "allow_anonymous" => access.allow_anonymous = entry.read(values::boolean)?,
+            "acl_nomatch" => {
+                access.acl_nomatch_allow = entry.read(|v| match v {
+                    "allow" => Ok(true),
+                    "deny" => Ok(false),
+                    _ => Err("allow or deny".to_string()),
+                })?
+            }
+            "acl_file" => {
+                access.acl_file =
+                    entry.read(|v| values::non_empty(v, "a file path").map(PathBuf::from))?
+            }
+            _ => {
+                access.acl_deny_action = entry.read(|v| match v {
+                    "ignore" => Ok(AclDenyAction::Ignore),
+                    "disconnect" => Ok(AclDenyAction::Disconnect),
+                    _ => Err("ignore or disconnect".to_string()),
+                })?
+            }
         }
         Ok(())
     }
@@ -389,6 +429,8 @@ impl Builder {
         node.data_dir = resolve(release_root, &node.data_dir);
         let mut log = self.log;
         log.dir = resolve(release_root, &log.dir);
+        let mut access = self.access;
+        access.acl_file = resolve(release_root, &access.acl_file);
         Ok(Config {
             node,
             log,
@@ -397,6 +439,7 @@ impl Builder {
             zones: self.zones,
             storage: self.storage,
             retainer: self.retainer,
+            access,
             release_root: release_root.to_path_buf(),
             config_file,
         })

@@ -44,6 +44,7 @@ pub struct Config {
     pub zones: BTreeMap<String, ZoneConfig>,
     pub storage: StorageConfig,
     pub retainer: RetainerConfig,
+    pub access: AccessConfig,
     /// The directory relative paths in the config resolve against: the parent of the
     /// config file's directory (`/opt/emqx/etc/emqx.conf` => `/opt/emqx`), as in EMQX.
     pub release_root: PathBuf,
@@ -214,6 +215,39 @@ pub struct RetainerConfig {
     pub max_payload_size: u64,
     /// Zero = retained messages never expire.
     pub expiry_interval: Duration,
+}
+
+/// Who may connect and what they may do: `allow_anonymous`, `acl_*` (EMQX 4's
+/// top-level keys).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessConfig {
+    /// Let a client in when no authentication backend decides.
+    pub allow_anonymous: bool,
+    /// Allow a publish or subscribe that no ACL rule or backend decides.
+    pub acl_nomatch_allow: bool,
+    /// The file ACL (`etc/acl.conf`).
+    pub acl_file: PathBuf,
+    /// What a denied publish or subscribe does to the connection.
+    pub acl_deny_action: AclDenyAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclDenyAction {
+    /// Drop the publish (v5 PUBACK/PUBREC 0x87), refuse the filter (SUBACK 0x80/0x87).
+    Ignore,
+    /// The same, then close the connection (v5 DISCONNECT 0x87).
+    Disconnect,
+}
+
+impl AccessConfig {
+    fn with_defaults(release_root: &Path) -> AccessConfig {
+        AccessConfig {
+            allow_anonymous: true,
+            acl_nomatch_allow: true,
+            acl_file: resolve(release_root, Path::new("etc/acl.conf")),
+            acl_deny_action: AclDenyAction::Ignore,
+        }
+    }
 }
 
 /// Where a setting came from, for error messages.
@@ -590,6 +624,7 @@ impl Config {
             zones,
             storage: StorageConfig::default(),
             retainer: RetainerConfig::default(),
+            access: AccessConfig::with_defaults(&release_root),
             config_file: release_root.join(CONFIG_FILE_IN_RELEASE),
             release_root,
         }

@@ -44,6 +44,8 @@ pub struct Broker {
     /// The hook chain every channel runs (`crate::hooks`); empty until a plugin or
     /// a feature registers something.
     pub hooks: crate::hooks::Hooks,
+    /// The file ACL (`acl_file`); loaded by the node at start (`FileAcl::load_at_start`).
+    pub acl: crate::acl::FileAcl,
     pub metrics: Metrics,
     next_conn_id: AtomicU64,
     /// One background compaction at a time.
@@ -123,6 +125,7 @@ impl Broker {
             retained: RetainedIndex::default(),
             wills: Default::default(),
             hooks: crate::hooks::Hooks::new(),
+            acl: crate::acl::FileAcl::new(config.access.acl_file.clone()),
             metrics: Metrics::default(),
             next_conn_id: AtomicU64::new(1),
             compacting: Arc::new(AtomicBool::new(false)),

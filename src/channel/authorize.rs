@@ -37,14 +37,13 @@ impl Held {
     }
 }
 
-/// What `acl_nomatch` will say when no hook decides (allow, EMQX's default;
-/// configurable with the authentication chain).
-const NOMATCH: AclVerdict = AclVerdict::Allow;
-
 impl Channel {
     /// Decide `packet` now, or hold it (and everything after it) for a hook.
     pub(super) fn authorize(&mut self, packet: Packet, now: Now) -> Result<(), Close> {
-        if self.held.is_none() && !self.broker.hooks.is_registered(HookPoint::ClientCheckAcl) {
+        if self.held.is_none()
+            && !self.broker.hooks.is_registered(HookPoint::ClientCheckAcl)
+            && self.broker.config.access.acl_nomatch_allow
+        {
             return self.dispatch(packet, Verdicts::new(), now);
         }
         let decision = self.check_acl(&packet);
@@ -119,18 +118,37 @@ impl Channel {
     /// `client.check_acl` for each topic `packet` names.
     fn check_acl(&self, packet: &Packet) -> Decision<Verdicts> {
         let hooks = &self.broker.hooks;
+        // `acl_nomatch`: what nobody decided.
+        let nomatch = if self.broker.config.access.acl_nomatch_allow {
+            AclVerdict::Allow
+        } else {
+            AclVerdict::Deny
+        };
         let Some(info) = self.info_for(HookPoint::ClientCheckAcl) else {
-            return Decision::Ready(Verdicts::new());
+            // No ACL hook: `acl_nomatch` decides every topic.
+            let topics = match packet {
+                Packet::Publish(_) => 1,
+                Packet::Subscribe(s) => s.filters.len(),
+                _ => 0,
+            };
+            return Decision::Ready(match nomatch {
+                AclVerdict::Allow => Verdicts::new(),
+                AclVerdict::Deny => vec![AclVerdict::Deny; topics],
+            });
         };
         let decisions: Vec<Decision<AclVerdict>> = match packet {
             Packet::Publish(p) => {
                 let topic = std::str::from_utf8(&p.topic).unwrap_or("");
-                vec![hooks.check_acl(&info, Access::Publish, topic, NOMATCH)]
+                match hooks.check_acl(&info, Access::Publish, topic, nomatch) {
+                    // The common case allocates nothing: empty verdicts allow all.
+                    Decision::Ready(AclVerdict::Allow) => return Decision::Ready(Verdicts::new()),
+                    decision => vec![decision],
+                }
             }
             Packet::Subscribe(s) => s
                 .filters
                 .iter()
-                .map(|(filter, _)| hooks.check_acl(&info, Access::Subscribe, filter, NOMATCH))
+                .map(|(filter, _)| hooks.check_acl(&info, Access::Subscribe, filter, nomatch))
                 .collect(),
             _ => return Decision::Ready(Verdicts::new()),
         };

@@ -526,6 +526,9 @@ impl Channel {
 
     /// Give back what buffers kept (before hibernating).
     pub fn shrink(&mut self) {
+        // Rebuilt from the same fields when a hook next wants it (192 bytes less per
+        // hibernated client that ever published or subscribed with an ACL in force).
+        self.info.take();
         self.output = BytesMut::new();
         self.store_ops = Vec::new();
         self.outbound.shrink();

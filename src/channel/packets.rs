@@ -12,7 +12,8 @@ use crate::codec::{
     Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
     UnsubAck, Unsubscribe,
 };
-use crate::hooks::HookPoint;
+use crate::config::AclDenyAction;
+use crate::hooks::{AclVerdict, HookPoint};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::{Outgoing, Qos2Arrival, Release};
@@ -49,6 +50,18 @@ impl Channel {
         verdicts: Verdicts,
         now: Now,
     ) -> Result<(), Close> {
+        if self.broker.config.access.acl_deny_action == AclDenyAction::Disconnect
+            && verdicts.contains(&AclVerdict::Deny)
+        {
+            // `acl_deny_action = disconnect`: no ack, the connection ends (as EMQX 4).
+            let metric = match packet {
+                Packet::Publish(_) => &self.broker.metrics.packets_publish_denied,
+                _ => &self.broker.metrics.packets_subscribe_denied,
+            };
+            Metrics::inc(metric);
+            tracing::info!(client_id = %self.client_id, "not authorized; disconnecting (acl_deny_action = disconnect)");
+            return Err(Close::Error(ReasonCode::NOT_AUTHORIZED));
+        }
         match packet {
             Packet::Publish(p) => self.on_publish(p, allowed(&verdicts, 0), now)?,
             Packet::PubAck(r) => {

@@ -76,8 +76,20 @@ async fn authenticate(
     admission: &Admission,
 ) -> Result<bool, ReasonCode> {
     let (client_id, peer, connect) = (&admission.client_id, admission.peer, &admission.connect);
+    // `allow_anonymous`: the answer when no backend decides.
+    let anonymous = if broker.config.access.allow_anonymous {
+        AuthVerdict::Allow { superuser: false }
+    } else {
+        AuthVerdict::Deny(ReasonCode::NOT_AUTHORIZED)
+    };
     if !broker.hooks.is_registered(HookPoint::ClientAuthenticate) {
-        return Ok(false);
+        return match anonymous {
+            AuthVerdict::Allow { superuser } => Ok(superuser),
+            AuthVerdict::Deny(reason) => {
+                tracing::info!(%client_id, %peer, "anonymous client refused (allow_anonymous = false)");
+                Err(reason)
+            }
+        };
     }
     let mut info = ClientInfo::new(
         client_id.clone(),
@@ -93,9 +105,6 @@ async fn authenticate(
         auth_method: None,
         auth_data: None,
     });
-    // Everyone is let in until an authentication backend says otherwise
-    // (`allow_anonymous` arrives with the authentication chain).
-    let anonymous = AuthVerdict::Allow { superuser: false };
     match broker
         .hooks
         .authenticate(&info, &creds, anonymous)

@@ -26,6 +26,7 @@ subscriptions list                      # List all subscriptions
 subscriptions show <ClientId>           # Show subscriptions of a client
 retainer info                           # Show the count of retained messages
 retainer topics                         # Show all topics of retained messages
+acl reload                              # Reload the file ACL (acl_file)
 ";
 
 fn ok(output: String) -> Reply {
@@ -81,6 +82,14 @@ pub fn run_command(broker: &Arc<Broker>, args: &[String]) -> Reply {
             query::subscriptions_of(broker, id)
                 .map(|subs| subs.iter().map(subscription_line).collect()),
         ),
+        ["acl", "reload"] => match broker.acl.reload(&broker.hooks) {
+            Ok(_) => ok("Reload acl_internal successfully\n".into()),
+            // The old rules stay in force.
+            Err(e) => Reply {
+                code: 1,
+                output: format!("Reload acl_internal failed: {e}\n"),
+            },
+        },
         ["retainer", "info"] => ok(format!(
             "retained/total: {}\n",
             query::stats(broker).retained

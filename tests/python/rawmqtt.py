@@ -205,9 +205,11 @@ class Closed(Exception):
 class RawClient:
     """A blocking TCP MQTT client that does only what the test tells it to."""
 
-    def __init__(self, port, version=4, timeout_s=5):
+    def __init__(self, port, version=4, timeout_s=5, source=None):
+        """`source`: the loopback address to connect from (e.g. "127.0.0.5")."""
         self.version = version
-        self.sock = socket.create_connection((HOST, port), timeout=timeout_s)
+        source_address = (source, 0) if source else None
+        self.sock = socket.create_connection((HOST, port), timeout=timeout_s, source_address=source_address)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
 
