@@ -26,6 +26,9 @@ subscriptions list                      # List all subscriptions
 subscriptions show <ClientId>           # Show subscriptions of a client
 retainer info                           # Show the count of retained messages
 retainer topics                         # Show all topics of retained messages
+listeners                               # List listeners
+listeners stop    <Identifier>          # Stop a listener
+listeners restart <Identifier>          # Restart a listener
 ";
 
 fn ok(output: String) -> Reply {
