@@ -26,7 +26,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # The Debian mosquitto package starts a broker on :1883; tests use their own ports,
 # and benchmarks start their own Mosquitto, so the service is not needed.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi
+if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto haproxy >/dev/null 2>&1 || true; fi
 
 python3 - <<'PY' || python3 -m pip install -q "paho-mqtt>=2,<3" "pytest>=7"
 import importlib.util, sys
