@@ -8,6 +8,7 @@ counted; `access.N` rules by source address (clients bound to 127.0.0.x); a
 
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -166,6 +167,75 @@ def test_haproxy_v2_v1_real_client_address_over_tcp_ssl_and_ws(broker_factory, h
         for _, c in clients:
             c.stop()
         watcher.stop()
+
+
+def tls_connect_behind_header(port, header, cafile, client_id, timeout_s=5):
+    """TLS by hand (memory BIOs) so that the PROXY header and the ClientHello leave in
+    one send: the broker must hand what it read after the header to the handshake.
+    Returns (the CONNACK's return code, the socket, left open)."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inc, out, server_hostname="localhost")
+    deadline = time.monotonic() + timeout_s
+    sock = socket.create_connection((HOST, port), timeout=timeout_s)
+    try:
+
+        def pump():
+            if out.pending:
+                sock.sendall(out.read())
+            assert time.monotonic() < deadline, "TLS exchange timed out"
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise Closed("EOF during TLS")
+            inc.write(chunk)
+
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        sock.sendall(header + out.read())
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pump()
+        tls.write(raw_connect(client_id))
+        sock.sendall(out.read())
+        got = b""
+        while len(got) < 4:
+            try:
+                got += tls.read(4 - len(got))
+            except ssl.SSLWantReadError:
+                pump()
+        assert got[0] == 0x20, got
+        return got[3], sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def test_bytes_behind_the_header_in_the_same_segment(broker_factory, certs):  # noqa: F811
+    broker = broker_factory(
+        {**ssl_overrides(certs), "listener.tcp.external.proxy_protocol": "on",
+         "listener.ssl.external.proxy_protocol": "on"}
+    )
+    header = b"PROXY TCP4 10.9.8.7 127.0.0.1 1234 1883\r\n"
+    # Plain: header and CONNECT in one send.
+    with RawClient(broker.port) as c:
+        cid = unique_id("seg")
+        c.send(header + raw_connect(cid))
+        assert c.recv(5).type == CONNACK
+        assert peer_of(broker, cid) == "10.9.8.7:1234"
+    # TLS: header and ClientHello in one send (a v2 header this time).
+    v2 = V2_SIGNATURE + b"\x21\x11\x00\x0c" + bytes([10, 9, 8, 6, 127, 0, 0, 1]) + struct.pack(">HH", 4321, 8883)
+    tid = unique_id("seg-tls")
+    rc, sock = tls_connect_behind_header(broker.ssl_port, v2, str(certs["good"] / "cacert.pem"), tid)
+    try:
+        assert rc == 0
+        assert peer_of(broker, tid) == "10.9.8.6:4321"
+    finally:
+        sock.close()
 
 
 def test_access_rules_apply_to_the_proxied_address(broker_factory, haproxy):
