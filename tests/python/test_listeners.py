@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HOST, free_port, port_accepts
-from helpers import V5, V311, Client, unique_id, wait_until
+from helpers import V5, Client, unique_id, wait_until
 from rawmqtt import CONNACK, Closed, RawClient, connect as raw_connect
 from test_flow_control import metric
 from test_tls import certs, ssl_overrides  # noqa: F401 (the certs fixture)
