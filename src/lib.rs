@@ -18,6 +18,7 @@ pub mod listener;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod mountpoint;
 pub mod node;
 pub mod query;
 pub mod router;

@@ -28,6 +28,8 @@ metrics! {
     packets_malformed => "packets.malformed",
     tls_handshake_failed => "client.tls.handshake_failed",
     ws_handshake_failed => "client.ws.handshake_failed",
+    proxy_protocol_failed => "client.proxy_protocol.failed",
+    access_denied => "client.access_denied",
     packets_publish_denied => "packets.publish.auth_error",
     packets_subscribe_denied => "packets.subscribe.auth_error",
     connections => "client.connected",

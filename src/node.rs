@@ -70,7 +70,11 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     }
     let hibernation = Hibernation::start().map_err(NodeError::Hibernation)?;
     let mut listeners = JoinSet::new();
+    // What `emqx_ctl listeners` sees and commands.
+    let mut table = Vec::new();
     for (l, listener, tls) in bound {
+        let control = listener::control::Control::new(l.clone());
+        table.push(control.entry.clone());
         listeners.spawn(listener::tcp::serve(
             broker.clone(),
             l,
@@ -79,6 +83,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             alive_tx.clone(),
             hibernation.clone(),
             tls,
+            control,
         ));
     }
     let ctl_path = ctl::socket_path(&data_dir);
@@ -92,6 +97,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     }
     tokio::spawn(ctl::server::serve(
         broker.clone(),
+        Arc::new(table),
         ctl_listener,
         stop_tx.clone(),
         shutdown_rx.clone(),

@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quay-target}"
 export CARGO_TERM_COLOR=never
 
-# chromium: MQTT.js runs in it for the WebSocket tests (tests/browser).
-apt_packages=(libclang-dev protobuf-compiler mosquitto mosquitto-clients strace chromium)
+# chromium: MQTT.js runs in it for the WebSocket tests (tests/browser). haproxy: in
+# front of Quay with the PROXY protocol (tests/python/test_listeners.py).
+apt_packages=(libclang-dev protobuf-compiler mosquitto mosquitto-clients strace chromium haproxy)
 # Node and npm from Debian, unless a node is there already (nodesource's nodejs ships
 # npm and conflicts with Debian's npm package).
 command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)
@@ -25,7 +26,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # The Debian mosquitto package starts a broker on :1883; tests use their own ports,
 # and benchmarks start their own Mosquitto, so the service is not needed.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi
+if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto haproxy >/dev/null 2>&1 || true; fi
 
 python3 - <<'PY' || python3 -m pip install -q "paho-mqtt>=2,<3" "pytest>=7"
 import importlib.util, sys

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use super::access::{self, AccessRule};
 use super::parse::Entry;
 use super::values;
 use super::{
@@ -30,7 +31,17 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
 ];
 const NODE_KEYS: &[&str] = &["name", "data_dir"];
 const LOG_KEYS: &[&str] = &["to", "level", "dir", "file"];
-const LISTENER_KEYS: &[&str] = &["acceptors", "max_connections", "zone", "backlog"];
+const LISTENER_KEYS: &[&str] = &[
+    "acceptors",
+    "max_connections",
+    "zone",
+    "backlog",
+    "proxy_protocol",
+    "proxy_protocol_timeout",
+    "access.<N>",
+    "max_conn_rate",
+    "mountpoint",
+];
 const SSL_KEYS: &[&str] = &[
     "handshake_timeout",
     "keyfile",
@@ -78,6 +89,7 @@ const ZONE_KEYS: &[&str] = &[
     "use_username_as_clientid",
     "enable_stats",
     "stall_timeout",
+    "mountpoint",
 ];
 const STORAGE_KEYS: &[&str] = &[
     "fsync",
@@ -109,6 +121,8 @@ struct ListenerDraft {
     zone_origin: Option<Origin>,
     /// The first entry that named this listener, for "no address" errors.
     first_origin: Origin,
+    /// `access.N` rules by N, so they apply in N's order whatever the file order.
+    access: BTreeMap<u32, AccessRule>,
 }
 
 /// The configuration being assembled; paths stay as given until [`Builder::finish`].
@@ -156,6 +170,18 @@ impl Builder {
             }
             ["listener", proto @ ("tcp" | "ssl" | "ws" | "wss"), name, field] => {
                 self.apply_listener(proto, name, field, entry)
+            }
+            ["listener", proto @ ("tcp" | "ssl" | "ws" | "wss"), name, "access", n] => {
+                let n: u32 = n.parse().map_err(|_| ConfigError::InvalidValue {
+                    origin: entry.origin.clone(),
+                    key: entry.key.clone(),
+                    value: entry.value.clone(),
+                    expected: "a key access.<N> with N a rule number (access.1, access.2, ...)"
+                        .to_string(),
+                })?;
+                let rule = entry.read(access::access_rule)?;
+                self.listener(proto, name, entry).access.insert(n, rule);
+                Ok(())
             }
             ["mqtt", field] => self.apply_mqtt(field, entry),
             ["zone", zone, field] => self.apply_zone(zone, field, entry),
@@ -242,6 +268,25 @@ impl Builder {
                 let backlog = entry.read(|v| values::uint(v, 1, u32::MAX.into()))?;
                 self.listener(proto, name, entry).config.backlog = backlog;
             }
+            "proxy_protocol" => {
+                self.listener(proto, name, entry).config.proxy_protocol = flag(entry)?;
+            }
+            "proxy_protocol_timeout" => {
+                let timeout = duration(entry)?;
+                self.listener(proto, name, entry)
+                    .config
+                    .proxy_protocol_timeout = timeout;
+            }
+            "max_conn_rate" => {
+                // 0 (or absent): no limit.
+                let rate = entry.read(|v| values::uint(v, 0, u32::MAX.into()))?;
+                let rate = Some(rate).filter(|&r| r > 0);
+                self.listener(proto, name, entry).config.max_conn_rate = rate;
+            }
+            "mountpoint" => {
+                let mountpoint = mountpoint(entry)?;
+                self.listener(proto, name, entry).config.mountpoint = mountpoint;
+            }
             _ => {
                 let config = &mut self.listener(proto, name, entry).config;
                 match (&mut config.tls, &mut config.ws) {
@@ -281,6 +326,7 @@ impl Builder {
                 bind_origin: None,
                 zone_origin: None,
                 first_origin: entry.origin.clone(),
+                access: BTreeMap::new(),
             })
     }
 
@@ -327,6 +373,7 @@ impl Builder {
             "upgrade_qos" => z.upgrade_qos = flag(entry)?,
             "use_username_as_clientid" => z.use_username_as_clientid = flag(entry)?,
             "enable_stats" => z.enable_stats = flag(entry)?,
+            "mountpoint" => z.mountpoint = mountpoint(entry)?,
             _ => return Err(unknown(entry, "zone.<name>.* keys", ZONE_KEYS)),
         }
         self.zones.insert(zone.to_string(), z);
@@ -380,6 +427,7 @@ impl Builder {
                 });
             };
             let mut listener = draft.config;
+            listener.access = draft.access.into_values().collect();
             if let Some(tls) = listener.tls.as_mut() {
                 tls.keyfile = resolve(release_root, &tls.keyfile);
                 tls.certfile = resolve(release_root, &tls.certfile);
@@ -537,6 +585,16 @@ fn short(entry: &Entry, min: u64) -> Result<u16, ConfigError> {
 
 fn flag(entry: &Entry) -> Result<bool, ConfigError> {
     entry.read(values::boolean)
+}
+
+/// A topic prefix; empty means none.
+fn mountpoint(entry: &Entry) -> Result<Option<String>, ConfigError> {
+    entry.read(|v| {
+        if v.contains(['+', '#', '\0']) {
+            return Err("a topic prefix without wildcards, like devices/%c/".to_string());
+        }
+        Ok(Some(v.to_string()).filter(|v| !v.is_empty()))
+    })
 }
 
 fn duration(entry: &Entry) -> Result<std::time::Duration, ConfigError> {

@@ -19,6 +19,7 @@
 //! - `keys.rs`: which keys exist, where each lands, and the checks across keys
 //! - `lib.rs`: the types, the built-in defaults and the load order
 
+mod access;
 mod env;
 mod keys;
 mod parse;
@@ -32,6 +33,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
+
+pub use access::{allowed as access_allowed, AccessRule, Cidr, CidrError};
 
 /// Everything the broker is configured with. Paths are absolute.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +134,17 @@ pub struct ListenerConfig {
     /// Always names a zone in [`Config::zones`].
     pub zone: String,
     pub backlog: u32,
+    /// A HAProxy PROXY protocol header (v1 or v2) comes first on every connection.
+    pub proxy_protocol: bool,
+    /// How long a connection may take to send its PROXY header.
+    pub proxy_protocol_timeout: Duration,
+    /// `access.N` rules in the order of N (see [`access::allowed`]).
+    pub access: Vec<AccessRule>,
+    /// Connections admitted per second; None: no limit.
+    pub max_conn_rate: Option<u32>,
+    /// Topic prefix for this listener's clients (`%c`, `%u` not yet replaced);
+    /// overrides the zone's.
+    pub mountpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -184,6 +198,9 @@ pub struct ZoneConfig {
     /// `broker::mailbox`) and that makes no progress for this long is closed;
     /// None (`0s`): never, publishers wait for it as long as it lives.
     pub stall_timeout: Option<Duration>,
+    /// Topic prefix for the zone's clients (`%c`, `%u` not yet replaced); a
+    /// listener's own `mountpoint` overrides it.
+    pub mountpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -337,6 +354,7 @@ impl ZoneConfig {
         use_username_as_clientid: false,
         enable_stats: true,
         stall_timeout: Some(Duration::from_secs(10)),
+        mountpoint: None,
     };
 
     /// The cap `max_keepalive` puts on client keepalives, if any. At 65535 (the default)
@@ -421,6 +439,11 @@ impl ListenerConfig {
             max_connections: 1_024_000,
             zone: default_zone_of_listener(name).to_string(),
             backlog: 1024,
+            proxy_protocol: false,
+            proxy_protocol_timeout: Duration::from_secs(3),
+            access: Vec::new(),
+            max_conn_rate: None,
+            mountpoint: None,
         }
     }
 }

@@ -484,6 +484,13 @@ fn bad_listener_values_name_the_key() {
             "listener.tcp.t.mqtt_path = /mqtt",
             "listener.tcp.<name>.* keys",
         ),
+        ("listener.tcp.t.access.1 = permit all", "`allow` or `deny`"),
+        ("listener.wss.t.access.x = allow all", "access.<N>"),
+        ("listener.ws.t.proxy_protocol = yes", "on or off"),
+        ("listener.ssl.t.proxy_protocol_timeout = 3", "with a unit"),
+        ("listener.tcp.t.max_conn_rate = -1", "integer"),
+        ("listener.tcp.t.mountpoint = a/+/", "without wildcards"),
+        ("zone.z.mountpoint = +/x", "without wildcards"),
     ] {
         let err = Release::new(&format!("{line}\n"))
             .load()
@@ -519,4 +526,43 @@ fn ws_and_wss_listener_keys() {
     assert_eq!(tls.verify, TlsVerify::VerifyPeer);
     assert_eq!(tls.handshake_timeout, Duration::from_secs(3));
     assert!(tls.certfile.is_absolute());
+}
+
+#[test]
+fn per_listener_options_on_every_kind() {
+    for proto in ["tcp", "ssl", "ws", "wss"] {
+        let text = format!(
+            "listener.{proto}.p = 127.0.0.1:9999\n\
+             listener.{proto}.p.proxy_protocol = on\n\
+             listener.{proto}.p.proxy_protocol_timeout = 500ms\n\
+             listener.{proto}.p.access.2 = deny all\n\
+             listener.{proto}.p.access.1 = allow 127.0.0.0/8\n\
+             listener.{proto}.p.max_conn_rate = 50\n\
+             listener.{proto}.p.mountpoint = devices/%c/\n\
+             zone.external.mountpoint = zone/\n"
+        );
+        let config = Release::new(&text).load().unwrap();
+        let l = &config.listeners[0];
+        assert!(l.proxy_protocol, "{proto}");
+        assert_eq!(l.proxy_protocol_timeout, Duration::from_millis(500));
+        let rules: Vec<String> = l.access.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rules,
+            ["allow 127.0.0.0/8", "deny all"],
+            "N's order, not the file's"
+        );
+        assert_eq!(l.max_conn_rate, Some(50));
+        assert_eq!(l.mountpoint.as_deref(), Some("devices/%c/"));
+        assert_eq!(
+            config.zones["external"].mountpoint.as_deref(),
+            Some("zone/")
+        );
+    }
+    let plain = Release::new("listener.tcp.p = 127.0.0.1:9999\nzone.external.max_inflight = 32\n")
+        .load()
+        .unwrap();
+    let l = &plain.listeners[0];
+    assert!(!l.proxy_protocol && l.access.is_empty() && l.mountpoint.is_none());
+    assert_eq!(l.max_conn_rate, None);
+    assert_eq!(l.proxy_protocol_timeout, Duration::from_secs(3));
 }

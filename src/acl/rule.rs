@@ -7,9 +7,8 @@
 //! a filter (wildcards, `%u` and `%c` replaced by the client's username and client id)
 //! or `{eq, "filter"}`, which matches that exact filter only.
 
-use std::net::IpAddr;
-
 use super::term::{Pos, Term};
+use crate::config::{Cidr, CidrError};
 use crate::hooks::{Access, ClientInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,12 +49,6 @@ enum TopicRule {
     Filter(Vec<String>),
     /// `{eq, "t"}`: this exact string.
     Eq(String),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cidr {
-    net: IpAddr,
-    prefix: u8,
 }
 
 /// A rule that is valid Erlang but not a valid rule: where, and why.
@@ -190,47 +183,13 @@ fn compile_topic(term: &Term) -> Result<TopicRule, RuleError> {
 }
 
 fn cidr(text: &str, pos: Pos) -> Result<Cidr, RuleError> {
-    let (addr, prefix) = match text.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (text, None),
-    };
-    let Ok(net) = addr.trim().parse::<IpAddr>() else {
-        return err(pos, format!("{text:?} is not an IP address or CIDR"));
-    };
-    let max = if net.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        None => max,
-        Some(p) => match p.trim().parse::<u8>() {
-            Ok(p) if p <= max => p,
-            _ => {
-                return err(
-                    pos,
-                    format!("{text:?}: the prefix length must be 0..={max}"),
-                )
-            }
+    Cidr::parse(text).map_err(|e| RuleError {
+        pos,
+        message: match e {
+            CidrError::Address => format!("{text:?} is not an IP address or CIDR"),
+            CidrError::Prefix(max) => format!("{text:?}: the prefix length must be 0..={max}"),
         },
-    };
-    Ok(Cidr { net, prefix })
-}
-
-impl Cidr {
-    fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.net, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
+    })
 }
 
 impl Who {

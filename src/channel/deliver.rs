@@ -167,6 +167,17 @@ impl Channel {
         self.execute(actions, now);
     }
 
+    /// A delivered topic without this client's mountpoint.
+    fn unmounted(&self, topic: &bytes::Bytes) -> bytes::Bytes {
+        match self.mountpoint() {
+            Some(mp) => {
+                let rest = crate::mountpoint::unmount(&mp, topic);
+                topic.slice(topic.len() - rest.len()..)
+            }
+            None => topic.clone(),
+        }
+    }
+
     /// Encode a PUBLISH for this client. False when it cannot be sent (larger than
     /// the client's Maximum Packet Size): it is then dropped as if delivered.
     fn send_publish(
@@ -178,7 +189,7 @@ impl Channel {
     ) -> bool {
         let msg = &out.msg;
         let mut properties = Properties::default();
-        let mut topic = msg.topic.clone();
+        let mut topic = self.unmounted(&msg.topic);
         let mut new_alias = None;
         if self.version.is_v5() {
             properties = msg.properties.clone();

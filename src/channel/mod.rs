@@ -258,8 +258,20 @@ impl Channel {
             Arc::from(self.zone.name.as_str()),
         );
         info.username = self.username.clone();
+        info.mountpoint = self.mountpoint().map(|mp| Arc::from(mp.as_ref()));
         info.is_superuser = self.superuser;
         Arc::new(info)
+    }
+
+    /// This client's topic prefix (`crate::mountpoint`), if its listener or zone
+    /// has one.
+    fn mountpoint(&self) -> Option<std::borrow::Cow<'_, str>> {
+        let template = self.zone.mountpoint.as_deref()?;
+        Some(crate::mountpoint::expand(
+            template,
+            &self.client_id,
+            self.username.as_deref(),
+        ))
     }
 
     /// `client_info`, if a hook is registered at `point`.

@@ -186,6 +186,10 @@ impl Channel {
                 return Err(Close::Error(ReasonCode::PROTOCOL_ERROR));
             }
         }
+        let topic = match self.mountpoint() {
+            Some(mp) => bytes::Bytes::from(crate::mountpoint::mount(&mp, topic_str)),
+            None => topic,
+        };
         let publish_ms = now.ms;
         let msg = Message {
             topic,
@@ -397,7 +401,14 @@ impl Channel {
         let mut ops = Vec::new();
         let mut lookups = Vec::new();
         for (i, (filter, options)) in s.filters.iter().enumerate() {
-            let reason = if topic::validate_filter(filter, mqtt.max_topic_levels).is_err() {
+            // Checked as the client sent it; subscribed under the mountpoint.
+            let valid = topic::validate_filter(filter, mqtt.max_topic_levels).is_ok();
+            let mounted = match self.mountpoint() {
+                Some(mp) if valid => crate::mountpoint::mount(&mp, filter),
+                _ => filter.clone(),
+            };
+            let filter = &mounted;
+            let reason = if !valid {
                 ReasonCode::TOPIC_FILTER_INVALID
             } else if !allowed(verdicts, i) {
                 Metrics::inc(&self.broker.metrics.packets_subscribe_denied);
@@ -570,6 +581,10 @@ impl Channel {
             .filters
             .iter()
             .map(|filter| {
+                let mounted = self
+                    .mountpoint()
+                    .map(|mp| crate::mountpoint::mount(&mp, filter));
+                let filter = mounted.as_ref().unwrap_or(filter);
                 if self.broker.registry.unsubscribe(&self.handle, filter) {
                     if let Some(info) = self.info_for(HookPoint::SessionUnsubscribed) {
                         self.broker.hooks.session_unsubscribed(&info, filter);

@@ -237,7 +237,15 @@ impl Channel {
                 now.at,
             ),
             keep_alive: a.keepalive.seconds,
-            will: a.connect.will.take().map(Box::new),
+            will: a.connect.will.take().map(|mut will| {
+                if let Some(template) = zone.mountpoint.as_deref() {
+                    let username = a.connect.username.as_deref();
+                    let prefix = crate::mountpoint::expand(template, &a.client_id, username);
+                    let topic = String::from_utf8_lossy(&will.topic);
+                    will.topic = crate::mountpoint::mount(&prefix, &topic).into();
+                }
+                Box::new(will)
+            }),
             client_max_packet: a.client_max_packet,
             alias_out_max: a.connect.properties.topic_alias_maximum.unwrap_or(0),
             listener,

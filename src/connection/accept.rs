@@ -99,6 +99,10 @@ async fn authenticate(
         Arc::from(zone.name.as_str()),
     );
     info.username = connect.username.as_deref().map(Arc::from);
+    info.mountpoint = zone.mountpoint.as_deref().map(|template| {
+        let prefix = crate::mountpoint::expand(template, client_id, info.username.as_deref());
+        Arc::from(prefix.as_ref())
+    });
     let info = Arc::new(info);
     let creds = Arc::new(Credentials {
         password: connect.password.clone(),

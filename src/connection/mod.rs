@@ -60,10 +60,19 @@ pub(crate) struct Env {
 /// The layers a listener's connections get, set up in this order before CONNECT.
 /// One pointer in `Env` for all of them: `Env` lives in every connection's future.
 pub(crate) struct ListenerLayers {
+    /// `proxy_protocol = on`: a PROXY header first, naming the client.
+    pub proxy: Option<ProxyLayer>,
     /// An SSL or WSS listener's TLS settings.
     pub tls: Option<Arc<TlsListener>>,
     /// A WS or WSS listener's WebSocket settings.
     pub ws: Option<WsConfig>,
+}
+
+/// A listener's `proxy_protocol` settings.
+pub(crate) struct ProxyLayer {
+    pub timeout: Duration,
+    /// The listener (its access rules, its refusal counts).
+    pub entry: Arc<crate::listener::control::ListenerEntry>,
 }
 
 /// A listener's connection slot and the node's count of live connections.
@@ -101,7 +110,7 @@ impl Hibernation {
 }
 
 /// Serve one accepted TCP connection until it closes.
-pub(crate) async fn serve(env: Env, stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let broker = env.broker.clone();
@@ -110,6 +119,25 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, peer: SocketAddr) {
     let mut transport = Transport::Plain;
     let mut username_from_cert = None;
     let layers = env.layers.as_deref();
+    if let Some(proxy) = layers.and_then(|l| l.proxy.as_ref()) {
+        // The PROXY header comes first, below TLS and WebSocket; from here on the
+        // client it names is the peer (hooks, `clients show`, logs, access rules).
+        // What follows it is the next layer's first bytes.
+        let header = Box::pin(crate::listener::proxy::read_header(&reader, proxy.timeout));
+        match header.await {
+            Ok((source, rest)) => {
+                peer = source.unwrap_or(peer);
+                rbuf = rest;
+            }
+            Err(reason) => {
+                crate::listener::admission::proxy_failed(&broker, &proxy.entry, peer, &reason);
+                return;
+            }
+        }
+        if !crate::listener::admission::admit(&broker, &proxy.entry, peer, true) {
+            return;
+        }
+    }
     if let Some(tls) = layers.and_then(|l| l.tls.as_ref()) {
         let shaken = Box::pin(handshake(tls, peer, &mut reader, &mut writer, &mut rbuf));
         let Some(session) = shaken.await else {
@@ -237,6 +265,9 @@ async fn handshake(
     };
     let mut transport = Transport::tls(Box::new(session));
     let shaken = tokio::time::timeout(tls.handshake_timeout, async {
+        // Bytes read behind a PROXY header are the start of the handshake.
+        let early = rbuf.split();
+        through(&mut transport, &early, rbuf).map_err(|e| e.to_string())?;
         while transport.handshaking() {
             transport.flush(writer).await.map_err(|e| e.to_string())?;
             read_more(reader, &mut transport, rbuf).await?;

@@ -27,6 +27,9 @@ subscriptions show <ClientId>           # Show subscriptions of a client
 retainer info                           # Show the count of retained messages
 retainer topics                         # Show all topics of retained messages
 acl reload                              # Reload the file ACL (acl_file)
+listeners                               # List listeners
+listeners stop    <Identifier>          # Stop a listener
+listeners restart <Identifier>          # Restart a listener
 ";
 
 fn ok(output: String) -> Reply {

@@ -5,6 +5,7 @@
 //! formatting what `crate::query` returns.
 
 mod commands;
+mod listeners;
 pub mod server;
 
 pub use commands::run_command;

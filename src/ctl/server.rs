@@ -9,10 +9,13 @@ use tokio::sync::watch;
 
 use super::{run_command, Reply};
 use crate::broker::Broker;
+use crate::listener::control::ListenerEntry;
 
 /// Serve control requests until shutdown. `stop` asks the node to shut down.
+/// `listeners` are the node's, for `emqx_ctl listeners`.
 pub async fn serve(
     broker: Arc<Broker>,
+    listeners: Arc<Vec<Arc<ListenerEntry>>>,
     listener: UnixListener,
     stop: Arc<watch::Sender<bool>>,
     mut shutdown: watch::Receiver<bool>,
@@ -29,6 +32,7 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let broker = broker.clone();
+        let listeners = listeners.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
@@ -44,6 +48,10 @@ pub async fn serve(
                         code: 0,
                         output: "ok\n".into(),
                     }
+                }
+                // Stop and restart wait for the listener's accept loop.
+                Ok(args) if args.first().map(String::as_str) == Some("listeners") => {
+                    super::listeners::run(&listeners, &args[1..]).await
                 }
                 Ok(args) => run_command(&broker, &args),
                 Err(e) => Reply {

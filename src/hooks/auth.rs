@@ -100,7 +100,7 @@ impl Hooks {
     }
 
     /// Run `client.check_acl` for `topic` (a topic name for publish, a filter for
-    /// subscribe, after the mountpoint is applied). A superuser is allowed without
+    /// subscribe, as the client sent it: before the mountpoint is applied, as EMQX 4). A superuser is allowed without
     /// asking any hook (as EMQX 4's `emqx_access_control`). `nomatch` is the answer
     /// when every hook ignores (`acl_nomatch`). What to do with a denial (drop,
     /// SUBACK 0x80/0x87, disconnect per `acl_deny_action`) is the caller's.

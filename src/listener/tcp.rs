@@ -7,11 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
+use super::admission::{accept_paced, admit, listener_zone};
+use super::control::{Command, Control, Refusal, Socket};
+use super::rate::ConnRate;
 use crate::broker::Broker;
 use crate::config::ListenerConfig;
-use crate::connection::{ConnGuard, Env, Hibernation, ListenerLayers};
+use crate::connection::{ConnGuard, Env, Hibernation, ListenerLayers, ProxyLayer};
 use crate::transport::tls::TlsListener;
 
 /// Bind now (so start-up fails on a taken port), serve in the background.
@@ -25,8 +28,16 @@ pub fn bind(config: &ListenerConfig) -> std::io::Result<TcpListener> {
     socket.listen(config.backlog)
 }
 
+/// What wakes the accept loop.
+enum Next {
+    Accepted(std::io::Result<(tokio::net::TcpStream, SocketAddr)>),
+    Command(Command),
+    Shutdown,
+}
+
 /// Accept until `shutdown` flips; every connection holds a clone of `alive`, also
-/// while it hibernates.
+/// while it hibernates. `control` brings `emqx_ctl listeners stop|restart`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     broker: Arc<Broker>,
     config: ListenerConfig,
@@ -35,23 +46,44 @@ pub async fn serve(
     alive: tokio::sync::mpsc::Sender<()>,
     hibernation: Hibernation,
     tls: Option<Arc<TlsListener>>,
+    control: Control,
 ) {
-    let limit = Arc::new(Semaphore::new(
-        config.max_connections.min(Semaphore::MAX_PERMITS),
-    ));
-    let zone = broker.zone(&config.zone);
+    let Control {
+        entry,
+        mut commands,
+    } = control;
+    let limit = entry.slots.clone();
+    let zone = listener_zone(broker.zone(&config.zone), &config);
     let name: Arc<str> = Arc::from(config.name.as_str());
-    let layers = (tls.is_some() || config.ws.is_some()).then(|| {
+    let proxy = config.proxy_protocol.then(|| ProxyLayer {
+        timeout: config.proxy_protocol_timeout,
+        entry: entry.clone(),
+    });
+    let layers = (tls.is_some() || config.ws.is_some() || proxy.is_some()).then(|| {
         Arc::new(ListenerLayers {
+            proxy,
             tls,
             ws: config.ws.clone(),
         })
     });
+    let mut socket = Socket::new(listener, entry.clone());
+    let mut rate = config
+        .max_conn_rate
+        .map(|r| ConnRate::new(r, std::time::Instant::now()));
     let mut stop = shutdown.clone();
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.changed() => break,
+        let next = tokio::select! {
+            a = accept_paced(&socket, &mut rate) => Next::Accepted(a),
+            Some(c) = commands.recv() => Next::Command(c),
+            _ = stop.changed() => Next::Shutdown,
+        };
+        let accepted = match next {
+            Next::Accepted(a) => a,
+            Next::Command(c) => {
+                socket.apply(c);
+                continue;
+            }
+            Next::Shutdown => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -62,7 +94,12 @@ pub async fn serve(
                 continue;
             }
         };
+        // With the PROXY protocol the rules see the client, after its header.
+        if !config.proxy_protocol && !admit(&broker, &entry, peer, false) {
+            continue;
+        }
         let Ok(permit) = limit.clone().try_acquire_owned() else {
+            entry.refused(Refusal::MaxConns);
             tracing::warn!(listener = %config.id(), %peer, max = config.max_connections, "max_connections reached; refused");
             continue;
         };
