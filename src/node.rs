@@ -58,12 +58,11 @@ fn load_psk_file(config: &Config) -> Result<Option<Arc<PskTable>>, NodeError> {
         return Ok(None);
     }
     let path = &config.psk.path;
-    let table = PskTable::load(path, &config.psk.delimiter).map_err(|source| {
-        NodeError::PskFile {
+    let table =
+        PskTable::load(path, &config.psk.delimiter).map_err(|source| NodeError::PskFile {
             path: path.display().to_string(),
             source,
-        }
-    })?;
+        })?;
     tracing::info!(file = %path.display(), identities = table.len(), "PSK file loaded");
     Ok(Some(Arc::new(table)))
 }

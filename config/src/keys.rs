@@ -339,9 +339,7 @@ impl Builder {
 
     fn apply_psk_file(&mut self, field: &str, entry: &Entry) -> Result<(), ConfigError> {
         match field {
-            "path" => {
-                self.psk.path = entry.read(|v| values::non_empty(v, "a file path"))?.into()
-            }
+            "path" => self.psk.path = entry.read(|v| values::non_empty(v, "a file path"))?.into(),
             "delimiter" => {
                 self.psk.delimiter = entry.read(|v| values::non_empty(v, "a separator"))?
             }

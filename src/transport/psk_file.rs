@@ -94,8 +94,11 @@ impl PskTable {
     }
 }
 
+/// An identity and its key.
+type Entry = (Box<[u8]>, Box<[u8]>);
+
 /// `identity<delimiter>hexkey` (already trimmed) -> (identity, key bytes).
-fn parse_entry(entry: &str, delimiter: &str) -> Result<(Box<[u8]>, Box<[u8]>), String> {
+fn parse_entry(entry: &str, delimiter: &str) -> Result<Entry, String> {
     let Some((identity, hex)) = entry.split_once(delimiter) else {
         return Err(format!("no {delimiter:?} between identity and key"));
     };
@@ -121,7 +124,7 @@ fn decode_hex(hex: &str) -> Result<Vec<u8>, String> {
     if hex.is_empty() {
         return Err("empty".to_string());
     }
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err(format!("odd number of digits ({})", hex.len()));
     }
     let digit = |c: u8, at: usize| match c {
@@ -149,7 +152,12 @@ mod tests {
         assert_eq!(table.len(), 2);
         assert_eq!(
             table.key(b"device1"),
-            Some(&[0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff][..])
+            Some(
+                &[
+                    0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc,
+                    0xdd, 0xee, 0xff
+                ][..]
+            )
         );
         // The identity keeps its inner space; blanks around the delimiter go.
         assert_eq!(table.key(b"device 2"), Some(&[0x0a, 0x0b][..]));
@@ -176,10 +184,22 @@ mod tests {
         assert_eq!(lines, vec![2, 3, 4, 5, 6, 7]);
         assert!(bad[0].reason.contains("no \":\""), "{}", bad[0].reason);
         assert_eq!(bad[1].reason, "empty identity");
-        assert!(bad[2].reason.contains("odd number of digits (3)"), "{}", bad[2].reason);
-        assert!(bad[3].reason.contains("character 1 is not a hex digit"), "{}", bad[3].reason);
+        assert!(
+            bad[2].reason.contains("odd number of digits (3)"),
+            "{}",
+            bad[2].reason
+        );
+        assert!(
+            bad[3].reason.contains("character 1 is not a hex digit"),
+            "{}",
+            bad[3].reason
+        );
         assert!(bad[4].reason.contains("empty"), "{}", bad[4].reason);
-        assert!(bad[5].reason.contains("character 2 is not a hex digit"), "{}", bad[5].reason);
+        assert!(
+            bad[5].reason.contains("character 2 is not a hex digit"),
+            "{}",
+            bad[5].reason
+        );
     }
 
     #[test]
