@@ -121,6 +121,9 @@ impl PskServer {
         b.set_mode(SslMode::RELEASE_BUFFERS);
         b.set_session_cache_mode(SslSessionCacheMode::OFF);
         b.set_num_tickets(0).map_err(openssl)?;
+        // OpenSSL refuses a TLS 1.3 PSK handshake under `verify_peer` without one.
+        b.set_session_id_context(listener.as_bytes().get(..32).unwrap_or(listener.as_bytes()))
+            .map_err(openssl)?;
         match tls.verify {
             crate::config::TlsVerify::VerifyNone => b.set_verify(SslVerifyMode::NONE),
             crate::config::TlsVerify::VerifyPeer => {
@@ -296,10 +299,21 @@ impl PskSession {
                 identity,
                 known: true,
                 ..
-            }) => format!(
-                "PSK identity {:?}: {reason} (a wrong key?)",
-                String::from_utf8_lossy(identity)
-            ),
+            }) => {
+                // What a key the two sides do not share looks like to OpenSSL.
+                let wrong_key = [
+                    "bad record mac",
+                    "binder does not verify",
+                    "digest check failed",
+                ]
+                .iter()
+                .any(|sign| reason.contains(sign));
+                let hint = if wrong_key { " (a wrong key?)" } else { "" };
+                format!(
+                    "PSK identity {:?}: {reason}{hint}",
+                    String::from_utf8_lossy(identity)
+                )
+            }
             None => reason,
         }
     }

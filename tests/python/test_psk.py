@@ -245,6 +245,23 @@ def test_certificate_clients_share_the_psk_port(broker_factory, tmp_path, protoc
         cert_sub.disconnect()
 
 
+@pytest.mark.parametrize("tls_versions", [TLS12, TLS13], ids=["tls1.2", "tls1.3"])
+def test_psk_or_mutual_tls_on_one_port(broker_factory, tmp_path, tls_versions):
+    # verify_peer + fail_if_no_peer_cert: a key or a client certificate, nothing less.
+    broker = psk_broker(broker_factory, tmp_path, tls_versions=tls_versions, **{
+        "listener.ssl.external.verify": "verify_peer",
+        "listener.ssl.external.fail_if_no_peer_cert": "true",
+    })
+    certs = REPO / "etc" / "certs"
+    with_cert = ["--cafile", str(CACERT), "--cert", str(certs / "client-cert.pem"),
+                 "--key", str(certs / "client-key.pem")]
+    assert pub(broker, "m/t", "psk", *psk_args("device-1")).returncode == 0
+    assert pub(broker, "m/t", "cert", *with_cert).returncode == 0
+    assert pub(broker, "m/t", "anonymous", "--cafile", str(CACERT)).returncode != 0
+    assert wait_until(lambda: metric(broker, FAILED) == 1, 5)
+    assert log_contains(broker, "peer did not return a certificate"), broker.log_tail()
+
+
 def test_the_psk_identity_is_the_username_with_peer_cert_as_username(broker_factory, tmp_path):
     # With use_username_as_clientid the username shows as the client id.
     broker = psk_broker(broker_factory, tmp_path, **{
