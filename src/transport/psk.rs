@@ -57,7 +57,7 @@ impl std::fmt::Debug for PskServer {
 }
 
 /// What the client offered as a PSK identity (kept on its `Ssl` for the log line
-/// and for refusing a TLS 1.3 client whose identity is unknown).
+/// and for refusing a TLS 1.3 client whose key was not used, see `check_identity`).
 struct Offered {
     identity: Box<[u8]>,
     known: bool,
@@ -420,20 +420,9 @@ fn versions(listener: &str, names: &[String]) -> Result<(SslVersion, SslVersion)
 }
 
 /// The TLS 1.2 cipher list (the PSK suites that OpenSSL implements, then the
-/// certificate suites) and the TLS 1.3 suites `ciphers` names (None: OpenSSL's).
+/// certificate suites) and the TLS 1.3 suites `ciphers` names (None: the default).
 fn cipher_lists(listener: &str, tls: &TlsConfig) -> Result<(String, Option<String>), String> {
-    let (psk, skipped): (Vec<&str>, Vec<&str>) = tls
-        .psk_ciphers
-        .iter()
-        .map(String::as_str)
-        .partition(|name| implemented(name));
-    if !skipped.is_empty() {
-        tracing::warn!(
-            listener,
-            ?skipped,
-            "PSK cipher suites this OpenSSL does not offer; skipped"
-        );
-    }
+    let psk = offered(listener, "psk_ciphers", &tls.psk_ciphers);
     if psk.is_empty() {
         return Err(format!(
             "none of the psk_ciphers is offered by this OpenSSL ({}); use e.g. \
@@ -441,10 +430,12 @@ fn cipher_lists(listener: &str, tls: &TlsConfig) -> Result<(String, Option<Strin
             openssl::version::version()
         ));
     }
-    let (tls13, tls12): (Vec<&str>, Vec<&str>) = tls
-        .ciphers
-        .iter()
-        .map(String::as_str)
+    let ciphers = offered(listener, "ciphers", &tls.ciphers);
+    if ciphers.is_empty() && !tls.ciphers.is_empty() {
+        return Err("none of the ciphers is offered by this OpenSSL".to_string());
+    }
+    let (tls13, tls12): (Vec<&str>, Vec<&str>) = ciphers
+        .into_iter()
         .partition(|name| name.starts_with("TLS_"));
     let cert = match tls12.is_empty() {
         true => DEFAULT_CERT_CIPHERS.to_string(),
@@ -454,11 +445,32 @@ fn cipher_lists(listener: &str, tls: &TlsConfig) -> Result<(String, Option<Strin
     Ok((format!("{}:{cert}", psk.join(":")), tls13))
 }
 
-/// Whether this OpenSSL offers the TLS 1.2 suite `name` (3DES and RC4, in EMQX 4's
-/// example list, are gone from OpenSSL 3's default provider).
+/// The names in `names` (of config key `key`) that this OpenSSL implements; the
+/// others are logged and skipped (3DES and RC4, in EMQX 4's example `psk_ciphers`,
+/// are gone from OpenSSL 3's default provider).
+fn offered<'a>(listener: &str, key: &str, names: &'a [String]) -> Vec<&'a str> {
+    let (known, skipped): (Vec<&str>, Vec<&str>) = names
+        .iter()
+        .map(String::as_str)
+        .partition(|name| implemented(name));
+    if !skipped.is_empty() {
+        tracing::warn!(
+            listener,
+            key,
+            ?skipped,
+            "cipher suites this OpenSSL does not offer; skipped"
+        );
+    }
+    known
+}
+
+/// Whether this OpenSSL offers the suite `name` (TLS 1.3 names start with `TLS_`).
 fn implemented(name: &str) -> bool {
     SslContextBuilder::new(SslMethod::tls_server())
-        .and_then(|mut b| b.set_cipher_list(name))
+        .and_then(|mut b| match name.starts_with("TLS_") {
+            true => b.set_ciphersuites(name),
+            false => b.set_cipher_list(name),
+        })
         .is_ok()
 }
 
@@ -581,6 +593,30 @@ mod tests {
         let connect = b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04test";
         assert!(session.received(connect, &mut plain).is_err());
         assert!(plain.is_empty());
+    }
+
+    #[test]
+    fn cipher_names_openssl_lacks_are_skipped_and_none_left_is_an_error() {
+        let mut tls = TlsConfig::with_defaults();
+        tls.psk_ciphers = ["PSK-RC4-SHA", "PSK-AES128-CBC-SHA", "PSK-3DES-EDE-CBC-SHA"]
+            .map(String::from)
+            .to_vec();
+        tls.ciphers = [
+            "TLS_AES_128_GCM_SHA256",
+            "NO-SUCH-SUITE",
+            "ECDHE-RSA-AES128-GCM-SHA256",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (tls12, tls13) = cipher_lists("l", &tls).unwrap();
+        assert_eq!(tls12, "PSK-AES128-CBC-SHA:ECDHE-RSA-AES128-GCM-SHA256");
+        assert_eq!(tls13.as_deref(), Some("TLS_AES_128_GCM_SHA256"));
+        tls.ciphers = vec!["NO-SUCH-SUITE".into()];
+        assert!(cipher_lists("l", &tls).is_err());
+        tls.ciphers = vec![];
+        tls.psk_ciphers = vec!["PSK-RC4-SHA".into()];
+        let err = cipher_lists("l", &tls).unwrap_err();
+        assert!(err.starts_with("none of the psk_ciphers"), "{err}");
     }
 
     #[test]
