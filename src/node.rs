@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 use crate::connection::Hibernation;
+use crate::transport::psk_file::PskTable;
 use crate::transport::tls::{TlsListener, TlsSetupError};
 use crate::{ctl, listener};
 
@@ -33,6 +34,11 @@ pub enum NodeError {
     Tls(#[from] TlsSetupError),
     #[error("ACL file {0}")]
     Acl(#[from] crate::acl::AclError),
+    #[error("cannot read the PSK file {path} (psk.file.path): {source}")]
+    PskFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot start the hibernation poller: {0}")]
     Hibernation(std::io::Error),
     #[error("control socket {path}: {source}")]
@@ -40,6 +46,27 @@ pub enum NodeError {
         path: String,
         source: std::io::Error,
     },
+}
+
+/// The PSK identities, read once when some listener has `psk_ciphers` (a missing
+/// file stops the start, as a missing certfile does; a malformed line is logged
+/// and skipped).
+fn load_psk_file(config: &Config) -> Result<Option<Arc<PskTable>>, NodeError> {
+    let psk_listeners = config
+        .listeners
+        .iter()
+        .filter(|l| l.tls.as_ref().is_some_and(|t| !t.psk_ciphers.is_empty()));
+    if psk_listeners.count() == 0 {
+        return Ok(None);
+    }
+    let path = &config.psk.path;
+    let table =
+        PskTable::load(path, &config.psk.delimiter).map_err(|source| NodeError::PskFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+    tracing::info!(file = %path.display(), identities = table.len(), "PSK file loaded");
+    Ok(Some(Arc::new(table)))
 }
 
 /// Run until SIGINT/SIGTERM or `emqx stop`. Returns after a graceful shutdown.
@@ -57,9 +84,10 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     // Each connection task holds a clone; when all are dropped, all have finished.
     let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
 
+    let psk = load_psk_file(&broker.config)?;
     let mut bound = Vec::new();
     for l in &broker.config.listeners {
-        let tls = TlsListener::for_listener(l)?;
+        let tls = TlsListener::for_listener(l, psk.as_ref())?;
         let listener = listener::tcp::bind(l).map_err(|source| NodeError::Bind {
             name: l.id(),
             addr: l.bind.to_string(),

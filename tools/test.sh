@@ -9,8 +9,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quay-target}"
 export CARGO_TERM_COLOR=never
 
 # chromium: MQTT.js runs in it for the WebSocket tests (tests/browser). haproxy: in
-# front of Quay with the PROXY protocol (tests/python/test_listeners.py).
-apt_packages=(libclang-dev protobuf-compiler mosquitto mosquitto-clients strace chromium haproxy)
+# front of Quay with the PROXY protocol (tests/python/test_listeners.py). libssl-dev and
+# pkg-config: the `openssl` crate links the system's OpenSSL 3 for TLS-PSK listeners.
+apt_packages=(libclang-dev protobuf-compiler mosquitto mosquitto-clients strace chromium haproxy libssl-dev pkg-config)
 # Node and npm from Debian, unless a node is there already (nodesource's nodejs ships
 # npm and conflicts with Debian's npm package).
 command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)

@@ -15,13 +15,13 @@ use super::values;
 use super::{
     default_log, default_node, resolve, AccessConfig, AclDenyAction, CertField, Config,
     ConfigError, FsyncPolicy, ListenerConfig, LogConfig, LogLevel, LogTo, MqttConfig, NodeConfig,
-    Origin, RetainerConfig, StorageConfig, TlsConfig, TlsVerify, WsConfig, ZoneConfig,
+    Origin, PskConfig, RetainerConfig, StorageConfig, TlsConfig, TlsVerify, WsConfig, ZoneConfig,
     MAX_PACKET_SIZE_LIMIT,
 };
 
 const SECTIONS: &str = "node.*, log.*, listener.tcp.*, listener.ssl.*, listener.ws.*, \
                         listener.wss.*, mqtt.*, zone.*, storage.*, retainer.*, \
-                        allow_anonymous, acl_nomatch, acl_file, acl_deny_action";
+                        psk.file.*, allow_anonymous, acl_nomatch, acl_file, acl_deny_action";
 /// Keys of no section (EMQX 4's authentication and ACL settings).
 pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "allow_anonymous",
@@ -53,6 +53,9 @@ const SSL_KEYS: &[&str] = &[
     "ciphers",
     "peer_cert_as_username",
 ];
+/// Keys of `listener.ssl` only (not `listener.wss`): TLS-PSK.
+const PSK_LISTENER_KEYS: &[&str] = &["psk_ciphers"];
+const PSK_FILE_KEYS: &[&str] = &["path", "delimiter"];
 const WS_KEYS: &[&str] = &[
     "mqtt_path",
     "fail_if_no_subprotocol",
@@ -137,6 +140,7 @@ pub(super) struct Builder {
     storage: StorageConfig,
     retainer: RetainerConfig,
     access: AccessConfig,
+    psk: PskConfig,
 }
 
 impl Builder {
@@ -152,6 +156,7 @@ impl Builder {
             storage: StorageConfig::default(),
             retainer: RetainerConfig::default(),
             access: AccessConfig::with_defaults(relative),
+            psk: PskConfig::default(),
         }
     }
 
@@ -190,6 +195,7 @@ impl Builder {
             [field @ ("allow_anonymous" | "acl_nomatch" | "acl_file" | "acl_deny_action")] => {
                 self.apply_access(field, entry)
             }
+            ["psk", "file", field] => self.apply_psk_file(field, entry),
             _ => Err(unknown(entry, "known key groups", &[SECTIONS])),
         }
     }
@@ -291,11 +297,22 @@ impl Builder {
                 let config = &mut self.listener(proto, name, entry).config;
                 match (&mut config.tls, &mut config.ws) {
                     (Some(tls), _) if SSL_KEYS.contains(&field) => apply_tls(tls, field, entry)?,
+                    (Some(tls), None) if PSK_LISTENER_KEYS.contains(&field) => {
+                        tls.psk_ciphers = entry.read(|v| match comma_list(v) {
+                            names if names.is_empty() => {
+                                Err("at least one PSK cipher suite name".to_string())
+                            }
+                            names => Ok(names),
+                        })?
+                    }
                     (_, Some(ws)) if WS_KEYS.contains(&field) => apply_ws(ws, field, entry)?,
                     (tls, ws) => {
                         let mut keys = LISTENER_KEYS.to_vec();
                         if tls.is_some() {
                             keys.extend(SSL_KEYS);
+                        }
+                        if tls.is_some() && ws.is_none() {
+                            keys.extend(PSK_LISTENER_KEYS);
                         }
                         if ws.is_some() {
                             keys.extend(WS_KEYS);
@@ -406,6 +423,17 @@ impl Builder {
         Ok(())
     }
 
+    fn apply_psk_file(&mut self, field: &str, entry: &Entry) -> Result<(), ConfigError> {
+        match field {
+            "path" => self.psk.path = entry.read(|v| values::non_empty(v, "a file path"))?.into(),
+            "delimiter" => {
+                self.psk.delimiter = entry.read(|v| values::non_empty(v, "a separator"))?
+            }
+            _ => return Err(unknown(entry, "psk.file.* keys", PSK_FILE_KEYS)),
+        }
+        Ok(())
+    }
+
     /// Resolves paths against `release_root` and checks what single keys cannot:
     /// every listener has an address, names a defined zone, and binds a distinct address.
     pub(super) fn finish(
@@ -479,6 +507,8 @@ impl Builder {
         log.dir = resolve(release_root, &log.dir);
         let mut access = self.access;
         access.acl_file = resolve(release_root, &access.acl_file);
+        let mut psk = self.psk;
+        psk.path = resolve(release_root, &psk.path);
         Ok(Config {
             node,
             log,
@@ -488,6 +518,7 @@ impl Builder {
             storage: self.storage,
             retainer: self.retainer,
             access,
+            psk,
             release_root: release_root.to_path_buf(),
             config_file,
         })
@@ -676,7 +707,7 @@ mod tests {
     /// Every field a hint lists is handled: applying it never says "unknown key".
     #[test]
     fn the_listed_keys_are_the_handled_keys() {
-        let groups: [(&str, &[&str]); 11] = [
+        let groups: [(&str, &[&str]); 13] = [
             ("node.", NODE_KEYS),
             ("log.", LOG_KEYS),
             ("listener.tcp.x.", LISTENER_KEYS),
@@ -688,6 +719,8 @@ mod tests {
             ("zone.x.", ZONE_KEYS),
             ("storage.", STORAGE_KEYS),
             ("retainer.", RETAINER_KEYS),
+            ("listener.ssl.x.", PSK_LISTENER_KEYS),
+            ("psk.file.", PSK_FILE_KEYS),
         ];
         for (prefix, fields) in groups {
             for field in fields {

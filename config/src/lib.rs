@@ -48,6 +48,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub retainer: RetainerConfig,
     pub access: AccessConfig,
+    /// The TLS-PSK identities file (`psk.file.*`, EMQX 4's `emqx_psk_file` plugin).
+    pub psk: PskConfig,
     /// The directory relative paths in the config resolve against: the parent of the
     /// config file's directory (`/opt/emqx/etc/emqx.conf` => `/opt/emqx`), as in EMQX.
     pub release_root: PathBuf,
@@ -484,8 +486,30 @@ pub struct TlsConfig {
     pub ciphers: Vec<String>,
     /// The handshake must finish within this.
     pub handshake_timeout: Duration,
-    /// Take the client certificate's CN or whole DN as the MQTT username.
+    /// Take the client certificate's CN or whole DN as the MQTT username (on a PSK
+    /// listener, a PSK client's identity).
     pub peer_cert_as_username: Option<CertField>,
+    /// `listener.ssl.<name>.psk_ciphers`, OpenSSL names of TLS 1.2 PSK suites. Not
+    /// empty: the listener also accepts TLS-PSK clients (served by OpenSSL).
+    pub psk_ciphers: Vec<String>,
+}
+
+/// Where the TLS-PSK identities and keys are (`psk.file.path`, lines
+/// `identity<delimiter>hexkey`), read at start when a listener has `psk_ciphers`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PskConfig {
+    pub path: PathBuf,
+    /// Separates the identity from the key on each line: `:` as in EMQX 4.
+    pub delimiter: String,
+}
+
+impl Default for PskConfig {
+    fn default() -> Self {
+        PskConfig {
+            path: PathBuf::from("etc/psk.txt"),
+            delimiter: ":".to_string(),
+        }
+    }
 }
 
 /// The WebSocket settings of a `listener.ws.<name>` or `listener.wss.<name>`.
@@ -549,6 +573,7 @@ impl TlsConfig {
             ciphers: Vec::new(),
             handshake_timeout: Duration::from_secs(15),
             peer_cert_as_username: None,
+            psk_ciphers: Vec::new(),
         }
     }
 }
@@ -648,6 +673,10 @@ impl Config {
             storage: StorageConfig::default(),
             retainer: RetainerConfig::default(),
             access: AccessConfig::with_defaults(&release_root),
+            psk: PskConfig {
+                path: resolve(&release_root, &PskConfig::default().path),
+                ..PskConfig::default()
+            },
             config_file: release_root.join(CONFIG_FILE_IN_RELEASE),
             release_root,
         }

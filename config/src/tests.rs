@@ -566,3 +566,47 @@ fn per_listener_options_on_every_kind() {
     assert_eq!(l.max_conn_rate, None);
     assert_eq!(l.proxy_protocol_timeout, Duration::from_secs(3));
 }
+
+#[test]
+fn psk_ciphers_on_ssl_listeners_and_the_psk_file_from_its_plugin() {
+    let release = Release::new(
+        "zone.external.idle_timeout = 15s\n\
+         listener.ssl.psk = 8885\n\
+         listener.ssl.psk.psk_ciphers = PSK-AES128-GCM-SHA256, PSK-AES128-CBC-SHA\n",
+    )
+    .plugin(
+        "emqx_psk_file.conf",
+        "psk.file.path = etc/devices.psk\npsk.file.delimiter = =>\n",
+    );
+    let config = release.load().unwrap();
+    let tls = config.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(
+        tls.psk_ciphers,
+        ["PSK-AES128-GCM-SHA256", "PSK-AES128-CBC-SHA"]
+    );
+    assert_eq!(config.psk.path, release.root().join("etc/devices.psk"));
+    assert_eq!(config.psk.delimiter, "=>");
+    // Only `listener.ssl` takes it (not WSS, not TCP), and never empty.
+    for (key, expected) in [
+        (
+            "listener.wss.x.psk_ciphers = PSK-AES128-CBC-SHA",
+            "unknown key",
+        ),
+        (
+            "listener.tcp.x.psk_ciphers = PSK-AES128-CBC-SHA",
+            "unknown key",
+        ),
+        (
+            "listener.ssl.x.psk_ciphers = ,",
+            "at least one PSK cipher suite name",
+        ),
+        (
+            "psk.file.sep = :",
+            "unknown key psk.file.sep; psk.file.* keys: path, delimiter",
+        ),
+    ] {
+        let release = Release::new(&format!("{key}\n"));
+        let message = release.error(release.load());
+        assert!(message.contains(expected), "{key}: {message}");
+    }
+}

@@ -28,7 +28,7 @@ use crate::codec::ReasonCode;
 use crate::config::{WsConfig, Zone};
 use crate::hibernate::Hibernator;
 use crate::metrics::Metrics;
-use crate::transport::tls::{peer_identity, TlsListener};
+use crate::transport::tls::TlsListener;
 use crate::transport::ws::{WsError, WsState};
 use crate::transport::{Received, Transport};
 
@@ -146,8 +146,8 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
         };
         username_from_cert = tls
             .peer_cert_as_username
-            .and_then(|field| peer_identity(&session)?.field(field));
-        transport = Transport::tls(session);
+            .and_then(|field| session.tls_identity(field));
+        transport = session;
     }
     if let Some(ws) = layers.and_then(|l| l.ws.as_ref()) {
         // WebSocket above whatever is below (TLS for WSS); what the TLS handshake
@@ -247,23 +247,23 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
     drive(conn, stream, rbuf).await;
 }
 
-/// The TLS handshake, within the listener's `handshake_timeout`; what the client
-/// sent after it (its CONNECT) is left in `rbuf`. None: failed, logged.
+/// The TLS handshake (rustls, or OpenSSL on a PSK listener), within the listener's
+/// `handshake_timeout`; what the client sent after it (its CONNECT) is left in
+/// `rbuf`. None: failed, logged.
 async fn handshake(
     tls: &TlsListener,
     peer: SocketAddr,
     reader: &mut OwnedReadHalf,
     writer: &mut OwnedWriteHalf,
     rbuf: &mut BytesMut,
-) -> Option<Box<rustls::ServerConnection>> {
-    let session = match rustls::ServerConnection::new(tls.server.clone()) {
+) -> Option<Transport> {
+    let mut transport = match tls.session() {
         Ok(session) => session,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "TLS session not created");
             return None;
         }
     };
-    let mut transport = Transport::tls(Box::new(session));
     let shaken = tokio::time::timeout(tls.handshake_timeout, async {
         // Bytes read behind a PROXY header are the start of the handshake.
         let early = rbuf.split();
@@ -295,7 +295,7 @@ async fn handshake(
         }
         return None;
     }
-    transport.into_tls()
+    Some(transport)
 }
 
 /// Upgrade refusals on every WebSocket listener, logged once per interval.
@@ -544,7 +544,15 @@ impl Connection {
                         return Outcome::Closed(Close::Lost);
                     }
                     match read_some(reader, transport, rbuf) {
-                        Ok(0) => return Outcome::Closed(Close::Lost),
+                        Ok(0) => {
+                            // A TLS close_notify can come in the same read as the
+                            // last packets before it (PUBLISH, DISCONNECT): those
+                            // still count (plain TCP leaves nothing here).
+                            if let Err(close) = ch.handle_bytes(rbuf, Now::read()) {
+                                return Outcome::Closed(close);
+                            }
+                            return Outcome::Closed(Close::Lost);
+                        }
                         Ok(n) => {
                             let now = Now::read();
                             ch.bytes_read(n, now);

@@ -1,6 +1,7 @@
 //! What lies between a connection's socket and its channel: nothing (plain TCP), a
-//! TLS session (rustls, which is sans-IO like the channel), a WebSocket state
-//! (`ws`, sans-IO too), or both layered (WSS: TLS below, WebSocket above). The
+//! TLS session (rustls, which is sans-IO like the channel; OpenSSL over an in-memory
+//! pipe for TLS-PSK, `psk`), a WebSocket state (`ws`, sans-IO too), or both layered
+//! (WSS: TLS below, WebSocket above). The
 //! connection driver always reads and writes the TCP socket itself, so every
 //! transport hibernates the same way (the socket is parked; the TLS session and the
 //! WebSocket state wait in the connection's box) and the channel only ever sees MQTT
@@ -12,6 +13,8 @@
 //! one 64 KiB WebSocket frame, so a slow reader still holds the channel back), and
 //! `poll_write` writes what is ready for the socket.
 
+pub mod psk;
+pub mod psk_file;
 pub mod tls;
 pub mod ws;
 
@@ -24,6 +27,8 @@ use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::channel::{Channel, Now};
+use crate::config::CertField;
+use psk::PskSession;
 
 /// The transport of one connection: one pointer, so that every `Connection` (and
 /// each hibernated one's box) stays in its allocator size class whatever the
@@ -37,6 +42,8 @@ pub(crate) enum Transport {
 /// on its own: a TLS session is large and plain WebSocket connections carry none.
 pub(crate) enum Layers {
     Tls(Box<rustls::ServerConnection>),
+    /// TLS with pre-shared keys (OpenSSL): a listener with `psk_ciphers`.
+    Psk(Box<PskSession>),
     /// MQTT over WebSocket, over TLS for WSS.
     Ws(Box<Ws>),
 }
@@ -52,12 +59,14 @@ pub(crate) struct Ws {
 enum View<'a> {
     Plain,
     Tls(&'a mut rustls::ServerConnection),
+    Psk(&'a mut PskSession),
     Ws(&'a mut Ws),
 }
 
 enum ViewRef<'a> {
     Plain,
     Tls(&'a rustls::ServerConnection),
+    Psk(&'a PskSession),
     Ws(&'a Ws),
 }
 
@@ -70,6 +79,9 @@ pub(crate) enum TransportError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Ws(#[from] ws::WsError),
+    /// A TLS-PSK failure, with the identity the client offered.
+    #[error("TLS: {0}")]
+    Psk(String),
 }
 
 /// What a chunk of socket bytes amounted to.
@@ -85,6 +97,10 @@ impl Transport {
         Transport::Layered(Box::new(Layers::Tls(session)))
     }
 
+    pub fn psk(session: Box<PskSession>) -> Transport {
+        Transport::Layered(Box::new(Layers::Psk(session)))
+    }
+
     pub fn ws(tls: Option<Box<rustls::ServerConnection>>, ws: ws::WsState) -> Transport {
         Transport::Layered(Box::new(Layers::Ws(Box::new(Ws { tls, ws }))))
     }
@@ -94,9 +110,21 @@ impl Transport {
         match self {
             Transport::Layered(layers) => match *layers {
                 Layers::Tls(session) => Some(session),
-                Layers::Ws(_) => None,
+                Layers::Psk(_) | Layers::Ws(_) => None,
             },
             Transport::Plain => None,
+        }
+    }
+
+    /// Who the TLS layer says the client is, as `peer_cert_as_username` asks: the
+    /// certificate's CN or DN, or a PSK client's identity (for either field).
+    pub fn tls_identity(&self, field: CertField) -> Option<std::sync::Arc<str>> {
+        match self.view_ref() {
+            ViewRef::Tls(tls) => tls::peer_identity(tls)?.field(field),
+            ViewRef::Psk(psk) => psk
+                .psk_identity()
+                .or_else(|| psk.peer_certificate()?.field(field)),
+            ViewRef::Plain | ViewRef::Ws(_) => None,
         }
     }
 
@@ -113,6 +141,7 @@ impl Transport {
             Transport::Plain => View::Plain,
             Transport::Layered(layers) => match &mut **layers {
                 Layers::Tls(tls) => View::Tls(tls),
+                Layers::Psk(psk) => View::Psk(psk),
                 Layers::Ws(ws) => View::Ws(ws),
             },
         }
@@ -123,6 +152,7 @@ impl Transport {
             Transport::Plain => ViewRef::Plain,
             Transport::Layered(layers) => match &**layers {
                 Layers::Tls(tls) => ViewRef::Tls(tls),
+                Layers::Psk(psk) => ViewRef::Psk(psk),
                 Layers::Ws(ws) => ViewRef::Ws(ws),
             },
         }
@@ -140,6 +170,7 @@ impl Transport {
                 Ok(Received::Open)
             }
             View::Tls(tls) => tls_received(tls, wire, rbuf),
+            View::Psk(psk) => psk.received(wire, rbuf).map_err(TransportError::Psk),
             View::Ws(layers) => {
                 let Ws { tls, ws } = layers;
                 let Some(tls) = tls else {
@@ -164,6 +195,7 @@ impl Transport {
         match self.view_ref() {
             ViewRef::Plain | ViewRef::Ws(_) => false,
             ViewRef::Tls(tls) => tls.is_handshaking(),
+            ViewRef::Psk(psk) => psk.is_handshaking(),
         }
     }
 
@@ -180,6 +212,7 @@ impl Transport {
             // rustls takes at most its buffer limit (64 KiB by default); never fails
             // for a connection past its handshake.
             View::Tls(tls) => tls.writer().write(output).unwrap_or(0),
+            View::Psk(psk) => psk.write_plain(output),
             View::Ws(layers) => layers.ws.stage(output),
         };
         if n > 0 {
@@ -194,6 +227,7 @@ impl Transport {
         match self.view() {
             View::Plain => return tokio::io::AsyncWriteExt::write_all(sock, bytes).await,
             View::Tls(tls) => tls.writer().write_all(bytes)?,
+            View::Psk(psk) => psk.write_all_plain(bytes)?,
             View::Ws(layers) => layers.ws.stage_all(bytes),
         }
         self.flush(sock).await
@@ -214,6 +248,7 @@ impl Transport {
         match self.view_ref() {
             ViewRef::Plain => !channel_output.is_empty(),
             ViewRef::Tls(tls) => tls.wants_write(),
+            ViewRef::Psk(psk) => psk.wants_write(),
             ViewRef::Ws(layers) => {
                 !layers.ws.out().is_empty() || layers.tls.as_ref().is_some_and(|t| t.wants_write())
             }
@@ -232,6 +267,7 @@ impl Transport {
         match self.view() {
             View::Plain => Pin::new(sock).poll_write(cx, plain),
             View::Tls(tls) => poll_write_tls(tls, cx, sock),
+            View::Psk(psk) => poll_write_psk(psk, cx, sock),
             View::Ws(layers) => {
                 let Ws { tls, ws } = layers;
                 let Some(tls) = tls else {
@@ -297,6 +333,10 @@ impl Transport {
         match self.view() {
             View::Plain => Ok(()),
             View::Tls(tls) => write_tls_now(tls, &mut sock),
+            View::Psk(psk) => match psk.write_tls(&mut sock) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                other => other.map(|_| ()),
+            },
             View::Ws(layers) => {
                 let Ws { tls, ws } = layers;
                 // Bounded: each turn empties the session, or the socket is full.
@@ -332,6 +372,7 @@ impl Transport {
         match self.view() {
             View::Plain => {}
             View::Tls(tls) => tls.send_close_notify(),
+            View::Psk(psk) => psk.send_close_notify(),
             View::Ws(layers) => {
                 let Ws { tls, ws } = layers;
                 ws.close();
@@ -420,6 +461,18 @@ fn poll_write_tls(
         }
     }
     Poll::Ready(Ok(total))
+}
+
+/// Write the PSK session's records until it has none or the socket is full.
+fn poll_write_psk(
+    psk: &mut PskSession,
+    cx: &mut Context<'_>,
+    sock: &mut OwnedWriteHalf,
+) -> Poll<io::Result<usize>> {
+    match psk.write_tls(&mut PollWriter { sock, cx }) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+        other => Poll::Ready(other),
+    }
 }
 
 /// Write the WebSocket's frames (plain WS) until none wait or the socket is full.

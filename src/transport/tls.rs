@@ -1,6 +1,7 @@
 //! An SSL listener's TLS settings, built once at start from `listener.ssl.<name>.*`:
 //! certificates and key from PEM files, client verification, versions and cipher
-//! suites (rustls, with ring's primitives). Errors name the file or key that is wrong.
+//! suites (rustls, with ring's primitives; OpenSSL for a listener with `psk_ciphers`,
+//! see `psk.rs`). Errors name the file or key that is wrong.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,14 +13,24 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
 
+use super::psk::PskServer;
+use super::psk_file::PskTable;
+use super::Transport;
 use crate::config::{CertField, ListenerConfig, TlsConfig, TlsVerify};
 use crate::hooks::CertIdentity;
 
 /// What a TLS listener's connections need.
 pub struct TlsListener {
-    pub server: Arc<ServerConfig>,
+    pub server: TlsServer,
     pub handshake_timeout: Duration,
     pub peer_cert_as_username: Option<CertField>,
+}
+
+/// Which TLS library serves the listener: rustls, or OpenSSL where clients may
+/// bring a pre-shared key (`psk_ciphers`), which rustls does not implement.
+pub enum TlsServer {
+    Rustls(Arc<ServerConfig>),
+    Psk(PskServer),
 }
 
 /// Why an SSL listener cannot start.
@@ -37,15 +48,40 @@ pub enum TlsSetupError {
 }
 
 impl TlsListener {
-    /// Build the listener's TLS settings; `None` for a plain TCP listener.
-    pub fn for_listener(l: &ListenerConfig) -> Result<Option<Arc<TlsListener>>, TlsSetupError> {
+    /// Build the listener's TLS settings; `None` for a plain TCP listener. `psk`:
+    /// the node's PSK identities, which a listener with `psk_ciphers` needs.
+    pub fn for_listener(
+        l: &ListenerConfig,
+        psk: Option<&Arc<PskTable>>,
+    ) -> Result<Option<Arc<TlsListener>>, TlsSetupError> {
         let Some(tls) = &l.tls else { return Ok(None) };
-        let server = server_config(&l.id(), tls)?;
+        let server = match (tls.psk_ciphers.is_empty(), psk) {
+            (true, _) => TlsServer::Rustls(Arc::new(server_config(&l.id(), tls)?)),
+            (false, Some(table)) => TlsServer::Psk(PskServer::new(&l.id(), tls, table.clone())?),
+            (false, None) => {
+                return Err(TlsSetupError::Settings {
+                    listener: l.id(),
+                    problem: "psk_ciphers is set but no PSK file was loaded".into(),
+                })
+            }
+        };
         Ok(Some(Arc::new(TlsListener {
-            server: Arc::new(server),
+            server,
             handshake_timeout: tls.handshake_timeout,
             peer_cert_as_username: tls.peer_cert_as_username,
         })))
+    }
+}
+
+impl TlsListener {
+    /// A new connection's TLS session, ready for its handshake.
+    pub(crate) fn session(&self) -> Result<Transport, String> {
+        match &self.server {
+            TlsServer::Rustls(config) => rustls::ServerConnection::new(config.clone())
+                .map(|s| Transport::tls(Box::new(s)))
+                .map_err(|e| e.to_string()),
+            TlsServer::Psk(server) => server.session().map(|s| Transport::psk(Box::new(s))),
+        }
     }
 }
 
@@ -202,8 +238,12 @@ fn versions(
 
 /// The subject of the client's certificate, if it sent one (verified by then).
 pub fn peer_identity(conn: &rustls::ServerConnection) -> Option<CertIdentity> {
-    let der = conn.peer_certificates()?.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    cert_identity(conn.peer_certificates()?.first()?.as_ref())
+}
+
+/// The subject of a DER certificate.
+pub fn cert_identity(der: &[u8]) -> Option<CertIdentity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
     let cn = subject
         .iter_common_name()

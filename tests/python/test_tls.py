@@ -234,3 +234,45 @@ def test_shipped_development_certificates_work_out_of_the_box(broker_factory):
     c = Client(broker.ssl_port, tls={"ca_certs": str(repo / "etc" / "certs" / "cacert.pem")})
     c.connect()
     c.disconnect()
+
+
+def test_packets_in_the_same_read_as_the_close_notify_count(broker_factory, certs):
+    """A PUBLISH and a DISCONNECT sent in one TCP write with the TLS close_notify
+    right behind them: the PUBLISH is delivered and the DISCONNECT ends the session
+    normally (no will), as on plain TCP."""
+    import rawmqtt as raw
+
+    broker = broker_factory(ssl_overrides(certs))
+    watcher = connected(broker.port)
+    watcher.subscribe("cn/#", qos=1)
+    ctx = ssl.create_default_context(cafile=str(certs["good"] / "cacert.pem"))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection((HOST, broker.ssl_port), timeout=5) as s:
+
+        def pump(until, steps=50):
+            """Move records both ways until `until()` is done (bounded)."""
+            for _ in range(steps):
+                try:
+                    return until()
+                except ssl.SSLWantReadError:
+                    s.sendall(outgoing.read())
+                    data = s.recv(65536)
+                    assert data, "closed by the broker"
+                    incoming.write(data)
+            raise AssertionError("no progress")
+
+        pump(tls.do_handshake)
+        tls.write(raw.connect(unique_id("cn"), will={"topic": "cn/will", "payload": "gone"}))
+        s.sendall(outgoing.read())
+        assert pump(lambda: tls.read(4))[0] == 0x20, "no CONNACK"
+        tls.write(raw.publish("cn/data", b"last words") + raw.disconnect())
+        try:
+            tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # the close_notify is written; the broker's is not awaited
+        s.sendall(outgoing.read())  # PUBLISH, DISCONNECT and close_notify in one write
+    watcher.wait_messages(1)
+    time.sleep(0.5)
+    assert [(m.topic, m.payload) for m in watcher.messages] == [("cn/data", b"last words")]
+    watcher.disconnect()
