@@ -69,6 +69,8 @@ pub(crate) struct ListenerLayers {
 /// A listener's connection slot and the node's count of live connections.
 pub(crate) struct ConnGuard {
     pub _permit: OwnedSemaphorePermit,
+    /// The node's open-file ceiling (zero-sized).
+    pub _slot: crate::listener::ceiling::Slot,
     pub _alive: mpsc::Sender<()>,
 }
 
@@ -688,6 +690,7 @@ mod tests {
             hibernation: super::Hibernation::start().unwrap(),
             guard: super::ConnGuard {
                 _permit: permit,
+                _slot: crate::listener::ceiling::Slot::take().unwrap(),
                 _alive: alive,
             },
         };
