@@ -544,8 +544,17 @@ impl Connection {
                     if let Err(close) = ch.on_timer(now) {
                         return Outcome::Closed(close);
                     }
+                    // A connection woken by a packet is past its hibernate deadline,
+                    // and tokio may not have reported the socket readable yet: read
+                    // what the kernel holds first, or it parks again at once (and
+                    // level-triggered epoll wakes it again: a busy loop, no answer).
                     if may_hibernate(ch, transport, now, rbuf) {
-                        return Outcome::Idle;
+                        if let Err(close) = drain_socket(ch, reader, transport, rbuf) {
+                            return Outcome::Closed(close);
+                        }
+                        if may_hibernate(ch, transport, Now::read(), rbuf) {
+                            return Outcome::Idle;
+                        }
                     }
                 }
                 _ = shutdown.changed() => return Outcome::Closed(Close::Kicked(ReasonCode::SERVER_SHUTTING_DOWN)),
