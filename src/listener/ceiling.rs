@@ -110,7 +110,7 @@ fn raise_nofile() -> std::io::Result<(u64, u64)> {
             );
         }
     }
-    Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
+    Ok((limit.rlim_cur, limit.rlim_max))
 }
 
 /// Connections allowed at once; unlimited until [`init`] ran (unit tests).

@@ -54,8 +54,10 @@ pub enum Link {
 
 impl Link {
     /// Connect and finish the TLS handshake or WebSocket upgrade (no MQTT yet).
+    /// From `source` (a loopback address, port chosen at connect) when given.
     pub async fn open(
         addr: SocketAddr,
+        source: Option<std::net::IpAddr>,
         kind: Kind,
         tls: Option<&Arc<ClientConfig>>,
     ) -> Result<Link> {
@@ -64,6 +66,14 @@ impl Link {
         } else {
             TcpSocket::new_v6()?
         };
+        if let Some(ip) = source {
+            // Leave the port to connect(), which only needs the 4-tuple unique: a
+            // port bound here would be exclusive.
+            set_int_opt(&socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .with_context(|| format!("binding {ip}"))?;
+        }
         // Closed with a reset, not a FIN: no TIME_WAIT left on the generator's side.
         // 19,000 closed connections per run would otherwise hold most of the ephemeral
         // ports for a minute and slow every later run's connects to a crawl.
@@ -143,6 +153,24 @@ impl Link {
             }
         }
     }
+}
+
+fn set_int_opt(socket: &TcpSocket, level: i32, name: i32, value: i32) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open (we own the socket); `value` outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setsockopt");
+    }
+    Ok(())
 }
 
 /// SO_LINGER on with a zero timeout (tokio deprecates `set_linger` because a

@@ -48,6 +48,12 @@ pub struct ScaleHoldArgs {
     /// The CA the TLS connections trust.
     #[arg(long)]
     pub cafile: Option<PathBuf>,
+    /// Connect from this many loopback source addresses (127.0.0.2, 127.0.0.3, ...),
+    /// round robin. From one address, Linux looks for a free ephemeral port by scanning
+    /// (even ports first), which slows every connect once half the range is in use;
+    /// 0: from 127.0.0.1 as usual.
+    #[arg(long, default_value_t = 0)]
+    pub source_ips: u8,
     /// Exit after this long holding, whatever stdin says, seconds.
     #[arg(long, default_value_t = 600)]
     pub hold_limit_s: u64,
@@ -91,9 +97,17 @@ pub async fn run(target: &Target, args: &ScaleHoldArgs) -> Result<()> {
                     let connect =
                         connect_packet(&format!("{}-{next}", args.id_prefix), args.keep_alive)?;
                     let kind = args.kind;
+                    let source = (args.source_ips > 0).then(|| {
+                        std::net::IpAddr::from([
+                            127,
+                            0,
+                            0,
+                            2 + (next % u64::from(args.source_ips)) as u8,
+                        ])
+                    });
                     connecting.spawn_local(async move {
                         tokio::time::timeout(HANDSHAKE_LIMIT, async {
-                            let mut link = Link::open(addr, kind, tls.as_ref()).await?;
+                            let mut link = Link::open(addr, source, kind, tls.as_ref()).await?;
                             link.send(&connect).await?;
                             let mut got = BytesMut::new();
                             while got.len() < 4 {
