@@ -29,6 +29,7 @@ import argparse
 import math
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -144,6 +145,7 @@ class Quay:
 
     def stop(self):
         stop(self.proc)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class Mosquitto:
@@ -173,6 +175,7 @@ class Mosquitto:
 
     def stop(self):
         stop(self.proc)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def generators(kind, port, n, tag):
