@@ -76,6 +76,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         path: data_dir.display().to_string(),
         source,
     })?;
+    // Before the store opens: RocksDB's share of the open-file limit comes from it.
+    listener::ceiling::init(config.listeners.len());
     let broker = Broker::open(config)?;
     broker.acl.load_at_start(&broker.hooks)?;
     let (stop_tx, mut stop_rx) = watch::channel(false);

@@ -75,6 +75,7 @@ impl Broker {
             block_cache_bytes: config.storage.block_cache_size as usize,
             read_threads: config.storage.read_threads,
             read_queue_max: quay_storage::READ_QUEUE_MAX,
+            max_open_files: crate::listener::ceiling::store_open_files(),
         };
         let started = Instant::now();
         tracing::info!(path = %path.display(), "opening store");

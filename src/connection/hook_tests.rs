@@ -34,6 +34,7 @@ async fn serve(broker: Arc<Broker>) -> u16 {
                 hibernation: hibernation.clone(),
                 guard: super::ConnGuard {
                     _permit: slots.clone().try_acquire_owned().unwrap(),
+                    _slot: crate::listener::ceiling::Slot::take().unwrap(),
                     _alive: alive.clone(),
                 },
             };

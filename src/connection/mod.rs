@@ -78,6 +78,8 @@ pub(crate) struct ProxyLayer {
 /// A listener's connection slot and the node's count of live connections.
 pub(crate) struct ConnGuard {
     pub _permit: OwnedSemaphorePermit,
+    /// The node's open-file ceiling (zero-sized).
+    pub _slot: crate::listener::ceiling::Slot,
     pub _alive: mpsc::Sender<()>,
 }
 
@@ -581,8 +583,17 @@ impl Connection {
                     if let Err(close) = ch.on_timer(now) {
                         return Outcome::Closed(close);
                     }
+                    // A connection woken by a packet is past its hibernate deadline,
+                    // and tokio may not have reported the socket readable yet: read
+                    // what the kernel holds first, or it parks again at once (and
+                    // level-triggered epoll wakes it again: a busy loop, no answer).
                     if may_hibernate(ch, transport, now, rbuf) {
-                        return Outcome::Idle;
+                        if let Err(close) = drain_socket(ch, reader, transport, rbuf) {
+                            return Outcome::Closed(close);
+                        }
+                        if may_hibernate(ch, transport, Now::read(), rbuf) {
+                            return Outcome::Idle;
+                        }
                     }
                 }
                 _ = shutdown.changed() => return Outcome::Closed(Close::Kicked(ReasonCode::SERVER_SHUTTING_DOWN)),
@@ -727,6 +738,7 @@ mod tests {
             hibernation: super::Hibernation::start().unwrap(),
             guard: super::ConnGuard {
                 _permit: permit,
+                _slot: crate::listener::ceiling::Slot::take().unwrap(),
                 _alive: alive,
             },
         };

@@ -17,6 +17,8 @@ use crate::config::ListenerConfig;
 use crate::connection::{ConnGuard, Env, Hibernation, ListenerLayers, ProxyLayer};
 use crate::transport::tls::TlsListener;
 
+use super::refuse;
+
 /// Bind now (so start-up fails on a taken port), serve in the background.
 pub fn bind(config: &ListenerConfig) -> std::io::Result<TcpListener> {
     let socket = match config.bind {
@@ -88,9 +90,7 @@ pub async fn serve(
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(listener = %config.id(), error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                refuse::accept_failed(&broker, &config, &e).await;
                 continue;
             }
         };
@@ -98,10 +98,15 @@ pub async fn serve(
         if !config.proxy_protocol && !admit(&broker, &entry, peer, false) {
             continue;
         }
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            entry.refused(Refusal::MaxConns);
-            tracing::warn!(listener = %config.id(), %peer, max = config.max_connections, "max_connections reached; refused");
-            continue;
+        let (permit, slot) = match refuse::admit(&limit) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                if why == refuse::Refusal::MaxConnections {
+                    entry.refused(Refusal::MaxConns);
+                }
+                refuse::refuse(&broker, &config, stream, peer, why);
+                continue;
+            }
         };
         let env = Env {
             broker: broker.clone(),
@@ -112,6 +117,7 @@ pub async fn serve(
             hibernation: hibernation.clone(),
             guard: ConnGuard {
                 _permit: permit,
+                _slot: slot,
                 _alive: alive.clone(),
             },
         };

@@ -71,6 +71,9 @@ pub struct StoreConfig {
     pub read_threads: usize,
     /// Reads waiting at most; more are refused (`StoreError::Busy`).
     pub read_queue_max: usize,
+    /// RocksDB's table files open at once: its share of the process's open-file limit,
+    /// which client sockets share (the broker's `listener::ceiling`).
+    pub max_open_files: i32,
 }
 
 impl Default for StoreConfig {
@@ -82,6 +85,7 @@ impl Default for StoreConfig {
             block_cache_bytes: 64 << 20,
             read_threads: 2,
             read_queue_max: READ_QUEUE_MAX,
+            max_open_files: 512,
         }
     }
 }
@@ -143,7 +147,7 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // Bound open files well below the process limit shared with client sockets.
-        opts.set_max_open_files(512);
+        opts.set_max_open_files(config.max_open_files);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(256 << 20);
         let cache = Cache::new_lru_cache(config.block_cache_bytes);

@@ -16,6 +16,7 @@ mod measure;
 mod proc;
 mod quay_ctl;
 mod report;
+mod scale_link;
 mod scenarios;
 mod soak;
 mod ws_frames;
@@ -30,7 +31,7 @@ use clap::{Parser, Subcommand};
 
 use measure::Figure;
 use quay_ctl::QuayCtl;
-use scenarios::{drain, fanin, fanout, idle, open_loop, qos1, restart, Target};
+use scenarios::{drain, fanin, fanout, idle, open_loop, qos1, restart, scale, Target};
 
 #[derive(Parser)]
 #[command(name = "quay-bench", about = "MQTT load generator: Quay vs Mosquitto")]
@@ -94,6 +95,9 @@ enum Command {
     RestartWait(restart::RestartWaitArgs),
     /// Restart step 3: drain the queue and count what survived
     RestartVerify(restart::RestartVerifyArgs),
+    /// One generator of tools/bench/scale.py: open and hold idle connections (TCP, TLS,
+    /// WebSocket), pinging on order from stdin; prints, records nothing
+    ScaleHold(scale::ScaleHoldArgs),
     /// Durability soak: misbehaving persistent clients and kill -9 of a broker it starts
     /// itself on its own ports (the global --host, --port, --broker... do not apply)
     Soak(soak::SoakArgs),
@@ -124,6 +128,7 @@ impl Command {
                 "restart"
             }
             Command::Soak(_) => "soak",
+            Command::ScaleHold(_) => "scale",
             Command::Report { .. } => "",
         }
     }
@@ -165,6 +170,14 @@ fn main() -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::ScaleHold(args) = &cli.command {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        runtime.block_on(scale::run(&target, args))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     // One thread: the script pins this process to one core, and a single-threaded
     // runtime spends nothing on cross-thread wake-ups.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -197,7 +210,7 @@ async fn run(target: &Target, command: &Command) -> Result<Vec<Figure>> {
         Command::RestartFill(args) => restart::fill_queue(target, args).await,
         Command::RestartWait(args) => restart::wait_restarted(target, args).await,
         Command::RestartVerify(args) => restart::verify(target, args).await,
-        Command::Report { .. } | Command::Soak(_) => {
+        Command::Report { .. } | Command::Soak(_) | Command::ScaleHold(_) => {
             unreachable!("handled before the runtime starts")
         }
     }

@@ -9,6 +9,7 @@ pub mod idle;
 pub mod open_loop;
 pub mod qos1;
 pub mod restart;
+pub mod scale;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
