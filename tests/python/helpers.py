@@ -5,6 +5,7 @@ a client the broker drops stays dropped (takeover and kick tests depend on that)
 """
 
 import itertools
+import subprocess
 import threading
 import time
 
@@ -262,3 +263,14 @@ def sub_options(qos=1, no_local=False, retain_as_published=False, retain_handlin
 def settle(seconds=0.5):
     """Give the broker time to deliver something that must NOT arrive. Bounded by design."""
     time.sleep(seconds)
+
+
+def stop_process(proc, timeout_s=10):
+    """SIGTERM a helper process (haproxy, a PSK test server), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout_s)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HOST, free_port, port_accepts
-from helpers import V5, Client, unique_id, wait_until
+from helpers import stop_process, V5, Client, unique_id, wait_until
 from rawmqtt import CONNACK, Closed, RawClient, connect as raw_connect
 from test_flow_control import metric
 from test_tls import certs, ssl_overrides  # noqa: F401 (the certs fixture)
@@ -97,12 +97,7 @@ class HAProxy:
         assert ok and self.proc.poll() is None, f"haproxy did not start: {(self.dir / 'haproxy.log').read_text()}"
 
     def close(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HOST
-from helpers import V5, V311, Client, connected, unique_id, wait_until
+from helpers import stop_process, V5, V311, Client, connected, unique_id, wait_until
 from test_flow_control import metric
 from test_hibernate import wait_hibernated
 
@@ -89,13 +89,7 @@ class Sub:
             raise AssertionError(f"mosquitto_sub got nothing within {timeout_s}s") from None
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
 
 def wait_subscribed(broker, count=1):

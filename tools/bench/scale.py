@@ -38,13 +38,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from procutil import HOST, free_port, rss_kib, cpu_s, wait_port
+
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/quay-target"))
 EMQX = TARGET / "release" / "emqx"
 EMQX_CTL = TARGET / "release" / "emqx_ctl"
 BENCH = TARGET / "release" / "quay-bench"
 CERTS = ROOT / "etc" / "certs"
-HOST = "127.0.0.1"
 BROKER_CPU = os.environ.get("BENCH_BROKER_CPU", "0")
 GEN_CPU = os.environ.get("BENCH_GEN_CPU", "1")
 PER_GENERATOR = 5000
@@ -52,39 +53,6 @@ CONCURRENCY = 64
 MOSQUITTO_SETTLE_S = 8
 SETTLED_WAIT_S = 2
 STORM_LIMIT_S = 120
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def cpu_s(pid):
-    """utime + stime of the whole process, seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def wait_port(port, proc, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"broker exited with {proc.returncode}")
-        try:
-            with socket.create_connection((HOST, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {timeout_s}s")
 
 
 def stop(proc):

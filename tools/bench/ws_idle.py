@@ -26,42 +26,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from procutil import HOST, free_port, rss_kib, wait_port
+
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/quay-target"))
 EMQX = TARGET / "release" / "emqx"
 EMQX_CTL = TARGET / "release" / "emqx_ctl"
 CERTS = ROOT / "etc" / "certs"
-HOST = "127.0.0.1"
 SETTLE_S = 8
 # Clients connecting at once (Mosquitto's WebSocket listener answers each upgrade
 # slowly; in parallel the storm takes seconds instead of minutes).
 PARALLEL = 32
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def wait_port(port, proc, timeout_s=30):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"broker exited with {proc.returncode}")
-        try:
-            with socket.create_connection((HOST, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {timeout_s}s")
 
 
 def connect_packet(client_id):
