@@ -132,9 +132,15 @@ fn server_config(listener: &str, tls: &TlsConfig) -> Result<ServerConfig, TlsSet
             builder.with_client_cert_verifier(verifier)
         }
     };
-    builder
+    let mut config = builder
         .with_single_cert(certs, key)
-        .map_err(|e| settings(format!("certfile and keyfile do not match: {e}")))
+        .map_err(|e| settings(format!("certfile and keyfile do not match: {e}")))?;
+    // Stateless session tickets (keys rotated every 6 h): a fleet reconnecting after a
+    // network blip resumes without the certificate signature, and the node keeps no
+    // per-session state for it (rustls's default cache holds only 256 sessions).
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| settings(format!("session tickets: {e}")))?;
+    Ok(config)
 }
 
 /// Every certificate in a PEM file; at least one.

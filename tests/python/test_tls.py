@@ -276,3 +276,28 @@ def test_packets_in_the_same_read_as_the_close_notify_count(broker_factory, cert
     time.sleep(0.5)
     assert [(m.topic, m.payload) for m in watcher.messages] == [("cn/data", b"last words")]
     watcher.disconnect()
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2], ids=["1.3", "1.2"])
+def test_a_reconnecting_client_resumes_its_tls_session(broker_factory, certs, version):
+    """Stateless session tickets: the second connection resumes the first's session
+    (no certificate signature), and still gets a CONNACK."""
+    import rawmqtt as raw
+
+    broker = broker_factory(ssl_overrides(certs))
+    ctx = ssl.create_default_context(cafile=str(certs["good"] / "cacert.pem"))
+    ctx.minimum_version = ctx.maximum_version = version
+
+    def session(resume=None):
+        with socket.create_connection((HOST, broker.ssl_port), timeout=5) as s:
+            with ctx.wrap_socket(s, server_hostname="localhost", session=resume) as tls:
+                tls.sendall(raw.connect(unique_id("resume")))
+                # TLS 1.3 tickets arrive after the handshake: read the CONNACK first.
+                assert tls.recv(4)[0] == 0x20
+                return tls.session, tls.session_reused
+
+    first, reused = session()
+    assert not reused
+    assert first is not None and first.has_ticket, "the broker issued no session ticket"
+    _, reused = session(first)
+    assert reused, "the reconnect did a full handshake"
