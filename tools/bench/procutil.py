@@ -3,6 +3,7 @@ a broker process's memory, CPU time and readiness, read from /proc."""
 
 import os
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -41,3 +42,14 @@ def wait_port(port, proc, timeout_s=60):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port} after {timeout_s}s")
+
+
+def stop(proc):
+    """SIGTERM a broker, SIGKILL if it has not exited within 30 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from procutil import HOST, free_port, rss_kib, cpu_s, wait_port
+from procutil import HOST, cpu_s, free_port, rss_kib, stop, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/quay-target"))
@@ -53,16 +53,6 @@ CONCURRENCY = 64
 MOSQUITTO_SETTLE_S = 8
 SETTLED_WAIT_S = 2
 STORM_LIMIT_S = 120
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 class Quay:

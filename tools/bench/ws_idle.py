@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from procutil import HOST, free_port, rss_kib, wait_port
+from procutil import HOST, free_port, rss_kib, stop, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/quay-target"))
@@ -131,11 +131,7 @@ class Quay:
         return "NOT all hibernated"
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop(self.proc)
 
 
 class Mosquitto:
@@ -161,11 +157,7 @@ class Mosquitto:
         return f"after {SETTLE_S}s"
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop(self.proc)
 
 
 def measure(broker_cls, kind, n, tls_ctx):
