@@ -22,13 +22,16 @@ pub enum Refusal {
     ProxyProtocol = 1,
     /// `max_connections` reached.
     MaxConns = 2,
+    /// The node's open-file ceiling reached (`listener::ceiling`).
+    Ceiling = 3,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 3] = [
+    const ALL: [Refusal; 4] = [
         Refusal::AccessDenied,
         Refusal::ProxyProtocol,
         Refusal::MaxConns,
+        Refusal::Ceiling,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Refusal {
             Refusal::AccessDenied => "access_denied",
             Refusal::ProxyProtocol => "proxy_protocol",
             Refusal::MaxConns => "max_conns",
+            Refusal::Ceiling => "ceiling",
         }
     }
 }
@@ -52,7 +56,7 @@ pub struct ListenerEntry {
     /// The connection slots (`max_connections`); the accept loop takes one per
     /// connection and the connection holds it to its end.
     pub slots: Arc<Semaphore>,
-    refusals: [AtomicU64; 3],
+    refusals: [AtomicU64; 4],
     /// The address bound now (the real port when the config says 0); None: stopped.
     bound: Mutex<Option<SocketAddr>>,
     commands: mpsc::Sender<Command>,

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ceiling::{self, Slot, REFUSALS_IN_FLIGHT};
+use super::control::{ListenerEntry, Refusal};
 use crate::broker::Broker;
 use crate::codec::{self, ConnAck, Packet, Properties, ProtocolVersion, ReasonCode};
 use crate::config::ListenerConfig;
@@ -32,33 +33,27 @@ const REFUSAL_READ_MAX: usize = 16 * 1024;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const LOG_PERIOD_MS: u64 = 10_000;
 
-/// Why a connection is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// The node's open-file ceiling (`ceiling`).
-    Ceiling,
-    /// The listener's `max_connections`.
-    MaxConnections,
-}
-
 /// The listener's permit and the node's slot for a new connection, or why not.
 pub fn admit(limit: &Arc<Semaphore>) -> Result<(OwnedSemaphorePermit, Slot), Refusal> {
     let slot = Slot::take().ok_or(Refusal::Ceiling)?;
     let permit = limit
         .clone()
         .try_acquire_owned()
-        .map_err(|_| Refusal::MaxConnections)?;
+        .map_err(|_| Refusal::MaxConns)?;
     Ok((permit, slot))
 }
 
-/// Refuse `stream`: count, log (throttled), and answer it in the background.
+/// Refuse `stream` (`why` is `Ceiling` or `MaxConns`): count it for the node and in
+/// the listener's `shutdown_count`, log (throttled), and answer it in the background.
 pub fn refuse(
     broker: &Arc<Broker>,
-    config: &ListenerConfig,
+    entry: &ListenerEntry,
     stream: TcpStream,
     peer: SocketAddr,
     why: Refusal,
 ) {
+    let config = &entry.config;
+    entry.refused(why);
     static CEILING: Throttle = Throttle::new();
     static MAX_CONNECTIONS: Throttle = Throttle::new();
     let (counter, throttle, max, reason) = match why {
@@ -68,7 +63,8 @@ pub fn refuse(
             ceiling::max_connections(),
             "open-file ceiling reached",
         ),
-        Refusal::MaxConnections => (
+        // `admit` refuses for the ceiling or `max_connections` only.
+        _ => (
             &broker.metrics.connections_refused_max,
             &MAX_CONNECTIONS,
             config.max_connections,

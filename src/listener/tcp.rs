@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use super::admission::{accept_paced, admit, listener_zone};
-use super::control::{Command, Control, Refusal, Socket};
+use super::control::{Command, Control, Socket};
 use super::rate::ConnRate;
 use crate::broker::Broker;
 use crate::config::ListenerConfig;
@@ -101,10 +101,7 @@ pub async fn serve(
         let (permit, slot) = match refuse::admit(&limit) {
             Ok(admitted) => admitted,
             Err(why) => {
-                if why == refuse::Refusal::MaxConnections {
-                    entry.refused(Refusal::MaxConns);
-                }
-                refuse::refuse(&broker, &config, stream, peer, why);
+                refuse::refuse(&broker, &entry, stream, peer, why);
                 continue;
             }
         };
