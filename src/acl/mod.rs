@@ -63,19 +63,6 @@ impl FileAcl {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// How many rules are in force.
-    pub fn len(&self) -> usize {
-        self.snapshot().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Load at start: a missing file means no file rules (logged, as EMQX does); any
     /// other error stops the broker.
     pub fn load_at_start(&self, hooks: &Hooks) -> Result<usize, AclError> {
@@ -94,22 +81,22 @@ impl FileAcl {
         let rules: Rules = Arc::from(read(&self.path)?);
         let count = rules.len();
         *self.rules.write().unwrap_or_else(|e| e.into_inner()) = rules;
-        hooks.remove(HookPoint::ClientCheckAcl, HOOK_NAME);
+        // The hook reads the rules in force, so a reload swaps them without taking the
+        // hook out (which would let everything through meanwhile under acl_nomatch =
+        // allow). It is registered only while there are rules: none costs nothing.
         if count > 0 {
             let shared = self.rules.clone();
             let hook = Hook::check_acl(move |info, access, topic| {
                 let rules = shared.read().unwrap_or_else(|e| e.into_inner()).clone();
                 Decision::Ready(check(&rules, info, access, topic))
             });
-            // Removed just above, under no other name: registering cannot collide.
+            // Already there from an earlier load: that one reads the same rules.
             let _ = hooks.add(HOOK_NAME, HOOK_PRIORITY, hook);
+        } else {
+            hooks.remove(HookPoint::ClientCheckAcl, HOOK_NAME);
         }
         tracing::info!(file = %self.path.display(), rules = count, "ACL rules loaded");
         Ok(count)
-    }
-
-    fn snapshot(&self) -> Rules {
-        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

@@ -253,3 +253,32 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn reloading_keeps_one_hook_reading_the_new_rules_and_no_rules_removes_it() {
+    use crate::hooks::{HookPoint, Hooks};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("acl.conf");
+    std::fs::write(&path, r##"{deny, all, publish, ["a"]}."##).unwrap();
+    let (acl, hooks) = (super::FileAcl::new(path.clone()), Hooks::new());
+    let c = Arc::new(client("c", None, "8.8.8.8"));
+    let verdict = |hooks: &Hooks, topic| match hooks.check_acl(
+        &c,
+        Access::Publish,
+        topic,
+        crate::hooks::AclVerdict::Allow,
+    ) {
+        crate::hooks::Decision::Ready(v) => v,
+        _ => unreachable!("the file ACL decides at once"),
+    };
+    assert_eq!(acl.reload(&hooks).unwrap(), 1);
+    assert_eq!(verdict(&hooks, "a"), crate::hooks::AclVerdict::Deny);
+    std::fs::write(&path, r##"{deny, all, publish, ["b"]}."##).unwrap();
+    assert_eq!(acl.reload(&hooks).unwrap(), 1);
+    assert_eq!(hooks.list(HookPoint::ClientCheckAcl).len(), 1);
+    assert_eq!(verdict(&hooks, "a"), crate::hooks::AclVerdict::Allow);
+    assert_eq!(verdict(&hooks, "b"), crate::hooks::AclVerdict::Deny);
+    std::fs::write(&path, "%% none\n").unwrap();
+    assert_eq!(acl.reload(&hooks).unwrap(), 0);
+    assert!(hooks.list(HookPoint::ClientCheckAcl).is_empty());
+}
