@@ -693,15 +693,14 @@ fn drain_socket(
 ) -> Result<(), Close> {
     for _ in 0..64 {
         match read_now(reader, transport, rbuf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let now = Now::read();
-                ch.bytes_read(n, now);
-                ch.handle_bytes(rbuf, now)?;
-            }
+            Ok(n) if n > 0 => ch.bytes_read(n, Now::read()),
+            // Nothing more, or the end: a TLS close_notify may still have left the
+            // last packets before it in `rbuf` (handled below, as `drive` does).
+            _ => break,
         }
+        ch.handle_bytes(rbuf, Now::read())?;
     }
-    Ok(())
+    ch.handle_bytes(rbuf, Now::read())
 }
 
 #[cfg(test)]
