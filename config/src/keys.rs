@@ -192,9 +192,7 @@ impl Builder {
             ["zone", zone, field] => self.apply_zone(zone, field, entry),
             ["storage", field] => self.apply_storage(field, entry),
             ["retainer", field] => self.apply_retainer(field, entry),
-            [field @ ("allow_anonymous" | "acl_nomatch" | "acl_file" | "acl_deny_action")] => {
-                self.apply_access(field, entry)
-            }
+            [field] if TOP_LEVEL_KEYS.contains(field) => self.apply_access(field, entry),
             ["psk", "file", field] => self.apply_psk_file(field, entry),
             _ => Err(unknown(entry, "known key groups", &[SECTIONS])),
         }
@@ -225,13 +223,14 @@ impl Builder {
                 access.acl_file =
                     entry.read(|v| values::non_empty(v, "a file path").map(PathBuf::from))?
             }
-            _ => {
+            "acl_deny_action" => {
                 access.acl_deny_action = entry.read(|v| match v {
                     "ignore" => Ok(AclDenyAction::Ignore),
                     "disconnect" => Ok(AclDenyAction::Disconnect),
                     _ => Err("ignore or disconnect".to_string()),
                 })?
             }
+            _ => return Err(unknown(entry, "top-level keys", TOP_LEVEL_KEYS)),
         }
         Ok(())
     }
