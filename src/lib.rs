@@ -5,6 +5,7 @@
 //! commit) → back out to subscribers' connections. See docs/ARCHITECTURE.md.
 
 pub mod acl;
+pub mod auth;
 pub mod broker;
 pub(crate) mod channel;
 pub mod codec;
@@ -20,6 +21,7 @@ pub mod message;
 pub mod metrics;
 pub mod mountpoint;
 pub mod node;
+pub mod plugins;
 pub mod query;
 pub mod router;
 pub mod session;

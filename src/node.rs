@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 use crate::connection::Hibernation;
+use crate::plugins::Plugins;
 use crate::transport::psk_file::PskTable;
 use crate::transport::tls::{TlsListener, TlsSetupError};
 use crate::{ctl, listener};
@@ -32,6 +33,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    #[error("plugin: {0}")]
+    Plugin(#[from] crate::plugins::PluginError),
     #[error("ACL file {0}")]
     Acl(#[from] crate::acl::AclError),
     #[error("cannot read the PSK file {path} (psk.file.path): {source}")]
@@ -80,6 +83,12 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     listener::ceiling::init(config.listeners.len());
     let broker = Broker::open(config)?;
     broker.acl.load_at_start(&broker.hooks)?;
+    // Before any listener accepts: no client may pass an incomplete auth chain.
+    let plugins = Arc::new(Plugins::new(
+        broker.clone(),
+        crate::plugins::registry::all(),
+    ));
+    plugins.start_at_boot().await?;
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -125,11 +134,15 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     if let Err(e) = std::fs::write(&pid_path, format!("{}\n", std::process::id())) {
         tracing::warn!(path = %pid_path.display(), error = %e, "cannot write pid file");
     }
+    let ctl_node = Arc::new(ctl::server::Node {
+        broker: broker.clone(),
+        listeners: Arc::new(table),
+        plugins: plugins.clone(),
+        stop: stop_tx.clone(),
+    });
     tokio::spawn(ctl::server::serve(
-        broker.clone(),
-        Arc::new(table),
+        ctl_node,
         ctl_listener,
-        stop_tx.clone(),
         shutdown_rx.clone(),
     ));
     let sweeper = {
@@ -167,6 +180,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         tracing::warn!("connections did not close within 10s");
     }
     let _ = sweeper.await;
+    // After the connections: a bridge may still take their last messages.
+    plugins.stop_all().await;
     // Everything acknowledged is durable already; flushing memtables makes the next
     // start skip WAL replay.
     let store = broker.store.clone();

@@ -11,17 +11,18 @@ use std::path::{Path, PathBuf};
 
 use super::access::{self, AccessRule};
 use super::parse::Entry;
+use super::plugin_keys::PLUGIN_SECTIONS;
 use super::values;
 use super::{
     default_log, default_node, resolve, AccessConfig, AclDenyAction, CertField, Config,
     ConfigError, FsyncPolicy, ListenerConfig, LogConfig, LogLevel, LogTo, MqttConfig, NodeConfig,
-    Origin, PskConfig, RetainerConfig, StorageConfig, TlsConfig, TlsVerify, WsConfig, ZoneConfig,
-    MAX_PACKET_SIZE_LIMIT,
+    Origin, PluginsConfig, PskConfig, RetainerConfig, StorageConfig, TlsConfig, TlsVerify,
+    WsConfig, ZoneConfig, MAX_PACKET_SIZE_LIMIT,
 };
 
 const SECTIONS: &str = "node.*, log.*, listener.tcp.*, listener.ssl.*, listener.ws.*, \
                         listener.wss.*, mqtt.*, zone.*, storage.*, retainer.*, \
-                        psk.file.*, allow_anonymous, acl_nomatch, acl_file, acl_deny_action";
+                        psk.file.*, plugins.loaded_file, auth.*, bridge.*, allow_anonymous, acl_nomatch, acl_file, acl_deny_action";
 /// Keys of no section (EMQX 4's authentication and ACL settings).
 pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "allow_anonymous",
@@ -141,6 +142,7 @@ pub(super) struct Builder {
     retainer: RetainerConfig,
     access: AccessConfig,
     psk: PskConfig,
+    plugins: PluginsConfig,
 }
 
 impl Builder {
@@ -157,6 +159,7 @@ impl Builder {
             retainer: RetainerConfig::default(),
             access: AccessConfig::with_defaults(relative),
             psk: PskConfig::default(),
+            plugins: PluginsConfig::default(),
         }
     }
 
@@ -194,6 +197,15 @@ impl Builder {
             ["retainer", field] => self.apply_retainer(field, entry),
             [field] if TOP_LEVEL_KEYS.contains(field) => self.apply_access(field, entry),
             ["psk", "file", field] => self.apply_psk_file(field, entry),
+            ["plugins", "loaded_file"] => {
+                self.plugins.loaded_file =
+                    Some(entry.read(|v| values::non_empty(v, "a file path").map(PathBuf::from))?);
+                Ok(())
+            }
+            [section, _, ..] if PLUGIN_SECTIONS.contains(section) => {
+                self.plugins.keys.set(entry);
+                Ok(())
+            }
             _ => Err(unknown(entry, "known key groups", &[SECTIONS])),
         }
     }
@@ -518,6 +530,10 @@ impl Builder {
             retainer: self.retainer,
             access,
             psk,
+            plugins: PluginsConfig {
+                loaded_file: self.plugins.loaded_file.map(|p| resolve(release_root, &p)),
+                keys: self.plugins.keys,
+            },
             release_root: release_root.to_path_buf(),
             config_file,
         })

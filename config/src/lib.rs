@@ -23,6 +23,7 @@ mod access;
 mod env;
 mod keys;
 mod parse;
+mod plugin_keys;
 mod values;
 
 #[cfg(test)]
@@ -35,6 +36,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 pub use access::{allowed as access_allowed, AccessRule, Cidr, CidrError};
+pub use plugin_keys::{read as plugin_read, PluginKeys, Setting};
 
 /// Everything the broker is configured with. Paths are absolute.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,11 +52,42 @@ pub struct Config {
     pub access: AccessConfig,
     /// The TLS-PSK identities file (`psk.file.*`, EMQX 4's `emqx_psk_file` plugin).
     pub psk: PskConfig,
+    /// `plugins.loaded_file` and every plugin's own settings (`auth.*`, `bridge.*`).
+    pub plugins: PluginsConfig,
     /// The directory relative paths in the config resolve against: the parent of the
     /// config file's directory (`/opt/emqx/etc/emqx.conf` => `/opt/emqx`), as in EMQX.
     pub release_root: PathBuf,
     /// The main config file, absolute.
     pub config_file: PathBuf,
+}
+
+/// Which plugins start at boot, and their settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PluginsConfig {
+    /// `plugins.loaded_file`: where `emqx_ctl plugins load|unload` records what runs
+    /// (EMQX 4: `data/loaded_plugins`, seeded from `etc/loaded_plugins` on first start).
+    /// `None` = `<node.data_dir>/loaded_plugins`.
+    pub loaded_file: Option<PathBuf>,
+    pub keys: PluginKeys,
+}
+
+impl Config {
+    /// The file recording which plugins run (see [`PluginsConfig::loaded_file`]).
+    pub fn loaded_plugins_file(&self) -> PathBuf {
+        self.plugins
+            .loaded_file
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("loaded_plugins"))
+    }
+
+    /// The shipped list of plugins to start, copied to [`Config::loaded_plugins_file`]
+    /// when that does not exist yet: `etc/loaded_plugins` beside the config file.
+    pub fn shipped_loaded_plugins_file(&self) -> PathBuf {
+        self.config_file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("loaded_plugins")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -677,6 +710,7 @@ impl Config {
                 path: resolve(&release_root, &PskConfig::default().path),
                 ..PskConfig::default()
             },
+            plugins: PluginsConfig::default(),
             config_file: release_root.join(CONFIG_FILE_IN_RELEASE),
             release_root,
         }

@@ -30,6 +30,8 @@ acl reload                              # Reload the file ACL (acl_file)
 listeners                               # List listeners
 listeners stop    <Identifier>          # Stop a listener
 listeners restart <Identifier>          # Restart a listener
+plugins list                            # Show loaded plugins
+plugins load|unload|reload <Plugin>     # Load, unload or reload a plugin
 ";
 
 fn ok(output: String) -> Reply {

@@ -6,6 +6,7 @@
 
 mod commands;
 mod listeners;
+mod plugins;
 pub mod server;
 
 pub use commands::run_command;

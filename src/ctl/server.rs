@@ -10,16 +10,20 @@ use tokio::sync::watch;
 use super::{run_command, Reply};
 use crate::broker::Broker;
 use crate::listener::control::ListenerEntry;
+use crate::plugins::Plugins;
 
-/// Serve control requests until shutdown. `stop` asks the node to shut down.
-/// `listeners` are the node's, for `emqx_ctl listeners`.
-pub async fn serve(
-    broker: Arc<Broker>,
-    listeners: Arc<Vec<Arc<ListenerEntry>>>,
-    listener: UnixListener,
-    stop: Arc<watch::Sender<bool>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// What commands act on, besides the broker.
+pub struct Node {
+    pub broker: Arc<Broker>,
+    /// The node's listeners, for `emqx_ctl listeners`.
+    pub listeners: Arc<Vec<Arc<ListenerEntry>>>,
+    pub plugins: Arc<Plugins>,
+    /// Asks the node to shut down (`emqx stop`).
+    pub stop: Arc<watch::Sender<bool>>,
+}
+
+/// Serve control requests until shutdown.
+pub async fn serve(node: Arc<Node>, listener: UnixListener, mut shutdown: watch::Receiver<bool>) {
     loop {
         let stream = tokio::select! {
             a = listener.accept() => match a {
@@ -31,9 +35,7 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
-        let broker = broker.clone();
-        let listeners = listeners.clone();
-        let stop = stop.clone();
+        let node = node.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -42,18 +44,7 @@ pub async fn serve(
                 return;
             }
             let reply = match quay_ctl::decode_request(&line) {
-                Ok(args) if args.first().map(String::as_str) == Some("stop") => {
-                    let _ = stop.send(true);
-                    Reply {
-                        code: 0,
-                        output: "ok\n".into(),
-                    }
-                }
-                // Stop and restart wait for the listener's accept loop.
-                Ok(args) if args.first().map(String::as_str) == Some("listeners") => {
-                    super::listeners::run(&listeners, &args[1..]).await
-                }
-                Ok(args) => run_command(&broker, &args),
+                Ok(args) => dispatch(&node, &args).await,
                 Err(e) => Reply {
                     code: 2,
                     output: format!("bad request: {e}\n"),
@@ -61,6 +52,23 @@ pub async fn serve(
             };
             let _ = write.write_all(&quay_ctl::encode_reply(&reply)).await;
         });
+    }
+}
+
+/// Commands that wait (on a listener's accept loop, a plugin's start) are answered
+/// here; the rest by [`run_command`].
+async fn dispatch(node: &Node, args: &[String]) -> Reply {
+    match args.first().map(String::as_str) {
+        Some("stop") => {
+            let _ = node.stop.send(true);
+            Reply {
+                code: 0,
+                output: "ok\n".into(),
+            }
+        }
+        Some("listeners") => super::listeners::run(&node.listeners, &args[1..]).await,
+        Some("plugins") => super::plugins::run(&node.plugins, &args[1..]).await,
+        _ => run_command(&node.broker, args),
     }
 }
 

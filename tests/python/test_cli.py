@@ -168,3 +168,19 @@ def test_env_override_with_unknown_key_is_an_error(broker_factory):
     r = run([b.emqx, "--config", str(CONFIG), "foreground"], b.env(), timeout_s=30)
     assert r.returncode != 0
     assert "EMQX_MQTT__NO_SUCH_KEY" in r.stderr, r.stderr
+
+
+def test_ctl_plugins_surface_and_errors(node):
+    """`plugins list` lists every known plugin with EMQX's line format; a name the broker
+    does not know is refused in EMQX's words, and nothing is recorded for it."""
+    r = node.ctl("plugins", "list")
+    assert r.returncode == 0, r.stderr
+    for line in r.stdout.splitlines():
+        assert re.fullmatch(r"Plugin\(emqx_\w+, version=\S+, description=.+, active=(true|false)\)", line), line
+    for verb, word in [("load", "Load"), ("unload", "Unload"), ("reload", "Reload")]:
+        r = node.ctl("plugins", verb, "emqx_no_such_plugin")
+        assert r.returncode == 1
+        assert r.stdout == f"{word} plugin emqx_no_such_plugin error: not_found\n", r.stdout
+    assert not (node.data_dir / "loaded_plugins").exists()
+    r = node.ctl("plugins", "frobnicate")
+    assert r.returncode == 1 and "plugins load <Plugin>" in r.stdout, r.stdout
