@@ -14,10 +14,10 @@ use super::parse::Entry;
 use super::plugin_keys::PLUGIN_SECTIONS;
 use super::values;
 use super::{
-    default_log, default_node, resolve, AccessConfig, AclDenyAction, CertField, Config,
-    ConfigError, FsyncPolicy, ListenerConfig, LogConfig, LogLevel, LogTo, MqttConfig, NodeConfig,
-    Origin, PluginsConfig, PskConfig, RetainerConfig, StorageConfig, TlsConfig, TlsVerify,
-    WsConfig, ZoneConfig, MAX_PACKET_SIZE_LIMIT,
+    default_log, default_node, resolve, AccessConfig, AclCacheConfig, AclDenyAction, CertField,
+    Config, ConfigError, FsyncPolicy, ListenerConfig, LogConfig, LogLevel, LogTo, MqttConfig,
+    NodeConfig, Origin, PluginsConfig, PskConfig, RetainerConfig, StorageConfig, TlsConfig,
+    TlsVerify, WsConfig, ZoneConfig, MAX_PACKET_SIZE_LIMIT,
 };
 
 const SECTIONS: &str = "node.*, log.*, listener.tcp.*, listener.ssl.*, listener.ws.*, \
@@ -29,6 +29,9 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "acl_nomatch",
     "acl_file",
     "acl_deny_action",
+    "enable_acl_cache",
+    "acl_cache_max_size",
+    "acl_cache_ttl",
 ];
 const NODE_KEYS: &[&str] = &["name", "data_dir"];
 const LOG_KEYS: &[&str] = &["to", "level", "dir", "file"];
@@ -141,6 +144,8 @@ pub(super) struct Builder {
     storage: StorageConfig,
     retainer: RetainerConfig,
     access: AccessConfig,
+    acl_cache: AclCacheConfig,
+    acl_cache_on: bool,
     psk: PskConfig,
     plugins: PluginsConfig,
 }
@@ -158,6 +163,8 @@ impl Builder {
             storage: StorageConfig::default(),
             retainer: RetainerConfig::default(),
             access: AccessConfig::with_defaults(relative),
+            acl_cache: AclCacheConfig::DEFAULT,
+            acl_cache_on: true,
             psk: PskConfig::default(),
             plugins: PluginsConfig::default(),
         }
@@ -242,6 +249,10 @@ impl Builder {
                     _ => Err("ignore or disconnect".to_string()),
                 })?
             }
+            // `enable_acl_cache = off` wins whatever order the three come in.
+            "enable_acl_cache" => self.acl_cache_on = entry.read(values::boolean)?,
+            "acl_cache_max_size" => self.acl_cache.max_size = count(entry, 1)?,
+            "acl_cache_ttl" => self.acl_cache.ttl = entry.read(values::duration)?,
             _ => return Err(unknown(entry, "top-level keys", TOP_LEVEL_KEYS)),
         }
         Ok(())
@@ -518,6 +529,7 @@ impl Builder {
         log.dir = resolve(release_root, &log.dir);
         let mut access = self.access;
         access.acl_file = resolve(release_root, &access.acl_file);
+        access.acl_cache = Some(self.acl_cache).filter(|_| self.acl_cache_on);
         let mut psk = self.psk;
         psk.path = resolve(release_root, &psk.path);
         Ok(Config {

@@ -281,6 +281,22 @@ pub struct AccessConfig {
     pub acl_file: PathBuf,
     /// What a denied publish or subscribe does to the connection.
     pub acl_deny_action: AclDenyAction,
+    /// `enable_acl_cache`, `acl_cache_max_size`, `acl_cache_ttl`: `None` = off.
+    pub acl_cache: Option<AclCacheConfig>,
+}
+
+/// Each client's cache of ACL answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AclCacheConfig {
+    pub max_size: usize,
+    pub ttl: Duration,
+}
+
+impl AclCacheConfig {
+    pub const DEFAULT: AclCacheConfig = AclCacheConfig {
+        max_size: 32,
+        ttl: Duration::from_secs(60),
+    };
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,6 +314,7 @@ impl AccessConfig {
             acl_nomatch_allow: true,
             acl_file: resolve(release_root, Path::new("etc/acl.conf")),
             acl_deny_action: AclDenyAction::Ignore,
+            acl_cache: Some(AclCacheConfig::DEFAULT),
         }
     }
 }

@@ -67,8 +67,11 @@ fn shipped_config_file() -> PathBuf {
 #[test]
 fn the_shipped_config_equals_the_built_in_defaults() {
     let file = shipped_config_file();
-    let loaded = Config::load(&file, &[]).expect("shipped config loads");
+    let mut loaded = Config::load(&file, &[]).expect("shipped config loads");
     let root = file.parent().and_then(Path::parent).expect("release root");
+    // Plugin settings are not defaults of the core: each plugin reads and checks its
+    // own (`etc/plugins/emqx_auth_*.conf`, ...) when it starts.
+    loaded.plugins.keys = PluginKeys::default();
     assert_eq!(loaded, Config::defaults(root));
     assert_eq!(loaded.release_root, std::path::absolute(root).unwrap());
 }
@@ -609,4 +612,55 @@ fn psk_ciphers_on_ssl_listeners_and_the_psk_file_from_its_plugin() {
         let message = release.error(release.load());
         assert!(message.contains(expected), "{key}: {message}");
     }
+}
+
+#[test]
+fn the_acl_cache_keys_and_off_whatever_the_order() {
+    let r = Release::new(&format!(
+        "{MINIMAL}acl_cache_max_size = 8\nacl_cache_ttl = 5s\n"
+    ));
+    assert_eq!(
+        r.load().unwrap().access.acl_cache,
+        Some(AclCacheConfig {
+            max_size: 8,
+            ttl: Duration::from_secs(5)
+        })
+    );
+    let r = Release::new(&format!(
+        "{MINIMAL}enable_acl_cache = off\nacl_cache_max_size = 8\n"
+    ));
+    assert_eq!(r.load().unwrap().access.acl_cache, None);
+    let r = Release::new(&format!("{MINIMAL}acl_cache_max_size = 0\n"));
+    assert!(r.error(r.load()).contains("acl_cache_max_size"));
+    let env = r.load_env(&[("EMQX_ENABLE_ACL_CACHE", "false")]);
+    assert!(env.is_err(), "the file's bad size still fails");
+}
+
+#[test]
+fn plugin_sections_are_kept_raw_with_their_origin_and_env_overrides() {
+    let r = Release::new(MINIMAL).plugin(
+        "emqx_auth_redis.conf",
+        "auth.redis.server = 127.0.0.1:6379\nauth.redis.pool = 8\n",
+    );
+    let c = r.load_env(&[("EMQX_AUTH__REDIS__POOL", "4")]).unwrap();
+    let keys = &c.plugins.keys;
+    assert_eq!(
+        keys.get("auth.redis.server").unwrap().value,
+        "127.0.0.1:6379"
+    );
+    let pool = keys.get("auth.redis.pool").unwrap();
+    assert_eq!(pool.value, "4");
+    assert_eq!(
+        pool.origin.to_string(),
+        "environment variable EMQX_AUTH__REDIS__POOL"
+    );
+    assert_eq!(
+        c.loaded_plugins_file(),
+        r.root().join("data/loaded_plugins")
+    );
+    let r = Release::new(&format!("{MINIMAL}plugins.loaded_file = var/lp\n"));
+    assert_eq!(
+        r.load().unwrap().loaded_plugins_file(),
+        r.root().join("var/lp")
+    );
 }
