@@ -95,6 +95,8 @@ impl FileAcl {
         } else {
             hooks.remove(HookPoint::ClientCheckAcl, HOOK_NAME);
         }
+        // Clients' cached answers came from the old rules.
+        hooks.invalidate(HookPoint::ClientCheckAcl);
         tracing::info!(file = %self.path.display(), rules = count, "ACL rules loaded");
         Ok(count)
     }

@@ -46,6 +46,8 @@ pub enum ConnEvent {
     },
     /// The reader pool's answer to a SUBSCRIBE's retained lookups.
     RetainedRead(Box<crate::broker::RetainedRead>),
+    /// `emqx_ctl acl cache-clean <ClientId>`: forget the cached ACL answers.
+    CleanAclCache,
 }
 
 /// A connection's link to its session.
@@ -170,6 +172,17 @@ impl SessionHandle {
         match &self.state().conn {
             Some(link) => {
                 link.mailbox.kick(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ask the connection to forget its cached ACL answers; false if not connected.
+    pub fn clean_acl_cache(&self) -> bool {
+        match &self.state().conn {
+            Some(link) => {
+                link.mailbox.push(ConnEvent::CleanAclCache);
                 true
             }
             None => false,

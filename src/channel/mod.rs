@@ -18,6 +18,7 @@
 //! waits in between: for the authentication hook, for the connection it takes the
 //! session from, for the store.
 
+mod acl_cache;
 mod authorize;
 pub(crate) mod connect;
 mod deliver;
@@ -41,7 +42,7 @@ use crate::broker::registry::{ConnEvent, SessionHandle};
 use crate::broker::Broker;
 use crate::codec::{self, LastWill, Packet, ProtocolVersion, ReasonCode};
 use crate::config::Zone;
-use crate::hooks::{ClientInfo, DisconnectReason, HookPoint};
+use crate::hooks::{CertIdentity, ClientInfo, DisconnectReason, HookPoint};
 use crate::message::ClientId;
 use crate::metrics::Metrics;
 use crate::session::{Inbound, Outbound};
@@ -159,9 +160,9 @@ pub(crate) struct Channel {
     page_read_limit: u32,
     /// This connection's inbox; store completions answer through it.
     mailbox: Arc<Mailbox>,
-    /// Packets waiting for an authorization decision, or behind one (boxed: almost
-    /// never there).
-    held: Option<Box<authorize::Held>>,
+    /// Packets waiting for an authorization decision, or behind one, and the ACL
+    /// answer cache (boxed: most clients have neither).
+    acl: Option<Box<authorize::AclState>>,
     /// A subscriber this client published to is behind (`Routed::congested`): no
     /// more packets are handled until its mailbox has room (`Mailbox::take_room`).
     paused: bool,
@@ -209,7 +210,7 @@ impl Channel {
             page_read_from: 0,
             page_read_limit: 0,
             mailbox: a.mailbox,
-            held: None,
+            acl: None,
             paused: false,
             paused_for: InputPause::No,
             closing: false,
@@ -261,6 +262,15 @@ impl Channel {
         info.mountpoint = self.mountpoint().map(|mp| Arc::from(mp.as_ref()));
         info.is_superuser = self.superuser;
         Arc::new(info)
+    }
+
+    /// The client showed a certificate: hooks see its subject. Kept in the built
+    /// `ClientInfo`, which stays built (also through hibernation) for such clients,
+    /// so plain clients carry no field for it.
+    pub fn pin_cert(&mut self, cert: CertIdentity) {
+        let mut info = ClientInfo::clone(&self.build_info());
+        info.cert = Some(cert);
+        self.info = std::cell::OnceCell::from(Arc::new(info));
     }
 
     /// This client's topic prefix (`crate::mountpoint`), if its listener or zone
@@ -328,7 +338,7 @@ impl Channel {
             && self.paused_for == InputPause::No
             && self.output.len() < OUTPUT_HIGH
             && self
-                .held
+                .acl
                 .as_ref()
                 .is_none_or(|h| h.len() < authorize::HELD_MAX)
     }
@@ -510,7 +520,7 @@ impl Channel {
             return false;
         }
         let idle = !self.paused
-            && self.held.is_none()
+            && !self.holding()
             && self.paused_for == InputPause::No
             && self.output.is_empty()
             && self.store_ops.is_empty()
@@ -540,7 +550,10 @@ impl Channel {
     pub fn shrink(&mut self) {
         // Rebuilt from the same fields when a hook next wants it (192 bytes less per
         // hibernated client that ever published or subscribed with an ACL in force).
-        self.info.take();
+        if self.info.get().is_some_and(|i| i.cert.is_none()) {
+            self.info.take();
+        }
+        self.clean_acl_cache();
         self.output = BytesMut::new();
         self.store_ops = Vec::new();
         self.outbound.shrink();
@@ -585,6 +598,7 @@ impl Channel {
             ConnEvent::Authorized { ticket, verdicts } => self.authorized(ticket, verdicts, now)?,
             ConnEvent::Loaded { from, limit, page } => self.on_loaded(from, limit, page, now),
             ConnEvent::RetainedRead(read) => self.on_retained_read(*read, now)?,
+            ConnEvent::CleanAclCache => self.clean_acl_cache(),
         }
         Ok(())
     }

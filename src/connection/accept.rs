@@ -16,7 +16,7 @@ use crate::channel::session_open::settle;
 use crate::channel::{Channel, Now};
 use crate::codec::{Connect, ReasonCode};
 use crate::config::Zone;
-use crate::hooks::{AuthVerdict, ClientInfo, Credentials, HookPoint};
+use crate::hooks::{AuthVerdict, CertIdentity, ClientInfo, Credentials, HookPoint};
 use crate::message::ClientId;
 use crate::metrics::Metrics;
 
@@ -30,12 +30,13 @@ pub(crate) async fn open(
     listener: &Arc<str>,
     peer: SocketAddr,
     connect: Connect,
+    cert: Option<CertIdentity>,
     clock: &(dyn Fn() -> Now + Sync),
 ) -> Result<Channel, Refused> {
     let admission = admit(broker, zone, peer, connect, || {
         format!("quay-{:x}-{:x}", clock().ms, broker.next_conn_id())
     })?;
-    let superuser = authenticate(broker, zone, listener, &admission)
+    let superuser = authenticate(broker, zone, listener, &admission, cert.as_ref())
         .await
         .map_err(|reason| admission.refuse(reason))?;
     // One CONNECT of this client id at a time: the takeover and the decision run
@@ -57,14 +58,18 @@ pub(crate) async fn open(
         settled.abandon(clock());
         return Err(admission.refuse(ReasonCode::SERVER_UNAVAILABLE));
     };
-    Ok(Channel::open(
+    let mut channel = Channel::open(
         settled,
         admission,
         listener.clone(),
         superuser,
         awaiting_rel,
         clock(),
-    ))
+    );
+    if let Some(cert) = cert {
+        channel.pin_cert(cert);
+    }
+    Ok(channel)
 }
 
 /// Run `client.authenticate` (an asynchronous backend is awaited here: this
@@ -74,6 +79,7 @@ async fn authenticate(
     zone: &Zone,
     listener: &Arc<str>,
     admission: &Admission,
+    cert: Option<&CertIdentity>,
 ) -> Result<bool, ReasonCode> {
     let (client_id, peer, connect) = (&admission.client_id, admission.peer, &admission.connect);
     // `allow_anonymous`: the answer when no backend decides.
@@ -99,6 +105,7 @@ async fn authenticate(
         Arc::from(zone.name.as_str()),
     );
     info.username = connect.username.as_deref().map(Arc::from);
+    info.cert = cert.cloned();
     info.mountpoint = zone.mountpoint.as_deref().map(|template| {
         let prefix = crate::mountpoint::expand(template, client_id, info.username.as_deref());
         Arc::from(prefix.as_ref())

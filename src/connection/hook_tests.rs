@@ -318,3 +318,76 @@ async fn hooks_authorize_rewrite_drop_and_observe_in_the_clients_order() {
         vec![("hooks-pub".to_string(), "normal")]
     );
 }
+
+/// The per-client ACL cache: a backend is asked once per topic, answers that took a
+/// backend round trip are cached too, and every way of clearing it makes the next
+/// check ask again (one client's clean, a chain change, the ttl).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_answers_are_cached_per_client_until_cleared_or_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::config::Config::defaults(dir.path());
+    config.node.data_dir = dir.path().join("data");
+    config.access.acl_cache = Some(crate::config::AclCacheConfig {
+        max_size: 32,
+        ttl: Duration::from_secs(2),
+    });
+    let broker = Broker::open(config).unwrap();
+    let calls = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let calls = calls.clone();
+        broker
+            .hooks
+            .add(
+                "backend",
+                0,
+                Hook::check_acl(move |_, _, topic| {
+                    calls.lock().unwrap().push(topic.to_owned());
+                    if topic.starts_with("slow/") {
+                        Decision::pending(async {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            AclResult::Allow
+                        })
+                    } else {
+                        Decision::Ready(AclResult::Allow)
+                    }
+                }),
+            )
+            .unwrap();
+    }
+    let asked = |topic: &str| calls.lock().unwrap().iter().filter(|t| *t == topic).count();
+    let port = serve(broker.clone()).await;
+    let (c, mut rx) = client(port, "cached", None);
+    next_where(&mut rx, |p| matches!(p, RPacket::ConnAck(_))).await;
+    let publish = |topic: &'static str| {
+        let c = c.clone();
+        async move {
+            c.publish(topic, RQoS::AtLeastOnce, false, b"x".to_vec())
+                .await
+                .unwrap();
+        }
+    };
+    for _ in 0..3 {
+        publish("a/1").await;
+        next_where(&mut rx, |p| matches!(p, RPacket::PubAck(_))).await;
+        publish("slow/1").await;
+        next_where(&mut rx, |p| matches!(p, RPacket::PubAck(_))).await;
+    }
+    assert_eq!((asked("a/1"), asked("slow/1")), (1, 1), "{calls:?}");
+
+    assert!(broker.registry.get("cached").unwrap().clean_acl_cache());
+    publish("a/1").await;
+    next_where(&mut rx, |p| matches!(p, RPacket::PubAck(_))).await;
+    assert_eq!(asked("a/1"), 2, "asked again after this client's clean");
+
+    broker
+        .hooks
+        .invalidate(crate::hooks::HookPoint::ClientCheckAcl);
+    publish("a/1").await;
+    next_where(&mut rx, |p| matches!(p, RPacket::PubAck(_))).await;
+    assert_eq!(asked("a/1"), 3, "asked again after the chain changed");
+
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    publish("a/1").await;
+    next_where(&mut rx, |p| matches!(p, RPacket::PubAck(_))).await;
+    assert_eq!(asked("a/1"), 4, "asked again after the ttl");
+}

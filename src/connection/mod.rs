@@ -227,6 +227,7 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
         &env.listener,
         peer,
         *connect,
+        transport.peer_cert(),
         &Now::read,
     ));
     let channel = match opened.await {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::Reply;
 use crate::broker::Broker;
 use crate::codec::ReasonCode;
+use crate::hooks::HookPoint;
 use crate::query::{self, ClientSummary, Page, PageRequest, SessionInfo, SubscriptionInfo};
 
 /// Items fetched per query page while printing a whole list.
@@ -27,6 +28,9 @@ subscriptions show <ClientId>           # Show subscriptions of a client
 retainer info                           # Show the count of retained messages
 retainer topics                         # Show all topics of retained messages
 acl reload                              # Reload the file ACL (acl_file)
+acl cache-clean [all]                   # Clear every client's ACL cache
+acl cache-clean node <Node>             # Clear the ACL caches of a node
+acl cache-clean <ClientId>              # Clear one client's ACL cache
 listeners                               # List listeners
 listeners stop    <Identifier>          # Stop a listener
 listeners restart <Identifier>          # Restart a listener
@@ -94,6 +98,22 @@ pub fn run_command(broker: &Arc<Broker>, args: &[String]) -> Reply {
                 code: 1,
                 output: format!("Reload acl_internal failed: {e}\n"),
             },
+        },
+        ["acl", "cache-clean"] | ["acl", "cache-clean", "all"] => {
+            broker.hooks.invalidate(HookPoint::ClientCheckAcl);
+            ok("ACL cache cleaned on all clients.\n".into())
+        }
+        ["acl", "cache-clean", "node", node] if *node == broker.config.node.name => {
+            broker.hooks.invalidate(HookPoint::ClientCheckAcl);
+            ok(format!("ACL cache cleaned on node {node}.\n"))
+        }
+        ["acl", "cache-clean", "node", node] => Reply {
+            code: 1,
+            output: format!("ACL cache-clean failed on node {node}: not this node.\n"),
+        },
+        ["acl", "cache-clean", id] => match broker.registry.get(id) {
+            Some(h) if h.clean_acl_cache() => ok(format!("ACL cache cleaned for {id}.\n")),
+            _ => not_found(),
         },
         ["retainer", "info"] => ok(format!(
             "retained/total: {}\n",

@@ -31,7 +31,7 @@ mod publish;
 mod tests;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 pub use auth::{Access, AclResult, AclVerdict, AuthResult, AuthVerdict};
@@ -230,6 +230,9 @@ pub struct Hooks {
     /// Each point's chain in run order. Replaced whole on every change (copy-on-write),
     /// so a runner's snapshot never changes under it.
     chains: RwLock<[Arc<[Entry]>; POINTS]>,
+    /// Bumped on every change of a point's chain, and by `invalidate`: whoever keeps
+    /// answers of a chain (the per-client ACL cache) knows they may be stale.
+    generations: [AtomicU64; POINTS],
 }
 
 impl Default for Hooks {
@@ -237,6 +240,7 @@ impl Default for Hooks {
         Hooks {
             registered: AtomicU32::new(0),
             chains: RwLock::new(std::array::from_fn(|_| Arc::from(Vec::new()))),
+            generations: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -337,6 +341,18 @@ impl Hooks {
         self.registered.load(Ordering::Relaxed) & point.bit() != 0
     }
 
+    /// How many times `point`'s chain changed (or was invalidated): one relaxed load.
+    #[inline]
+    pub fn generation(&self, point: HookPoint) -> u64 {
+        self.generations[point.index()].load(Ordering::Acquire)
+    }
+
+    /// Tell keepers of `point`'s answers that they changed although the chain did not
+    /// (the file ACL reloaded its rules, `emqx_ctl acl cache-clean`).
+    pub fn invalidate(&self, point: HookPoint) {
+        self.generations[point.index()].fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Whether any hook is registered at all.
     #[inline]
     pub fn any_registered(&self) -> bool {
@@ -368,6 +384,7 @@ impl Hooks {
     fn replace(&self, chains: &mut [Arc<[Entry]>; POINTS], point: HookPoint, next: Vec<Entry>) {
         let empty = next.is_empty();
         chains[point.index()] = Arc::from(next);
+        self.invalidate(point);
         // Under the write lock, so bits of two points changing at once cannot lose
         // each other's update.
         if empty {

@@ -128,6 +128,17 @@ impl Transport {
         }
     }
 
+    /// The verified client certificate's subject, on any TLS-carrying transport (TLS,
+    /// PSK with `verify_peer`, WSS): what `%C`/`%d` placeholders and ACLs see.
+    pub fn peer_cert(&self) -> Option<crate::hooks::CertIdentity> {
+        match self.view_ref() {
+            ViewRef::Tls(tls) => tls::peer_identity(tls),
+            ViewRef::Psk(psk) => psk.peer_certificate(),
+            ViewRef::Ws(ws) => tls::peer_identity(ws.tls.as_deref()?),
+            ViewRef::Plain => None,
+        }
+    }
+
     /// The WebSocket layer, if any.
     pub fn ws_layer(&mut self) -> Option<&mut Ws> {
         match self.view() {

@@ -123,8 +123,9 @@ impl Sim {
         let mut ended = None;
         let opened = self.rt.block_on(async {
             let now = || clock.now();
-            let mut open =
-                std::pin::pin!(accept::open(&broker, &zone, &listener, peer, connect, &now));
+            let mut open = std::pin::pin!(accept::open(
+                &broker, &zone, &listener, peer, connect, None, &now
+            ));
             // Bounded: the store answers within milliseconds, a takeover within a turn.
             for _ in 0..5_000 {
                 if let Ok(r) = tokio::time::timeout(Duration::from_millis(1), &mut open).await {
