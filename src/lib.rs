@@ -28,5 +28,6 @@ pub mod session;
 /// The model test's access to the broker (`tests/model/`); not an API.
 #[doc(hidden)]
 pub mod sim;
+pub mod sys;
 pub mod topic;
 pub(crate) mod transport;

@@ -2,12 +2,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::codec::{Packet, QoS};
+
 macro_rules! metrics {
     ($($field:ident => $name:literal),* $(,)?) => {
         /// Monotonic counters; relaxed atomics (they are statistics, not synchronisation).
         #[derive(Debug, Default)]
         pub struct Metrics {
             $(pub $field: AtomicU64,)*
+            /// MQTT packets by type (the guide's `packets/*`).
+            pub packets: PacketCounts,
         }
 
         impl Metrics {
@@ -44,6 +48,13 @@ metrics! {
     messages_qos0_received => "messages.qos0.received",
     messages_qos1_received => "messages.qos1.received",
     messages_qos2_received => "messages.qos2.received",
+    messages_qos0_sent => "messages.qos0.sent",
+    messages_qos1_sent => "messages.qos1.sent",
+    messages_qos2_sent => "messages.qos2.sent",
+    messages_qos2_expired => "messages.qos2.expired",
+    messages_qos2_dropped => "messages.qos2.dropped",
+    messages_forward => "messages.forward",
+    messages_dropped_sys_topic => "messages.dropped.sys_topic",
     messages_retained => "messages.retained",
     messages_dropped => "messages.dropped",
     messages_dropped_no_subscribers => "messages.dropped.no_subscribers",
@@ -59,10 +70,37 @@ metrics! {
 }
 
 impl Metrics {
-    /// A delivery dropped because a queue was full (two counters, EMQX's names).
-    pub fn dropped_queue_full(&self) {
+    /// A delivery dropped because a queue was full (two counters, EMQX's names; a
+    /// third for QoS 2).
+    pub fn dropped_queue_full(&self, qos: QoS) {
         Metrics::inc(&self.messages_dropped);
         Metrics::inc(&self.messages_dropped_queue_full);
+        self.dropped_qos2(qos);
+    }
+
+    /// `messages.qos2.dropped`, for a dropped delivery of QoS 2.
+    pub fn dropped_qos2(&self, qos: QoS) {
+        if qos == QoS::ExactlyOnce {
+            Metrics::inc(&self.messages_qos2_dropped);
+        }
+    }
+
+    /// A delivery whose Message Expiry ran out before it was sent.
+    pub fn expired(&self, qos: QoS) {
+        Metrics::inc(&self.messages_dropped_expired);
+        if qos == QoS::ExactlyOnce {
+            Metrics::inc(&self.messages_qos2_expired);
+        }
+    }
+
+    /// A message sent to a subscriber at `qos`.
+    pub fn sent_message(&self, qos: QoS) {
+        Metrics::inc(&self.messages_sent);
+        Metrics::inc(match qos {
+            QoS::AtMostOnce => &self.messages_qos0_sent,
+            QoS::AtLeastOnce => &self.messages_qos1_sent,
+            QoS::ExactlyOnce => &self.messages_qos2_sent,
+        });
     }
 
     pub fn inc(counter: &AtomicU64) {
@@ -71,6 +109,83 @@ impl Metrics {
 
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// MQTT control packets by their type number (1 CONNECT ..= 15 AUTH), received and
+/// sent, and acknowledgements that named no packet in flight (`missed`). One relaxed
+/// add per packet.
+#[derive(Debug, Default)]
+pub struct PacketCounts {
+    received: [AtomicU64; 16],
+    sent: [AtomicU64; 16],
+    missed: [AtomicU64; 16],
+}
+
+/// MQTT control packet type numbers (MQTT 5 §2.1.2).
+pub mod packet_type {
+    pub const CONNECT: usize = 1;
+    pub const CONNACK: usize = 2;
+    pub const PUBLISH: usize = 3;
+    pub const PUBACK: usize = 4;
+    pub const PUBREC: usize = 5;
+    pub const PUBREL: usize = 6;
+    pub const PUBCOMP: usize = 7;
+    pub const SUBSCRIBE: usize = 8;
+    pub const SUBACK: usize = 9;
+    pub const UNSUBSCRIBE: usize = 10;
+    pub const UNSUBACK: usize = 11;
+    pub const PINGREQ: usize = 12;
+    pub const PINGRESP: usize = 13;
+    pub const DISCONNECT: usize = 14;
+    pub const AUTH: usize = 15;
+}
+
+fn type_of(p: &Packet) -> usize {
+    use packet_type::*;
+    match p {
+        Packet::Connect(_) => CONNECT,
+        Packet::ConnAck(_) => CONNACK,
+        Packet::Publish(_) => PUBLISH,
+        Packet::PubAck(_) => PUBACK,
+        Packet::PubRec(_) => PUBREC,
+        Packet::PubRel(_) => PUBREL,
+        Packet::PubComp(_) => PUBCOMP,
+        Packet::Subscribe(_) => SUBSCRIBE,
+        Packet::SubAck(_) => SUBACK,
+        Packet::Unsubscribe(_) => UNSUBSCRIBE,
+        Packet::UnsubAck(_) => UNSUBACK,
+        Packet::PingReq => PINGREQ,
+        Packet::PingResp => PINGRESP,
+        Packet::Disconnect(_) => DISCONNECT,
+        Packet::Auth(_) => AUTH,
+    }
+}
+
+impl PacketCounts {
+    pub fn on_received(&self, p: &Packet) {
+        Metrics::inc(&self.received[type_of(p)]);
+    }
+
+    pub fn on_sent(&self, p: &Packet) {
+        Metrics::inc(&self.sent[type_of(p)]);
+    }
+
+    /// An ack (PUBACK, PUBREC, PUBREL, PUBCOMP) for a packet id not in flight.
+    pub fn on_missed(&self, packet_type: usize) {
+        Metrics::inc(&self.missed[packet_type & 15]);
+    }
+
+    pub fn received(&self, packet_type: usize) -> u64 {
+        self.received[packet_type & 15].load(Ordering::Relaxed)
+    }
+
+    pub fn sent(&self, packet_type: usize) -> u64 {
+        self.sent[packet_type & 15].load(Ordering::Relaxed)
+    }
+
+    pub fn missed(&self, packet_type: usize) -> u64 {
+        self.missed[packet_type & 15].load(Ordering::Relaxed)
     }
 }
 

@@ -158,6 +158,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             }
         })
     };
+    let sys = crate::sys::start(&broker, shutdown_rx.clone());
     tracing::info!(node = %broker.config.node.name, version = ctl::VERSION, "quay is running");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -182,6 +183,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     let _ = sweeper.await;
     // After the connections: a bridge may still take their last messages.
     plugins.stop_all().await;
+    let _ = sys.await;
     // Everything acknowledged is durable already; flushing memtables makes the next
     // start skip WAL replay.
     let store = broker.store.clone();

@@ -22,7 +22,8 @@ use super::{
 
 const SECTIONS: &str = "node.*, log.*, listener.tcp.*, listener.ssl.*, listener.ws.*, \
                         listener.wss.*, mqtt.*, zone.*, storage.*, retainer.*, \
-                        psk.file.*, plugins.loaded_file, auth.*, bridge.*, allow_anonymous, acl_nomatch, acl_file, acl_deny_action";
+                        psk.file.*, plugins.loaded_file, auth.*, bridge.*, broker.*, sysmon.*, \
+                        os_mon.*, vm_mon.*, allow_anonymous, acl_nomatch, acl_file, acl_deny_action";
 /// Keys of no section (EMQX 4's authentication and ACL settings).
 pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "allow_anonymous",
@@ -148,6 +149,7 @@ pub(super) struct Builder {
     acl_cache_on: bool,
     psk: PskConfig,
     plugins: PluginsConfig,
+    sys: super::SysConfig,
 }
 
 impl Builder {
@@ -167,6 +169,7 @@ impl Builder {
             acl_cache_on: true,
             psk: PskConfig::default(),
             plugins: PluginsConfig::default(),
+            sys: super::SysConfig::default(),
         }
     }
 
@@ -204,6 +207,18 @@ impl Builder {
             ["retainer", field] => self.apply_retainer(field, entry),
             [field] if TOP_LEVEL_KEYS.contains(field) => self.apply_access(field, entry),
             ["psk", "file", field] => self.apply_psk_file(field, entry),
+            [section @ ("broker" | "sysmon" | "os_mon" | "vm_mon"), field] => {
+                if self.sys.apply(section, field, entry)? {
+                    return Ok(());
+                }
+                let (group, known) = match *section {
+                    "broker" => ("broker.* keys", super::sys::BROKER_KEYS),
+                    "sysmon" => ("sysmon.* keys", super::sys::SYSMON_KEYS),
+                    "os_mon" => ("os_mon.* keys", super::sys::OS_MON_KEYS),
+                    _ => ("vm_mon.* keys", super::sys::VM_MON_KEYS),
+                };
+                Err(unknown(entry, group, known))
+            }
             ["plugins", "loaded_file"] => {
                 self.plugins.loaded_file =
                     Some(entry.read(|v| values::non_empty(v, "a file path").map(PathBuf::from))?);
@@ -546,6 +561,7 @@ impl Builder {
                 loaded_file: self.plugins.loaded_file.map(|p| resolve(release_root, &p)),
                 keys: self.plugins.keys,
             },
+            sys: self.sys,
             release_root: release_root.to_path_buf(),
             config_file,
         })
@@ -734,7 +750,11 @@ mod tests {
     /// Every field a hint lists is handled: applying it never says "unknown key".
     #[test]
     fn the_listed_keys_are_the_handled_keys() {
-        let groups: [(&str, &[&str]); 13] = [
+        let groups: [(&str, &[&str]); 17] = [
+            ("broker.", super::super::sys::BROKER_KEYS),
+            ("sysmon.", super::super::sys::SYSMON_KEYS),
+            ("os_mon.", super::super::sys::OS_MON_KEYS),
+            ("vm_mon.", super::super::sys::VM_MON_KEYS),
             ("node.", NODE_KEYS),
             ("log.", LOG_KEYS),
             ("listener.tcp.x.", LISTENER_KEYS),

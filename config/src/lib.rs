@@ -24,6 +24,7 @@ mod env;
 mod keys;
 mod parse;
 mod plugin_keys;
+mod sys;
 mod values;
 
 #[cfg(test)]
@@ -37,6 +38,7 @@ use std::time::Duration;
 
 pub use access::{allowed as access_allowed, AccessRule, Cidr, CidrError};
 pub use plugin_keys::{read as plugin_read, PluginKeys, Setting};
+pub use sys::{OsMonConfig, SysConfig, SysmonConfig, VmMonConfig};
 
 /// Everything the broker is configured with. Paths are absolute.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +56,9 @@ pub struct Config {
     pub psk: PskConfig,
     /// `plugins.loaded_file` and every plugin's own settings (`auth.*`, `bridge.*`).
     pub plugins: PluginsConfig,
+    /// `$SYS` intervals and the monitors' thresholds (`broker.sys_*`, `sysmon.*`,
+    /// `os_mon.*`, `vm_mon.*`).
+    pub sys: SysConfig,
     /// The directory relative paths in the config resolve against: the parent of the
     /// config file's directory (`/opt/emqx/etc/emqx.conf` => `/opt/emqx`), as in EMQX.
     pub release_root: PathBuf,
@@ -728,6 +733,7 @@ impl Config {
                 ..PskConfig::default()
             },
             plugins: PluginsConfig::default(),
+            sys: SysConfig::default(),
             config_file: release_root.join(CONFIG_FILE_IN_RELEASE),
             release_root,
         }

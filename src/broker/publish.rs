@@ -135,7 +135,7 @@ impl Broker {
                 match t.handle.deliver(out) {
                     Delivered::Congested(mailbox) => congested = Some(mailbox),
                     Delivered::Dropped => {
-                        self.metrics.dropped_queue_full();
+                        self.metrics.dropped_queue_full(qos);
                         self.hooks.message_dropped(
                             &msg,
                             DropReason::QueueFull,
@@ -196,7 +196,7 @@ impl Broker {
                                 None => {
                                     // The writer refused it: the stored queue is at
                                     // `max_mqueue_len`.
-                                    broker.metrics.dropped_queue_full();
+                                    broker.metrics.dropped_queue_full(out.qos);
                                     broker.hooks.message_dropped(
                                         &msg,
                                         DropReason::QueueFull,

@@ -50,6 +50,7 @@ pub(crate) fn preface(broker: &Broker, peer: SocketAddr, rbuf: &mut BytesMut) ->
         Ok(None) => Preface::More,
         Ok(Some(Packet::Connect(c))) => {
             Metrics::inc(&broker.metrics.packets_connect);
+            Metrics::inc(&broker.metrics.packets_received);
             Preface::Connect(c)
         }
         Ok(Some(_)) => Preface::Reject(&[]),

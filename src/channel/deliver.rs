@@ -81,7 +81,7 @@ impl Channel {
         let m = &self.broker.metrics;
         Metrics::inc(&m.messages_dropped);
         if reason == hooks::DropReason::Expired {
-            Metrics::inc(&m.messages_dropped_expired);
+            m.expired(msg.qos);
         }
         self.broker
             .hooks
@@ -233,6 +233,7 @@ impl Channel {
             self.output.truncate(before);
             tracing::info!(client_id = %self.client_id, size, max = self.client_max_packet, "PUBLISH larger than the client accepts; dropped");
             Metrics::inc(&self.broker.metrics.messages_dropped_too_large);
+            self.broker.metrics.dropped_qos2(out.qos);
             self.broker.hooks.message_dropped(
                 msg,
                 hooks::DropReason::TooLarge,
@@ -246,7 +247,8 @@ impl Channel {
             }
         }
         Metrics::inc(&self.broker.metrics.packets_sent);
-        Metrics::inc(&self.broker.metrics.messages_sent);
+        self.broker.metrics.packets.on_sent(&packet);
+        self.broker.metrics.sent_message(out.qos);
         if let Some(info) = self.info_for(HookPoint::MessageDelivered) {
             self.broker.hooks.message_delivered(&info, msg);
         }

@@ -366,6 +366,7 @@ impl Channel {
             match codec::decode(rbuf, self.version, max_packet) {
                 Ok(Some(packet)) => {
                     Metrics::inc(&self.broker.metrics.packets_received);
+                    self.broker.metrics.packets.on_received(&packet);
                     self.on_packet(packet, now)?;
                 }
                 Ok(None) => return Ok(()),
@@ -610,6 +611,7 @@ impl Channel {
             return;
         }
         Metrics::inc(&self.broker.metrics.packets_sent);
+        self.broker.metrics.packets.on_sent(packet);
     }
 
     // ---- the end ----

@@ -15,7 +15,7 @@ use crate::codec::{
 use crate::config::AclDenyAction;
 use crate::hooks::{AclVerdict, HookPoint};
 use crate::message::Message;
-use crate::metrics::Metrics;
+use crate::metrics::{packet_type, Metrics};
 use crate::session::{Outgoing, Qos2Arrival, Release};
 use crate::topic;
 
@@ -65,6 +65,7 @@ impl Channel {
         match packet {
             Packet::Publish(p) => self.on_publish(p, allowed(&verdicts, 0), now)?,
             Packet::PubAck(r) => {
+                self.count_missed(r.packet_id, packet_type::PUBACK);
                 self.acked(r.packet_id);
                 let actions = self.outbound.on_puback(r.packet_id, now.at);
                 self.execute(actions, now);
@@ -75,19 +76,24 @@ impl Channel {
                     .on_pubrec(r.packet_id, r.reason.is_error(), now.at)
                 {
                     Some(actions) => self.execute(actions, now),
-                    None => self.send(&Packet::PubRel(resp(
-                        r.packet_id,
-                        ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
-                    ))),
+                    None => {
+                        self.broker.metrics.packets.on_missed(packet_type::PUBREC);
+                        self.send(&Packet::PubRel(resp(
+                            r.packet_id,
+                            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+                        )))
+                    }
                 }
             }
             Packet::PubComp(r) => {
+                self.count_missed(r.packet_id, packet_type::PUBCOMP);
                 self.acked(r.packet_id);
                 let actions = self.outbound.on_pubcomp(r.packet_id, now.at);
                 self.execute(actions, now);
             }
             Packet::PubRel(r) => match self.inbound.release(r.packet_id) {
                 Release::Unknown => {
+                    self.broker.metrics.packets.on_missed(packet_type::PUBREL);
                     let reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                     self.send_pubcomp(r.packet_id, reason);
                 }
@@ -143,6 +149,14 @@ impl Channel {
     }
 
     /// `message.acked` for the delivery `packet_id` completes, if anyone listens.
+    /// `packets.puback.missed` / `packets.pubcomp.missed`: an ack for no delivery in
+    /// flight.
+    fn count_missed(&self, packet_id: u16, packet_type: usize) {
+        if self.outbound.inflight_message(packet_id).is_none() {
+            self.broker.metrics.packets.on_missed(packet_type);
+        }
+    }
+
     fn acked(&self, packet_id: u16) {
         if self.broker.hooks.is_registered(HookPoint::MessageAcked) {
             if let Some(msg) = self.outbound.inflight_message(packet_id) {
@@ -205,11 +219,22 @@ impl Channel {
                 .unwrap_or(0),
             properties: Message::pass_through(&p.properties),
         };
-        if !allowed {
+        // `$SYS/...` is the broker's own (crate::sys): no client may publish there,
+        // whatever the ACL says.
+        let to_sys = crate::sys::is_sys_topic(&msg.topic);
+        if !allowed || to_sys {
             // `acl_deny_action = ignore` (EMQX's default): dropped, and a QoS 1/2
             // publisher is told so (v5: 0x87; v3 acks carry no reason).
-            Metrics::inc(&metrics.packets_publish_denied);
-            tracing::info!(client_id = %self.client_id, topic = %msg.topic_str(), "PUBLISH not authorized; dropped");
+            if to_sys {
+                Metrics::inc(&metrics.messages_dropped_sys_topic);
+                static SYS: crate::logging::Throttle = crate::logging::Throttle::new();
+                if let Some(unlogged) = SYS.ready(publish_ms, 10_000) {
+                    tracing::warn!(client_id = %self.client_id, topic = %msg.topic_str(), unlogged, "PUBLISH to a $SYS topic; dropped");
+                }
+            } else {
+                Metrics::inc(&metrics.packets_publish_denied);
+                tracing::info!(client_id = %self.client_id, topic = %msg.topic_str(), "PUBLISH not authorized; dropped");
+            }
             let denied = |id| resp(id, ReasonCode::NOT_AUTHORIZED);
             match (p.qos, p.packet_id) {
                 (QoS::AtLeastOnce, Some(id)) => self.ack_in_order(Packet::PubAck(denied(id))),
@@ -546,7 +571,7 @@ impl Channel {
                         out.seq = Some(seq);
                         retained.push(out);
                     }
-                    None => broker.metrics.dropped_queue_full(),
+                    None => broker.metrics.dropped_queue_full(out.qos),
                 }
             }
             ConnEvent::Reply(Box::new(ack), retained)

@@ -17,6 +17,7 @@ const USAGE: &str = "\
 status                                  # Show broker status
 broker                                  # Show broker version, uptime and description
 broker stats                            # Show broker statistics of clients, topics, subscribers
+broker metrics                          # Show the $SYS metrics (the guide's names)
 metrics                                 # Show broker metrics
 clients list                            # List all clients
 clients show <ClientId>                 # Show a client
@@ -60,14 +61,9 @@ pub fn run_command(broker: &Arc<Broker>, args: &[String]) -> Reply {
                 info.node, info.version
             ))
         }
-        ["broker"] => {
-            let info = query::broker_info(broker);
-            ok(format!(
-                "sysdescr  : {}\nversion   : {}\nuptime    : {} seconds\n",
-                info.sysdescr, info.version, info.uptime_s
-            ))
-        }
-        ["broker", "stats"] => ok(stats_text(&query::stats(broker))),
+        ["broker"] => ok(crate::sys::figures::broker_text(broker)),
+        ["broker", "stats"] => ok(crate::sys::figures::stats_text(broker)),
+        ["broker", "metrics"] => ok(crate::sys::figures::metrics_text(broker)),
         ["metrics"] => {
             let mut out = String::new();
             for m in query::metrics(broker) {
@@ -145,32 +141,6 @@ fn all_pages<T, K>(
             None => return out,
         }
     }
-}
-
-/// The names are EMQX 4's; the first six lines are what earlier versions printed.
-fn stats_text(s: &query::Stats) -> String {
-    let rows = [
-        ("connections.count", s.connections.count),
-        ("connections.hibernated", s.connections_hibernated.count),
-        ("sessions.count", s.sessions.count),
-        ("sessions.persistent.count", s.sessions_persistent.count),
-        ("subscriptions.count", s.subscriptions.count),
-        ("retained.count", s.retained),
-        ("connections.max", s.connections.max),
-        ("sessions.max", s.sessions.max),
-        ("sessions.persistent.max", s.sessions_persistent.max),
-        ("subscriptions.max", s.subscriptions.max),
-        ("connections.hibernated.max", s.connections_hibernated.max),
-        ("topics.count", s.topics.count),
-        ("topics.max", s.topics.max),
-        ("routes.count", s.routes.count),
-        ("routes.max", s.routes.max),
-    ];
-    let mut out = String::new();
-    for (name, value) in rows {
-        let _ = writeln!(out, "{name:<23} : {value}");
-    }
-    out
 }
 
 fn found(output: Option<String>) -> Reply {

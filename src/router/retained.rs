@@ -15,6 +15,9 @@ use crate::topic;
 pub struct RetainedIndex {
     topics: RwLock<BTreeSet<String>>,
     pending: Mutex<HashMap<String, Arc<Message>>>,
+    /// The number of topics and its highest since start (`$SYS/.../retained/*`),
+    /// set under the write lock from the set's size.
+    count: crate::metrics::Gauge,
 }
 
 impl RetainedIndex {
@@ -41,12 +44,23 @@ impl RetainedIndex {
     }
 
     pub fn insert(&self, topic: &str) -> bool {
-        self.write().insert(topic.to_owned())
+        let mut topics = self.write();
+        let added = topics.insert(topic.to_owned());
+        self.count.set(topics.len() as u64);
+        added
     }
 
     pub fn remove(&self, topic: &str) -> bool {
         self.pending_map().remove(topic);
-        self.write().remove(topic)
+        let mut topics = self.write();
+        let removed = topics.remove(topic);
+        self.count.set(topics.len() as u64);
+        removed
+    }
+
+    /// The count of retained topics, and its highest since start.
+    pub fn gauge(&self) -> &crate::metrics::Gauge {
+        &self.count
     }
 
     /// Forget `topic` after the store deleted its expired message, unless a newer
@@ -54,7 +68,9 @@ impl RetainedIndex {
     pub fn remove_expired(&self, topic: &str) {
         let pending = self.pending_map();
         if !pending.contains_key(topic) {
-            self.write().remove(topic);
+            let mut topics = self.write();
+            topics.remove(topic);
+            self.count.set(topics.len() as u64);
         }
     }
 
