@@ -90,7 +90,7 @@ impl Default for SysConfig {
             sysmon: SysmonConfig {
                 long_gc: Duration::ZERO,
                 long_schedule: Duration::from_millis(240),
-                large_heap: 8 * 1024 * 1024,
+                large_heap: 2 * 1024 * 1024 * 1024,
                 busy_port: false,
                 busy_dist_port: true,
             },

@@ -125,6 +125,11 @@ pub fn max_connections() -> usize {
     CEILING.load(Ordering::Relaxed)
 }
 
+/// Connections holding a slot now (the `too_many_connections` alarm's numerator).
+pub fn open_connections() -> usize {
+    OPEN.load(Ordering::Relaxed)
+}
+
 /// RocksDB's share of the open-file limit (its `max_open_files`).
 pub fn store_open_files() -> i32 {
     STORE_FILES.load(Ordering::Relaxed)

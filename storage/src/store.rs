@@ -357,6 +357,16 @@ impl Store {
         Ok(())
     }
 
+    /// Whether RocksDB is stopping or slowing writes now (a write stall: too many
+    /// memtables or level-0 files while compaction catches up).
+    pub fn write_stalled(&self) -> bool {
+        let Some(db) = self.rocks() else {
+            return false;
+        };
+        let int = |name: &str| db.property_int_value(name).ok().flatten().unwrap_or(0);
+        int("rocksdb.is-write-stopped") > 0 || int("rocksdb.actual-delayed-write-rate") > 0
+    }
+
     /// Approximate bytes of live data (SST files + memtables), for metrics and tests.
     pub fn live_data_bytes(&self) -> u64 {
         let Some(db) = self.rocks() else {
