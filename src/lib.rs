@@ -30,4 +30,5 @@ pub mod session;
 pub mod sim;
 pub mod sys;
 pub mod topic;
+pub mod trace;
 pub(crate) mod transport;

@@ -35,7 +35,15 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "acl_cache_ttl",
 ];
 const NODE_KEYS: &[&str] = &["name", "data_dir"];
-const LOG_KEYS: &[&str] = &["to", "level", "dir", "file"];
+const LOG_KEYS: &[&str] = &[
+    "to",
+    "level",
+    "dir",
+    "file",
+    "rotation",
+    "rotation.size",
+    "rotation.count",
+];
 const LISTENER_KEYS: &[&str] = &[
     "acceptors",
     "max_connections",
@@ -179,6 +187,7 @@ impl Builder {
         match segments.as_slice() {
             ["node", field] => self.apply_node(field, entry),
             ["log", field] => self.apply_log(field, entry),
+            ["log", "rotation", field] => self.apply_log(&format!("rotation.{field}"), entry),
             ["listener", proto @ ("tcp" | "ssl" | "ws" | "wss"), name] => {
                 let bind = entry.read(values::listen_addr)?;
                 let draft = self.listener(proto, name, entry);
@@ -280,6 +289,14 @@ impl Builder {
             "level" => log.level = entry.read(log_level)?,
             "dir" => log.dir = entry.read(|v| dir(v, "a directory"))?,
             "file" => log.file = entry.read(|v| values::non_empty(v, "a file name"))?,
+            "rotation" => log.rotation = entry.read(values::boolean)?,
+            "rotation.size" => {
+                log.rotation_size = entry.read(|v| match values::size(v)? {
+                    0 => Err("a size above 0, like 10MB".to_string()),
+                    n => Ok(n),
+                })?
+            }
+            "rotation.count" => log.rotation_count = entry.read(|v| values::uint(v, 1, 1000))?,
             _ => return Err(unknown(entry, "log.* keys", LOG_KEYS)),
         }
         Ok(())

@@ -109,6 +109,12 @@ pub struct LogConfig {
     pub dir: PathBuf,
     /// File name inside `dir`.
     pub file: String,
+    /// `log.rotation`: roll the file over at `rotation_size`.
+    pub rotation: bool,
+    /// `log.rotation.size`: bytes per file before it rolls over.
+    pub rotation_size: u64,
+    /// `log.rotation.count`: rolled-over files kept (`emqx.log.1` ..= `.N`).
+    pub rotation_count: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -775,6 +781,9 @@ fn default_log(release_root: &Path) -> LogConfig {
         level: LogLevel::Warning,
         dir: resolve(release_root, Path::new(DEFAULT_LOG_DIR)),
         file: DEFAULT_LOG_FILE.to_string(),
+        rotation: true,
+        rotation_size: 10 * 1024 * 1024,
+        rotation_count: 5,
     }
 }
 

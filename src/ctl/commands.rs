@@ -32,6 +32,14 @@ acl reload                              # Reload the file ACL (acl_file)
 acl cache-clean [all]                   # Clear every client's ACL cache
 acl cache-clean node <Node>             # Clear the ACL caches of a node
 acl cache-clean <ClientId>              # Clear one client's ACL cache
+log set-level <Level>                   # Set the overall log level
+log primary-level [<Level>]             # Show or set the primary log level
+log handlers list                       # Show log handlers
+trace list                              # List all traces
+trace start client <ClientId> <File> [<Level>]  # Trace a client to a file
+trace stop client <ClientId>            # Stop tracing a client
+trace start topic <Topic> <File> [<Level>]      # Trace a topic to a file
+trace stop topic <Topic>                # Stop tracing a topic
 listeners                               # List listeners
 listeners stop    <Identifier>          # Stop a listener
 listeners restart <Identifier>          # Restart a listener
@@ -71,6 +79,8 @@ pub fn run_command(broker: &Arc<Broker>, args: &[String]) -> Reply {
             }
             ok(out)
         }
+        ["log", rest @ ..] => crate::logging::run_command(rest),
+        ["trace", rest @ ..] => crate::trace::run_command(broker, rest),
         ["clients", "list"] => ok(all_pages(|req| query::clients(broker, req), client_line)),
         ["clients", "show", id] => found(query::client(broker, id).map(|c| client_line(&c))),
         ["clients", "kick", id] => match broker.registry.get(id) {

@@ -18,6 +18,8 @@ pub mod figures;
 pub mod sysmon;
 mod text;
 
+pub use text::datetime;
+
 use std::sync::Arc;
 use std::time::Duration;
 
