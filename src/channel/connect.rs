@@ -239,6 +239,11 @@ fn validate(broker: &Broker, zone: &ZoneConfig, connect: &mut Connect) -> Result
         if topic::validate_name(topic, mqtt.max_topic_levels).is_err() {
             return Err(ReasonCode::TOPIC_NAME_INVALID);
         }
+        if crate::sys::is_sys_topic(&will.topic) {
+            // `$SYS/` is the broker's: a will may not publish there either.
+            tracing::info!(client_id = %connect.client_id, topic, "will to a $SYS topic; refused");
+            return Err(ReasonCode::NOT_AUTHORIZED);
+        }
         if let Some(response_topic) = &will.properties.response_topic {
             // A will Response Topic must be a Topic Name too [MQTT-3.3.2-14];
             // Mosquitto refuses the CONNECT as a protocol error, so do we.

@@ -304,7 +304,7 @@ mod tests {
         for (name, high, low) in alarms {
             let mut book = AlarmBook::default();
             let samples = [
-                0.1,
+                high / 2.0,
                 high,
                 high + 0.01,
                 1.0,

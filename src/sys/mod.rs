@@ -57,7 +57,8 @@ pub struct SysQueue {
 
 impl SysQueue {
     pub fn send(&self, event: SysEvent) {
-        if self.tx.try_send(event).is_err() {
+        // Closed: the node is stopping and the task has ended; nothing to publish to.
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(event) {
             let n = self
                 .dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -201,6 +201,12 @@ def test_clients_cannot_publish_into_sys(broker_factory):
         c.disconnect()
 
 
+def test_a_will_cannot_publish_into_sys(broker):
+    will = {"topic": f"$SYS/brokers/{NODE}/fake", "payload": b"x"}
+    assert RawClient(broker.port, version=5).connect(unique_id("w5"), will=will)["rc"] == 0x87
+    assert RawClient(broker.port, version=4).connect(unique_id("w4"), will=will)["rc"] == 5
+
+
 def test_the_shipped_acl_keeps_sys_to_localhost(broker_factory):
     broker = broker_factory(FAST)
     remote = RawClient(broker.port, version=5, source="127.0.0.2")

@@ -21,6 +21,9 @@
 #   BENCH_TIME_LIMIT_S        wall-clock bound of each measured phase (default 60)
 #   BENCH_KEEP=1              keep the work directory (logs, data, results)
 #   EMQX_*                    passed through to Quay, e.g. EMQX_STORAGE__FSYNC=none
+#   BENCH_QUAY_EMQX           the emqx binary to measure (default: the one built here)
+#   BENCH_BROKERS             which brokers (default "quay mosquitto")
+#   BENCH_QUAY_SYS_SUB=1      a mosquitto_sub on '$SYS/#' beside Quay (tools/bench/sys_cost.sh)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -47,7 +50,7 @@ MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 log "building (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 (cd "$ROOT" && cargo build --release -q -p quay-bench -p quay -p quay-ctl --bins)
 BENCH="$CARGO_TARGET_DIR/release/quay-bench"
-EMQX="$CARGO_TARGET_DIR/release/emqx"
+EMQX=${BENCH_QUAY_EMQX:-$CARGO_TARGET_DIR/release/emqx}
 EMQX_CTL="$CARGO_TARGET_DIR/release/emqx_ctl"
 QUAY_CONF="$ROOT/etc/emqx.conf"
 
@@ -102,6 +105,10 @@ start_quay() {
         taskset -c "$BROKER_CPU" "$EMQX" --config "$QUAY_CONF" foreground >>"$dir/log/console.log" 2>&1 &
     BROKER_PID=$!
     [ "${2:-}" = nowait ] || wait_broker "$dir/log/console.log"
+    if [ "${BENCH_QUAY_SYS_SUB:-0}" = 1 ]; then
+        taskset -c "$GEN_CPU" mosquitto_sub -p "$PORT" -t '$SYS/#' >"$dir/sys.out" 2>&1 &
+        SYS_SUB_PID=$!
+    fi
 }
 
 # start_mosquitto DIR PERSIST [nowait]: Mosquitto 2 on $PORT; PERSIST is true or false.
@@ -148,6 +155,11 @@ wait_broker() {
 # Graceful stop (SIGTERM, bounded); sets STOP_MS.
 stop_broker() {
     local t0 i
+    if [ -n "${SYS_SUB_PID:-}" ]; then
+        kill "$SYS_SUB_PID" 2>/dev/null || true
+        wait "$SYS_SUB_PID" 2>/dev/null || true
+        SYS_SUB_PID=""
+    fi
     t0=$(date +%s%N)
     kill -TERM "$BROKER_PID" 2>/dev/null || true
     for ((i = 0; i < 1200; i++)); do
@@ -211,7 +223,7 @@ run_one() {
 
 log "broker on cpu $BROKER_CPU, generator on cpu $GEN_CPU; work dir $WORK"
 for scenario in "${SCENARIOS[@]}"; do
-    for broker in quay mosquitto; do
+    for broker in ${BENCH_BROKERS:-quay mosquitto}; do
         log "$scenario: $broker"
         if ! run_one "$scenario" "$broker"; then
             log "$scenario on $broker failed (logs kept in $WORK/$scenario-$broker)"
