@@ -22,6 +22,7 @@
 #   BENCH_KEEP=1              keep the work directory (logs, data, results)
 #   EMQX_*                    passed through to Quay, e.g. EMQX_STORAGE__FSYNC=none
 #   BENCH_QUAY_EMQX           the emqx binary to measure (default: the one built here)
+#   BENCH_QUAY_CONF           its config (default: this tree's etc/emqx.conf)
 #   BENCH_BROKERS             which brokers (default "quay mosquitto")
 #   BENCH_QUAY_SYS_SUB=1      a mosquitto_sub on '$SYS/#' beside Quay (tools/bench/sys_cost.sh)
 set -euo pipefail
@@ -52,7 +53,7 @@ log "building (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 BENCH="$CARGO_TARGET_DIR/release/quay-bench"
 EMQX=${BENCH_QUAY_EMQX:-$CARGO_TARGET_DIR/release/emqx}
 EMQX_CTL="$CARGO_TARGET_DIR/release/emqx_ctl"
-QUAY_CONF="$ROOT/etc/emqx.conf"
+QUAY_CONF=${BENCH_QUAY_CONF:-$ROOT/etc/emqx.conf}
 
 WORK=$(mktemp -d /tmp/quay-bench.XXXXXX)
 RESULTS="$WORK/results.tsv"

@@ -26,25 +26,33 @@ log "building $BASE_REF"
 (cd "$ROOT" && git worktree add -q --detach "$WORK/base" "$BASE_REF")
 (cd "$WORK/base" && cargo build --release -q -p quay --bin emqx)
 cp "$CARGO_TARGET_DIR/release/emqx" "$WORK/emqx-base"
+# Its own config too (this tree's has keys it does not know); etc/ under a root of its own.
+mkdir -p "$WORK/base-root" && cp -r "$WORK/base/etc" "$WORK/base-root/etc"
 log "building this tree"
 # Newer than the base's artifacts, or cargo would take the shared path crates as built.
 (cd "$ROOT" && git ls-files -z '*.rs' '*Cargo.toml' | xargs -0 touch)
 (cd "$ROOT" && cargo build --release -q -p quay -p quay-ctl -p quay-bench --bins)
 cp "$CARGO_TARGET_DIR/release/emqx" "$WORK/emqx-sys"
 
-run() { # run NAME BINARY [env...]
-    local name=$1 bin=$2
-    shift 2
-    env "$@" BENCH_BROKERS=quay BENCH_QUAY_EMQX="$bin" TMPDIR="$WORK" \
+run() { # run NAME BINARY CONFIG [env...]
+    local name=$1 bin=$2 conf=$3 line
+    shift 3
+    line=$(env "$@" BENCH_BROKERS=quay BENCH_QUAY_EMQX="$bin" BENCH_QUAY_CONF="$conf" \
         "$ROOT/tools/bench/run.sh" fanin 2>"$WORK/$name.err" |
-        grep -o 'fanin quay throughput: [0-9,.]*[kM]* msg/s' | head -1 | tee -a "$WORK/$name.runs" >&2
+        grep -o 'fanin quay throughput: [0-9.]* msg/s' | head -1 || true)
+    if [ -z "$line" ]; then
+        log "the $name run gave no figure; its stderr:"
+        tail -n 20 "$WORK/$name.err" >&2
+        exit 1
+    fi
+    echo "$line" | tee -a "$WORK/$name.runs" >&2
 }
 
 for r in $(seq 1 "$ROUNDS"); do
     log "round $r/$ROUNDS: base"
-    run base "$WORK/emqx-base"
+    run base "$WORK/emqx-base" "$WORK/base-root/etc/emqx.conf"
     log "round $r/$ROUNDS: \$SYS every 1s, with a \$SYS/# subscriber"
-    run sys "$WORK/emqx-sys" EMQX_BROKER__SYS_INTERVAL=1s EMQX_BROKER__SYS_HEARTBEAT=1s BENCH_QUAY_SYS_SUB=1
+    run sys "$WORK/emqx-sys" "$ROOT/etc/emqx.conf" EMQX_BROKER__SYS_INTERVAL=1s EMQX_BROKER__SYS_HEARTBEAT=1s BENCH_QUAY_SYS_SUB=1
 done
 
 python3 - "$WORK/base.runs" "$WORK/sys.runs" <<'PY'
