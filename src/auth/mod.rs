@@ -5,3 +5,5 @@
 
 pub mod hash;
 pub mod placeholder;
+pub mod builtin;
+mod credentials;

@@ -28,6 +28,13 @@ pub trait Running: Send + Sync {
     /// Release what the plugin holds (abort tasks, close pools). Its hooks are
     /// already removed when this runs.
     fn stop(self: Box<Self>) {}
+
+    /// An `emqx_ctl` command this plugin serves while it runs (EMQX 4's
+    /// `emqx_ctl:register_command`: `users`, `clientid`): the answer to `args` when
+    /// its first word is the plugin's command, else `None`.
+    fn ctl(&self, _args: &[String]) -> Option<BoxFuture<crate::ctl::Reply>> {
+        None
+    }
 }
 
 impl Running for () {}
@@ -202,6 +209,16 @@ impl Plugins {
                 Err(e)
             }
         }
+    }
+
+    /// Run `args` if a running plugin serves its first word. The command runs after
+    /// the manager's lock is released: a slow command never holds up load/unload.
+    pub async fn ctl(&self, args: &[String]) -> Option<crate::ctl::Reply> {
+        let command = {
+            let state = self.state.lock().await;
+            state.running.iter().find_map(|(_, r)| r.ctl(args))
+        }?;
+        Some(command.await)
     }
 
     /// Stop every plugin (node shutdown), last started first.

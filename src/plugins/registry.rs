@@ -4,5 +4,8 @@
 use super::Spec;
 
 pub fn all() -> Vec<Spec> {
-    vec![]
+    vec![
+        crate::auth::builtin::clientid_spec(),
+        crate::auth::builtin::username_spec(),
+    ]
 }

@@ -16,6 +16,7 @@
 //! | `retained`    | topic bytes                          | `StoredMessage`      |
 //! | `wills`       | client                               | `DelayedWill`        |
 //! | `meta`        | ascii name                           | per key              |
+//! | `auth`        | table byte (`u`/`c`) · name bytes     | `CredentialRecord`   |
 
 use thiserror::Error;
 
@@ -28,8 +29,10 @@ pub const CF_AWAITING_REL: &str = "awaiting_rel";
 pub const CF_RETAINED: &str = "retained";
 pub const CF_META: &str = "meta";
 pub const CF_WILLS: &str = "wills";
+/// The built-in user stores (`emqx_auth_username`, `emqx_auth_clientid`).
+pub const CF_AUTH: &str = "auth";
 
-pub const ALL_CFS: [&str; 9] = [
+pub const ALL_CFS: [&str; 10] = [
     CF_MSGS,
     CF_REFS,
     CF_SESSIONS,
@@ -39,6 +42,7 @@ pub const ALL_CFS: [&str; 9] = [
     CF_RETAINED,
     CF_META,
     CF_WILLS,
+    CF_AUTH,
 ];
 
 /// `meta` key holding the on-disk format version.
@@ -113,6 +117,48 @@ pub fn sub_key(client: &str, filter: &str) -> Result<Vec<u8>, KeyError> {
     Ok(key)
 }
 
+/// Which built-in credential table a `CF_AUTH` key belongs to: its first byte, so each
+/// table is one contiguous range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthTable {
+    /// `emqx_auth_username`: entries by MQTT username.
+    Username,
+    /// `emqx_auth_clientid`: entries by client id.
+    ClientId,
+}
+
+impl AuthTable {
+    fn tag(self) -> u8 {
+        match self {
+            AuthTable::Username => b'u',
+            AuthTable::ClientId => b'c',
+        }
+    }
+
+    /// The table's key range: `[tag]` up to `[tag + 1]`.
+    pub fn range(self) -> ([u8; 1], [u8; 1]) {
+        ([self.tag()], [self.tag() + 1])
+    }
+}
+
+/// `table tag | name`: a name is any UTF-8 (MQTT caps it at 65535 bytes).
+pub fn auth_key(table: AuthTable, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(table.tag());
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The name of a `CF_AUTH` key of `table`.
+pub fn decode_auth_key(table: AuthTable, key: &[u8]) -> Result<&str, KeyError> {
+    match key.split_first() {
+        Some((tag, name)) if *tag == table.tag() => {
+            std::str::from_utf8(name).map_err(|_| KeyError::Prefix { cf: CF_AUTH })
+        }
+        _ => Err(KeyError::Prefix { cf: CF_AUTH }),
+    }
+}
+
 /// Split a per-client key into (client id, rest).
 pub fn split_client_key<'a>(
     cf: &'static str,
@@ -184,6 +230,23 @@ mod tests {
         let end = prefix_end(&short).unwrap();
         let long = queue_key("ab", 0).unwrap();
         assert!(!(long >= short && long < end));
+    }
+
+    #[test]
+    fn auth_tables_do_not_overlap_and_names_round_trip() {
+        for table in [AuthTable::Username, AuthTable::ClientId] {
+            let (from, to) = table.range();
+            for name in ["", "a", "\u{10ffff}", "' OR '1'='1"] {
+                let key = auth_key(table, name);
+                assert!(key.as_slice() >= &from[..] && key.as_slice() < &to[..]);
+                assert_eq!(decode_auth_key(table, &key).unwrap(), name);
+            }
+        }
+        let user = auth_key(AuthTable::Username, "x");
+        let (from, to) = AuthTable::ClientId.range();
+        assert!(!(user.as_slice() >= &from[..] && user.as_slice() < &to[..]));
+        assert!(decode_auth_key(AuthTable::ClientId, &user).is_err());
+        assert!(decode_auth_key(AuthTable::Username, &[b'u', 0xff]).is_err());
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod writer;
 pub use invariants::check as check_invariants;
 pub use reader::ReaderHandle;
 pub use records::{
-    DelayedWill, EntryHead, QueueEntry, RecordError, SessionRecord, StoredMessage,
+    CredentialRecord, DelayedWill, EntryHead, QueueEntry, RecordError, SessionRecord, StoredMessage,
     SubscriptionRecord,
 };
 pub use sim_store::SimStore;

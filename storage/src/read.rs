@@ -5,7 +5,9 @@ use bytes::Bytes;
 
 use crate::backend::Backend;
 use crate::keys::{self, KeyError};
-use crate::records::{DelayedWill, QueueEntry, SessionRecord, StoredMessage, SubscriptionRecord};
+use crate::records::{
+    CredentialRecord, DelayedWill, QueueEntry, SessionRecord, StoredMessage, SubscriptionRecord,
+};
 use crate::store::Result;
 
 fn utf8_key(cf: &'static str, key: &[u8]) -> Result<String> {
@@ -167,4 +169,21 @@ pub fn expired_retained<B: Backend>(db: &B, now_ms: u64) -> Result<Vec<Bytes>> {
 pub fn last_msg_id<B: Backend>(db: &B) -> Result<u64> {
     let last = db.last_at_or_before(keys::CF_MSGS, None, |key| Ok(keys::decode_msg_key(key)?))?;
     Ok(last.unwrap_or(0))
+}
+
+/// Every entry of a built-in credential table, by name.
+pub fn credentials<B: Backend>(
+    db: &B,
+    table: keys::AuthTable,
+) -> Result<Vec<(String, CredentialRecord)>> {
+    let (from, to) = table.range();
+    let mut out = Vec::new();
+    db.scan(keys::CF_AUTH, &from, Some(&to), |key, value| {
+        out.push((
+            keys::decode_auth_key(table, key)?.to_string(),
+            CredentialRecord::decode(value)?,
+        ));
+        Ok(true)
+    })?;
+    Ok(out)
 }

@@ -18,7 +18,7 @@ use crate::keys::{self, KeyError};
 use crate::read;
 use crate::reader::{self, ReaderConfig, ReaderHandle};
 use crate::records::{
-    DelayedWill, QueueEntry, RecordError, SessionRecord, StoredMessage, SubscriptionRecord,
+    CredentialRecord, DelayedWill, QueueEntry, RecordError, SessionRecord, StoredMessage, SubscriptionRecord,
 };
 use crate::sim::SimBackend;
 use crate::sim_store::SimStore;
@@ -326,6 +326,11 @@ impl Store {
     /// Retained messages whose expiry is at or before `now_ms` (a background sweep).
     pub fn expired_retained(&self, now_ms: u64) -> Result<Vec<Bytes>> {
         self.read(|db| read::expired_retained(db, now_ms))
+    }
+
+    /// Every entry of a built-in credential table (read once when its plugin starts).
+    pub fn credentials(&self, table: keys::AuthTable) -> Result<Vec<(String, CredentialRecord)>> {
+        self.read(|db| read::credentials(db, table))
     }
 
     /// The store's invariants (see `invariants.rs`); a list of what is broken.

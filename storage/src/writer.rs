@@ -28,8 +28,10 @@ use bytes::Bytes;
 
 use crate::backend::{Backend, RocksBackend};
 use crate::keys;
+use crate::keys::AuthTable;
 use crate::records::{
-    DelayedWill, EntryHead, QueueEntry, SessionRecord, StoredMessage, SubscriptionRecord,
+    CredentialRecord, DelayedWill, EntryHead, QueueEntry, SessionRecord, StoredMessage,
+    SubscriptionRecord,
 };
 use crate::sim_store::SimStore;
 use crate::store::{Result, StoreError};
@@ -123,6 +125,16 @@ pub enum Op {
     DeleteRetainedIfExpired {
         topic: Bytes,
         now_ms: u64,
+    },
+    /// Add or replace an entry of a built-in credential table.
+    PutCredential {
+        table: AuthTable,
+        name: String,
+        record: CredentialRecord,
+    },
+    DeleteCredential {
+        table: AuthTable,
+        name: String,
     },
 }
 
@@ -686,6 +698,22 @@ impl<B: Backend> WriterCore<B> {
                         state.retained.insert(topic.clone(), None);
                     }
                     enqueued.push(expired.then_some(0));
+                }
+                Op::PutCredential {
+                    table,
+                    name,
+                    record,
+                } => {
+                    self.db.put(
+                        batch,
+                        keys::CF_AUTH,
+                        &keys::auth_key(*table, name),
+                        &record.encode(),
+                    )?;
+                }
+                Op::DeleteCredential { table, name } => {
+                    self.db
+                        .delete(batch, keys::CF_AUTH, &keys::auth_key(*table, name))?;
                 }
             }
         }

@@ -614,5 +614,7 @@ fn brief(op: &Op) -> String {
             "DeleteRetainedIfExpired({})",
             String::from_utf8_lossy(topic)
         ),
+        Op::PutCredential { table, name, .. } => format!("PutCredential({table:?}, {name})"),
+        Op::DeleteCredential { table, name } => format!("DeleteCredential({table:?}, {name})"),
     }
 }

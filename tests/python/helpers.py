@@ -91,6 +91,7 @@ class Client:
         manual_ack=False,
         tls=None,
         username=None,
+        password=None,
         transport="tcp",
         ws_path="/mqtt",
     ):
@@ -117,7 +118,7 @@ class Client:
             # ca_certs / certfile / keyfile, as paho's tls_set takes them.
             self.c.tls_set(**tls)
         if username is not None:
-            self.c.username_pw_set(username)
+            self.c.username_pw_set(username, password)
         self.c.max_inflight_messages_set(100)
         self.c.max_queued_messages_set(0)
         self._cond = threading.Condition()

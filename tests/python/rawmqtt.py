@@ -127,7 +127,7 @@ def packet(ptype, flags, body):
     return bytes([(ptype << 4) | flags]) + varint(len(body)) + body
 
 
-def connect(client_id, version=4, clean=True, keepalive=60, properties=(), will=None, username=None):
+def connect(client_id, version=4, clean=True, keepalive=60, properties=(), will=None, username=None, password=None):
     """CONNECT. version 3 = MQTT 3.1 ("MQIsdp"), 4 = 3.1.1, 5 = 5.0.
 
     `will`: dict(topic, payload, qos=0, retain=False, properties=()).
@@ -138,6 +138,8 @@ def connect(client_id, version=4, clean=True, keepalive=60, properties=(), will=
         flags |= 0x04 | (will.get("qos", 0) << 3) | (0x20 if will.get("retain") else 0)
     if username is not None:
         flags |= 0x80
+    if password is not None:
+        flags |= 0x40
     body = utf8(name) + bytes([version, flags]) + struct.pack(">H", keepalive)
     if version == 5:
         body += encode_props(properties)
@@ -148,6 +150,8 @@ def connect(client_id, version=4, clean=True, keepalive=60, properties=(), will=
         body += utf8(will["topic"]) + utf8(will["payload"])
     if username is not None:
         body += utf8(username)
+    if password is not None:
+        body += utf8(password)
     return packet(CONNECT, 0, body)
 
 
