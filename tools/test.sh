@@ -29,9 +29,9 @@ fi
 # and benchmarks start their own Mosquitto, so the service is not needed.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto haproxy >/dev/null 2>&1 || true; fi
 
-python3 - <<'PY' || python3 -m pip install -q "paho-mqtt>=2,<3" "pytest>=7"
+python3 - <<'PY' || python3 -m pip install -q -r tests/python/requirements.txt
 import importlib.util, sys
-sys.exit(0 if all(importlib.util.find_spec(m) for m in ("paho", "pytest")) else 1)
+sys.exit(0 if all(importlib.util.find_spec(m) for m in ("paho", "pytest", "jwt", "cryptography")) else 1)
 PY
 
 # MQTT.js and playwright-core, pinned by tests/browser/package-lock.json; installed

@@ -282,7 +282,10 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(s.preload, [("a".into(), "pa".into()), ("b".into(), "pb".into())]);
+        assert_eq!(
+            s.preload,
+            [("a".into(), "pa".into()), ("b".into(), "pb".into())]
+        );
         assert_eq!(s.hash.to_string(), "bcrypt");
         let d = settings(&CLIENTID, &keys(&[])).unwrap();
         assert_eq!(d.hash.to_string(), "sha256");
@@ -302,11 +305,11 @@ mod tests {
             "{e}"
         );
         let e = err(&[("auth.client.1.username", "c")]);
+        assert!(e.contains(":1: unknown key auth.client.1.username"), "{e}");
+        let e = err(&[("auth.client.password_hash", "rot13")]);
         assert!(
-            e.contains(":1: unknown key auth.client.1.username"),
+            e.contains(":1: auth.client.password_hash: expected plain"),
             "{e}"
         );
-        let e = err(&[("auth.client.password_hash", "rot13")]);
-        assert!(e.contains(":1: auth.client.password_hash: expected plain"), "{e}");
     }
 }

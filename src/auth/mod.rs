@@ -3,7 +3,8 @@
 //! is a plugin (`crate::plugins`) that registers `client.authenticate` (and, where
 //! EMQX has one, `client.check_acl`) hooks under its plugin name.
 
-pub mod hash;
-pub mod placeholder;
 pub mod builtin;
 mod credentials;
+pub mod hash;
+pub mod jwt;
+pub mod placeholder;

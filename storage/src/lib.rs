@@ -23,8 +23,8 @@ mod writer;
 pub use invariants::check as check_invariants;
 pub use reader::ReaderHandle;
 pub use records::{
-    CredentialRecord, DelayedWill, EntryHead, QueueEntry, RecordError, SessionRecord, StoredMessage,
-    SubscriptionRecord,
+    CredentialRecord, DelayedWill, EntryHead, QueueEntry, RecordError, SessionRecord,
+    StoredMessage, SubscriptionRecord,
 };
 pub use sim_store::SimStore;
 pub use store::{Result, Store, StoreConfig, StoreError, READ_QUEUE_MAX};

@@ -18,7 +18,8 @@ use crate::keys::{self, KeyError};
 use crate::read;
 use crate::reader::{self, ReaderConfig, ReaderHandle};
 use crate::records::{
-    CredentialRecord, DelayedWill, QueueEntry, RecordError, SessionRecord, StoredMessage, SubscriptionRecord,
+    CredentialRecord, DelayedWill, QueueEntry, RecordError, SessionRecord, StoredMessage,
+    SubscriptionRecord,
 };
 use crate::sim::SimBackend;
 use crate::sim_store::SimStore;
