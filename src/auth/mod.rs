@@ -6,5 +6,6 @@
 pub mod builtin;
 mod credentials;
 pub mod hash;
+pub mod http;
 pub mod jwt;
 pub mod placeholder;

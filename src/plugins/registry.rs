@@ -6,6 +6,7 @@ use super::Spec;
 pub fn all() -> Vec<Spec> {
     vec![
         crate::auth::builtin::clientid_spec(),
+        crate::auth::http::spec(),
         crate::auth::jwt::spec(),
         crate::auth::builtin::username_spec(),
     ]
