@@ -12,6 +12,10 @@ export CARGO_TERM_COLOR=never
 # front of Quay with the PROXY protocol (tests/python/test_listeners.py). libssl-dev and
 # pkg-config: the `openssl` crate links the system's OpenSSL 3 for TLS-PSK listeners.
 apt_packages=(libclang-dev protobuf-compiler mosquitto mosquitto-clients strace chromium haproxy libssl-dev pkg-config)
+# Real servers for the authentication backends (tests/python/dbservers.py starts each on
+# its own loopback port and data dir, never the system service): Redis, PostgreSQL,
+# MariaDB, OpenLDAP with its client tools.
+apt_packages+=(redis-server postgresql mariadb-server mariadb-client slapd ldap-utils)
 # Node and npm from Debian, unless a node is there already (nodesource's nodejs ships
 # npm and conflicts with Debian's npm package).
 command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)

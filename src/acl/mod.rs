@@ -7,7 +7,7 @@
 //! the broker refuses to run, and `emqx_ctl acl reload` keeps the rules it had.
 
 mod rule;
-mod term;
+pub(crate) mod term;
 #[cfg(test)]
 mod tests;
 

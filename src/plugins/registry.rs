@@ -9,5 +9,9 @@ pub fn all() -> Vec<Spec> {
         crate::auth::http::spec(),
         crate::auth::jwt::spec(),
         crate::auth::builtin::username_spec(),
+        crate::auth::redis::spec(),
+        crate::auth::pgsql::spec(),
+        crate::auth::mysql::spec(),
+        crate::auth::ldap::spec(),
     ]
 }
