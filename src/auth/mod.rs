@@ -13,6 +13,7 @@ pub mod http;
 pub mod jwt;
 pub mod db_acl;
 pub mod ldap;
+pub mod mongo;
 pub mod mysql;
 pub mod outage;
 pub mod pgsql;

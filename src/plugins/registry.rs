@@ -13,5 +13,6 @@ pub fn all() -> Vec<Spec> {
         crate::auth::pgsql::spec(),
         crate::auth::mysql::spec(),
         crate::auth::ldap::spec(),
+        crate::auth::mongo::spec(),
     ]
 }

@@ -297,3 +297,31 @@ redis_server = _session_server(Redis)
 pg_server = _session_server(Postgres)
 mysql_server = _session_server(MariaDB)
 ldap_server = _session_server(Ldap)
+
+
+class Mongo(Server):
+    """nx-27017: a MongoDB wire-protocol server backed by SQLite, from PyPI (MongoDB itself
+    is not packaged for Debian 12). It has no authentication, so `auth.mongo.login` is
+    not exercised; setup goes through pymongo."""
+
+    name = "mongo"
+
+    def argv(self):
+        return ["nx-27017", "--db", "memory", "--host", HOST, "-p", str(self.port),
+                "--log-file", str(self.root / "nx.log"), "--pid-file", str(self.root / "nx.pid")]
+
+    def db(self, name="mqtt"):
+        import pymongo
+
+        if getattr(self, "_client", None) is None:
+            self._client = pymongo.MongoClient(f"mongodb://{HOST}:{self.port}", serverSelectionTimeoutMS=5000)
+        return self._client[name]
+
+    def stop(self):
+        if getattr(self, "_client", None) is not None:
+            self._client.close()
+            self._client = None
+        super().stop()
+
+
+mongo_server = _session_server(Mongo)
