@@ -12,6 +12,11 @@
 //!
 //! A parked connection costs its state plus a map entry: no future, no timer entry,
 //! no reactor slot. Parking and waking cost a few syscalls each.
+//!
+//! Some input needs no task at all: before waking an item whose socket turned
+//! readable, the poller asks `on_readable`, which may answer it in place (a plain
+//! connection's PINGREQs: a keepalive costs two syscalls, not a wake-up and a task
+//! that lives until the next `hibernate_after`) and give the item its next deadline.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -28,10 +33,21 @@ const MAX_POLL: Duration = Duration::from_secs(1);
 const EVENTS_PER_POLL: usize = 256;
 
 type Resume<T> = dyn Fn(T, TcpStream) + Send + Sync;
+type OnReadable<T> = dyn Fn(&mut T, &TcpStream) -> Readable + Send + Sync;
+
+/// What `on_readable` did with a parked item's readable socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readable {
+    /// Handled in place: the item stays parked, now until this deadline.
+    Handled(Option<Instant>),
+    /// Needs the item's task: wake it.
+    Wake,
+}
 
 pub struct Hibernator<T: Send + 'static> {
     epoll: OwnedFd,
     resume: Box<Resume<T>>,
+    on_readable: Box<OnReadable<T>>,
     state: Mutex<State<T>>,
     next_token: AtomicU64,
 }
@@ -51,8 +67,12 @@ struct Parked<T> {
 impl<T: Send + 'static> Hibernator<T> {
     /// A hibernator whose woken items go to `resume` (called on whichever thread
     /// woke them: the poller, a waker's caller, or `shutdown`'s caller), and its
-    /// poller thread.
-    pub fn start(resume: impl Fn(T, TcpStream) + Send + Sync + 'static) -> io::Result<Arc<Self>> {
+    /// poller thread. `on_readable` runs on the poller, under the hibernator's lock,
+    /// when a parked item's socket has data (not EOF or an error): it must not block.
+    pub fn start(
+        resume: impl Fn(T, TcpStream) + Send + Sync + 'static,
+        on_readable: impl Fn(&mut T, &TcpStream) -> Readable + Send + Sync + 'static,
+    ) -> io::Result<Arc<Self>> {
         // SAFETY: plain syscall; the result is checked before use.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -63,6 +83,7 @@ impl<T: Send + 'static> Hibernator<T> {
         let hibernator = Arc::new(Hibernator {
             epoll,
             resume: Box::new(resume),
+            on_readable: Box::new(on_readable),
             state: Mutex::new(State {
                 parked: HashMap::new(),
                 deadlines: BTreeSet::new(),
@@ -153,6 +174,39 @@ impl<T: Send + 'static> Hibernator<T> {
         (self.resume)(parked.item, parked.socket);
     }
 
+    /// Offer the item under `token` to `on_readable`; true if it stays parked (or is
+    /// gone already), its socket watched again for the next event.
+    fn handled_in_place(&self, token: u64) -> bool {
+        let mut state = self.state();
+        let Some(parked) = state.parked.get_mut(&token) else {
+            return true;
+        };
+        let Readable::Handled(deadline) = (self.on_readable)(&mut parked.item, &parked.socket)
+        else {
+            return false;
+        };
+        let old = std::mem::replace(&mut parked.deadline, deadline);
+        let fd = parked.socket.as_raw_fd();
+        if old != deadline {
+            if let Some(at) = old {
+                state.deadlines.remove(&(at, token));
+            }
+            if let Some(at) = deadline {
+                state.deadlines.insert((at, token));
+            }
+        }
+        // One-shot: the descriptor is disabled until re-armed.
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
+            u64: token,
+        };
+        // SAFETY: both descriptors are open (the socket is in `parked`, which the lock
+        // keeps); `event` outlives the call.
+        let rc =
+            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut event) };
+        rc == 0
+    }
+
     /// Wake everything parked and refuse further parking.
     pub fn shutdown(&self) {
         let all: Vec<Parked<T>> = {
@@ -206,7 +260,10 @@ impl<T: Send + 'static> Hibernator<T> {
             )
         };
         for event in events.iter().take(n.max(0) as usize) {
-            self.wake(event.u64);
+            let only_data = event.events & !(libc::EPOLLIN as u32) == 0;
+            if !(only_data && self.handled_in_place(event.u64)) {
+                self.wake(event.u64);
+            }
         }
         let now = Instant::now();
         let due: Vec<u64> = {

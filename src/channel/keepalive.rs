@@ -44,10 +44,38 @@ pub(crate) fn negotiate(
     })
 }
 
+/// How many PINGREQs `wire` holds if it holds nothing else (a hibernated
+/// connection's keepalive, answered without waking it); None for anything else,
+/// including part of a packet. PINGREQ is the same two bytes in every version.
+pub(crate) fn only_pings(wire: &[u8]) -> Option<usize> {
+    let pings = wire.chunks(2).take_while(|p| p == &[0xC0, 0x00]).count();
+    (pings > 0 && pings * 2 == wire.len()).then_some(pings)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ProtocolVersion::{V3_1, V3_1_1, V5};
+
+    #[test]
+    fn only_whole_pingreqs_count_as_pings() {
+        assert_eq!(only_pings(&[0xC0, 0x00]), Some(1));
+        assert_eq!(only_pings(&[0xC0, 0x00, 0xC0, 0x00, 0xC0, 0x00]), Some(3));
+        assert_eq!(only_pings(&[]), None);
+        assert_eq!(only_pings(&[0xC0]), None, "half a PINGREQ");
+        assert_eq!(only_pings(&[0xC0, 0x00, 0xC0]), None);
+        assert_eq!(
+            only_pings(&[0xC0, 0x01, 0x00]),
+            None,
+            "a PINGREQ with a body"
+        );
+        assert_eq!(
+            only_pings(&[0xC0, 0x00, 0x30, 0x00]),
+            None,
+            "then a PUBLISH"
+        );
+        assert_eq!(only_pings(&[0xE0, 0x00]), None, "DISCONNECT");
+    }
 
     fn zone(max_keepalive: u16, server_keepalive: Option<u16>) -> ZoneConfig {
         ZoneConfig {

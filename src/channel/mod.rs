@@ -30,6 +30,8 @@ pub(crate) mod session_open;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use keepalive::only_pings;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -356,6 +358,18 @@ impl Channel {
         Metrics::add(&self.broker.metrics.bytes_received, n as u64);
         self.last_packet_at = now.at;
         self.active_at = now.at;
+    }
+
+    /// `pings` PINGREQs read while the connection hibernated (see `only_pings`):
+    /// counted as any packet, the keepalive restarted, their PINGRESPs in `output`.
+    pub fn pings_answered_dormant(&mut self, pings: usize, now: Now) {
+        Metrics::add(&self.broker.metrics.bytes_received, 2 * pings as u64);
+        self.last_packet_at = now.at;
+        for _ in 0..pings {
+            Metrics::inc(&self.broker.metrics.packets_received);
+            self.broker.metrics.packets.on_received(&Packet::PingReq);
+            self.send(&Packet::PingResp);
+        }
     }
 
     /// Decode and handle every complete packet in `rbuf`, stopping early when a

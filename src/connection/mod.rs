@@ -26,7 +26,7 @@ use crate::channel::connect::{preface, Preface};
 use crate::channel::{Channel, Close, Now};
 use crate::codec::ReasonCode;
 use crate::config::{WsConfig, Zone};
-use crate::hibernate::Hibernator;
+use crate::hibernate::{Hibernator, Readable};
 use crate::metrics::Metrics;
 use crate::transport::tls::TlsListener;
 use crate::transport::ws::{WsError, WsState};
@@ -99,9 +99,12 @@ impl Hibernation {
     /// Start the poller; woken connections resume as tasks on the current runtime.
     pub fn start() -> std::io::Result<Hibernation> {
         let runtime = tokio::runtime::Handle::current();
-        let hibernator = Hibernator::start(move |conn: Box<Connection>, socket| {
-            runtime.spawn(resume(conn, socket));
-        })?;
+        let hibernator = Hibernator::start(
+            move |conn: Box<Connection>, socket| {
+                runtime.spawn(resume(conn, socket));
+            },
+            |conn: &mut Box<Connection>, socket: &std::net::TcpStream| conn.answer_pings(socket),
+        )?;
         Ok(Hibernation(hibernator))
     }
 
@@ -632,6 +635,40 @@ impl Connection {
                 let socket = TcpStream::from_std(socket).ok();
                 Err((conn, socket))
             }
+        }
+    }
+
+    /// Hibernated, its socket readable: if what it holds is only PINGREQs (a plain
+    /// connection's keepalive), answer them here and stay parked; anything else (a
+    /// packet, part of one, EOF, TLS or WebSocket bytes) wakes the connection, with
+    /// nothing read. A PINGRESP the socket cannot take at once waits in the channel's
+    /// output for the woken connection to write.
+    fn answer_pings(&mut self, socket: &std::net::TcpStream) -> Readable {
+        use std::io::{Read, Write};
+        if !matches!(self.transport, Transport::Plain) {
+            return Readable::Wake;
+        }
+        let mut wire = [0u8; 64];
+        let Ok(n) = socket.peek(&mut wire) else {
+            return Readable::Wake;
+        };
+        let Some(pings) = crate::channel::only_pings(&wire[..n]) else {
+            return Readable::Wake;
+        };
+        let mut reader = socket;
+        if reader.read_exact(&mut wire[..n]).is_err() {
+            // Peeked bytes are there to read; a failure is the socket's: wake.
+            return Readable::Wake;
+        }
+        let now = Now::read();
+        self.channel.pings_answered_dormant(pings, now);
+        let out = self.channel.output();
+        let sent = (&*socket).write(out).unwrap_or(0);
+        self.channel.written(sent, now);
+        if self.channel.output().is_empty() {
+            Readable::Handled(self.channel.keepalive_deadline())
+        } else {
+            Readable::Wake
         }
     }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use super::Hibernator;
+use super::{Hibernator, Readable};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -13,9 +13,12 @@ const WAIT: Duration = Duration::from_secs(5);
 fn setup() -> (Arc<Hibernator<u32>>, mpsc::Receiver<(u32, TcpStream)>) {
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
-    let h = Hibernator::start(move |item, socket| {
-        let _ = tx.lock().unwrap().send((item, socket));
-    })
+    let h = Hibernator::start(
+        move |item, socket| {
+            let _ = tx.lock().unwrap().send((item, socket));
+        },
+        |_: &mut u32, _: &TcpStream| Readable::Wake,
+    )
     .unwrap();
     (h, rx)
 }
@@ -161,4 +164,67 @@ fn many_items_wake_independently() {
     assert_eq!(woken, (0..200).step_by(3).collect::<Vec<_>>());
     assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
     assert_eq!(h.len(), 133);
+}
+
+/// A hibernator that answers `p` with `P` in place and wakes for anything else; an
+/// item parked under 99 gets a deadline that has passed with its answer.
+fn setup_answering() -> (Arc<Hibernator<u32>>, mpsc::Receiver<(u32, TcpStream)>) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let h = Hibernator::start(
+        move |item, socket| {
+            let _ = tx.lock().unwrap().send((item, socket));
+        },
+        |item: &mut u32, mut socket: &TcpStream| {
+            let mut byte = [0u8; 1];
+            if !matches!(socket.peek(&mut byte), Ok(1)) || byte[0] != b'p' {
+                return Readable::Wake;
+            }
+            socket.read_exact(&mut byte).unwrap();
+            socket.write_all(b"P").unwrap();
+            *item += 1;
+            let deadline = (*item > 99).then(Instant::now);
+            Readable::Handled(deadline)
+        },
+    )
+    .unwrap();
+    (h, rx)
+}
+
+#[test]
+fn input_answered_in_place_keeps_the_item_parked_and_watched() {
+    let (h, rx) = setup_answering();
+    let (mut client, server) = pair();
+    park(&h, 0, server, None);
+    client.set_read_timeout(Some(WAIT)).expect("read timeout");
+    for _ in 0..3 {
+        client.write_all(b"p").unwrap();
+        let mut answer = [0u8; 1];
+        client.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"P");
+    }
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "woke for input answered in place"
+    );
+    assert_eq!(h.len(), 1);
+    // Anything else still wakes it, unread, with what it counted.
+    client.write_all(b"x").unwrap();
+    let (item, mut socket) = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(item, 3);
+    let mut buf = [0u8; 1];
+    socket.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"x");
+}
+
+#[test]
+fn a_deadline_set_in_place_is_kept() {
+    let (h, rx) = setup_answering();
+    let (mut client, server) = pair();
+    park(&h, 99, server, None);
+    client.write_all(b"p").unwrap();
+    // The answer set a deadline that has passed: the poller wakes the item for it.
+    let (item, _socket) = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(item, 100);
+    assert_eq!(h.len(), 0);
 }

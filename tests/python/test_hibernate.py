@@ -253,14 +253,44 @@ def test_persistent_session_across_hibernation(node, protocol):
 # -- 3. packets and keepalive --------------------------------------------------------
 
 
+def broker_metrics(broker):
+    out = broker.ctl("broker", "metrics").stdout
+    return {k.strip(): int(v) for k, _, v in (l.partition(":") for l in out.splitlines()) if v.strip()}
+
+
 @VERSIONS
-def test_pingreq_wakes_hibernated_client(node, version):
-    c, _ = raw_client(node, version, keepalive=60)
+def test_pingreq_is_answered_without_waking_a_plain_connection(node, version):
+    """The poller answers PINGREQs of a hibernated plain connection in place: the
+    connection never leaves hibernation, the pings count as packets, and they restart
+    its keepalive. Anything else (a PINGREQ split over two writes, a SUBSCRIBE behind
+    a PINGREQ) wakes it as before."""
+    c, _ = raw_client(node, version, keepalive=2)  # closed after 3 s of silence
     with c:
-        for _ in range(2):  # wakes, answers, and hibernates again
-            wait_hibernated(node, 1)
-            ping(c)
         wait_hibernated(node, 1)
+        before = broker_metrics(node)
+        started = time.monotonic()
+        for i in range(1, 6):  # a ping a second for 5 s: past the keepalive
+            time.sleep(max(0.0, started + i - time.monotonic()))
+            ping(c)
+            assert hibernated(node) == 1, "a PINGREQ woke the connection"
+        c.send(raw.pingreq() + raw.pingreq())
+        for _ in range(2):
+            assert c.recv(timeout_s=2).type == raw.PINGRESP
+        assert hibernated(node) == 1
+        after = broker_metrics(node)
+        assert after["packets/pingreq"] - before["packets/pingreq"] == 7
+        assert after["packets/pingresp"] - before["packets/pingresp"] == 7
+        # Half a PINGREQ wakes it; the other half completes it on the woken task.
+        c.send(raw.pingreq()[:1])
+        wait_until(lambda: hibernated(node) == 0, 5)
+        c.send(raw.pingreq()[1:])
+        assert c.recv(timeout_s=2).type == raw.PINGRESP
+        wait_hibernated(node, 1)
+        # A SUBSCRIBE behind a PINGREQ: both answered, in order, by the woken task.
+        topic = f"hib/ping/{unique_id('t')}"
+        c.send(raw.pingreq() + raw.subscribe(1, [(topic, 1)], version=version))
+        assert c.recv(timeout_s=2).type == raw.PINGRESP
+        assert c.recv(timeout_s=2).type == raw.SUBACK
 
 
 
