@@ -43,7 +43,7 @@ STRACE_FLAGS = [
     "-tt",  # wall-clock time per line (for people; the checker orders by line)
     "-yy",  # fd -> path, socket -> TCP:[local->peer]
     "-xx",  # every buffer byte as \xHH: exact packets
-    "-s", "65536",  # never cut a buffer (the checker refuses cut ones)
+    "-s", "1048576",  # never cut a buffer (the checker refuses cut ones)
     "--seccomp-bpf",  # stop only on the traced syscalls: the broker runs near full speed
     "-e", "trace=read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg,"
           "pwrite64,pwritev,pwritev2,fsync,fdatasync",
