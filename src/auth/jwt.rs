@@ -218,7 +218,11 @@ impl Verifier {
             };
             let matches = match claims.get(claim) {
                 Some(Value::String(s)) => s == want,
-                Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string() == want,
+                // A number or boolean claim matches its JSON text (`"exp": 5` and "5").
+                Some(v @ (Value::Number(_) | Value::Bool(_))) => {
+                    let text = v.to_string();
+                    text == want
+                }
                 _ => false,
             };
             if !matches {
