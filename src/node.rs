@@ -95,6 +95,13 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     // Each connection task holds a clone; when all are dropped, all have finished.
     let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
 
+    // The control socket is bound before any listener: once a client can connect,
+    // `emqx_ctl` answers too (its connections wait in the backlog until served).
+    let ctl_path = ctl::socket_path(&data_dir);
+    let ctl_listener = ctl::server::bind(&ctl_path).map_err(|source| NodeError::Ctl {
+        path: ctl_path.display().to_string(),
+        source,
+    })?;
     let psk = load_psk_file(&broker.config)?;
     let mut bound = Vec::new();
     for l in &broker.config.listeners {
@@ -125,11 +132,6 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             control,
         ));
     }
-    let ctl_path = ctl::socket_path(&data_dir);
-    let ctl_listener = ctl::server::bind(&ctl_path).map_err(|source| NodeError::Ctl {
-        path: ctl_path.display().to_string(),
-        source,
-    })?;
     let pid_path = data_dir.join("emqx.pid");
     if let Err(e) = std::fs::write(&pid_path, format!("{}\n", std::process::id())) {
         tracing::warn!(path = %pid_path.display(), error = %e, "cannot write pid file");
