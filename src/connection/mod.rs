@@ -9,6 +9,7 @@
 //! connection only.
 
 pub(crate) mod accept;
+pub(crate) mod enhanced_auth;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -221,13 +222,38 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
         // The certificate is the client's identity (`peer_cert_as_username`).
         connect.username = Some(username.to_string());
     }
+    let exchange = Box::pin(enhanced_auth::run(
+        &broker,
+        env.zone.idle_timeout,
+        &mut connect,
+        &reader,
+        &mut writer,
+        &mut transport,
+        &mut rbuf,
+    ));
+    let enhanced = match exchange.await {
+        Ok(enhanced) => enhanced,
+        Err(enhanced_auth::Refusal::Gone) => return,
+        Err(enhanced_auth::Refusal::Connack(reason)) => {
+            let refused = crate::channel::connect::refuse_unadmitted(peer, &connect, reason);
+            if let Some(connack) = refused.0 {
+                let last = Box::pin(transport.send_all(&mut writer, &connack));
+                let _ = tokio::time::timeout(FINAL_WRITE, last).await;
+            }
+            return;
+        }
+    };
+    let presented = accept::Presented {
+        cert: transport.peer_cert(),
+        enhanced,
+    };
     let opened = Box::pin(accept::open(
         &env.broker,
         &env.zone,
         &env.listener,
         peer,
         *connect,
-        transport.peer_cert(),
+        presented,
         &Now::read,
     ));
     let channel = match opened.await {
