@@ -141,7 +141,7 @@ pub async fn open(
         Default::default(),
         &clock,
     )
-        .await
+    .await
     {
         Ok(channel) => Ok(SimChannel { channel }),
         Err(refused) => Err(refused.0),

@@ -102,7 +102,9 @@ fn settings(keys: &PluginKeys) -> Result<Settings, ConfigError> {
             .contains(&field),
             Some((req, field)) if known_req(req) => {
                 ["method", "content_type", "params"].contains(&field)
-                    || field.strip_prefix("headers.").is_some_and(|h| !h.is_empty())
+                    || field
+                        .strip_prefix("headers.")
+                        .is_some_and(|h| !h.is_empty())
             }
             _ => false,
         };
@@ -149,7 +151,9 @@ fn settings(keys: &PluginKeys) -> Result<Settings, ConfigError> {
                         Some((k, t)) if !k.trim().is_empty() => {
                             Ok((k.trim().to_string(), Template::parse(t.trim())))
                         }
-                        _ => Err("name=value pairs separated by commas (clientid=%c,username=%u)".into()),
+                        _ => Err(
+                            "name=value pairs separated by commas (clientid=%c,username=%u)".into(),
+                        ),
                     })
                     .collect::<Result<Vec<_>, String>>()
             })?
@@ -190,7 +194,9 @@ fn settings(keys: &PluginKeys) -> Result<Settings, ConfigError> {
             .read("auth.http.request.connect_timeout", positive)?
             .unwrap_or(Duration::from_secs(5)),
         retry_times: keys
-            .read("auth.http.request.retry_times", |v| plugin_read::uint(v, 0, 100))?
+            .read("auth.http.request.retry_times", |v| {
+                plugin_read::uint(v, 0, 100)
+            })?
             .unwrap_or(3),
         retry_interval: keys
             .read("auth.http.request.retry_interval", plugin_read::duration)?
@@ -325,7 +331,12 @@ impl Backend {
             return;
         }
         let unlogged = self.unlogged.swap(0, Ordering::Relaxed);
-        tracing::warn!(url, reason = why, not_logged_since = unlogged, "HTTP auth service unavailable; its checks are ignored");
+        tracing::warn!(
+            url,
+            reason = why,
+            not_logged_since = unlogged,
+            "HTTP auth service unavailable; its checks are ignored"
+        );
     }
 }
 
@@ -360,11 +371,15 @@ async fn start(ctx: Context) -> Result<Box<dyn Running>, PluginError> {
                         ..Vars::client(info)
                     };
                     let params = Backend::params(req, &vars);
-                    let super_params = b.settings.superuser.as_ref().map(|s| {
-                        Backend::params(s, &Vars::client(info))
-                    });
+                    let super_params = b
+                        .settings
+                        .superuser
+                        .as_ref()
+                        .map(|s| Backend::params(s, &Vars::client(info)));
                     let (b, info) = (b.clone(), info.clone());
-                    Decision::pending(async move { authenticate(&b, &info, params, super_params).await })
+                    Decision::pending(
+                        async move { authenticate(&b, &info, params, super_params).await },
+                    )
                 }),
             )
             .map_err(|e| PluginError::Start(e.to_string()))?;
@@ -453,7 +468,10 @@ mod tests {
         let s = settings(&keys(&[
             ("auth.http.auth_req", "http://127.0.0.1:8991/mqtt/auth"),
             ("auth.http.auth_req.method", "get"),
-            ("auth.http.auth_req.params", "clientid=%c,username=%u,password=%P"),
+            (
+                "auth.http.auth_req.params",
+                "clientid=%c,username=%u,password=%P",
+            ),
             ("auth.http.auth_req.headers.X-Token", "abc"),
             ("auth.http.acl_req", "http://127.0.0.1:8991/mqtt/acl"),
             ("auth.http.acl_req.headers.content-type", "application/json"),
@@ -467,7 +485,10 @@ mod tests {
         assert_eq!(auth.params[2].0, "password");
         assert_eq!(
             auth.headers,
-            [("Accept".into(), "*/*".into()), ("X-Token".into(), "abc".into())]
+            [
+                ("Accept".into(), "*/*".into()),
+                ("X-Token".into(), "abc".into())
+            ]
         );
         let acl = s.acl.unwrap();
         assert!(acl.json && acl.method == Method::Post);
@@ -479,9 +500,15 @@ mod tests {
     fn bad_settings_name_their_line() {
         let err = |list: &[(&str, &str)]| settings(&keys(list)).err().unwrap().to_string();
         let e = err(&[("auth.http.auth_req", "ftp://x")]);
-        assert!(e.contains(":1: auth.http.auth_req: expected an http"), "{e}");
+        assert!(
+            e.contains(":1: auth.http.auth_req: expected an http"),
+            "{e}"
+        );
         let e = err(&[("auth.http.auth_req.method", "delete")]);
-        assert!(e.contains(":1: auth.http.auth_req.method: expected get, post or put"), "{e}");
+        assert!(
+            e.contains(":1: auth.http.auth_req.method: expected get, post or put"),
+            "{e}"
+        );
         let e = err(&[("auth.http.request.timeout", "0s")]);
         assert!(e.contains("a request must end"), "{e}");
         let e = err(&[("auth.http.auth_request", "http://x")]);

@@ -218,7 +218,11 @@ impl Verifier {
             };
             let matches = match claims.get(claim) {
                 Some(Value::String(s)) => s == want,
-                Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string() == want,
+                // Compared as JSON text (`5`, `true`): `Value`'s own `== str` would
+                // match only JSON strings.
+                Some(v @ (Value::Number(_) | Value::Bool(_))) => {
+                    serde_json::to_string(v).is_ok_and(|text| text == want)
+                }
                 _ => false,
             };
             if !matches {

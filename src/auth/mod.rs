@@ -10,10 +10,10 @@
 pub mod builtin;
 mod builtin_scram;
 mod credentials;
+pub mod db_acl;
 pub mod hash;
 pub mod http;
 pub mod jwt;
-pub mod db_acl;
 pub mod ldap;
 pub mod mongo;
 pub mod mysql;

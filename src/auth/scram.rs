@@ -112,7 +112,9 @@ pub fn parse_client_first(data: &[u8]) -> Result<ClientFirst, ScramError> {
         _ => return Err(ScramError::Malformed("bad channel binding flag")),
     }
     if !authzid.is_empty() {
-        return Err(ScramError::Malformed("an authorization identity is not supported"));
+        return Err(ScramError::Malformed(
+            "an authorization identity is not supported",
+        ));
     }
     let mut attrs = bare.split(',');
     let username = match attrs.next() {
@@ -200,7 +202,9 @@ impl ServerFirst {
         let nonce = attr(attrs.next().unwrap_or(""), 'r')?;
         let expected_binding = B64.encode(self.client_first.gs2_header.as_bytes());
         if binding != expected_binding {
-            return Err(ScramError::Malformed("channel binding does not repeat the GS2 header"));
+            return Err(ScramError::Malformed(
+                "channel binding does not repeat the GS2 header",
+            ));
         }
         if nonce != self.nonce {
             return Err(ScramError::Malformed("nonce does not match"));
@@ -393,7 +397,7 @@ mod tests {
         let state = ServerFirst::new(first, Some(cred.clone()), &cred, b"xyz");
         let nonce = &state.nonce;
         for bad in [
-            format!("c=biws,r=other,p=AAAA"),
+            "c=biws,r=other,p=AAAA".to_string(),
             format!("c=eSws,r={nonce},p=AAAA"),
             format!("c=biws,r={nonce}"),
             format!("c=biws,r={nonce},p=***"),

@@ -162,7 +162,11 @@ impl Admission {
 }
 
 /// Refuse a CONNECT before it was admitted (its enhanced authentication failed).
-pub(crate) fn refuse_unadmitted(peer: SocketAddr, connect: &Connect, reason: ReasonCode) -> Refused {
+pub(crate) fn refuse_unadmitted(
+    peer: SocketAddr,
+    connect: &Connect,
+    reason: ReasonCode,
+) -> Refused {
     let client_max_packet = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
     refusal(peer, connect.protocol, client_max_packet, reason)
 }

@@ -6,13 +6,15 @@
 //! `idle_timeout` (the bound a CONNECT has). Anything but an AUTH (0x18) of the same
 //! method in between is a protocol error, refused with CONNACK 0x82.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::read_more;
+use super::{read_more, FINAL_WRITE};
 use crate::broker::Broker;
+use crate::channel::connect::refuse_unadmitted;
 use crate::codec::{self, Auth, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
 use crate::hooks::AuthStep;
 use crate::transport::Transport;
@@ -28,8 +30,16 @@ pub(crate) struct Enhanced {
     pub superuser: bool,
 }
 
+/// The connection's socket halves, transport and read buffer, lent for the exchange.
+pub(crate) struct Wire<'a> {
+    pub reader: &'a OwnedReadHalf,
+    pub writer: &'a mut OwnedWriteHalf,
+    pub transport: &'a mut Transport,
+    pub rbuf: &'a mut BytesMut,
+}
+
 /// How an exchange ended when it did not let the client in.
-pub(crate) enum Refusal {
+enum Refusal {
     /// Refuse with a CONNACK of this reason.
     Connack(ReasonCode),
     /// The client went away (or stopped talking): close without a word.
@@ -39,7 +49,44 @@ pub(crate) enum Refusal {
 /// Run the exchange `connect` asks for. `Ok(None)`: it asks for none, or for a method
 /// no hook serves (then `channel::connect` refuses it with 0x8C, as it always did).
 /// On success the client's username becomes the one the exchange authenticated.
+/// `Err`: the client was refused (the CONNACK is sent) or went away; the connection
+/// is over.
 pub(crate) async fn run(
+    broker: &Broker,
+    idle_timeout: Duration,
+    peer: SocketAddr,
+    connect: &mut Connect,
+    wire: Wire<'_>,
+) -> Result<Option<Enhanced>, ()> {
+    let Wire {
+        reader,
+        writer,
+        transport,
+        rbuf,
+    } = wire;
+    let exchanged = exchange(
+        broker,
+        idle_timeout,
+        connect,
+        reader,
+        writer,
+        transport,
+        rbuf,
+    );
+    match exchanged.await {
+        Ok(enhanced) => Ok(enhanced),
+        Err(Refusal::Gone) => Err(()),
+        Err(Refusal::Connack(reason)) => {
+            if let Some(connack) = refuse_unadmitted(peer, connect, reason).0 {
+                let last = transport.send_all(writer, &connack);
+                let _ = tokio::time::timeout(FINAL_WRITE, last).await;
+            }
+            Err(())
+        }
+    }
+}
+
+async fn exchange(
     broker: &Broker,
     idle_timeout: Duration,
     connect: &mut Connect,

@@ -222,26 +222,21 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
         // The certificate is the client's identity (`peer_cert_as_username`).
         connect.username = Some(username.to_string());
     }
+    let wire = enhanced_auth::Wire {
+        reader: &reader,
+        writer: &mut writer,
+        transport: &mut transport,
+        rbuf: &mut rbuf,
+    };
     let exchange = Box::pin(enhanced_auth::run(
         &broker,
         env.zone.idle_timeout,
+        peer,
         &mut connect,
-        &reader,
-        &mut writer,
-        &mut transport,
-        &mut rbuf,
+        wire,
     ));
-    let enhanced = match exchange.await {
-        Ok(enhanced) => enhanced,
-        Err(enhanced_auth::Refusal::Gone) => return,
-        Err(enhanced_auth::Refusal::Connack(reason)) => {
-            let refused = crate::channel::connect::refuse_unadmitted(peer, &connect, reason);
-            if let Some(connack) = refused.0 {
-                let last = Box::pin(transport.send_all(&mut writer, &connack));
-                let _ = tokio::time::timeout(FINAL_WRITE, last).await;
-            }
-            return;
-        }
+    let Ok(enhanced) = exchange.await else {
+        return; // refused (and told so), or gone
     };
     let presented = accept::Presented {
         cert: transport.peer_cert(),

@@ -311,6 +311,11 @@ def run_rounds(configs, scenarios, rounds, results):
                     log(f"  {label} lost {figures['lost'][0]:.0f} messages")
 
 
+def select(configs, only):
+    words = [w for w in only.split(",") if w]
+    return [c for c in configs if not words or any(w in c[0] for w in words)]
+
+
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -359,7 +364,7 @@ def report_connect(results, configs):
         m = med(s["values"])
         against = mosq_anon if "anonymous" in label else mosq
         runs = ", ".join(f"{v:.0f}" for v in s["values"])
-        ratio = f"{m / against:.2f}x" + (" (÷ Mosquitto anonymous)" if "anonymous" in label else "")
+        ratio = f"{m / against:.3g}x" + (" (÷ Mosquitto anonymous)" if "anonymous" in label else "")
         print(f"| {label} | {m:.0f} conn/s | {med(s['cpu']):.1f} µs | {ratio} | {runs} |")
 
 
@@ -367,6 +372,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="acl,connect")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="", help="run only configurations whose label contains one of "
+                        "these comma-separated words (the report then needs them all; for trying things)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for path in (EMQX, BENCH):
@@ -386,14 +393,18 @@ def main():
         acl_results, connect_results = {}, {}
         if "acl" in parts:
             scenarios = [(s, []) for s, _ in ACL_SCENARIOS]
-            run_rounds(acl_configs(root), scenarios, args.rounds, acl_results)
+            run_rounds(select(acl_configs(root), args.only), scenarios, args.rounds, acl_results)
         if "connect" in parts:
             redis, pg = start_databases(servers)
-            configs = connect_configs(root, redis, pg)
+            configs = select(connect_configs(root, redis, pg), args.only)
             run_rounds(configs, [("connect", [])], args.rounds, connect_results)
         load1 = os.getloadavg()
         print(f"# finished {time.strftime('%H:%M UTC', time.gmtime())}, load average "
               f"{load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+        if args.only:
+            for (label, scenario), s in sorted({**acl_results, **connect_results}.items()):
+                print(f"  {scenario:7} {label:45} {line(label, scenario, {(label, scenario): s})}")
+            return
         if acl_results:
             report_acl(acl_results)
         if connect_results:

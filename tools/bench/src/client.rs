@@ -90,7 +90,11 @@ pub struct ConnackRefused {
 
 impl std::fmt::Display for ConnackRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: CONNACK refused with code {}", self.client_id, self.code)
+        write!(
+            f,
+            "{}: CONNACK refused with code {}",
+            self.client_id, self.code
+        )
     }
 }
 
