@@ -338,9 +338,12 @@ def report_acl(results):
         q_nocache = v("quay, 1,000 rules, cache off") / v("quay, no ACL")
         m_ratio = v("mosquitto, 1,000-line acl_file") / v("mosquitto, no acl_file")
         vs = v("quay, 1,000 rules, cache on") / v("mosquitto, 1,000-line acl_file")
+        cpu = lambda label: med(results[(label, scenario)]["cpu"])
+        cpu_cost = cpu("quay, 1,000 rules, cache on") / cpu("quay, no ACL") - 1
         print(f"  {scenario:6} quay with ACL (cache on) / quay without: {q_ratio:.3f} "
               f"({'within' if q_ratio >= 0.9 else 'OUTSIDE'} the 10% bar); cache off: {q_nocache:.3f}; "
-              f"mosquitto with acl_file / without: {m_ratio:.3f}; quay with ACL / mosquitto with acl_file: {vs:.2f}x")
+              f"mosquitto with acl_file / without: {m_ratio:.3f}; quay with ACL / mosquitto with acl_file: {vs:.2f}x; "
+              f"quay's CPU per message with ACL: {100 * cpu_cost:+.1f}%")
         rows.append((scenario, v, q_ratio, q_nocache, m_ratio, vs))
     print("\n| Scenario | Quay, no ACL | Quay, 1,000 rules + cache | ratio | Quay, 1,000 rules, no cache | ratio "
           "| Mosquitto, no acl_file | Mosquitto, 1,000-line acl_file | ratio | Quay ACL ÷ Mosquitto ACL |")
