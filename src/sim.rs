@@ -132,8 +132,16 @@ pub async fn open(
     let peer = SocketAddr::from(([127, 0, 0, 1], 1883));
     // The broker's clock is the simulation's.
     let clock = || broker.now();
-    match crate::connection::accept::open(&broker, &zone, &listener, peer, connect, None, &clock)
-        .await
+    match crate::connection::accept::open(
+        &broker,
+        &zone,
+        &listener,
+        peer,
+        connect,
+        Default::default(),
+        &clock,
+    )
+    .await
     {
         Ok(channel) => Ok(SimChannel { channel }),
         Err(refused) => Err(refused.0),

@@ -33,12 +33,13 @@ fi
 # and benchmarks start their own Mosquitto, so the service is not needed.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto haproxy >/dev/null 2>&1 || true; fi
 
-# tests/python/requirements.txt: paho-mqtt, pytest, PyJWT, and nx-27017 (MongoDB has no
+# tests/python/requirements.txt: paho-mqtt, pytest, PyJWT, scramp (a SCRAM client for the
+# SCRAM-SHA-256 enhanced authentication tests), and nx-27017 (MongoDB has no
 # Debian 12 package; nx-27017 is a MongoDB wire-protocol server on SQLite, from PyPI, that
 # emqx_auth_mongo's tests run against; it brings pymongo for the setup).
 python3 - <<'PY' || python3 -m pip install -q -r tests/python/requirements.txt
 import importlib.util, sys
-sys.exit(0 if all(importlib.util.find_spec(m) for m in ("paho", "pytest", "jwt", "cryptography", "nx_27017", "pymongo")) else 1)
+sys.exit(0 if all(importlib.util.find_spec(m) for m in ("paho", "pytest", "jwt", "cryptography", "nx_27017", "pymongo", "scramp")) else 1)
 PY
 
 # MQTT.js and playwright-core, pinned by tests/browser/package-lock.json; installed

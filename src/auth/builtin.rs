@@ -190,6 +190,15 @@ async fn start(kind: &'static Kind, ctx: Context) -> Result<Box<dyn Running>, Pl
             }),
         )
         .map_err(|e| PluginError::Start(e.to_string()))?;
+    if kind.table == AuthTable::Username {
+        // MQTT 5 enhanced authentication (SCRAM-SHA-256) against the same entries.
+        let scram = super::builtin_scram::hook(table.clone())
+            .map_err(|e| PluginError::Start(format!("no randomness for SCRAM: {e}")))?;
+        ctx.broker
+            .hooks
+            .add(kind.plugin, 0, scram)
+            .map_err(|e| PluginError::Start(e.to_string()))?;
+    }
     tracing::info!(plugin = kind.plugin, entries = table.names().len(), hash = %settings.hash, "built-in credentials loaded");
     Ok(Box::new(Builtin { kind, table }))
 }

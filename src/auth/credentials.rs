@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use quay_storage::keys::AuthTable;
-use quay_storage::{CredentialRecord, Op, Store, StoreError};
+use quay_storage::{CredentialRecord, Op, ScramKeys, Store, StoreError};
 use tokio::sync::Mutex;
 
 use super::hash::{Algorithm, PasswordHash, SaltAt};
+use super::scram::ScramCredential;
 
 /// Bytes of random salt per entry (EMQX 4 used 4).
 const SALT_BYTES: usize = 16;
@@ -27,6 +28,8 @@ struct Entry {
     hash: Option<PasswordHash>,
     salt: Vec<u8>,
     stored: String,
+    /// SCRAM-SHA-256 keys of the same password (username table only).
+    scram: Option<ScramCredential>,
 }
 
 impl Entry {
@@ -35,10 +38,19 @@ impl Entry {
         if hash.is_none() {
             tracing::error!(name, algorithm = %record.algorithm, "stored credential has an unknown password hash; it refuses every password");
         }
+        let scram = record.scram.and_then(|k| {
+            Some(ScramCredential {
+                salt: k.salt,
+                iterations: k.iterations,
+                stored_key: k.stored_key.try_into().ok()?,
+                server_key: k.server_key.try_into().ok()?,
+            })
+        });
         Entry {
             hash,
             salt: record.salt,
             stored: record.hash,
+            scram,
         }
     }
 
@@ -170,6 +182,12 @@ impl CredentialTable {
         names
     }
 
+    /// `name`'s SCRAM-SHA-256 keys; None when there is no such entry or it was stored
+    /// before the keys were kept.
+    pub fn scram(&self, name: &str) -> Option<ScramCredential> {
+        self.read().get(name)?.scram.clone()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.read().contains_key(name)
     }
@@ -213,17 +231,31 @@ impl CredentialTable {
             .map_err(|e| ChangeError::Store(format!("no random salt: {e}")))?;
         let (hash, salt) = (self.hash, salt);
         let password = password.to_vec();
-        // bcrypt and pbkdf2 take tens of milliseconds: not on a runtime thread.
+        let with_scram = self.table == AuthTable::Username;
+        // bcrypt, pbkdf2 and SCRAM's 4,096 PBKDF2 rounds take milliseconds: not on a
+        // runtime thread.
         let stored = tokio::task::spawn_blocking(move || {
             let stored = hash.hash(&password, &salt);
-            (stored, salt)
+            let scram = with_scram.then(|| ScramCredential::new_random(&password));
+            (stored, salt, scram)
         })
         .await
         .map_err(|e| ChangeError::Store(e.to_string()))?;
+        let scram = match stored.2 {
+            Some(Ok(c)) => Some(ScramKeys {
+                salt: c.salt,
+                iterations: c.iterations,
+                stored_key: c.stored_key.to_vec(),
+                server_key: c.server_key.to_vec(),
+            }),
+            Some(Err(e)) => return Err(ChangeError::Store(format!("no random salt: {e}"))),
+            None => None,
+        };
         let record = CredentialRecord {
             algorithm: self.hash.to_string(),
             salt: stored.1,
             hash: stored.0,
+            scram,
         };
         self.write(Op::PutCredential {
             table: self.table,
@@ -353,6 +385,7 @@ mod tests {
                 algorithm: "argon9".into(),
                 salt: vec![],
                 hash: "pw".into(),
+                scram: None,
             },
         );
         assert!(!e.verify(b"pw"));

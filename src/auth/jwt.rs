@@ -218,10 +218,10 @@ impl Verifier {
             };
             let matches = match claims.get(claim) {
                 Some(Value::String(s)) => s == want,
-                // A number or boolean claim matches its JSON text (`"exp": 5` and "5").
+                // Compared as JSON text (`5`, `true`): `Value`'s own `== str` would
+                // match only JSON strings.
                 Some(v @ (Value::Number(_) | Value::Bool(_))) => {
-                    let text = v.to_string();
-                    text == want
+                    serde_json::to_string(v).is_ok_and(|text| text == want)
                 }
                 _ => false,
             };

@@ -13,6 +13,7 @@ use super::keepalive::{self, Keepalive};
 use crate::broker::Broker;
 use crate::codec::{self, ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
 use crate::config::ZoneConfig;
+use crate::connection::enhanced_auth::Enhanced;
 use crate::message::ClientId;
 use crate::metrics::Metrics;
 use crate::topic;
@@ -72,20 +73,22 @@ pub(crate) fn preface(broker: &Broker, peer: SocketAddr, rbuf: &mut BytesMut) ->
 /// A CONNECT refused: the encoded CONNACK that says why, if one can be sent.
 pub(crate) struct Refused(pub Option<BytesMut>);
 
-/// Check `connect` and decide its CONNACK. `fresh_id` names a client that sent an
-/// empty client id (v5, or v3.1.1 with Clean Session).
+/// Check `connect` and decide its CONNACK. `enhanced`: the client completed the
+/// enhanced authentication its CONNECT asked for (the CONNACK says so). `fresh_id`
+/// names a client that sent an empty client id (v5, or v3.1.1 with Clean Session).
 pub(crate) fn admit(
     broker: &Broker,
     zone: &ZoneConfig,
     peer: SocketAddr,
     mut connect: Connect,
+    enhanced: Option<&Enhanced>,
     fresh_id: impl FnOnce() -> String,
 ) -> Result<Admission, Refused> {
     let version = connect.protocol;
     // CONNACK too must fit the client's Maximum Packet Size [MQTT-3.1.2-24].
     let client_max_packet = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
     let refuse = |reason| refusal(peer, version, client_max_packet, reason);
-    validate(broker, zone, &mut connect).map_err(refuse)?;
+    validate(broker, zone, &mut connect, enhanced).map_err(refuse)?;
     let keepalive = keepalive::negotiate(version, connect.keep_alive, zone).map_err(|reason| {
         tracing::info!(%peer, keep_alive = connect.keep_alive, max_keepalive = zone.max_keepalive, "keepalive above max_keepalive");
         refuse(reason)
@@ -100,6 +103,11 @@ pub(crate) fn admit(
     let client_id: ClientId = Arc::from(connect.client_id.as_str());
     let expiry_s = session_expiry(&connect, zone, &mut ack_props);
     ack_props.server_keep_alive = keepalive.server_keep_alive;
+    if let Some(e) = enhanced {
+        // MQTT 5 §3.2.2.3.17-18: the method of the CONNECT, and the exchange's last data.
+        ack_props.authentication_method = Some(e.method.clone());
+        ack_props.authentication_data = e.data.clone();
+    }
     if version.is_v5() {
         describe_limits(broker, zone, &mut ack_props);
     }
@@ -151,6 +159,16 @@ impl Admission {
             properties: std::mem::take(&mut self.ack_props),
         })
     }
+}
+
+/// Refuse a CONNECT before it was admitted (its enhanced authentication failed).
+pub(crate) fn refuse_unadmitted(
+    peer: SocketAddr,
+    connect: &Connect,
+    reason: ReasonCode,
+) -> Refused {
+    let client_max_packet = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+    refusal(peer, connect.protocol, client_max_packet, reason)
 }
 
 /// The CONNACK refusing a client with `reason`, within its Maximum Packet Size.
@@ -205,7 +223,12 @@ fn describe_limits(broker: &Broker, zone: &ZoneConfig, ack: &mut Properties) {
 }
 
 /// Checks that refuse the connection with a CONNACK reason.
-fn validate(broker: &Broker, zone: &ZoneConfig, connect: &mut Connect) -> Result<(), ReasonCode> {
+fn validate(
+    broker: &Broker,
+    zone: &ZoneConfig,
+    connect: &mut Connect,
+    enhanced: Option<&Enhanced>,
+) -> Result<(), ReasonCode> {
     let mqtt = &broker.config.mqtt;
     let version = connect.protocol;
     if zone.use_username_as_clientid {
@@ -229,10 +252,12 @@ fn validate(broker: &Broker, zone: &ZoneConfig, connect: &mut Connect) -> Result
         return Err(ReasonCode::PROTOCOL_ERROR);
     }
     if let Some(method) = &connect.properties.authentication_method {
-        // No enhanced authentication (AUTH exchanges) is supported; a client asking
-        // for one must not be let in as if it had authenticated (MQTT 5 §4.12).
-        tracing::info!(client_id = %connect.client_id, method, "unsupported Authentication Method");
-        return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
+        // A method no `client.enhanced_authenticate` hook served: the client must not
+        // be let in as if it had authenticated (MQTT 5 §4.12).
+        if enhanced.map(|e| e.method.as_str()) != Some(method.as_str()) {
+            tracing::info!(client_id = %connect.client_id, method, "unsupported Authentication Method");
+            return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
+        }
     }
     if let Some(will) = &connect.will {
         let topic = std::str::from_utf8(&will.topic).unwrap_or("");

@@ -16,9 +16,18 @@ use crate::channel::session_open::settle;
 use crate::channel::{Channel, Now};
 use crate::codec::{Connect, ReasonCode};
 use crate::config::Zone;
+use crate::connection::enhanced_auth::Enhanced;
 use crate::hooks::{AuthVerdict, CertIdentity, ClientInfo, Credentials, HookPoint};
 use crate::message::ClientId;
 use crate::metrics::Metrics;
+
+/// What a client proved before its CONNECT is admitted: the TLS layer's verified
+/// certificate, and an enhanced authentication it completed in AUTH packets.
+#[derive(Debug, Default)]
+pub(crate) struct Presented {
+    pub cert: Option<CertIdentity>,
+    pub enhanced: Option<Enhanced>,
+}
 
 /// Open the session CONNECT asks for (taking it over from another connection,
 /// resuming it or creating it) and build the client's channel, with the CONNACK in its
@@ -30,15 +39,21 @@ pub(crate) async fn open(
     listener: &Arc<str>,
     peer: SocketAddr,
     connect: Connect,
-    cert: Option<CertIdentity>,
+    presented: Presented,
     clock: &(dyn Fn() -> Now + Sync),
 ) -> Result<Channel, Refused> {
-    let admission = admit(broker, zone, peer, connect, || {
+    let Presented { cert, enhanced } = presented;
+    let admission = admit(broker, zone, peer, connect, enhanced.as_ref(), || {
         format!("quay-{:x}-{:x}", clock().ms, broker.next_conn_id())
     })?;
-    let superuser = authenticate(broker, zone, listener, &admission, cert.as_ref())
-        .await
-        .map_err(|reason| admission.refuse(reason))?;
+    let superuser = match &enhanced {
+        // The exchange was the authentication: the chain would only look for a
+        // password the client did not send.
+        Some(e) => e.superuser,
+        None => authenticate(broker, zone, listener, &admission, cert.as_ref())
+            .await
+            .map_err(|reason| admission.refuse(reason))?,
+    };
     // One CONNECT of this client id at a time: the takeover and the decision run
     // under this lock, so exactly one connection wins.
     let client_id = admission.client_id.clone();

@@ -9,6 +9,7 @@
 //! connection only.
 
 pub(crate) mod accept;
+pub(crate) mod enhanced_auth;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -224,13 +225,33 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
         // The certificate is the client's identity (`peer_cert_as_username`).
         connect.username = Some(username.to_string());
     }
+    let wire = enhanced_auth::Wire {
+        reader: &reader,
+        writer: &mut writer,
+        transport: &mut transport,
+        rbuf: &mut rbuf,
+    };
+    let exchange = Box::pin(enhanced_auth::run(
+        &broker,
+        env.zone.idle_timeout,
+        peer,
+        &mut connect,
+        wire,
+    ));
+    let Ok(enhanced) = exchange.await else {
+        return; // refused (and told so), or gone
+    };
+    let presented = accept::Presented {
+        cert: transport.peer_cert(),
+        enhanced,
+    };
     let opened = Box::pin(accept::open(
         &env.broker,
         &env.zone,
         &env.listener,
         peer,
         *connect,
-        transport.peer_cert(),
+        presented,
         &Now::read,
     ));
     let channel = match opened.await {

@@ -25,6 +25,7 @@
 mod auth;
 mod client_info;
 mod decision;
+mod enhanced_auth;
 mod events;
 mod publish;
 #[cfg(test)]
@@ -37,6 +38,7 @@ use std::sync::{Arc, RwLock};
 pub use auth::{Access, AclResult, AclVerdict, AuthResult, AuthVerdict};
 pub use client_info::{CertIdentity, ClientInfo, Credentials};
 pub use decision::{BoxFuture, Decision};
+pub use enhanced_auth::{AuthExchange, AuthStep};
 pub use events::{ConnectedInfo, DisconnectReason};
 pub use publish::{DropReason, PublishOutcome, PublishResult};
 
@@ -56,9 +58,10 @@ pub enum HookPoint {
     MessageDelivered,
     MessageAcked,
     MessageDropped,
+    ClientEnhancedAuth,
 }
 
-const POINTS: usize = 10;
+const POINTS: usize = 11;
 
 impl HookPoint {
     pub const ALL: [HookPoint; POINTS] = [
@@ -72,6 +75,7 @@ impl HookPoint {
         HookPoint::MessageDelivered,
         HookPoint::MessageAcked,
         HookPoint::MessageDropped,
+        HookPoint::ClientEnhancedAuth,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +90,7 @@ impl HookPoint {
             HookPoint::MessageDelivered => "message.delivered",
             HookPoint::MessageAcked => "message.acked",
             HookPoint::MessageDropped => "message.dropped",
+            HookPoint::ClientEnhancedAuth => "client.enhanced_authenticate",
         }
     }
 
@@ -122,6 +127,8 @@ pub type DeliveredFn = dyn Fn(&Arc<ClientInfo>, &Message) + Send + Sync;
 pub type AckedFn = dyn Fn(&Arc<ClientInfo>, &Message) + Send + Sync;
 /// `(message, reason, subscriber whose queue dropped it, if any)`.
 pub type DroppedFn = dyn Fn(&Message, DropReason, Option<&ClientId>) + Send + Sync;
+/// `(authentication method)`: an exchange if this hook serves the method.
+pub type EnhancedAuthFn = dyn Fn(&str) -> Option<Box<dyn AuthExchange>> + Send + Sync;
 
 /// A typed callback for one hook point. Build it with the constructor of its point
 /// (`Hook::authenticate(|info, creds| ...)`).
@@ -137,6 +144,7 @@ pub enum Hook {
     Delivered(Arc<DeliveredFn>),
     Acked(Arc<AckedFn>),
     Dropped(Arc<DroppedFn>),
+    EnhancedAuth(Arc<EnhancedAuthFn>),
 }
 
 impl Hook {
@@ -152,6 +160,7 @@ impl Hook {
             Hook::Delivered(_) => HookPoint::MessageDelivered,
             Hook::Acked(_) => HookPoint::MessageAcked,
             Hook::Dropped(_) => HookPoint::MessageDropped,
+            Hook::EnhancedAuth(_) => HookPoint::ClientEnhancedAuth,
         }
     }
 
@@ -205,6 +214,12 @@ impl Hook {
         f: impl Fn(&Message, DropReason, Option<&ClientId>) + Send + Sync + 'static,
     ) -> Hook {
         Hook::Dropped(Arc::new(f))
+    }
+
+    pub fn enhanced_auth(
+        f: impl Fn(&str) -> Option<Box<dyn AuthExchange>> + Send + Sync + 'static,
+    ) -> Hook {
+        Hook::EnhancedAuth(Arc::new(f))
     }
 }
 

@@ -23,7 +23,7 @@ mod writer;
 pub use invariants::check as check_invariants;
 pub use reader::ReaderHandle;
 pub use records::{
-    CredentialRecord, DelayedWill, EntryHead, QueueEntry, RecordError, SessionRecord,
+    CredentialRecord, DelayedWill, EntryHead, QueueEntry, RecordError, ScramKeys, SessionRecord,
     StoredMessage, SubscriptionRecord,
 };
 pub use sim_store::SimStore;

@@ -138,6 +138,20 @@ pub struct CredentialRecord {
     pub algorithm: String,
     pub salt: Vec<u8>,
     pub hash: String,
+    /// SCRAM-SHA-256 keys of the same password (MQTT 5 enhanced authentication),
+    /// derived when the password was set; absent from entries written before they
+    /// were kept (those cannot log in with SCRAM until their password is set again).
+    pub scram: Option<ScramKeys>,
+}
+
+/// What SCRAM keeps of a password (RFC 5802 §3): salt, PBKDF2 iterations, `StoredKey`
+/// and `ServerKey`. They verify a proof; they cannot produce one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScramKeys {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
 }
 
 impl CredentialRecord {
@@ -146,16 +160,31 @@ impl CredentialRecord {
         out.bytes(self.algorithm.as_bytes());
         out.bytes(&self.salt);
         out.bytes(self.hash.as_bytes());
+        if let Some(scram) = &self.scram {
+            out.bytes(&scram.salt);
+            out.u32(scram.iterations);
+            out.bytes(&scram.stored_key);
+            out.bytes(&scram.server_key);
+        }
         out.0
     }
 
     pub fn decode(buf: &[u8]) -> Result<CredentialRecord, RecordError> {
         let mut input = In::new("credential", buf)?;
-        let rec = CredentialRecord {
+        let mut rec = CredentialRecord {
             algorithm: input.string("algorithm")?,
             salt: input.bytes()?.to_vec(),
             hash: input.string("hash")?,
+            scram: None,
         };
+        if !input.at_end() {
+            rec.scram = Some(ScramKeys {
+                salt: input.bytes()?.to_vec(),
+                iterations: input.u32()?,
+                stored_key: input.bytes()?.to_vec(),
+                server_key: input.bytes()?.to_vec(),
+            });
+        }
         input.finish()?;
         Ok(rec)
     }
@@ -430,10 +459,25 @@ mod tests {
         fn credential_roundtrip(algorithm in "[a-z0-9,]{1,30}",
                                 salt in proptest::collection::vec(any::<u8>(), 0..32),
                                 hash in "[ -~]{0,100}") {
-            let rec = CredentialRecord { algorithm, salt, hash };
+            let rec = CredentialRecord { algorithm, salt, hash, scram: None };
             let bytes = rec.encode();
             prop_assert_eq!(CredentialRecord::decode(&bytes).unwrap(), rec);
             prop_assert!(CredentialRecord::decode(&bytes[..bytes.len() - 1]).is_err());
+        }
+
+        #[test]
+        fn credential_with_scram_keys_roundtrip(salt in proptest::collection::vec(any::<u8>(), 0..32),
+                                                iterations: u32,
+                                                key in proptest::collection::vec(any::<u8>(), 32)) {
+            let scram = ScramKeys { salt: salt.clone(), iterations, stored_key: key.clone(), server_key: key };
+            let rec = CredentialRecord { algorithm: "sha256".into(), salt, hash: "ab".into(), scram: Some(scram) };
+            let bytes = rec.encode();
+            prop_assert_eq!(CredentialRecord::decode(&bytes).unwrap(), rec.clone());
+            // Cut anywhere inside the SCRAM keys: an error, never an entry without them.
+            let plain_len = CredentialRecord { scram: None, ..rec }.encode().len();
+            for cut in plain_len + 1..bytes.len() {
+                prop_assert!(CredentialRecord::decode(&bytes[..cut]).is_err());
+            }
         }
 
         #[test]

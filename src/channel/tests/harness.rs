@@ -124,7 +124,13 @@ impl Sim {
         let opened = self.rt.block_on(async {
             let now = || clock.now();
             let mut open = std::pin::pin!(accept::open(
-                &broker, &zone, &listener, peer, connect, None, &now
+                &broker,
+                &zone,
+                &listener,
+                peer,
+                connect,
+                Default::default(),
+                &now
             ));
             // Bounded: the store answers within milliseconds, a takeover within a turn.
             for _ in 0..5_000 {

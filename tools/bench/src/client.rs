@@ -47,6 +47,9 @@ pub struct ConnectOptions {
     /// A fixed socket receive buffer (SO_RCVBUF, which also turns off the kernel's
     /// autotuning), as on a small device; `None` leaves the kernel's default.
     pub recv_buffer_bytes: Option<u32>,
+    /// CONNECT user name and password (the `connect` scenario logs in).
+    pub username: Option<String>,
+    pub password: Option<Bytes>,
 }
 
 impl ConnectOptions {
@@ -58,6 +61,8 @@ impl ConnectOptions {
             keep_alive: 0,
             properties: Properties::default(),
             recv_buffer_bytes: None,
+            username: None,
+            password: None,
         }
     }
 
@@ -69,9 +74,31 @@ impl ConnectOptions {
             keep_alive: 0,
             properties: Properties::default(),
             recv_buffer_bytes: None,
+            username: None,
+            password: None,
         }
     }
 }
+
+/// The broker answered CONNECT with a refusal (the 3.1.1 return code; 5.0 reason
+/// codes are mapped to it); `connect`'s error, for callers that expect a refusal.
+#[derive(Debug)]
+pub struct ConnackRefused {
+    pub client_id: String,
+    pub code: u8,
+}
+
+impl std::fmt::Display for ConnackRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: CONNACK refused with code {}",
+            self.client_id, self.code
+        )
+    }
+}
+
+impl std::error::Error for ConnackRefused {}
 
 /// A connected, CONNACKed MQTT session socket with its two reusable buffers.
 pub struct MqttConn {
@@ -167,8 +194,8 @@ impl MqttConn {
             properties: options.properties.clone(),
             client_id: options.client_id.clone(),
             will: None,
-            username: None,
-            password: None,
+            username: options.username.clone(),
+            password: options.password.clone(),
         };
         conn.queue(&Packet::Connect(Box::new(connect)))?;
         conn.flush().await?;
@@ -178,11 +205,11 @@ impl MqttConn {
                 conn.connack_properties = ack.properties;
                 Ok(conn)
             }
-            Packet::ConnAck(ack) => bail!(
-                "{}: CONNACK refused with code {}",
-                conn.client_id,
-                ack.reason.to_v3_connack()
-            ),
+            Packet::ConnAck(ack) => Err(ConnackRefused {
+                client_id: conn.client_id.clone(),
+                code: ack.reason.to_v3_connack(),
+            }
+            .into()),
             other => bail!("{}: expected CONNACK, got {}", conn.client_id, other.name()),
         }
     }

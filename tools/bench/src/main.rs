@@ -31,7 +31,7 @@ use clap::{Parser, Subcommand};
 
 use measure::Figure;
 use quay_ctl::QuayCtl;
-use scenarios::{drain, fanin, fanout, idle, open_loop, qos1, restart, scale, Target};
+use scenarios::{connect, drain, fanin, fanout, idle, open_loop, qos1, restart, scale, Target};
 
 #[derive(Parser)]
 #[command(name = "quay-bench", about = "MQTT load generator: Quay vs Mosquitto")]
@@ -87,6 +87,8 @@ enum Command {
     FanoutOpen(open_loop::FanoutOpenArgs),
     /// Broker memory per idle connection
     Idle(idle::IdleArgs),
+    /// Connection rate with a user name and password per client (log in, then leave)
+    Connect(connect::ConnectArgs),
     /// Queue QoS 1 messages for an offline session, then time draining them
     Drain(drain::DrainArgs),
     /// Restart step 1: queue messages for an offline session
@@ -123,6 +125,7 @@ impl Command {
             Command::FaninOpen(_) => "fanin-open",
             Command::FanoutOpen(_) => "fanout-open",
             Command::Idle(_) => "idle",
+            Command::Connect(_) => "connect",
             Command::Drain(_) => "drain",
             Command::RestartFill(_) | Command::RestartWait(_) | Command::RestartVerify(_) => {
                 "restart"
@@ -206,6 +209,7 @@ async fn run(target: &Target, command: &Command) -> Result<Vec<Figure>> {
         Command::FaninOpen(args) => open_loop::fanin(target, args).await,
         Command::FanoutOpen(args) => open_loop::fanout(target, args).await,
         Command::Idle(args) => idle::run(target, args).await,
+        Command::Connect(args) => connect::run(target, args).await,
         Command::Drain(args) => drain::run(target, args).await,
         Command::RestartFill(args) => restart::fill_queue(target, args).await,
         Command::RestartWait(args) => restart::wait_restarted(target, args).await,

@@ -2,6 +2,7 @@
 //! interval (wall clock, broker CPU, generator CPU) and returns its figures; none of
 //! them starts or stops a broker (the runner script does) or prints a comparison.
 
+pub mod connect;
 pub mod drain;
 pub mod fanin;
 pub mod fanout;
