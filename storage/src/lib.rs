@@ -15,6 +15,7 @@ pub mod keys;
 pub mod read;
 mod reader;
 pub mod records;
+pub mod segment;
 pub mod sim;
 mod sim_store;
 mod store;
