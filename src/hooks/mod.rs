@@ -38,7 +38,7 @@ pub use auth::{Access, AclResult, AclVerdict, AuthResult, AuthVerdict};
 pub use client_info::{CertIdentity, ClientInfo, Credentials};
 pub use decision::{BoxFuture, Decision};
 pub use events::{ConnectedInfo, DisconnectReason};
-pub use publish::{DropReason, PublishOutcome, PublishResult};
+pub use publish::{join_completions, DropReason, Hold, PublishOutcome, PublishResult};
 
 use crate::codec::SubscriptionOptions;
 use crate::message::{ClientId, Message};
@@ -56,9 +56,10 @@ pub enum HookPoint {
     MessageDelivered,
     MessageAcked,
     MessageDropped,
+    MessageHold,
 }
 
-const POINTS: usize = 10;
+const POINTS: usize = 11;
 
 impl HookPoint {
     pub const ALL: [HookPoint; POINTS] = [
@@ -72,6 +73,7 @@ impl HookPoint {
         HookPoint::MessageDelivered,
         HookPoint::MessageAcked,
         HookPoint::MessageDropped,
+        HookPoint::MessageHold,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +88,7 @@ impl HookPoint {
             HookPoint::MessageDelivered => "message.delivered",
             HookPoint::MessageAcked => "message.acked",
             HookPoint::MessageDropped => "message.dropped",
+            HookPoint::MessageHold => "message.hold",
         }
     }
 
@@ -122,6 +125,9 @@ pub type DeliveredFn = dyn Fn(&Arc<ClientInfo>, &Message) + Send + Sync;
 pub type AckedFn = dyn Fn(&Arc<ClientInfo>, &Message) + Send + Sync;
 /// `(message, reason, subscriber whose queue dropped it, if any)`.
 pub type DroppedFn = dyn Fn(&Message, DropReason, Option<&ClientId>) + Send + Sync;
+/// `(message)` about to be routed: `Some(hold)` makes the publisher's PUBACK/PUBREC
+/// wait until the hook calls `hold`'s completion (see `publish::Hold`).
+pub type HoldFn = dyn Fn(&Message) -> Option<Hold> + Send + Sync;
 
 /// A typed callback for one hook point. Build it with the constructor of its point
 /// (`Hook::authenticate(|info, creds| ...)`).
@@ -137,6 +143,7 @@ pub enum Hook {
     Delivered(Arc<DeliveredFn>),
     Acked(Arc<AckedFn>),
     Dropped(Arc<DroppedFn>),
+    Hold(Arc<HoldFn>),
 }
 
 impl Hook {
@@ -152,6 +159,7 @@ impl Hook {
             Hook::Delivered(_) => HookPoint::MessageDelivered,
             Hook::Acked(_) => HookPoint::MessageAcked,
             Hook::Dropped(_) => HookPoint::MessageDropped,
+            Hook::Hold(_) => HookPoint::MessageHold,
         }
     }
 
@@ -205,6 +213,10 @@ impl Hook {
         f: impl Fn(&Message, DropReason, Option<&ClientId>) + Send + Sync + 'static,
     ) -> Hook {
         Hook::Dropped(Arc::new(f))
+    }
+
+    pub fn hold(f: impl Fn(&Message) -> Option<Hold> + Send + Sync + 'static) -> Hook {
+        Hook::Hold(Arc::new(f))
     }
 }
 

@@ -284,13 +284,8 @@ impl DiskState {
         Ok(seg)
     }
 
-    /// Append one record. Returns `done` back when it is to be called at once (not
-    /// durable mode), else keeps it until the flusher has synced the record.
-    pub fn append(
-        &mut self,
-        payload: &[u8],
-        done: Option<Done>,
-    ) -> Result<(u64, Option<Done>), SegmentError> {
+    /// Append one record; its seq. In durable mode its bytes are left for the flusher.
+    pub fn append(&mut self, payload: &[u8]) -> Result<u64, SegmentError> {
         let rec = format::record_len(payload.len());
         self.enforce_bound(rec)?;
         let need_roll = {
@@ -320,13 +315,7 @@ impl DiskState {
             }
         }
         self.written_seq = seq;
-        match (durable, done) {
-            (true, Some(done)) => {
-                self.waiters.push_back((seq, done));
-                Ok((seq, None))
-            }
-            (_, done) => Ok((seq, done)),
-        }
+        Ok(seq)
     }
 
     fn write_seg(&self) -> &Segment {

@@ -170,12 +170,32 @@ impl SegmentQueue {
             Inner::Disk { shared, .. } => {
                 let mut g = lock(&shared.state);
                 if g.close != Close::Open {
+                    drop(g);
+                    if let Some(done) = done {
+                        done(false);
+                    }
                     return Err(SegmentError::Closed);
                 }
-                let (seq, now) = g.disk.append(payload, done)?;
-                let wake = g.disk.durable;
+                let seq = match g.disk.append(payload) {
+                    Ok(seq) => seq,
+                    Err(e) => {
+                        drop(g);
+                        if let Some(done) = done {
+                            done(false);
+                        }
+                        return Err(e);
+                    }
+                };
+                let durable = g.disk.durable;
+                let now = match done {
+                    Some(done) if durable => {
+                        g.disk.waiters.push_back((seq, done));
+                        None
+                    }
+                    done => done,
+                };
                 drop(g);
-                if wake {
+                if durable {
                     shared.work.notify_one();
                 }
                 if let Some(done) = now {
