@@ -34,12 +34,18 @@ type Failure = String;
 
 pub async fn run(bridge: Arc<Bridge>, mut stop: watch::Receiver<bool>) {
     let cfg = bridge.config.clone();
-    // Records sent and not yet acknowledged, kept across reconnects: resent with DUP.
-    let mut inflight: VecDeque<Record> = VecDeque::new();
+    // Records sent and not yet acknowledged, kept across reconnects and across a stop
+    // and start (resent with DUP). Held for the task's life: a task started while the
+    // previous one is still ending waits for it, so one client runs at a time.
+    let mut inflight = tokio::select! {
+        g = bridge.inflight.lock() => g,
+        _ = stop.changed() => return,
+    };
+    let inflight: &mut VecDeque<Record> = &mut inflight;
     loop {
         bridge.set_status("Connecting");
         let result = tokio::select! {
-            r = session(&bridge, &cfg, &mut inflight) => r,
+            r = session(&bridge, &cfg, inflight) => r,
             _ = stop.changed() => return,
         };
         let Err(why) = result;

@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod config;
+pub mod ctl;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,8 @@ pub struct Bridge {
     subscriptions: Mutex<Vec<(String, QoS)>>,
     status: Mutex<&'static str>,
     task: Mutex<Option<watch::Sender<bool>>>,
+    /// Sent, not yet acknowledged by the remote (`client::run`).
+    inflight: tokio::sync::Mutex<std::collections::VecDeque<quay_storage::segment::Record>>,
     pub forwarded_count: AtomicU64,
     pub retried_count: AtomicU64,
 }
@@ -75,6 +78,22 @@ impl Bridge {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    pub fn edit_forwards(&self, f: impl FnOnce(&mut Vec<String>)) {
+        f(&mut self.forwards.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    pub fn edit_subscriptions(&self, f: impl FnOnce(&mut Vec<(String, QoS)>)) {
+        f(&mut self.subscriptions.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Subscriptions are sent at connect: a running bridge reconnects to apply a
+    /// change (what is in flight is resent, at least once).
+    pub fn resubscribe(self: &Arc<Self>) {
+        if self.stop() {
+            self.start();
+        }
     }
 
     /// Append `msg` if a forward matches it; the hold completes when it is durable.
@@ -146,7 +165,15 @@ impl Running {
             b.stop();
         }
         self.broker.hooks.remove_all(HOOK_NAME);
+        *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
+}
+
+/// The bridges that run now, for `emqx_ctl bridges` (one node per process).
+static RUNNING: Mutex<Option<Vec<Arc<Bridge>>>> = Mutex::new(None);
+
+pub fn running() -> Option<Vec<Arc<Bridge>>> {
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// Open every bridge's cache, register the hook, start the auto-start bridges. Must
@@ -164,13 +191,17 @@ pub fn start(
             durable: cfg.durable,
         })?;
         let mountpoint = cfg.mountpoint.replace("${node}", &broker.config.node.name);
+        let (forwards, subscriptions) =
+            ctl::read_topics(&ctl::topics_file(&broker.config.node.data_dir, &cfg.name))
+                .unwrap_or_else(|| (cfg.forwards.clone(), cfg.subscriptions.clone()));
         bridges.push(Arc::new(Bridge {
             client_id: ClientId::from(format!("$bridge/{}", cfg.name)),
             mountpoint,
-            forwards: Mutex::new(cfg.forwards.clone()),
-            subscriptions: Mutex::new(cfg.subscriptions.clone()),
+            forwards: Mutex::new(forwards),
+            subscriptions: Mutex::new(subscriptions),
             status: Mutex::new("Stopped"),
             task: Mutex::new(None),
+            inflight: tokio::sync::Mutex::new(Default::default()),
             forwarded_count: AtomicU64::new(0),
             retried_count: AtomicU64::new(0),
             broker: broker.clone(),
@@ -203,6 +234,7 @@ pub fn start(
             b.start();
         }
     }
+    *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = Some(bridges.clone());
     Ok(Running {
         bridges,
         broker: broker.clone(),

@@ -200,3 +200,35 @@ def test_acknowledged_messages_survive_an_outage_and_kill_9(env):
     while time.monotonic() < deadline and len(list((tmp / "bridgeq").glob("*.seg"))) > 1:
         time.sleep(0.1)
     assert len(list((tmp / "bridgeq").glob("*.seg"))) == 1, "acknowledged segments were deleted"
+
+
+def test_emqx_ctl_bridges_with_the_guides_output_and_changes_survive_restart(env):
+    mosq, make, _ = env
+    quay = make()
+    ctl = lambda *a: quay.ctl("bridges", *a).stdout
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "Running" not in ctl("list"):
+        time.sleep(0.1)
+    assert ctl("list") == "name: up     status: Running\n"
+    assert ctl("stop", "up") == "Stop bridge successfully.\n"
+    assert ctl("list") == "name: up     status: Stopped\n"
+    assert ctl("start", "up") == "Start bridge successfully.\n"
+    assert ctl("forwards", "up") == "topic:   sensor/#\n"
+    assert ctl("add-forward", "up", "topic3/#") == "Add-forward topic successfully.\n"
+    assert ctl("add-forwards", "up", "topic4/#") == "Add-forward topic successfully.\n"
+    assert ctl("del-forwards", "up", "topic4/#") == "Del-forward topic successfully.\n"
+    assert ctl("subscriptions", "up") == "topic: cmd/#, qos: 1\n"
+    assert ctl("add-subscription", "up", "cmd/topic3", "1") == "Add-subscription topic successfully.\n"
+    assert ctl("add-subscription", "up", "cmd/topic4", "2") == "Add-subscription topic successfully.\n"
+    assert ctl("del-subscription", "up", "cmd/topic4") == "Del-subscription topic successfully.\n"
+    assert quay.ctl("bridges", "start", "nope").returncode != 0
+    quay.kill()
+    quay.start()
+    assert ctl("forwards", "up") == "topic:   sensor/#\ntopic:   topic3/#\n"
+    assert ctl("subscriptions", "up") == "topic: cmd/#, qos: 1\ntopic: cmd/topic3, qos: 1\n"
+    # The added forward works after the restart.
+    sub = Collector(mosq.port, "fwd/#")
+    publish_all(quay.port, "topic3/x", [b"added"])
+    got = sub.wait_for(1, timeout_s=30)
+    sub.close()
+    assert [p for _, p in got] == [b"added"]
