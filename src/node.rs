@@ -125,6 +125,24 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             control,
         ));
     }
+    if let Some(port) = broker.config.node.rpc_server_port {
+        let bind_err = |addr: String, source| NodeError::Bind {
+            name: "rpc.tcp_server_port".into(),
+            addr,
+            source,
+        };
+        let addr = crate::cluster::server::listen_addr(&broker.config.node.name, port)
+            .map_err(|e| bind_err(port.to_string(), std::io::Error::other(e)))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| bind_err(addr.to_string(), e))?;
+        tracing::info!(addr = %addr, "node-to-node listener");
+        tokio::spawn(crate::cluster::server::serve(
+            broker.clone(),
+            listener,
+            shutdown_rx.clone(),
+        ));
+    }
     let ctl_path = ctl::socket_path(&data_dir);
     let ctl_listener = ctl::server::bind(&ctl_path).map_err(|source| NodeError::Ctl {
         path: ctl_path.display().to_string(),

@@ -29,7 +29,7 @@ pub struct Setting {
 pub enum Address {
     /// host:port: an MQTT bridge.
     Mqtt(String),
-    /// name@host: an RPC bridge (not implemented yet; refused at start with a log line).
+    /// name@host: an RPC bridge to another Quay node (`rpc.rs`).
     Rpc(String),
 }
 
@@ -43,6 +43,7 @@ pub struct BridgeConfig {
     pub username: Option<String>,
     pub password: Option<String>,
     pub ssl: bool,
+    pub tls: TlsSettings,
     pub keepalive: Duration,
     pub forwards: Vec<String>,
     pub mountpoint: String,
@@ -61,6 +62,26 @@ pub struct BridgeConfig {
     pub auto_start: bool,
 }
 
+/// `cacertfile`, `certfile`, `keyfile`, `ciphers`, `psk_ciphers`, `tls_versions`
+/// (used when `ssl = on`); paths resolved against the release root.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsSettings {
+    pub cacertfile: Option<PathBuf>,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub ciphers: Vec<String>,
+    pub psk_ciphers: Vec<String>,
+    pub tls_versions: Vec<String>,
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 impl BridgeConfig {
     fn defaults(name: &str) -> BridgeConfig {
         BridgeConfig {
@@ -72,6 +93,10 @@ impl BridgeConfig {
             username: None,
             password: None,
             ssl: false,
+            tls: TlsSettings {
+                tls_versions: vec!["tlsv1.3".into(), "tlsv1.2".into()],
+                ..TlsSettings::default()
+            },
             keepalive: Duration::from_secs(60),
             forwards: Vec::new(),
             mountpoint: String::new(),
@@ -194,15 +219,22 @@ pub fn parse(
             "username" => b.username = Some(v.to_string()),
             "password" => b.password = Some(v.to_string()),
             "ssl" => b.ssl = boolean(s)?,
-            "cacertfile" | "certfile" | "keyfile" | "ciphers" | "psk_ciphers" | "tls_versions" => {}
+            "cacertfile" => b.tls.cacertfile = Some(release_root.join(v)),
+            "certfile" => b.tls.certfile = Some(release_root.join(v)),
+            "keyfile" => b.tls.keyfile = Some(release_root.join(v)),
+            "ciphers" => b.tls.ciphers = list(v),
+            "psk_ciphers" => b.tls.psk_ciphers = list(v),
+            "tls_versions" => b.tls.tls_versions = list(v),
             "keepalive" => b.keepalive = dur()?,
             "forwards" => {
-                b.forwards = v
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .map(String::from)
-                    .collect()
+                b.forwards = list(v);
+                if let Some(bad) = b
+                    .forwards
+                    .iter()
+                    .find(|f| crate::topic::validate_filter(f, 0).is_err())
+                {
+                    return Err(err(s, format!("{bad:?} is not a topic filter")));
+                }
             }
             "mountpoint" => b.mountpoint = v.to_string(),
             "receive_mountpoint" => b.receive_mountpoint = v.to_string(),
@@ -253,6 +285,29 @@ pub fn parse(
     for ((name, _), (topic, qos)) in subs {
         if let (Some(b), Some(t)) = (bridges.get_mut(&name), topic) {
             b.subscriptions.push((t, qos));
+        }
+    }
+    for b in bridges.values() {
+        let whole = |why: String| BridgeConfigError {
+            origin: "etc/plugins/emqx_bridge_mqtt.conf".into(),
+            key: format!("bridge.mqtt.{}", b.name),
+            value: String::new(),
+            why,
+        };
+        if b.address == Address::Mqtt(String::new()) {
+            return Err(whole("no address set".into()));
+        }
+        if !b.tls.ciphers.is_empty() && !b.tls.psk_ciphers.is_empty() {
+            return Err(whole(
+                "ciphers and psk_ciphers cannot be set at the same time".into(),
+            ));
+        }
+        if let Some((t, _)) = b
+            .subscriptions
+            .iter()
+            .find(|(t, _)| crate::topic::validate_filter(t, 0).is_err())
+        {
+            return Err(whole(format!("subscription {t:?} is not a topic filter")));
         }
     }
     Ok(bridges.into_values().collect())

@@ -45,7 +45,6 @@ listeners stop    <Identifier>          # Stop a listener
 listeners restart <Identifier>          # Restart a listener
 plugins list                            # Show loaded plugins
 plugins load|unload|reload <Plugin>     # Load, unload or reload a plugin
-bridges list|start|stop|forwards|add-forward|del-forward|subscriptions|add-subscription|del-subscription
 ";
 
 fn ok(output: String) -> Reply {
@@ -63,7 +62,6 @@ pub fn run_command(broker: &Arc<Broker>, args: &[String]) -> Reply {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["ping"] => ok("pong\n".into()),
-        ["bridges", rest @ ..] => crate::bridge::ctl::run(rest),
         ["status"] => {
             let info = query::broker_info(broker);
             ok(format!(

@@ -24,7 +24,7 @@ mod writer;
 pub use invariants::check as check_invariants;
 pub use reader::ReaderHandle;
 pub use records::{
-    CredentialRecord, DelayedWill, EntryHead, QueueEntry, RecordError, SessionRecord,
+    BridgeRecord, CredentialRecord, DelayedWill, EntryHead, QueueEntry, RecordError, SessionRecord,
     StoredMessage, SubscriptionRecord,
 };
 pub use sim_store::SimStore;

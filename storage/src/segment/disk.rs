@@ -102,6 +102,9 @@ pub(super) struct DiskState {
     pub counters: Counters,
     /// Test accessor: where durable data ends in the write segment.
     pub synced_end: (u64, usize),
+    /// `LOCK`, flocked while the queue is open: two queues on one directory would
+    /// each believe they own its tail.
+    _lock: File,
 }
 
 fn seg_path(dir: &Path, no: u64) -> PathBuf {
@@ -119,6 +122,31 @@ fn io_err(path: &Path, e: io::Error) -> SegmentError {
     }
 }
 
+fn lock_dir(dir: &Path) -> Result<File, SegmentError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.kind() == io::ErrorKind::WouldBlock {
+            SegmentError::Locked {
+                path: dir.display().to_string(),
+            }
+        } else {
+            io_err(&path, e)
+        });
+    }
+    Ok(file)
+}
+
 fn map_file(file: &File, path: &Path) -> Result<Arc<MmapRaw>, SegmentError> {
     MmapOptions::new()
         .map_raw(file)
@@ -134,6 +162,7 @@ impl DiskState {
         durable: bool,
     ) -> Result<DiskState, SegmentError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let lock = lock_dir(dir)?;
         let _ = std::fs::remove_file(dir.join("COMMIT.tmp"));
         let acked = match std::fs::read(commit_path(dir)) {
             Ok(buf) => format::decode_commit(&buf).unwrap_or_else(|why| {
@@ -172,6 +201,7 @@ impl DiskState {
             delete: Vec::new(),
             counters: Counters::default(),
             synced_end: (0, 0),
+            _lock: lock,
         };
         let last_no = nos.last().copied();
         for no in nos {

@@ -76,6 +76,8 @@ pub enum SegmentError {
     },
     #[error("segment queue is closed")]
     Closed,
+    #[error("segment queue {path} is in use by another queue (LOCK held)")]
+    Locked { path: String },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
