@@ -176,7 +176,11 @@ impl Remote {
                 }
                 Ok(remote)
             }
-            Packet::ConnAck(a) => Err(format!("{addr} refused CONNECT: {:?}", a.reason)),
+            Packet::ConnAck(a) => Err(format!(
+                "{addr} refused CONNECT: {} ({:#04x})",
+                a.reason.description(),
+                a.reason.0
+            )),
             p => Err(format!("{addr} answered CONNECT with {}", p.name())),
         }
     }

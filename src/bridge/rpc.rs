@@ -120,7 +120,7 @@ async fn session(
         tokio::select! {
             f = link.recv() => {
                 last_heard = Instant::now();
-                match f.map_err(err)?.body {
+                match f.map_err(err)?.body() {
                     Some(Body::ForwardAck(a)) if a.ok => {
                         let mut n = 0;
                         while inflight.front().is_some_and(|r| r.seq <= a.upto) {

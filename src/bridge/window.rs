@@ -96,16 +96,14 @@ impl InflightWindow {
             .min(MAX_WINDOW.saturating_sub(self.slots.len()))
     }
 
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
 
     /// Records not yet done (waiting for the remote).
-    pub fn unacknowledged(&self) -> usize {
+    #[cfg(test)]
+    fn unacknowledged(&self) -> usize {
         self.slots.iter().filter(|s| s.stage != Stage::Done).count()
     }
 
@@ -146,7 +144,7 @@ impl InflightWindow {
         let seq = *self.ids.get(&packet_id)?;
         let front = self.slots.front()?.seq;
         // Seqs increase but may skip (records dropped or corrupt): search near.
-        let guess = (seq - front) as usize;
+        let guess = usize::try_from(seq.checked_sub(front)?).ok()?;
         let at = if self.slots.get(guess).is_some_and(|s| s.seq == seq) {
             guess
         } else {
@@ -453,7 +451,7 @@ mod tests {
                 if q == QoS::AtMostOnce { done.insert(seq); } else { pending.push((seq, id_of(&p), q)); }
             }
             let mut reported = 0;
-            let mut check = |w: &mut InflightWindow, done: &std::collections::BTreeSet<u64>| {
+            let mut check = |w: &mut InflightWindow, done: &std::collections::BTreeSet<u64>| -> Result<(), TestCaseError> {
                 if let Some(upto) = w.ackable() {
                     prop_assert!(upto > reported);
                     for s in (1..=upto).filter(|s| s % 2 == 1) {

@@ -24,7 +24,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::frames::{Body, Challenge, Frame, Hello, Proof, Refused, Welcome, PROTOCOL_VERSION};
+use super::frames::{Body, Challenge, Frame, Hello, Proof, Refused, PROTOCOL_VERSION};
 
 /// The largest frame read; a longer length prefix ends the link.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -112,7 +112,7 @@ impl Link {
                 nonce: dn.clone(),
             })))
             .await?;
-            let ch = match link.recv().await?.body {
+            let ch = match link.recv().await?.body() {
                 Some(Body::Challenge(c)) => c,
                 Some(Body::Refused(r)) => return Err(LinkError::Refused(r.reason)),
                 _ => return Err(LinkError::Handshake("expected a challenge".into())),
@@ -127,8 +127,8 @@ impl Link {
                 proof: proof(cookie, b"dialer", &dn, &ch.nonce, me),
             })))
             .await?;
-            match link.recv().await?.body {
-                Some(Body::Welcome(_)) => {}
+            match link.recv().await?.body() {
+                Some(Body::Welcome) => {}
                 Some(Body::Refused(r)) => return Err(LinkError::Refused(r.reason)),
                 _ => return Err(LinkError::Handshake("expected a welcome".into())),
             }
@@ -143,7 +143,7 @@ impl Link {
     pub async fn accept(stream: TcpStream, me: &str, cookie: &str) -> Result<Link, LinkError> {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             let mut link = Link::new(stream);
-            let hello = match link.recv().await?.body {
+            let hello = match link.recv().await?.body() {
                 Some(Body::Hello(h)) => h,
                 _ => return Err(LinkError::Handshake("expected a hello".into())),
             };
@@ -163,7 +163,7 @@ impl Link {
                 proof: proof(cookie, b"acceptor", &hello.nonce, &an, me),
             })))
             .await?;
-            let p = match link.recv().await?.body {
+            let p = match link.recv().await?.body() {
                 Some(Body::Proof(p)) => p,
                 Some(Body::Refused(r)) => return Err(LinkError::Refused(r.reason)),
                 _ => return Err(LinkError::Handshake("expected a proof".into())),
@@ -175,7 +175,7 @@ impl Link {
                     hello.node
                 )));
             }
-            link.send(&Frame::of(Body::Welcome(Welcome {}))).await?;
+            link.send(&Frame::of(Body::Welcome)).await?;
             link.peer = hello.node;
             Ok(link)
         })

@@ -75,7 +75,7 @@ pub async fn serve(
 
 async fn serve_link(broker: &Arc<Broker>, mut link: Link) -> Result<(), LinkError> {
     loop {
-        match link.recv().await?.body {
+        match link.recv().await?.body() {
             Some(Body::Forward(f)) => {
                 let ack = store(broker, &link.peer, f).await;
                 let ok = ack.ok;

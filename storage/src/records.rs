@@ -201,7 +201,7 @@ impl BridgeRecord {
     pub fn decode(buf: &[u8]) -> Result<BridgeRecord, RecordError> {
         let mut input = In::new("bridge", buf)?;
         let stopped = input.u8()? != 0;
-        let mut strings = |input: &mut In| -> Result<Vec<String>, RecordError> {
+        let strings = |input: &mut In| -> Result<Vec<String>, RecordError> {
             let n = input.u32()?;
             // Each entry takes at least its 4-byte length: a count the rest of the
             // record cannot hold is a truncation, not an allocation.

@@ -26,7 +26,8 @@ class Mosquitto:
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.proc = None
-        lines = [f"listener {self.port} {HOST}", f"allow_anonymous {'true' if anonymous else 'false'}"]
+        # `user root`: the test's files are readable only by root (tmp dirs are 0700).
+        lines = ["user root", f"listener {self.port} {HOST}", f"allow_anonymous {'true' if anonymous else 'false'}"]
         if tls:
             lines += [f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}"]
         lines += ["max_inflight_messages 0", "max_queued_messages 0", "persistence false", extra]

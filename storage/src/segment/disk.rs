@@ -87,8 +87,11 @@ pub(super) struct DiskState {
     read: (u64, usize),
     /// Seq of the last record popped since open: a record at or below it is not new.
     last_popped: u64,
-    /// Popped and not yet acknowledged: (seq, segment no), in seq order.
-    popped: VecDeque<(u64, u64)>,
+    /// Popped and not yet acknowledged: (seq, segment no, offset past it), in seq order.
+    popped: VecDeque<(u64, u64, usize)>,
+    /// (segment no, offset) just past the last acknowledged record: where the
+    /// unacknowledged bytes start (`unacked_bytes`).
+    ack_pos: (u64, usize),
     /// Every record at or below this seq is acknowledged.
     acked: u64,
     // --- for the flusher ---
@@ -192,6 +195,7 @@ impl DiskState {
             read: (0, SEG_HEADER),
             last_popped: 0,
             popped: VecDeque::new(),
+            ack_pos: (0, SEG_HEADER),
             acked,
             dirty: Vec::new(),
             written_seq: acked,
@@ -230,6 +234,7 @@ impl DiskState {
         state.written_seq = state.next_seq - 1;
         let front = state.segs.front().map_or(0, |s| s.no);
         state.read = (front, SEG_HEADER);
+        state.ack_pos = state.scan_ack_pos();
         state.synced_end = state.segs.back().map_or((0, 0), |s| (s.no, s.len));
         Ok(state)
     }
@@ -270,6 +275,44 @@ impl DiskState {
             seg.len = end;
         }
         Ok(seg)
+    }
+
+    /// Where the records at or below `acked` end, from the front: whole segments
+    /// below it (left by a crash before their deletion) are stepped over by their
+    /// headers, and only the segment holding the boundary is scanned.
+    fn scan_ack_pos(&self) -> (u64, usize) {
+        let mut pos = self.segs.front().map_or((0, SEG_HEADER), |s| (s.no, SEG_HEADER));
+        for (i, seg) in self.segs.iter().enumerate() {
+            let next_first = self.segs.get(i + 1).map(|s| s.first_seq);
+            if next_first.is_some_and(|n| n <= self.acked + 1) {
+                pos = (seg.no, seg.len);
+                continue;
+            }
+            pos = (seg.no, SEG_HEADER);
+            let mut at = SEG_HEADER;
+            while let Read::Record { seq, next, .. } = format::read_record(seg.bytes(), at) {
+                if seq > self.acked {
+                    break;
+                }
+                at = next;
+                pos = (seg.no, next);
+            }
+            break;
+        }
+        pos
+    }
+
+    /// Bytes of records not yet acknowledged (their framing included).
+    pub fn unacked_bytes(&self) -> u64 {
+        let (ack_no, ack_at) = self.ack_pos;
+        self.segs
+            .iter()
+            .map(|s| match s.no.cmp(&ack_no) {
+                std::cmp::Ordering::Less => 0,
+                std::cmp::Ordering::Equal => s.len.saturating_sub(ack_at) as u64,
+                std::cmp::Ordering::Greater => s.len.saturating_sub(SEG_HEADER) as u64,
+            })
+            .sum()
     }
 
     /// Seq to append next after the last segment's records.
@@ -402,7 +445,10 @@ impl DiskState {
             let lost = next_first.saturating_sub(old.first_seq.max(self.acked + 1));
             self.counters.dropped += lost;
             tracing::warn!(path = %old.path.display(), records = lost, total_dropped = self.counters.dropped, "segment queue: max_total_size reached; oldest segment dropped");
-            self.popped.retain(|(_, no)| *no != old.no);
+            self.popped.retain(|(_, no, _)| *no != old.no);
+            if self.ack_pos.0 <= old.no {
+                self.ack_pos = (self.segs.front().map_or(0, |s| s.no), SEG_HEADER);
+            }
             if self.read.0 <= old.no {
                 self.read = (self.segs.front().map_or(0, |s| s.no), SEG_HEADER);
             }
@@ -439,7 +485,7 @@ impl DiskState {
                         seq,
                         payload: Bytes::copy_from_slice(payload),
                     });
-                    self.popped.push_back((seq, seg.no));
+                    self.popped.push_back((seq, seg.no, next));
                 }
                 Read::End if is_write => break,
                 Read::End => self.read = (seg.no + 1, SEG_HEADER),
@@ -463,8 +509,10 @@ impl DiskState {
             return;
         }
         self.acked = seq;
-        while self.popped.front().is_some_and(|(s, _)| *s <= seq) {
-            self.popped.pop_front();
+        while self.popped.front().is_some_and(|(s, _, _)| *s <= seq) {
+            if let Some((_, no, end)) = self.popped.pop_front() {
+                self.ack_pos = (no, end);
+            }
         }
         self.commit = Some(seq);
         self.reclaim();
@@ -473,7 +521,7 @@ impl DiskState {
     /// Segments wholly before the first unacknowledged record are deleted (after the
     /// commit that covers them is written: the flusher does both, in that order).
     fn reclaim(&mut self) {
-        let first_unacked_no = self.popped.front().map_or(self.read.0, |(_, no)| *no);
+        let first_unacked_no = self.popped.front().map_or(self.read.0, |(_, no, _)| *no);
         while self.segs.len() > 1 && self.segs[0].no < first_unacked_no {
             if let Some(old) = self.segs.pop_front() {
                 self.delete.push(old.path.clone());

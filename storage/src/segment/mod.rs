@@ -61,6 +61,7 @@ pub struct QueueConfig {
 pub struct QueueStats {
     /// Records appended and not yet acknowledged.
     pub records: u64,
+    /// Their bytes (framing included; payload only in memory mode).
     pub bytes: u64,
     pub dropped: u64,
     pub corrupt: u64,
@@ -253,7 +254,7 @@ impl SegmentQueue {
                 let g = lock(&shared.state);
                 QueueStats {
                     records: g.disk.depth(),
-                    bytes: g.disk.total_bytes(),
+                    bytes: g.disk.unacked_bytes(),
                     dropped: g.disk.counters.dropped,
                     corrupt: g.disk.counters.corrupt,
                     segments: g.disk.segment_count(),

@@ -267,6 +267,29 @@ fn segments_rotate_and_acked_ones_are_deleted() {
 }
 
 #[test]
+fn queued_bytes_count_only_unacknowledged_records_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = format::record_len(8 + 100) as u64;
+    {
+        let q = SegmentQueue::open(&cfg(dir.path(), 1024)).unwrap();
+        for i in 0..30u64 {
+            q.append(&payload(i, 100), None).unwrap();
+        }
+        assert_eq!(q.stats().bytes, 30 * rec);
+        let got = q.pop(12, usize::MAX);
+        q.ack(got[11].seq);
+        assert_eq!(q.stats().bytes, 18 * rec);
+        assert!(q.sync(Duration::from_secs(10)));
+    }
+    let q = SegmentQueue::open(&cfg(dir.path(), 1024)).unwrap();
+    assert_eq!(q.stats().records, 18);
+    assert_eq!(q.stats().bytes, 18 * rec);
+    let rest = q.pop(100, usize::MAX);
+    q.ack(rest.last().unwrap().seq);
+    assert_eq!(q.stats().bytes, 0);
+}
+
+#[test]
 fn a_durable_append_completes_after_the_sync() {
     let dir = tempfile::tempdir().unwrap();
     let q = SegmentQueue::open(&cfg(dir.path(), 1 << 20)).unwrap();
