@@ -214,7 +214,7 @@ async fn handle(
             let id = p.packet_id;
             let qos = p.qos;
             if qos == QoS::ExactlyOnce && id.is_some_and(|id| awaiting_rel.contains(&id)) {
-                AckOutcome::Reply(Packet::PubRec(PubResp::new(id.unwrap_or(0))))
+                AckOutcome::Reply(Box::new(Packet::PubRec(PubResp::new(id.unwrap_or(0)))))
             } else {
                 // Acknowledged only once stored here (durable for persistent
                 // subscribers): the remote keeps it until then.
@@ -223,11 +223,11 @@ async fn handle(
                 }
                 match (qos, id) {
                     (QoS::AtLeastOnce, Some(id)) => {
-                        AckOutcome::Reply(Packet::PubAck(PubResp::new(id)))
+                        AckOutcome::Reply(Box::new(Packet::PubAck(PubResp::new(id))))
                     }
                     (QoS::ExactlyOnce, Some(id)) => {
                         awaiting_rel.insert(id);
-                        AckOutcome::Reply(Packet::PubRec(PubResp::new(id)))
+                        AckOutcome::Reply(Box::new(Packet::PubRec(PubResp::new(id))))
                     }
                     _ => AckOutcome::Unknown,
                 }
@@ -235,7 +235,7 @@ async fn handle(
         }
         Packet::PubRel(r) => {
             awaiting_rel.remove(&r.packet_id);
-            AckOutcome::Reply(Packet::PubComp(PubResp::new(r.packet_id)))
+            AckOutcome::Reply(Box::new(Packet::PubComp(PubResp::new(r.packet_id))))
         }
         Packet::SubAck(a) => {
             bridge.subscribed(&a.reasons);

@@ -51,7 +51,7 @@ struct Slot {
 #[derive(Debug, PartialEq, Eq)]
 pub enum AckOutcome {
     /// Send this (PUBREL after a PUBREC).
-    Reply(Packet),
+    Reply(Box<Packet>),
     /// Records done; the cache may forget up to `ackable()`.
     Progress,
     /// The remote refused the record (v5 reason code >= 0x80): done with, not delivered.
@@ -212,11 +212,11 @@ impl InflightWindow {
             Some(s) if s.msg.qos == QoS::ExactlyOnce && s.stage != Stage::Done => {
                 s.stage = Stage::Released;
                 s.sent_ms = now_ms;
-                AckOutcome::Reply(Packet::PubRel(PubResp::new(packet_id)))
+                AckOutcome::Reply(Box::new(Packet::PubRel(PubResp::new(packet_id))))
             }
             // A PUBREC for an id we no longer hold: PUBREL anyway so the remote can
             // finish its side (it answers PUBCOMP, which we then ignore).
-            _ => AckOutcome::Reply(Packet::PubRel(PubResp::new(packet_id))),
+            _ => AckOutcome::Reply(Box::new(Packet::PubRel(PubResp::new(packet_id)))),
         }
     }
 
@@ -366,7 +366,7 @@ mod tests {
         );
         assert_eq!(
             w.on_pubrec(id, 5),
-            AckOutcome::Reply(Packet::PubRel(PubResp::new(id)))
+            AckOutcome::Reply(Box::new(Packet::PubRel(PubResp::new(id))))
         );
         assert_eq!(w.ackable(), None);
         assert_eq!(w.resend(9), vec![Packet::PubRel(PubResp::new(id))]);

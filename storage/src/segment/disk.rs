@@ -220,11 +220,8 @@ impl DiskState {
                 }
             }
         }
-        match state.segs.back() {
-            Some(last) => {
-                state.next_seq = state.next_seq.max(state.scan_tail_seq(last));
-            }
-            None => {}
+        if let Some(last) = state.segs.back() {
+            state.next_seq = state.next_seq.max(state.scan_tail_seq(last));
         }
         if state.segs.is_empty() {
             let no = last_no.map_or(0, |n| n + 1);
@@ -281,7 +278,10 @@ impl DiskState {
     /// below it (left by a crash before their deletion) are stepped over by their
     /// headers, and only the segment holding the boundary is scanned.
     fn scan_ack_pos(&self) -> (u64, usize) {
-        let mut pos = self.segs.front().map_or((0, SEG_HEADER), |s| (s.no, SEG_HEADER));
+        let mut pos = self
+            .segs
+            .front()
+            .map_or((0, SEG_HEADER), |s| (s.no, SEG_HEADER));
         for (i, seg) in self.segs.iter().enumerate() {
             let next_first = self.segs.get(i + 1).map(|s| s.first_seq);
             if next_first.is_some_and(|n| n <= self.acked + 1) {
