@@ -6,8 +6,10 @@
 
 pub mod acl;
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub(crate) mod channel;
+pub mod cluster;
 pub mod codec;
 /// The config loader is its own crate (`emqx_ctl` uses it without the broker).
 pub use quay_config as config;

@@ -69,6 +69,39 @@ metrics! {
     sessions_expired => "session.terminated.expired",
 }
 
+/// Reads a plugin's figures: `(metric name, value)`.
+pub type SourceFn = dyn Fn() -> Vec<(String, u64)> + Send + Sync;
+
+/// Figures that plugins add to `emqx_ctl metrics` and `$SYS` while they run, by the
+/// plugin that added them. Read only when the metrics are listed.
+#[derive(Default)]
+pub struct Sources(std::sync::RwLock<Vec<(&'static str, std::sync::Arc<SourceFn>)>>);
+
+impl Sources {
+    /// Add (or replace) `owner`'s figures.
+    pub fn set(&self, owner: &'static str, f: std::sync::Arc<SourceFn>) {
+        let mut v = self.0.write().unwrap_or_else(|p| p.into_inner());
+        v.retain(|(o, _)| *o != owner);
+        v.push((owner, f));
+    }
+
+    pub fn remove(&self, owner: &str) {
+        let mut v = self.0.write().unwrap_or_else(|p| p.into_inner());
+        v.retain(|(o, _)| *o != owner);
+    }
+
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        let sources: Vec<_> = self
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, f)| f.clone())
+            .collect();
+        sources.iter().flat_map(|f| f()).collect()
+    }
+}
+
 impl Metrics {
     /// A delivery dropped because a queue was full (two counters, EMQX's names; a
     /// third for QoS 2).

@@ -132,6 +132,24 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             control,
         ));
     }
+    if let Some(port) = broker.config.node.rpc_server_port {
+        let bind_err = |addr: String, source| NodeError::Bind {
+            name: "rpc.tcp_server_port".into(),
+            addr,
+            source,
+        };
+        let addr = crate::cluster::server::listen_addr(&broker.config.node.name, port)
+            .map_err(|e| bind_err(port.to_string(), std::io::Error::other(e)))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| bind_err(addr.to_string(), e))?;
+        tracing::info!(addr = %addr, "node-to-node listener");
+        tokio::spawn(crate::cluster::server::serve(
+            broker.clone(),
+            listener,
+            shutdown_rx.clone(),
+        ));
+    }
     let pid_path = data_dir.join("emqx.pid");
     if let Err(e) = std::fs::write(&pid_path, format!("{}\n", std::process::id())) {
         tracing::warn!(path = %pid_path.display(), error = %e, "cannot write pid file");

@@ -20,7 +20,7 @@ use super::{
     TlsVerify, WsConfig, ZoneConfig, MAX_PACKET_SIZE_LIMIT,
 };
 
-const SECTIONS: &str = "node.*, log.*, listener.tcp.*, listener.ssl.*, listener.ws.*, \
+const SECTIONS: &str = "node.*, rpc.*, log.*, listener.tcp.*, listener.ssl.*, listener.ws.*, \
                         listener.wss.*, mqtt.*, zone.*, storage.*, retainer.*, \
                         psk.file.*, plugins.loaded_file, auth.*, bridge.*, broker.*, sysmon.*, \
                         os_mon.*, vm_mon.*, allow_anonymous, acl_nomatch, acl_file, acl_deny_action";
@@ -34,7 +34,8 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "acl_cache_max_size",
     "acl_cache_ttl",
 ];
-const NODE_KEYS: &[&str] = &["name", "data_dir"];
+const NODE_KEYS: &[&str] = &["name", "data_dir", "cookie"];
+const RPC_KEYS: &[&str] = &["tcp_server_port", "tcp_client_port"];
 const LOG_KEYS: &[&str] = &[
     "to",
     "level",
@@ -186,6 +187,7 @@ impl Builder {
         let segments: Vec<&str> = entry.key.split('.').collect();
         match segments.as_slice() {
             ["node", field] => self.apply_node(field, entry),
+            ["rpc", field] => self.apply_rpc(field, entry),
             ["log", field] => self.apply_log(field, entry),
             ["log", "rotation", field] => self.apply_log(&format!("rotation.{field}"), entry),
             ["listener", proto @ ("tcp" | "ssl" | "ws" | "wss"), name] => {
@@ -246,7 +248,22 @@ impl Builder {
         match field {
             "name" => node.name = entry.read(node_name)?,
             "data_dir" => node.data_dir = entry.read(|v| dir(v, "a directory"))?,
+            "cookie" => node.cookie = entry.read(|v| values::non_empty(v, "a cookie"))?,
             _ => return Err(unknown(entry, "node.* keys", NODE_KEYS)),
+        }
+        Ok(())
+    }
+
+    fn apply_rpc(&mut self, field: &str, entry: &Entry) -> Result<(), ConfigError> {
+        let node = &mut self.node;
+        match field {
+            "tcp_server_port" => {
+                node.rpc_server_port = Some(entry.read(|v| values::uint(v, 1, 65_535))?)
+            }
+            "tcp_client_port" => {
+                node.rpc_client_port = entry.read(|v| values::uint(v, 1, 65_535))?
+            }
+            _ => return Err(unknown(entry, "rpc.* keys", RPC_KEYS)),
         }
         Ok(())
     }

@@ -100,6 +100,14 @@ pub struct NodeConfig {
     /// `name@host`.
     pub name: String,
     pub data_dir: PathBuf,
+    /// `node.cookie`: the secret two nodes prove to each other before the node-to-node
+    /// transport carries anything (never sent in clear).
+    pub cookie: String,
+    /// `rpc.tcp_server_port`: where this node accepts node-to-node connections (on
+    /// its node name's host); `None`: it accepts none.
+    pub rpc_server_port: Option<u16>,
+    /// `rpc.tcp_client_port`: the port of other nodes' node-to-node listener.
+    pub rpc_client_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -772,6 +780,9 @@ fn default_node(release_root: &Path) -> NodeConfig {
     NodeConfig {
         name: DEFAULT_NODE_NAME.to_string(),
         data_dir: resolve(release_root, Path::new(DEFAULT_DATA_DIR)),
+        cookie: "emqxsecretcookie".to_string(),
+        rpc_server_port: None,
+        rpc_client_port: 5369,
     }
 }
 

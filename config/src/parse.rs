@@ -109,8 +109,13 @@ fn value_text(raw: &str) -> Result<String, String> {
         }
         return Ok(quoted[..end].to_string());
     }
-    let without_comment = match raw.find('#') {
-        Some(hash) => &raw[..hash],
+    // A comment starts at a `#` after whitespace, as in cuttlefish: `#` inside a
+    // value is data (the guide's `forwards = sensor1/#,sensor2/#`).
+    let without_comment = match raw
+        .char_indices()
+        .find(|&(i, c)| c == '#' && raw[..i].ends_with([' ', '\t']))
+    {
+        Some((hash, _)) => &raw[..hash],
         None => raw,
     };
     Ok(without_comment.trim_end().to_string())
@@ -128,6 +133,16 @@ pub(super) fn unquote(value: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hash_inside_a_value_is_data_and_after_whitespace_a_comment() {
+        assert_eq!(
+            value_text("sensor1/#,sensor2/#").unwrap(),
+            "sensor1/#,sensor2/#"
+        );
+        assert_eq!(value_text("a/#  # forwards").unwrap(), "a/#");
+        assert_eq!(value_text("1MB # one megabyte").unwrap(), "1MB");
+    }
 
     fn parse(text: &str) -> Result<Vec<(String, String, usize)>, String> {
         let entries = parse_str(text, Path::new("etc/test.conf")).map_err(|e| e.to_string())?;

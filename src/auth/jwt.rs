@@ -216,6 +216,9 @@ impl Verifier {
                 Expected::ClientId => &info.client_id,
                 Expected::Literal(v) => v,
             };
+            // A number or boolean claim matches its text: `Value == str` would compare
+            // strings only, so clippy's `*v == want` is not the same test.
+            #[allow(clippy::cmp_owned)]
             let matches = match claims.get(claim) {
                 Some(Value::String(s)) => s == want,
                 // Compared as JSON text (`5`, `true`): `Value`'s own `== str` would

@@ -47,6 +47,8 @@ pub struct Broker {
     /// The file ACL (`acl_file`); loaded by the node at start (`FileAcl::load_at_start`).
     pub acl: crate::acl::FileAcl,
     pub metrics: Metrics,
+    /// Figures a running plugin adds to the metrics (a bridge's queue and counts).
+    pub metric_sources: crate::metrics::Sources,
     /// `emqx_ctl trace`: the running traces (`crate::trace`).
     pub traces: Arc<crate::trace::Traces>,
     next_conn_id: AtomicU64,
@@ -130,6 +132,7 @@ impl Broker {
             hooks: crate::hooks::Hooks::new(),
             acl: crate::acl::FileAcl::new(config.access.acl_file.clone()),
             metrics: Metrics::default(),
+            metric_sources: Default::default(),
             traces: Arc::default(),
             next_conn_id: AtomicU64::new(1),
             compacting: Arc::new(AtomicBool::new(false)),

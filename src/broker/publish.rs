@@ -74,6 +74,7 @@ impl Broker {
             self.finish_without_routing(extra, done, after_pending);
             return Routed::default();
         }
+        let done = self.held(&msg, done);
         let msg = Arc::new(msg);
         let mut ops = extra;
         let retained = msg.retain && self.retain(&msg, &mut ops);
@@ -215,6 +216,21 @@ impl Broker {
             }),
         );
         Routed { matched, congested }
+    }
+
+    /// `done` once the store and every `message.hold` hook (a bridge's cache) agree,
+    /// with the AND of their answers. No hook: `done` itself.
+    fn held(&self, msg: &Message, done: PublishDone) -> PublishDone {
+        let holds = self.hooks.message_hold(msg);
+        if holds.is_empty() {
+            return done;
+        }
+        let join = crate::hooks::join_completions(holds.len() + 1, done);
+        for hold in holds {
+            let j = join.clone();
+            hold(Box::new(move |ok| j(ok)));
+        }
+        Box::new(move |ok| join(ok))
     }
 
     /// Complete a publish that routes nothing: `ops` (if any) durable, then `done`,

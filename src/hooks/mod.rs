@@ -40,7 +40,7 @@ pub use client_info::{CertIdentity, ClientInfo, Credentials};
 pub use decision::{BoxFuture, Decision};
 pub use enhanced_auth::{AuthExchange, AuthStep};
 pub use events::{ConnectedInfo, DisconnectReason};
-pub use publish::{DropReason, PublishOutcome, PublishResult};
+pub use publish::{join_completions, DropReason, Hold, PublishOutcome, PublishResult};
 
 use crate::codec::SubscriptionOptions;
 use crate::message::{ClientId, Message};
@@ -59,9 +59,10 @@ pub enum HookPoint {
     MessageAcked,
     MessageDropped,
     ClientEnhancedAuth,
+    MessageHold,
 }
 
-const POINTS: usize = 11;
+const POINTS: usize = 12;
 
 impl HookPoint {
     pub const ALL: [HookPoint; POINTS] = [
@@ -76,6 +77,7 @@ impl HookPoint {
         HookPoint::MessageAcked,
         HookPoint::MessageDropped,
         HookPoint::ClientEnhancedAuth,
+        HookPoint::MessageHold,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +93,7 @@ impl HookPoint {
             HookPoint::MessageAcked => "message.acked",
             HookPoint::MessageDropped => "message.dropped",
             HookPoint::ClientEnhancedAuth => "client.enhanced_authenticate",
+            HookPoint::MessageHold => "message.hold",
         }
     }
 
@@ -129,6 +132,9 @@ pub type AckedFn = dyn Fn(&Arc<ClientInfo>, &Message) + Send + Sync;
 pub type DroppedFn = dyn Fn(&Message, DropReason, Option<&ClientId>) + Send + Sync;
 /// `(authentication method)`: an exchange if this hook serves the method.
 pub type EnhancedAuthFn = dyn Fn(&str) -> Option<Box<dyn AuthExchange>> + Send + Sync;
+/// `(message)` about to be routed: `Some(hold)` makes the publisher's PUBACK/PUBREC
+/// wait until the hook calls `hold`'s completion (see `publish::Hold`).
+pub type HoldFn = dyn Fn(&Message) -> Option<Hold> + Send + Sync;
 
 /// A typed callback for one hook point. Build it with the constructor of its point
 /// (`Hook::authenticate(|info, creds| ...)`).
@@ -145,6 +151,7 @@ pub enum Hook {
     Acked(Arc<AckedFn>),
     Dropped(Arc<DroppedFn>),
     EnhancedAuth(Arc<EnhancedAuthFn>),
+    Hold(Arc<HoldFn>),
 }
 
 impl Hook {
@@ -161,6 +168,7 @@ impl Hook {
             Hook::Acked(_) => HookPoint::MessageAcked,
             Hook::Dropped(_) => HookPoint::MessageDropped,
             Hook::EnhancedAuth(_) => HookPoint::ClientEnhancedAuth,
+            Hook::Hold(_) => HookPoint::MessageHold,
         }
     }
 
@@ -220,6 +228,10 @@ impl Hook {
         f: impl Fn(&str) -> Option<Box<dyn AuthExchange>> + Send + Sync + 'static,
     ) -> Hook {
         Hook::EnhancedAuth(Arc::new(f))
+    }
+
+    pub fn hold(f: impl Fn(&Message) -> Option<Hold> + Send + Sync + 'static) -> Hook {
+        Hook::Hold(Arc::new(f))
     }
 }
 

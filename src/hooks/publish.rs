@@ -73,7 +73,28 @@ impl From<session::DropReason> for DropReason {
     }
 }
 
+/// What a `message.hold` hook gives back: a function that takes the publisher's
+/// completion and calls it (true: what the hook promised is durable) when ready. The
+/// bridge appends the message to its segment cache and passes the completion to the
+/// cache's fsync, so a QoS 1/2 PUBACK/PUBREC waits for it.
+pub type Hold = Box<dyn FnOnce(Box<dyn FnOnce(bool) + Send>) + Send>;
+
 impl Hooks {
+    /// `message.hold`: every hook that must have the message durable before the
+    /// publisher is acknowledged answers a `Hold`. Runs after `message.publish`, on the
+    /// message as it will be routed.
+    pub fn message_hold(&self, msg: &Message) -> Vec<Hold> {
+        let mut holds = Vec::new();
+        if let Some(chain) = self.chain(HookPoint::MessageHold) {
+            for entry in chain.iter() {
+                if let Hook::Hold(f) = &entry.hook {
+                    holds.extend(f(msg));
+                }
+            }
+        }
+        holds
+    }
+
     /// Run `message.publish` on a message about to be routed, rewriting it in place;
     /// `from` is its publisher's client info when a live client published it. With
     /// nothing registered this is one relaxed load and the message is not touched.
@@ -145,4 +166,28 @@ impl Hooks {
             });
         }
     }
+}
+
+/// A completion shared by `parts` callers: `done` runs once, after the last one,
+/// with true only if every part answered true.
+pub fn join_completions(
+    parts: usize,
+    done: Box<dyn FnOnce(bool) + Send>,
+) -> Arc<dyn Fn(bool) + Send + Sync> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let left = AtomicUsize::new(parts);
+    let all_ok = AtomicBool::new(true);
+    let done = Mutex::new(Some(done));
+    Arc::new(move |ok: bool| {
+        if !ok {
+            all_ok.store(false, Ordering::SeqCst);
+        }
+        if left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let d = done.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(d) = d {
+                d(all_ok.load(Ordering::SeqCst));
+            }
+        }
+    })
 }

@@ -14,5 +14,10 @@ pub fn all() -> Vec<Spec> {
         crate::auth::mysql::spec(),
         crate::auth::ldap::spec(),
         crate::auth::mongo::spec(),
+        Spec {
+            name: crate::bridge::HOOK_NAME,
+            description: "EMQ X Bridge to MQTT brokers",
+            start: crate::bridge::plugin_start,
+        },
     ]
 }

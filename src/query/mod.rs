@@ -119,7 +119,7 @@ pub struct BrokerInfo {
 /// One counter, under its EMQX name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MetricValue {
-    pub name: &'static str,
+    pub name: std::borrow::Cow<'static, str>,
     pub value: u64,
 }
 
@@ -151,13 +151,26 @@ pub fn metrics(broker: &Broker) -> Vec<MetricValue> {
         .metrics
         .snapshot()
         .into_iter()
-        .map(|(name, value)| MetricValue { name, value })
+        .map(|(name, value)| MetricValue {
+            name: name.into(),
+            value,
+        })
         .collect();
     // Counted by the store's reader pool itself (it knows no broker metrics).
     values.push(MetricValue {
-        name: "store.reads.refused",
+        name: "store.reads.refused".into(),
         value: broker.store.reader().refused(),
     });
+    values.extend(
+        broker
+            .metric_sources
+            .snapshot()
+            .into_iter()
+            .map(|(name, value)| MetricValue {
+                name: name.into(),
+                value,
+            }),
+    );
     values
 }
 

@@ -139,7 +139,7 @@ pub fn metrics(broker: &Broker) -> Vec<(String, u64)> {
         ),
     ]);
     for v in query::metrics(broker) {
-        if !IN_THE_GUIDE.contains(&v.name) {
+        if !IN_THE_GUIDE.contains(&v.name.as_ref()) {
             out.push((v.name.replace('.', "/"), v.value));
         }
     }

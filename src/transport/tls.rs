@@ -144,7 +144,7 @@ fn server_config(listener: &str, tls: &TlsConfig) -> Result<ServerConfig, TlsSet
 }
 
 /// Every certificate in a PEM file; at least one.
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| e.to_string())?
         .collect::<Result<Vec<_>, _>>()
@@ -158,7 +158,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 /// ring's primitives with the cipher suites `ciphers` names (OpenSSL or IANA names);
 /// names rustls does not implement (CBC, DHE, RSA key exchange) are logged and
 /// skipped, as they would be refused by any modern client anyway.
-fn provider(listener: &str, ciphers: &[String]) -> Result<CryptoProvider, String> {
+pub(crate) fn provider(listener: &str, ciphers: &[String]) -> Result<CryptoProvider, String> {
     let mut provider = rustls::crypto::ring::default_provider();
     if ciphers.is_empty() {
         return Ok(provider);
@@ -218,7 +218,7 @@ fn suite_names(suite: &SupportedCipherSuite) -> [&'static str; 2] {
 
 /// The versions `tls_versions` names that rustls speaks (1.3, 1.2); the older ones
 /// are logged and not offered.
-fn versions(
+pub(crate) fn versions(
     listener: &str,
     names: &[String],
 ) -> Result<Vec<&'static SupportedProtocolVersion>, String> {

@@ -17,6 +17,7 @@
 //! | `wills`       | client                               | `DelayedWill`        |
 //! | `meta`        | ascii name                           | per key              |
 //! | `auth`        | table byte (`u`/`c`) · name bytes     | `CredentialRecord`   |
+//! | `bridges`     | bridge name bytes                    | `BridgeRecord`       |
 
 use thiserror::Error;
 
@@ -31,8 +32,10 @@ pub const CF_META: &str = "meta";
 pub const CF_WILLS: &str = "wills";
 /// The built-in user stores (`emqx_auth_username`, `emqx_auth_clientid`).
 pub const CF_AUTH: &str = "auth";
+/// What `emqx_ctl bridges` changed of each bridge (`emqx_bridge_mqtt`).
+pub const CF_BRIDGES: &str = "bridges";
 
-pub const ALL_CFS: [&str; 10] = [
+pub const ALL_CFS: [&str; 11] = [
     CF_MSGS,
     CF_REFS,
     CF_SESSIONS,
@@ -43,6 +46,7 @@ pub const ALL_CFS: [&str; 10] = [
     CF_META,
     CF_WILLS,
     CF_AUTH,
+    CF_BRIDGES,
 ];
 
 /// `meta` key holding the on-disk format version.

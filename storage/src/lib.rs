@@ -15,6 +15,7 @@ pub mod keys;
 pub mod read;
 mod reader;
 pub mod records;
+pub mod segment;
 pub mod sim;
 mod sim_store;
 mod store;
@@ -23,8 +24,8 @@ mod writer;
 pub use invariants::check as check_invariants;
 pub use reader::ReaderHandle;
 pub use records::{
-    CredentialRecord, DelayedWill, EntryHead, QueueEntry, RecordError, ScramKeys, SessionRecord,
-    StoredMessage, SubscriptionRecord,
+    BridgeRecord, CredentialRecord, DelayedWill, EntryHead, QueueEntry, RecordError, ScramKeys,
+    SessionRecord, StoredMessage, SubscriptionRecord,
 };
 pub use sim_store::SimStore;
 pub use store::{Result, Store, StoreConfig, StoreError, READ_QUEUE_MAX};

@@ -6,7 +6,8 @@ use bytes::Bytes;
 use crate::backend::Backend;
 use crate::keys::{self, KeyError};
 use crate::records::{
-    CredentialRecord, DelayedWill, QueueEntry, SessionRecord, StoredMessage, SubscriptionRecord,
+    BridgeRecord, CredentialRecord, DelayedWill, QueueEntry, SessionRecord, StoredMessage,
+    SubscriptionRecord,
 };
 use crate::store::Result;
 
@@ -182,6 +183,19 @@ pub fn credentials<B: Backend>(
         out.push((
             keys::decode_auth_key(table, key)?.to_string(),
             CredentialRecord::decode(value)?,
+        ));
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// What `emqx_ctl bridges` changed, by bridge name.
+pub fn bridges<B: Backend>(db: &B) -> Result<Vec<(String, BridgeRecord)>> {
+    let mut out = Vec::new();
+    db.scan(keys::CF_BRIDGES, &[], None, |key, value| {
+        out.push((
+            utf8_key(keys::CF_BRIDGES, key)?,
+            BridgeRecord::decode(value)?,
         ));
         Ok(true)
     })?;

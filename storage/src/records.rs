@@ -190,6 +190,76 @@ impl CredentialRecord {
     }
 }
 
+/// What `emqx_ctl bridges` changed of one bridge, kept apart from its settings file
+/// so that both an edit of the file and the changes made at run time take effect:
+/// the bridge runs the file's forwards minus `forwards_deleted` plus
+/// `forwards_added`, and the same for subscriptions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgeRecord {
+    /// `bridges stop` left it stopped (until `bridges start`).
+    pub stopped: bool,
+    pub forwards_added: Vec<String>,
+    pub forwards_deleted: Vec<String>,
+    /// (filter, QoS): added, or the file's filter with another QoS.
+    pub subscriptions_added: Vec<(String, u8)>,
+    pub subscriptions_deleted: Vec<String>,
+}
+
+impl BridgeRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Out::new();
+        out.u8(self.stopped as u8);
+        for list in [&self.forwards_added, &self.forwards_deleted] {
+            out.u32(list.len() as u32);
+            for f in list {
+                out.bytes(f.as_bytes());
+            }
+        }
+        out.u32(self.subscriptions_added.len() as u32);
+        for (f, qos) in &self.subscriptions_added {
+            out.bytes(f.as_bytes());
+            out.u8(*qos);
+        }
+        out.u32(self.subscriptions_deleted.len() as u32);
+        for f in &self.subscriptions_deleted {
+            out.bytes(f.as_bytes());
+        }
+        out.0
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<BridgeRecord, RecordError> {
+        let mut input = In::new("bridge", buf)?;
+        let stopped = input.u8()? != 0;
+        let strings = |input: &mut In| -> Result<Vec<String>, RecordError> {
+            let n = input.u32()?;
+            // Each entry takes at least its 4-byte length: a count the rest of the
+            // record cannot hold is a truncation, not an allocation.
+            let mut v = Vec::with_capacity((n as usize).min(buf.len() / 4));
+            for _ in 0..n {
+                v.push(input.string("filter")?);
+            }
+            Ok(v)
+        };
+        let forwards_added = strings(&mut input)?;
+        let forwards_deleted = strings(&mut input)?;
+        let n = input.u32()?;
+        let mut subscriptions_added = Vec::with_capacity((n as usize).min(buf.len() / 5));
+        for _ in 0..n {
+            let f = input.string("filter")?;
+            subscriptions_added.push((f, input.u8()?));
+        }
+        let subscriptions_deleted = strings(&mut input)?;
+        input.finish()?;
+        Ok(BridgeRecord {
+            stopped,
+            forwards_added,
+            forwards_deleted,
+            subscriptions_added,
+            subscriptions_deleted,
+        })
+    }
+}
+
 struct Out(Vec<u8>);
 
 impl Out {
@@ -477,6 +547,20 @@ mod tests {
             let plain_len = CredentialRecord { scram: None, ..rec }.encode().len();
             for cut in plain_len + 1..bytes.len() {
                 prop_assert!(CredentialRecord::decode(&bytes[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn bridge_roundtrip(stopped: bool, fa in proptest::collection::vec("[a-z/#+]{0,12}", 0..4),
+                            fd in proptest::collection::vec("[a-z/#+]{0,12}", 0..4),
+                            sa in proptest::collection::vec(("[a-z/#+]{0,12}", 0u8..3), 0..4),
+                            sd in proptest::collection::vec("[a-z/#+]{0,12}", 0..4)) {
+            let rec = BridgeRecord { stopped, forwards_added: fa, forwards_deleted: fd,
+                subscriptions_added: sa, subscriptions_deleted: sd };
+            let bytes = rec.encode();
+            prop_assert_eq!(BridgeRecord::decode(&bytes).unwrap(), rec);
+            for cut in 0..bytes.len() {
+                prop_assert!(BridgeRecord::decode(&bytes[..cut]).is_err());
             }
         }
 

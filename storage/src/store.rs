@@ -334,6 +334,11 @@ impl Store {
         self.read(|db| read::credentials(db, table))
     }
 
+    /// What `emqx_ctl bridges` changed, by bridge name (read when the plugin starts).
+    pub fn bridges(&self) -> Result<Vec<(String, crate::records::BridgeRecord)>> {
+        self.read(|db| read::bridges(db))
+    }
+
     /// The store's invariants (see `invariants.rs`); a list of what is broken.
     pub fn check_invariants(&self) -> Result<Vec<String>> {
         self.read(|db| crate::invariants::check(db))

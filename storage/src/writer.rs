@@ -30,8 +30,8 @@ use crate::backend::{Backend, RocksBackend};
 use crate::keys;
 use crate::keys::AuthTable;
 use crate::records::{
-    CredentialRecord, DelayedWill, EntryHead, QueueEntry, SessionRecord, StoredMessage,
-    SubscriptionRecord,
+    BridgeRecord, CredentialRecord, DelayedWill, EntryHead, QueueEntry, SessionRecord,
+    StoredMessage, SubscriptionRecord,
 };
 use crate::sim_store::SimStore;
 use crate::store::{Result, StoreError};
@@ -135,6 +135,11 @@ pub enum Op {
     DeleteCredential {
         table: AuthTable,
         name: String,
+    },
+    /// Replace what `emqx_ctl bridges` changed of bridge `name`.
+    PutBridge {
+        name: String,
+        record: BridgeRecord,
     },
 }
 
@@ -714,6 +719,10 @@ impl<B: Backend> WriterCore<B> {
                 Op::DeleteCredential { table, name } => {
                     self.db
                         .delete(batch, keys::CF_AUTH, &keys::auth_key(*table, name))?;
+                }
+                Op::PutBridge { name, record } => {
+                    self.db
+                        .put(batch, keys::CF_BRIDGES, name.as_bytes(), &record.encode())?;
                 }
             }
         }

@@ -616,5 +616,6 @@ fn brief(op: &Op) -> String {
         ),
         Op::PutCredential { table, name, .. } => format!("PutCredential({table:?}, {name})"),
         Op::DeleteCredential { table, name } => format!("DeleteCredential({table:?}, {name})"),
+        Op::PutBridge { name, .. } => format!("PutBridge({name})"),
     }
 }

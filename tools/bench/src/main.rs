@@ -31,7 +31,9 @@ use clap::{Parser, Subcommand};
 
 use measure::Figure;
 use quay_ctl::QuayCtl;
-use scenarios::{connect, drain, fanin, fanout, idle, open_loop, qos1, restart, scale, Target};
+use scenarios::{
+    bridge, connect, drain, fanin, fanout, idle, open_loop, qos1, restart, scale, segment, Target,
+};
 
 #[derive(Parser)]
 #[command(name = "quay-bench", about = "MQTT load generator: Quay vs Mosquitto")]
@@ -103,6 +105,16 @@ enum Command {
     /// Durability soak: misbehaving persistent clients and kill -9 of a broker it starts
     /// itself on its own ports (the global --host, --port, --broker... do not apply)
     Soak(soak::SoakArgs),
+    /// Bridge: QoS 1 publishers on the bridging broker, a subscriber on the remote
+    BridgeForward(bridge::BridgeForwardArgs),
+    /// Bridge replay step 1: publish into the cache while the remote is away
+    BridgeFill(bridge::BridgeFillArgs),
+    /// Bridge replay step 2: subscribe on the remote and time the replay
+    BridgeDrain(bridge::BridgeDrainArgs),
+    /// The disk's own rate of 4 KiB write + fdatasync (no broker)
+    FsyncRate(segment::FsyncRateArgs),
+    /// Durable appends to the bridge cache (no broker)
+    SegmentAppend(segment::SegmentAppendArgs),
     /// Print the comparison lines (and optionally the markdown table) from --results
     Report {
         /// Only this scenario's lines
@@ -131,6 +143,9 @@ impl Command {
                 "restart"
             }
             Command::Soak(_) => "soak",
+            Command::BridgeForward(_) => "bridge",
+            Command::BridgeFill(_) | Command::BridgeDrain(_) => "bridge-replay",
+            Command::FsyncRate(_) | Command::SegmentAppend(_) => "segment",
             Command::ScaleHold(_) => "scale",
             Command::Report { .. } => "",
         }
@@ -171,6 +186,19 @@ fn main() -> Result<ExitCode> {
         } else {
             report::print_lines(&figures, scenario.as_deref());
         }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::FsyncRate(_) | Command::SegmentAppend(_) = &cli.command {
+        let mut figures = match &cli.command {
+            Command::FsyncRate(args) => segment::fsync_rate(args)?,
+            Command::SegmentAppend(args) => segment::append(args)?,
+            _ => unreachable!("matched above"),
+        };
+        for f in &mut figures {
+            f.scenario = "segment".to_string();
+            f.broker = cli.broker.clone();
+        }
+        measure::record(&figures, cli.results.as_deref())?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::ScaleHold(args) = &cli.command {
@@ -214,7 +242,14 @@ async fn run(target: &Target, command: &Command) -> Result<Vec<Figure>> {
         Command::RestartFill(args) => restart::fill_queue(target, args).await,
         Command::RestartWait(args) => restart::wait_restarted(target, args).await,
         Command::RestartVerify(args) => restart::verify(target, args).await,
-        Command::Report { .. } | Command::Soak(_) | Command::ScaleHold(_) => {
+        Command::BridgeForward(args) => bridge::forward(target, args).await,
+        Command::BridgeFill(args) => bridge::fill(target, args).await,
+        Command::BridgeDrain(args) => bridge::drain(target, args).await,
+        Command::Report { .. }
+        | Command::Soak(_)
+        | Command::ScaleHold(_)
+        | Command::FsyncRate(_)
+        | Command::SegmentAppend(_) => {
             unreachable!("handled before the runtime starts")
         }
     }

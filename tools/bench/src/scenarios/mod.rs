@@ -2,6 +2,7 @@
 //! interval (wall clock, broker CPU, generator CPU) and returns its figures; none of
 //! them starts or stops a broker (the runner script does) or prints a comparison.
 
+pub mod bridge;
 pub mod connect;
 pub mod drain;
 pub mod fanin;
@@ -11,6 +12,7 @@ pub mod open_loop;
 pub mod qos1;
 pub mod restart;
 pub mod scale;
+pub mod segment;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
