@@ -463,3 +463,47 @@ async fn async_acl_decides_without_running_later_hooks() {
         .map(|v| v == AclVerdict::Allow);
     assert!(d.resolve().await);
 }
+
+/// An exchange that answers every message with `label`.
+struct Echo(&'static str);
+
+impl AuthExchange for Echo {
+    fn step(&mut self, _data: &[u8]) -> AuthStep {
+        AuthStep::Continue(Bytes::from_static(self.0.as_bytes()))
+    }
+}
+
+#[test]
+fn enhanced_auth_asks_in_order_for_the_method_and_goes_with_its_plugin() {
+    let hooks = Hooks::new();
+    assert!(hooks.enhanced_auth("SCRAM-SHA-256").is_none());
+    let serves = |method: &'static str, label: &'static str| {
+        Hook::enhanced_auth(move |m| {
+            (m == method).then(|| Box::new(Echo(label)) as Box<dyn AuthExchange>)
+        })
+    };
+    hooks.add("kerberos", 0, serves("GS2-KRB5", "krb")).unwrap();
+    hooks
+        .add("scram-a", 0, serves("SCRAM-SHA-256", "a"))
+        .unwrap();
+    hooks
+        .add("scram-b", 0, serves("SCRAM-SHA-256", "b"))
+        .unwrap();
+    let step = |m: &str| hooks.enhanced_auth(m).map(|mut x| x.step(b""));
+    // The first hook that serves the method, past one that does not.
+    assert_eq!(
+        step("SCRAM-SHA-256"),
+        Some(AuthStep::Continue(Bytes::from_static(b"a")))
+    );
+    assert_eq!(
+        step("GS2-KRB5"),
+        Some(AuthStep::Continue(Bytes::from_static(b"krb")))
+    );
+    assert_eq!(step("PLAIN"), None);
+    // A plugin unloading takes its exchange with it.
+    assert_eq!(hooks.remove_all("scram-a"), 1);
+    assert_eq!(
+        step("SCRAM-SHA-256"),
+        Some(AuthStep::Continue(Bytes::from_static(b"b")))
+    );
+}
