@@ -16,6 +16,8 @@ apt_packages=(libclang-dev protobuf-compiler mosquitto mosquitto-clients strace 
 # its own loopback port and data dir, never the system service): Redis, PostgreSQL,
 # MariaDB, OpenLDAP with its client tools.
 apt_packages+=(redis-server postgresql mariadb-server mariadb-client slapd ldap-utils)
+# openssl (the CLI): the bridge's TLS test makes a CA and Mosquitto's certificate with it.
+apt_packages+=(openssl)
 # Node and npm from Debian, unless a node is there already (nodesource's nodejs ships
 # npm and conflicts with Debian's npm package).
 command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)

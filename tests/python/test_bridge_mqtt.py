@@ -62,8 +62,16 @@ def test_forwards_reach_mosquitto_in_order_under_the_mountpoint(env):
     assert {t for t, _ in got} == {f"fwd/{NODE}/sensor/a", f"fwd/{NODE}/sensor/q2", f"fwd/{NODE}/sensor/q0"}
     assert b"not forwarded" not in {p for _, p in got}
     quay.wait_status("up", "Running")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and quay.bridge_figures("up")["queued"] != "0":
+        time.sleep(0.1)
     f = quay.bridge_figures("up")
-    assert f["queued"] == "0" and int(f["forwarded"]) >= 501, f
+    assert f["queued"] == "0" and f["queued_bytes"] == "0" and int(f["forwarded"]) >= 501, f
+    metrics = dict(line.split(":", 1) for line in quay.ctl("metrics").stdout.splitlines())
+    metrics = {k.strip(): int(v) for k, v in metrics.items()}
+    assert metrics["bridge.up.connected"] == 1
+    assert metrics["bridge.up.forwarded"] >= 501
+    assert metrics["bridge.up.queued"] == 0 and metrics["bridge.up.dropped"] == 0
 
 
 def test_remote_subscription_is_published_locally_under_receive_mountpoint(env):
@@ -254,6 +262,9 @@ def test_a_bad_remote_is_logged_once_per_interval_and_local_clients_do_not_notic
             f = quay.bridge_figures(name)
             assert f["status"] in ("Connecting", "Disconnected"), f
             assert f["queued"] == str(len(payloads)), f
+            assert int(f["queued_bytes"]) > len(payloads) * 18, f
+        metrics = quay.ctl("metrics").stdout
+        assert "bridge.dead.connected" in metrics and "bridge.deny.queued" in metrics
     finally:
         quay.cleanup()
         refusing.stop()
