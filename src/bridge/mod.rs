@@ -113,10 +113,14 @@ impl Counters {
 #[derive(Default)]
 struct FailureLog {
     streak: u64,
-    last_reason: String,
-    last_logged: Option<Instant>,
+    /// Reasons logged since `period_start` (a few: a remote may alternate two).
+    logged: Vec<String>,
+    period_start: Option<Instant>,
     unlogged: u64,
 }
+
+/// Distinct reasons logged at once within one period; more wait for the next.
+const FAILURE_REASONS_PER_PERIOD: usize = 4;
 
 pub struct Bridge {
     pub config: BridgeConfig,
@@ -320,26 +324,34 @@ impl Bridge {
         rx.await.unwrap_or(false)
     }
 
+    /// Connected. Logged unless failures were logged within the period: a remote
+    /// that accepts and then drops every connection is one condition, logged as such.
     fn connected(&self, addr: &str) {
         self.set_status(Status::Running);
         let mut f = lock(&self.failures);
-        if f.streak > 0 {
+        let quiet = f
+            .period_start
+            .is_none_or(|t| t.elapsed() >= FAILURE_LOG_PERIOD);
+        if quiet {
             tracing::info!(bridge = %self.config.name, address = addr, failed_attempts = f.streak, "bridge connected");
-        } else {
-            tracing::info!(bridge = %self.config.name, address = addr, "bridge connected");
         }
-        *f = FailureLog::default();
+        f.streak = 0;
     }
 
-    /// A connection failed or ended: logged when the reason is new, else once per
-    /// `FAILURE_LOG_PERIOD` with the attempts in between.
+    /// A connection failed or ended: each distinct reason is logged once per
+    /// `FAILURE_LOG_PERIOD` (the first few at once), with the attempts not logged.
     fn failed(&self, why: &str) {
         let mut f = lock(&self.failures);
         f.streak += 1;
         let due = f
-            .last_logged
+            .period_start
             .is_none_or(|t| t.elapsed() >= FAILURE_LOG_PERIOD);
-        if why != f.last_reason || due {
+        if due {
+            f.logged.clear();
+            f.period_start = Some(Instant::now());
+        }
+        let new = !f.logged.iter().any(|r| r == why);
+        if new && f.logged.len() < FAILURE_REASONS_PER_PERIOD {
             tracing::warn!(
                 bridge = %self.config.name,
                 reason = why,
@@ -348,8 +360,7 @@ impl Bridge {
                 queued = self.queue.stats().records,
                 "bridge connection failed"
             );
-            f.last_reason = why.to_string();
-            f.last_logged = Some(Instant::now());
+            f.logged.push(why.to_string());
             f.unlogged = 0;
         } else {
             f.unlogged += 1;

@@ -309,3 +309,34 @@ def test_emqx_ctl_bridges_with_the_guides_output_and_changes_survive_kill_9(env)
     sub.close()
     assert [p for _, p in got] == [b"added"]
     quay.wait_status("up", "Running")
+
+
+def test_a_remote_that_drops_the_link_on_every_publish_keeps_the_cache_and_local_clients(tmp_path):
+    """Mosquitto's ACL denies the bridge's publishes; Mosquitto 2.0 answers a denied v5
+    QoS 1 PUBLISH with PUBACK 0x87 and then closes the connection. The bridge keeps
+    retrying, logs the failure once, keeps every message it could not deliver (a
+    refusal it did read counts as dropped), and local clients notice nothing."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic read #\n")
+    mosq = Mosquitto(tmp_path, extra=f"acl_file {acl}").start()
+    quay = BridgedBroker(bridge_conf(f"{HOST}:{mosq.port}", tmp_path, proto="mqttv5"))
+    try:
+        quay.start()
+        quay.load_bridges()
+        quay.wait_status("up", "Running")
+        local = Collector(quay.port, "sensor/#")
+        payloads = [f"d{i}".encode() for i in range(50)]
+        publish_all(quay.port, "sensor/denied", payloads)
+        assert [p for _, p in local.wait_for(50)] == payloads
+        local.close()
+        time.sleep(4)  # several reconnects at 1 s
+        f = quay.bridge_figures("up")
+        assert int(f["queued"]) + int(f["dropped"]) == 50 and int(f["queued"]) >= 48, f
+        assert f["forwarded"] == "0", f
+        # Mosquitto closes or resets: at most those two reasons, each logged once.
+        failed = [l for l in quay.console().splitlines() if "bridge connection failed" in l and "bridge=up" in l]
+        assert 1 <= len(failed) <= 2, failed
+        assert mosq.log.read_text().count("Denied PUBLISH") >= 3, "the bridge kept retrying"
+    finally:
+        quay.cleanup()
+        mosq.stop()
