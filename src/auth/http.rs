@@ -448,19 +448,9 @@ async fn check_acl(b: &Backend, params: Vec<(String, String)>) -> AclResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quay_config::Origin;
-    use std::path::PathBuf;
 
     fn keys(list: &[(&str, &str)]) -> PluginKeys {
-        let mut k = PluginKeys::default();
-        for (i, (key, value)) in list.iter().enumerate() {
-            let origin = Origin::File {
-                path: PathBuf::from("etc/plugins/emqx_auth_http.conf"),
-                line: i + 1,
-            };
-            k.insert(key, value, origin);
-        }
-        k
+        crate::auth::settings::test_keys("etc/plugins/emqx_auth_http.conf", list)
     }
 
     #[test]

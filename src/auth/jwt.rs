@@ -216,9 +216,6 @@ impl Verifier {
                 Expected::ClientId => &info.client_id,
                 Expected::Literal(v) => v,
             };
-            // A number or boolean claim matches its text: `Value == str` would compare
-            // strings only, so clippy's `*v == want` is not the same test.
-            #[allow(clippy::cmp_owned)]
             let matches = match claims.get(claim) {
                 Some(Value::String(s)) => s == want,
                 // Compared as JSON text (`5`, `true`): `Value`'s own `== str` would
@@ -297,20 +294,10 @@ async fn start(ctx: Context) -> Result<Box<dyn Running>, PluginError> {
 mod tests {
     use super::*;
     use jsonwebtoken::{encode, EncodingKey, Header};
-    use quay_config::Origin;
-    use std::path::PathBuf;
     use std::sync::Arc;
 
     fn keys(list: &[(&str, &str)]) -> PluginKeys {
-        let mut k = PluginKeys::default();
-        for (i, (key, value)) in list.iter().enumerate() {
-            let origin = Origin::File {
-                path: PathBuf::from("etc/plugins/emqx_auth_jwt.conf"),
-                line: i + 1,
-            };
-            k.insert(key, value, origin);
-        }
-        k
+        crate::auth::settings::test_keys("etc/plugins/emqx_auth_jwt.conf", list)
     }
 
     fn info(user: Option<&str>) -> ClientInfo {

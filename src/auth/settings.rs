@@ -236,24 +236,26 @@ pub fn host_port(v: &str, default_port: u16) -> Result<(String, u16), String> {
     Ok((host.to_string(), port))
 }
 
+/// Settings as a plugin's file would give them, one per line from line 1 (tests).
+#[cfg(test)]
+pub(crate) fn test_keys(file: &str, list: &[(&str, &str)]) -> PluginKeys {
+    let mut keys = PluginKeys::default();
+    for (i, (key, value)) in list.iter().enumerate() {
+        let origin = quay_config::Origin::File {
+            path: PathBuf::from(file),
+            line: i + 1,
+        };
+        keys.insert(key, value, origin);
+    }
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quay_config::Origin;
 
     fn keys(list: &[(&str, &str)]) -> PluginKeys {
-        let mut k = PluginKeys::default();
-        for (i, (key, value)) in list.iter().enumerate() {
-            k.insert(
-                key,
-                value,
-                Origin::File {
-                    path: PathBuf::from("etc/plugins/emqx_auth_x.conf"),
-                    line: i + 1,
-                },
-            );
-        }
-        k
+        crate::auth::settings::test_keys("etc/plugins/emqx_auth_x.conf", list)
     }
 
     #[test]
