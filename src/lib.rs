@@ -6,6 +6,7 @@
 
 pub mod acl;
 pub mod auth;
+pub mod banned;
 pub mod bridge;
 pub mod broker;
 pub(crate) mod channel;

@@ -49,6 +49,8 @@ pub struct Broker {
     pub metrics: Metrics,
     /// Figures a running plugin adds to the metrics (a bridge's queue and counts).
     pub metric_sources: crate::metrics::Sources,
+    /// Banned clients (`emqx_ctl banned`), loaded at start.
+    pub banned: crate::banned::Bans,
     /// `emqx_ctl trace`: the running traces (`crate::trace`).
     pub traces: Arc<crate::trace::Traces>,
     next_conn_id: AtomicU64,
@@ -133,6 +135,7 @@ impl Broker {
             acl: crate::acl::FileAcl::new(config.access.acl_file.clone()),
             metrics: Metrics::default(),
             metric_sources: Default::default(),
+            banned: Default::default(),
             traces: Arc::default(),
             next_conn_id: AtomicU64::new(1),
             compacting: Arc::new(AtomicBool::new(false)),
@@ -212,6 +215,7 @@ impl Broker {
             at: now,
             ms: now_ms,
         } = self.now();
+        self.banned.load(self.store.banned()?);
         let sessions = self.store.sessions()?;
         let total = sessions.len();
         let mut expired = Vec::new();
@@ -356,6 +360,7 @@ impl Broker {
             }
         }
         self.sweep_expired_retained(now_ms);
+        self.banned.sweep(&self.store, now_ms / 1000);
         if sessions > 0 {
             self.compact_soon();
         }

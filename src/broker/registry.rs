@@ -48,6 +48,8 @@ pub enum ConnEvent {
     RetainedRead(Box<crate::broker::RetainedRead>),
     /// `emqx_ctl acl cache-clean <ClientId>`: forget the cached ACL answers.
     CleanAclCache,
+    /// `emqx_ctl banned add`: close the connection if a ban now names its client.
+    CheckBanned,
 }
 
 /// A connection's link to its session.
@@ -172,6 +174,17 @@ impl SessionHandle {
         match &self.state().conn {
             Some(link) => {
                 link.mailbox.kick(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ask the connection to close if a ban names its client; false if not connected.
+    pub fn check_banned(&self) -> bool {
+        match &self.state().conn {
+            Some(link) => {
+                link.mailbox.push(ConnEvent::CheckBanned);
                 true
             }
             None => false,

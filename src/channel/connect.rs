@@ -89,6 +89,17 @@ pub(crate) fn admit(
     let client_max_packet = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
     let refuse = |reason| refusal(peer, version, client_max_packet, reason);
     validate(broker, zone, &mut connect, enhanced).map_err(refuse)?;
+    // After `validate` gave the final client id, and after an enhanced exchange
+    // named the username it proved.
+    let now_s = broker.now_ms() / 1000;
+    let username = connect.username.as_deref();
+    if let Some(kind) = broker
+        .banned
+        .check(&connect.client_id, username, peer.ip(), now_s)
+    {
+        tracing::info!(client_id = %connect.client_id, %peer, by = kind.name(), "banned client refused");
+        return Err(refuse(ReasonCode::BANNED));
+    }
     let keepalive = keepalive::negotiate(version, connect.keep_alive, zone).map_err(|reason| {
         tracing::info!(%peer, keep_alive = connect.keep_alive, max_keepalive = zone.max_keepalive, "keepalive above max_keepalive");
         refuse(reason)

@@ -614,6 +614,19 @@ impl Channel {
             ConnEvent::Loaded { from, limit, page } => self.on_loaded(from, limit, page, now),
             ConnEvent::RetainedRead(read) => self.on_retained_read(*read, now)?,
             ConnEvent::CleanAclCache => self.clean_acl_cache(),
+            ConnEvent::CheckBanned => {
+                let info = self.client_info();
+                let banned = self.broker.banned.check(
+                    &info.client_id,
+                    info.username.as_deref(),
+                    info.peer.ip(),
+                    now.ms / 1000,
+                );
+                if let Some(kind) = banned {
+                    tracing::info!(client_id = %self.client_id, by = kind.name(), "banned: disconnected");
+                    return Err(Close::Kicked(ReasonCode::ADMINISTRATIVE_ACTION));
+                }
+            }
         }
         Ok(())
     }

@@ -64,15 +64,29 @@ pub(crate) async fn run(
         transport,
         rbuf,
     } = wire;
-    let exchanged = exchange(
-        broker,
-        idle_timeout,
-        connect,
-        reader,
-        writer,
-        transport,
-        rbuf,
-    );
+    let now_s = broker.now_ms() / 1000;
+    let username = connect.username.as_deref();
+    let banned = broker
+        .banned
+        .check(&connect.client_id, username, peer.ip(), now_s);
+    let exchanged = async {
+        // Before any exchange (a SCRAM round costs the server a PBKDF2 lookup):
+        // `channel::connect` checks again with what the exchange proved.
+        if let Some(kind) = banned {
+            tracing::info!(client_id = %connect.client_id, %peer, by = kind.name(), "banned client refused");
+            return Err(Refusal::Connack(ReasonCode::BANNED));
+        }
+        exchange(
+            broker,
+            idle_timeout,
+            connect,
+            reader,
+            writer,
+            transport,
+            rbuf,
+        )
+        .await
+    };
     match exchanged.await {
         Ok(enhanced) => Ok(enhanced),
         Err(Refusal::Gone) => Err(()),

@@ -54,7 +54,7 @@ fn ok(output: String) -> Reply {
 fn usage(output: &str) -> Reply {
     Reply {
         code: 1,
-        output: format!("{output}Usage:\n{USAGE}"),
+        output: format!("{output}Usage:\n{USAGE}{}", crate::banned::ctl::USAGE),
     }
 }
 

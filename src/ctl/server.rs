@@ -68,6 +68,7 @@ async fn dispatch(node: &Node, args: &[String]) -> Reply {
         }
         Some("listeners") => super::listeners::run(&node.listeners, &args[1..]).await,
         Some("plugins") => super::plugins::run(&node.plugins, &args[1..]).await,
+        Some("banned") => crate::banned::ctl::run(&node.broker, &args[1..]).await,
         _ => match node.plugins.ctl(args).await {
             Some(reply) => reply,
             None => run_command(&node.broker, args),

@@ -18,6 +18,7 @@
 //! | `meta`        | ascii name                           | per key              |
 //! | `auth`        | table byte (`u`/`c`) · name bytes     | `CredentialRecord`   |
 //! | `bridges`     | bridge name bytes                    | `BridgeRecord`       |
+//! | `banned`      | kind byte (`c`/`u`/`h`) · who bytes   | `BannedRecord`       |
 
 use thiserror::Error;
 
@@ -34,8 +35,10 @@ pub const CF_WILLS: &str = "wills";
 pub const CF_AUTH: &str = "auth";
 /// What `emqx_ctl bridges` changed of each bridge (`emqx_bridge_mqtt`).
 pub const CF_BRIDGES: &str = "bridges";
+/// Banned clients (`emqx_ctl banned`).
+pub const CF_BANNED: &str = "banned";
 
-pub const ALL_CFS: [&str; 11] = [
+pub const ALL_CFS: [&str; 12] = [
     CF_MSGS,
     CF_REFS,
     CF_SESSIONS,
@@ -47,6 +50,7 @@ pub const ALL_CFS: [&str; 11] = [
     CF_WILLS,
     CF_AUTH,
     CF_BRIDGES,
+    CF_BANNED,
 ];
 
 /// `meta` key holding the on-disk format version.
@@ -163,6 +167,62 @@ pub fn decode_auth_key(table: AuthTable, key: &[u8]) -> Result<&str, KeyError> {
     }
 }
 
+/// What a ban names: a client id, a username or a peer's IP address. Its tag is the
+/// first byte of a `CF_BANNED` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BanKind {
+    ClientId,
+    Username,
+    PeerHost,
+}
+
+impl BanKind {
+    pub const ALL: [BanKind; 3] = [BanKind::ClientId, BanKind::Username, BanKind::PeerHost];
+
+    fn tag(self) -> u8 {
+        match self {
+            BanKind::ClientId => b'c',
+            BanKind::Username => b'u',
+            BanKind::PeerHost => b'h',
+        }
+    }
+
+    /// EMQX's name of the kind (the `as` of a ban): `clientid`, `username`, `peerhost`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BanKind::ClientId => "clientid",
+            BanKind::Username => "username",
+            BanKind::PeerHost => "peerhost",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<BanKind> {
+        BanKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// `kind tag | who`.
+pub fn banned_key(kind: BanKind, who: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + who.len());
+    key.push(kind.tag());
+    key.extend_from_slice(who.as_bytes());
+    key
+}
+
+/// The kind and who of a `CF_BANNED` key.
+pub fn decode_banned_key(key: &[u8]) -> Result<(BanKind, &str), KeyError> {
+    let bad = KeyError::Prefix { cf: CF_BANNED };
+    let (tag, who) = key
+        .split_first()
+        .ok_or(KeyError::Prefix { cf: CF_BANNED })?;
+    let kind = BanKind::ALL
+        .into_iter()
+        .find(|k| k.tag() == *tag)
+        .ok_or(KeyError::Prefix { cf: CF_BANNED })?;
+    let who = std::str::from_utf8(who).map_err(|_| bad)?;
+    Ok((kind, who))
+}
+
 /// Split a per-client key into (client id, rest).
 pub fn split_client_key<'a>(
     cf: &'static str,
@@ -234,6 +294,23 @@ mod tests {
         let end = prefix_end(&short).unwrap();
         let long = queue_key("ab", 0).unwrap();
         assert!(!(long >= short && long < end));
+    }
+
+    #[test]
+    fn banned_keys_round_trip_and_refuse_unknown_tags() {
+        for kind in BanKind::ALL {
+            for who in ["", "c1", "10.0.0.1", "ünï"] {
+                assert_eq!(
+                    decode_banned_key(&banned_key(kind, who)).unwrap(),
+                    (kind, who)
+                );
+            }
+            assert_eq!(BanKind::parse(kind.name()), Some(kind));
+        }
+        assert!(decode_banned_key(b"").is_err());
+        assert!(decode_banned_key(b"xabc").is_err());
+        assert!(decode_banned_key(&[b'c', 0xff]).is_err());
+        assert_eq!(BanKind::parse("ip"), None);
     }
 
     #[test]

@@ -24,8 +24,8 @@ mod writer;
 pub use invariants::check as check_invariants;
 pub use reader::ReaderHandle;
 pub use records::{
-    BridgeRecord, CredentialRecord, DelayedWill, EntryHead, QueueEntry, RecordError, ScramKeys,
-    SessionRecord, StoredMessage, SubscriptionRecord,
+    BannedRecord, BridgeRecord, CredentialRecord, DelayedWill, EntryHead, QueueEntry, RecordError,
+    ScramKeys, SessionRecord, StoredMessage, SubscriptionRecord,
 };
 pub use sim_store::SimStore;
 pub use store::{Result, Store, StoreConfig, StoreError, READ_QUEUE_MAX};

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use crate::backend::Backend;
 use crate::keys::{self, KeyError};
 use crate::records::{
-    BridgeRecord, CredentialRecord, DelayedWill, QueueEntry, SessionRecord, StoredMessage,
-    SubscriptionRecord,
+    BannedRecord, BridgeRecord, CredentialRecord, DelayedWill, QueueEntry, SessionRecord,
+    StoredMessage, SubscriptionRecord,
 };
 use crate::store::Result;
 
@@ -184,6 +184,17 @@ pub fn credentials<B: Backend>(
             keys::decode_auth_key(table, key)?.to_string(),
             CredentialRecord::decode(value)?,
         ));
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// Every ban, by kind then who.
+pub fn banned<B: Backend>(db: &B) -> Result<Vec<(keys::BanKind, String, BannedRecord)>> {
+    let mut out = Vec::new();
+    db.scan(keys::CF_BANNED, &[], None, |key, value| {
+        let (kind, who) = keys::decode_banned_key(key)?;
+        out.push((kind, who.to_string(), BannedRecord::decode(value)?));
         Ok(true)
     })?;
     Ok(out)

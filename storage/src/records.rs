@@ -190,6 +190,40 @@ impl CredentialRecord {
     }
 }
 
+/// One ban (`emqx_ctl banned add`): who set it, why, when, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BannedRecord {
+    pub by: String,
+    pub reason: String,
+    /// Unix seconds when it was set.
+    pub at_s: u64,
+    /// Unix seconds when it lifts; `None`: never.
+    pub until_s: Option<u64>,
+}
+
+impl BannedRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Out::new();
+        out.bytes(self.by.as_bytes());
+        out.bytes(self.reason.as_bytes());
+        out.u64(self.at_s);
+        out.u64(self.until_s.unwrap_or(u64::MAX));
+        out.0
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<BannedRecord, RecordError> {
+        let mut input = In::new("banned", buf)?;
+        let rec = BannedRecord {
+            by: input.string("by")?,
+            reason: input.string("reason")?,
+            at_s: input.u64()?,
+            until_s: Some(input.u64()?).filter(|u| *u != u64::MAX),
+        };
+        input.finish()?;
+        Ok(rec)
+    }
+}
+
 /// What `emqx_ctl bridges` changed of one bridge, kept apart from its settings file
 /// so that both an edit of the file and the changes made at run time take effect:
 /// the bridge runs the file's forwards minus `forwards_deleted` plus
@@ -561,6 +595,17 @@ mod tests {
             prop_assert_eq!(BridgeRecord::decode(&bytes).unwrap(), rec);
             for cut in 0..bytes.len() {
                 prop_assert!(BridgeRecord::decode(&bytes[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn banned_roundtrip(by in "[ -~]{0,12}", reason in "\\PC{0,20}", at_s: u64,
+                            until_s in proptest::option::of(0u64..u64::MAX)) {
+            let rec = BannedRecord { by, reason, at_s, until_s };
+            let bytes = rec.encode();
+            prop_assert_eq!(BannedRecord::decode(&bytes).unwrap(), rec);
+            for cut in 0..bytes.len() {
+                prop_assert!(BannedRecord::decode(&bytes[..cut]).is_err());
             }
         }
 

@@ -334,6 +334,11 @@ impl Store {
         self.read(|db| read::credentials(db, table))
     }
 
+    /// Every ban (read once at start).
+    pub fn banned(&self) -> Result<Vec<(keys::BanKind, String, crate::records::BannedRecord)>> {
+        self.read(|db| read::banned(db))
+    }
+
     /// What `emqx_ctl bridges` changed, by bridge name (read when the plugin starts).
     pub fn bridges(&self) -> Result<Vec<(String, crate::records::BridgeRecord)>> {
         self.read(|db| read::bridges(db))

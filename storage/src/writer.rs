@@ -28,10 +28,10 @@ use bytes::Bytes;
 
 use crate::backend::{Backend, RocksBackend};
 use crate::keys;
-use crate::keys::AuthTable;
+use crate::keys::{AuthTable, BanKind};
 use crate::records::{
-    BridgeRecord, CredentialRecord, DelayedWill, EntryHead, QueueEntry, SessionRecord,
-    StoredMessage, SubscriptionRecord,
+    BannedRecord, BridgeRecord, CredentialRecord, DelayedWill, EntryHead, QueueEntry,
+    SessionRecord, StoredMessage, SubscriptionRecord,
 };
 use crate::sim_store::SimStore;
 use crate::store::{Result, StoreError};
@@ -140,6 +140,16 @@ pub enum Op {
     PutBridge {
         name: String,
         record: BridgeRecord,
+    },
+    /// Add or replace a ban.
+    PutBanned {
+        kind: BanKind,
+        who: String,
+        record: BannedRecord,
+    },
+    DeleteBanned {
+        kind: BanKind,
+        who: String,
     },
 }
 
@@ -723,6 +733,18 @@ impl<B: Backend> WriterCore<B> {
                 Op::PutBridge { name, record } => {
                     self.db
                         .put(batch, keys::CF_BRIDGES, name.as_bytes(), &record.encode())?;
+                }
+                Op::PutBanned { kind, who, record } => {
+                    self.db.put(
+                        batch,
+                        keys::CF_BANNED,
+                        &keys::banned_key(*kind, who),
+                        &record.encode(),
+                    )?;
+                }
+                Op::DeleteBanned { kind, who } => {
+                    self.db
+                        .delete(batch, keys::CF_BANNED, &keys::banned_key(*kind, who))?;
                 }
             }
         }

@@ -617,5 +617,7 @@ fn brief(op: &Op) -> String {
         Op::PutCredential { table, name, .. } => format!("PutCredential({table:?}, {name})"),
         Op::DeleteCredential { table, name } => format!("DeleteCredential({table:?}, {name})"),
         Op::PutBridge { name, .. } => format!("PutBridge({name})"),
+        Op::PutBanned { kind, who, .. } => format!("PutBanned({kind:?}, {who})"),
+        Op::DeleteBanned { kind, who } => format!("DeleteBanned({kind:?}, {who})"),
     }
 }
