@@ -61,6 +61,19 @@ pub(crate) async fn open(
     take_over(broker, &client_id, clock).await;
     let settled = settle(broker, zone, &admission, clock());
     drop(client_lock);
+    // A ban set since `admit` checked: `banned::disconnect_banned` may have looked
+    // for this client before it was registered, so look again now that it is.
+    let connect = &admission.connect;
+    let now_s = clock().ms / 1000;
+    let username = connect.username.as_deref();
+    if let Some(kind) = broker
+        .banned
+        .check(&client_id, username, admission.peer.ip(), now_s)
+    {
+        tracing::info!(%client_id, by = kind.name(), "banned while connecting; refused");
+        settled.abandon(clock());
+        return Err(admission.refuse(ReasonCode::BANNED));
+    }
     let durable = !settled.needs_barrier || store_barrier(broker).await;
     // Read after the barrier: the previous connection's releases are in.
     let awaiting_rel = match (durable, settled.resumed) {

@@ -163,3 +163,36 @@ def test_scram_logins_are_banned_too(broker_factory):
     finally:
         x.close()
     assert (p.type, p.body[1]) == (2, 0x8A), p
+
+
+def test_a_ban_set_while_the_client_authenticates_still_refuses_it(broker_factory):
+    """The race: CONNECT passes the ban check, waits on a slow backend, the ban is set
+    meanwhile (and finds no registered connection to disconnect), then the backend lets
+    the client in. It must still be refused."""
+    from test_auth_http import AuthServer, http_broker
+
+    server = AuthServer()
+    entered = threading.Event()
+
+    def slow_allow(req):
+        entered.set()
+        return (200, "ok", 1.5)
+
+    server.answers["/auth"] = slow_allow
+    try:
+        b = http_broker(broker_factory, server, **{"auth.http.request.timeout": "5s"})
+        result = {}
+
+        def connect():
+            with RawClient(b.port, version=5, timeout_s=10) as c:
+                result["rc"] = c.connect("racer", username="u", password=b"p", timeout_s=10)["rc"]
+
+        t = threading.Thread(target=connect)
+        t.start()
+        assert entered.wait(10), "the CONNECT never reached the backend"
+        ban(b, "clientid", "racer")
+        t.join(15)
+        assert result.get("rc") == BANNED[5], result
+        assert "racer" not in b.ctl("clients", "list").stdout
+    finally:
+        server.close()
