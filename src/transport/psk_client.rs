@@ -616,6 +616,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_tls_1_3_server_that_passes_the_key_over_for_its_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = psk_file(&dir, &format!("bridge-1:{KEY_HEX}\n"));
+        // The server does not know the identity: OpenSSL goes on with its certificate.
+        let server = psk_server(&["tlsv1.3"], &format!("someone-else:{KEY_HEX}"));
+        let (got, _) = run(server, &client(&["tlsv1.3"], Some("bridge-1"), &file)).await;
+        let why = got.unwrap_err();
+        assert!(
+            why.starts_with(
+                "PSK identity \"bridge-1\": the remote did not take the pre-shared key"
+            ),
+            "{why}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_missing_file_is_an_error_naming_it() {
         let file = PskConfig {
             path: "/nonexistent/psk.txt".into(),
