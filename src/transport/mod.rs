@@ -17,6 +17,7 @@ mod pipe;
 pub mod psk;
 pub mod psk_client;
 pub mod psk_file;
+mod psk_stream;
 pub mod tls;
 pub mod ws;
 

@@ -15,27 +15,24 @@
 //! ended without it (a TLS 1.3 server going on with a certificate) is refused. No
 //! key ever reaches a log line or an error.
 //!
-//! `PskStream` is the connection: the socket and an OpenSSL session over an
-//! in-memory `Pipe`, moved by tokio's readiness, never blocking a thread.
+//! The connection itself, the socket and the OpenSSL session moved by tokio's
+//! readiness, is `PskStream` (`psk_stream.rs`).
 
-use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::OnceLock;
-use std::task::{ready, Context, Poll};
 
 use openssl::error::ErrorStack;
 use openssl::ex_data::Index;
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslRef, SslStream,
-    SslVerifyMode, SslVersion,
+    Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslRef, SslStream, SslVerifyMode,
+    SslVersion,
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::pipe::Pipe;
 use super::psk::{looks_like_a_wrong_key, offered, openssl_reason, versions};
 use super::psk_file::{PskTable, MAX_IDENTITY_LEN};
+pub use super::psk_stream::PskStream;
 use crate::config::PskConfig;
 
 /// The identity sent when `psk_identity` is not set: what Erlang's ssl client (and so
@@ -45,16 +42,6 @@ pub const EMQX_DEFAULT_IDENTITY: &str = "psk_identity";
 /// The TLS 1.3 suites offered: a key from the PSK callback is bound to SHA-256, so
 /// only suites with that hash can use it.
 const TLS13_PSK_SUITES: &str = "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256";
-
-/// TLS records waiting for the socket at most before a write waits for it.
-const OUTBOX_LIMIT: usize = 64 * 1024;
-/// One read from the socket: a TLS record and its header.
-const READ_CHUNK: usize = 16 * 1024 + 512;
-/// Socket reads one `poll_read` makes before yielding (records without application
-/// data, e.g. TLS 1.3 session tickets, make none of them end the call).
-const READS_PER_POLL: usize = 64;
-/// Round trips a handshake may take (TLS 1.2 PSK takes two).
-const HANDSHAKE_TURNS: usize = 16;
 
 /// A bridge's PSK client settings, built once at start so a bad setting is reported
 /// then, naming it.
@@ -243,12 +230,11 @@ impl PskClient {
         );
         ssl.set_connect_state();
         let tls = SslStream::new(ssl, Pipe::default()).map_err(openssl)?;
-        let mut stream = PskStream {
-            tcp,
-            tls,
-            closing: false,
-        };
-        stream.handshake(self.index).await?;
+        let mut stream = PskStream::new(tcp, tls);
+        if let Err(reason) = stream.handshake().await {
+            return Err(failure(stream.ssl(), self.index, reason));
+        }
+        check_psk_used(stream.ssl(), self.index)?;
         Ok(stream)
     }
 
@@ -270,207 +256,48 @@ impl PskClient {
     }
 }
 
-/// A TLS-PSK connection to the remote.
-pub struct PskStream {
-    tcp: TcpStream,
-    tls: SslStream<Pipe>,
-    /// close_notify is queued.
-    closing: bool,
+/// The handshake is done: refuse one that did not use the key. In TLS 1.2 the only
+/// suites offered are PSK suites, so it was used if the callback gave one; in TLS 1.3
+/// the server may pass the key over and go on with a certificate.
+fn check_psk_used(ssl: &SslRef, index: Index<Ssl, Lookup>) -> Result<(), String> {
+    let gave_key = matches!(
+        ssl.ex_data(index).and_then(|l| l.outcome.as_ref()),
+        Some(Ok(_))
+    );
+    let tls13 = ssl.version2() == Some(SslVersion::TLS1_3);
+    if !gave_key || (tls13 && !ssl.session_reused()) {
+        return Err(failure(
+            ssl,
+            index,
+            "the remote did not take the pre-shared key (it went on without one)".into(),
+        ));
+    }
+    Ok(())
 }
 
-impl PskStream {
-    async fn handshake(&mut self, index: Index<Ssl, Lookup>) -> Result<(), String> {
-        for _ in 0..HANDSHAKE_TURNS {
-            match self.tls.do_handshake() {
-                Ok(()) => {
-                    std::future::poll_fn(|cx| self.poll_send(cx))
-                        .await
-                        .map_err(|e| format!("write: {e}"))?;
-                    return self.check_psk_used(index);
-                }
-                Err(e) if e.code() == ErrorCode::WANT_READ => {
-                    std::future::poll_fn(|cx| self.poll_send(cx))
-                        .await
-                        .map_err(|e| format!("write: {e}"))?;
-                    let more = std::future::poll_fn(|cx| self.poll_fill(cx))
-                        .await
-                        .map_err(|e| format!("read: {e}"))?;
-                    if !more {
-                        return Err(self.failure(
-                            index,
-                            "the remote closed the connection in the handshake".into(),
-                        ));
-                    }
-                }
-                Err(e) => {
-                    // The alert OpenSSL queued tells the remote why.
-                    let _ = std::future::poll_fn(|cx| self.poll_send(cx)).await;
-                    return Err(self.failure(index, ssl_reason(&e)));
-                }
-            }
+/// Why the handshake failed: the lookup's own reason when it gave no key, else
+/// OpenSSL's with the identity sent.
+fn failure(ssl: &SslRef, index: Index<Ssl, Lookup>, reason: String) -> String {
+    match ssl.ex_data(index).and_then(|l| l.outcome.as_ref()) {
+        Some(Err(why)) => why.clone(),
+        Some(Ok(used)) => {
+            let by_hint = match &used.hint {
+                Some(hint) => format!(
+                    ", key of the remote's hint {:?}",
+                    String::from_utf8_lossy(hint)
+                ),
+                None => String::new(),
+            };
+            let wrong = match looks_like_a_wrong_key(&reason) {
+                true => " (a wrong key?)",
+                false => "",
+            };
+            format!(
+                "PSK identity {:?}{by_hint}: {reason}{wrong}",
+                String::from_utf8_lossy(&used.identity)
+            )
         }
-        Err(format!("no handshake after {HANDSHAKE_TURNS} round trips"))
-    }
-
-    /// The handshake is done: refuse one that did not use the key. In TLS 1.2 the
-    /// only suites offered are PSK suites, so it was used if the callback gave one;
-    /// in TLS 1.3 the server may pass the key over and go on with a certificate.
-    fn check_psk_used(&self, index: Index<Ssl, Lookup>) -> Result<(), String> {
-        let ssl = self.tls.ssl();
-        let gave_key = matches!(
-            ssl.ex_data(index).and_then(|l| l.outcome.as_ref()),
-            Some(Ok(_))
-        );
-        let tls13 = ssl.version2() == Some(SslVersion::TLS1_3);
-        if !gave_key || (tls13 && !ssl.session_reused()) {
-            return Err(self.failure(
-                index,
-                "the remote did not take the pre-shared key (it went on without one)".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Why the handshake failed: the lookup's own reason when it gave no key, else
-    /// OpenSSL's with the identity sent.
-    fn failure(&self, index: Index<Ssl, Lookup>, reason: String) -> String {
-        match self
-            .tls
-            .ssl()
-            .ex_data(index)
-            .and_then(|l| l.outcome.as_ref())
-        {
-            Some(Err(why)) => why.clone(),
-            Some(Ok(used)) => {
-                let by_hint = match &used.hint {
-                    Some(hint) => format!(
-                        ", key of the remote's hint {:?}",
-                        String::from_utf8_lossy(hint)
-                    ),
-                    None => String::new(),
-                };
-                let wrong = match looks_like_a_wrong_key(&reason) {
-                    true => " (a wrong key?)",
-                    false => "",
-                };
-                format!(
-                    "PSK identity {:?}{by_hint}: {reason}{wrong}",
-                    String::from_utf8_lossy(&used.identity)
-                )
-            }
-            None => reason,
-        }
-    }
-
-    /// Write the records waiting in the pipe until none wait.
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.tls.get_ref().pending().is_empty() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, self.tls.get_ref().pending()))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.tls.get_mut().sent(n);
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Read what the socket has into the pipe; false at its end.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut buf = ReadBuf::new(&mut chunk);
-        ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut buf))?;
-        if buf.filled().is_empty() {
-            return Poll::Ready(Ok(false));
-        }
-        self.tls.get_mut().feed(buf.filled());
-        Poll::Ready(Ok(true))
-    }
-}
-
-fn ssl_reason(e: &openssl::ssl::Error) -> String {
-    match (e.ssl_error(), e.io_error()) {
-        (Some(stack), _) => openssl_reason(stack),
-        (None, Some(io)) => io.to_string(),
-        (None, None) => format!("OpenSSL error {:?}", e.code()),
-    }
-}
-
-fn io_error(e: &openssl::ssl::Error) -> io::Error {
-    io::Error::other(format!("TLS: {}", ssl_reason(e)))
-}
-
-impl AsyncRead for PskStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        for _ in 0..READS_PER_POLL {
-            // What OpenSSL wrote while reading (a TLS 1.3 key update's answer) goes
-            // out when the socket takes it; a full socket does not stop reading.
-            if let Poll::Ready(Err(e)) = me.poll_send(cx) {
-                return Poll::Ready(Err(e));
-            }
-            if buf.remaining() == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            match me.tls.ssl_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.code() == ErrorCode::ZERO_RETURN => return Poll::Ready(Ok(())),
-                Err(e) if e.code() == ErrorCode::WANT_READ => {
-                    // The end of the socket without close_notify ends the stream too.
-                    if !ready!(me.poll_fill(cx))? {
-                        return Poll::Ready(Ok(()));
-                    }
-                }
-                Err(e) => return Poll::Ready(Err(io_error(&e))),
-            }
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-impl AsyncWrite for PskStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        if me.tls.get_ref().pending().len() >= OUTBOX_LIMIT {
-            ready!(me.poll_send(cx))?;
-        }
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        // The pipe takes every record, so OpenSSL encrypts all it is given.
-        let take = buf.len().min(OUTBOX_LIMIT);
-        let n = me.tls.ssl_write(&buf[..take]).map_err(|e| io_error(&e))?;
-        if let Poll::Ready(Err(e)) = me.poll_send(cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        ready!(me.poll_send(cx))?;
-        Pin::new(&mut me.tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        if !me.closing {
-            me.closing = true;
-            let _ = me.tls.shutdown();
-        }
-        ready!(me.poll_send(cx))?;
-        Pin::new(&mut me.tcp).poll_shutdown(cx)
+        None => reason,
     }
 }
 
