@@ -62,8 +62,8 @@ pub struct BridgeConfig {
     pub auto_start: bool,
 }
 
-/// `cacertfile`, `certfile`, `keyfile`, `ciphers`, `psk_ciphers`, `tls_versions`
-/// (used when `ssl = on`); paths resolved against the release root.
+/// `cacertfile`, `certfile`, `keyfile`, `ciphers`, `psk_ciphers`, `psk_identity`,
+/// `tls_versions` (used when `ssl = on`); paths resolved against the release root.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TlsSettings {
     pub cacertfile: Option<PathBuf>,
@@ -71,6 +71,10 @@ pub struct TlsSettings {
     pub keyfile: Option<PathBuf>,
     pub ciphers: Vec<String>,
     pub psk_ciphers: Vec<String>,
+    /// `psk_identity` (ours): the identity sent, keyed in the PSK file. Not set: the
+    /// key is the one of the remote's identity hint, as EMQX 4 does
+    /// (`transport/psk_client.rs`).
+    pub psk_identity: Option<String>,
     pub tls_versions: Vec<String>,
 }
 
@@ -224,6 +228,13 @@ pub fn parse(
             "keyfile" => b.tls.keyfile = Some(release_root.join(v)),
             "ciphers" => b.tls.ciphers = list(v),
             "psk_ciphers" => b.tls.psk_ciphers = list(v),
+            "psk_identity" => {
+                let max = crate::transport::psk_file::MAX_IDENTITY_LEN;
+                if v.is_empty() || v.len() > max {
+                    return Err(err(s, format!("expected an identity of 1 to {max} bytes")));
+                }
+                b.tls.psk_identity = Some(v.to_string());
+            }
             "tls_versions" => b.tls.tls_versions = list(v),
             "keepalive" => b.keepalive = dur()?,
             "forwards" => {
@@ -302,6 +313,9 @@ pub fn parse(
                 "ciphers and psk_ciphers cannot be set at the same time".into(),
             ));
         }
+        if b.tls.psk_identity.is_some() && b.tls.psk_ciphers.is_empty() {
+            return Err(whole("psk_identity is set but psk_ciphers is not".into()));
+        }
         if let Some((t, _)) = b
             .subscriptions
             .iter()
@@ -366,5 +380,73 @@ mod tests {
         assert_eq!(e.to_string(), "emqx_bridge_mqtt.conf:7: bridge.mqtt.aws.keepalive = \"soon\": expected a duration like 30s");
         assert!(parse(&[s("bridge.mqtt.aws.bogus", "1")], Path::new("/")).is_err());
         assert!(parse(&[s("bridge.mqtt.aws.address", "nohost")], Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn psk_ciphers_and_psk_identity() {
+        let b = parse(
+            &[
+                s("bridge.mqtt.aws.address", "127.0.0.1:8883"),
+                s("bridge.mqtt.aws.ssl", "on"),
+                s(
+                    "bridge.mqtt.aws.psk_ciphers",
+                    "PSK-AES128-CBC-SHA, PSK-AES256-GCM-SHA384",
+                ),
+                s("bridge.mqtt.aws.psk_identity", "edge-7"),
+                s("bridge.mqtt.aws.tls_versions", "tlsv1.3,tlsv1.2"),
+            ],
+            Path::new("/"),
+        )
+        .unwrap();
+        let tls = &b[0].tls;
+        assert_eq!(
+            tls.psk_ciphers,
+            vec!["PSK-AES128-CBC-SHA", "PSK-AES256-GCM-SHA384"]
+        );
+        assert_eq!(tls.psk_identity.as_deref(), Some("edge-7"));
+        // Not set: None (the remote's hint chooses the key).
+        let b = parse(
+            &[
+                s("bridge.mqtt.aws.address", "127.0.0.1:8883"),
+                s("bridge.mqtt.aws.psk_ciphers", "PSK-AES128-CBC-SHA"),
+            ],
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(b[0].tls.psk_identity, None);
+    }
+
+    #[test]
+    fn a_bad_psk_identity_is_refused_naming_the_key() {
+        let e = parse(
+            &[
+                s("bridge.mqtt.aws.address", "127.0.0.1:8883"),
+                s("bridge.mqtt.aws.psk_ciphers", "PSK-AES128-CBC-SHA"),
+                s("bridge.mqtt.aws.psk_identity", &"x".repeat(257)),
+            ],
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "bridge.mqtt.aws.psk_identity");
+        assert!(e.why.contains("1 to 256 bytes"), "{e}");
+        let e = parse(
+            &[
+                s("bridge.mqtt.aws.address", "127.0.0.1:8883"),
+                s("bridge.mqtt.aws.psk_identity", "edge-7"),
+            ],
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert_eq!(e.why, "psk_identity is set but psk_ciphers is not");
+        let e = parse(
+            &[
+                s("bridge.mqtt.aws.address", "127.0.0.1:8883"),
+                s("bridge.mqtt.aws.psk_ciphers", "PSK-AES128-CBC-SHA"),
+                s("bridge.mqtt.aws.ciphers", "ECDHE-RSA-AES128-GCM-SHA256"),
+            ],
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(e.why.contains("cannot be set at the same time"), "{e}");
     }
 }

@@ -142,7 +142,7 @@ pub struct Bridge {
     rpc_inflight: tokio::sync::Mutex<std::collections::VecDeque<Record>>,
     /// Signalled after each append: the task has something to send.
     appended: Notify,
-    tls: Option<tokio_rustls::TlsConnector>,
+    tls: Option<remote::TlsClient>,
     pub counters: Counters,
     failures: Mutex<FailureLog>,
     warn: Throttle,
@@ -491,7 +491,9 @@ pub async fn start(broker: &Arc<Broker>, configs: Vec<BridgeConfig>) -> Result<R
     let mut bridges = Vec::new();
     for cfg in configs {
         let tls = match (&cfg.address, cfg.ssl) {
-            (Address::Mqtt(_), true) => Some(remote::tls_connector(&cfg.name, &cfg.tls)?),
+            (Address::Mqtt(_), true) => {
+                Some(remote::tls_client(&cfg.name, &cfg.tls, &broker.config.psk)?)
+            }
             _ => None,
         };
         let queue = open_queue(&cfg)

@@ -1,5 +1,7 @@
-//! One MQTT connection to the remote broker, as a client: TCP or TLS (rustls), the
-//! CONNECT/CONNACK exchange, and packets in and out over the broker's own codec.
+//! One MQTT connection to the remote broker, as a client: TCP or TLS (rustls with
+//! certificates; OpenSSL with a pre-shared key when `psk_ciphers` is set, see
+//! `transport/psk_client.rs`), the CONNECT/CONNACK exchange, and packets in and out
+//! over the broker's own codec.
 //!
 //! Writes are gathered (`queue`) and sent together (`flush`): a window of PUBLISHes
 //! costs one write, not one per message. `recv` is cancel-safe (bytes read are kept
@@ -20,6 +22,8 @@ use tokio_rustls::TlsConnector;
 
 use super::config::{BridgeConfig, TlsSettings};
 use crate::codec::{self, Connect, Packet, Properties, ProtocolVersion};
+use crate::config::PskConfig;
+use crate::transport::psk_client::PskClient;
 
 /// Why a connection ended or could not start (logged, then retried).
 pub type Failure = String;
@@ -55,27 +59,61 @@ pub struct Remote {
     pub limits: Limits,
 }
 
+/// How a bridge with `ssl = on` speaks TLS.
+pub enum TlsClient {
+    /// rustls, the remote proving itself with a certificate.
+    Certificates(TlsConnector),
+    /// OpenSSL with a pre-shared key (`psk_ciphers`).
+    Psk(PskClient),
+}
+
 /// The TLS client settings of a bridge with `ssl = on`, built once at start so a bad
-/// file is reported then, naming it.
-pub fn tls_connector(bridge: &str, tls: &TlsSettings) -> Result<TlsConnector, String> {
-    if !tls.psk_ciphers.is_empty() {
-        return Err(format!(
-            "bridge {bridge}: psk_ciphers is not supported by the bridge client; use certificates"
-        ));
-    }
+/// setting or file is reported then, naming it. `psk_file`: where the keys of a
+/// bridge with `psk_ciphers` are.
+pub fn tls_client(
+    bridge: &str,
+    tls: &TlsSettings,
+    psk_file: &PskConfig,
+) -> Result<TlsClient, String> {
     let label = format!("bridge {bridge}");
-    let provider = Arc::new(crate::transport::tls::provider(&label, &tls.ciphers)?);
-    let versions = crate::transport::tls::versions(&label, &tls.tls_versions)?;
+    if tls.psk_ciphers.is_empty() {
+        return tls_connector(&label, tls).map(TlsClient::Certificates);
+    }
+    let unused: Vec<&str> = [
+        ("cacertfile", tls.cacertfile.is_some()),
+        ("certfile", tls.certfile.is_some()),
+        ("keyfile", tls.keyfile.is_some()),
+    ]
+    .iter()
+    .filter_map(|(key, set)| set.then_some(*key))
+    .collect();
+    if !unused.is_empty() {
+        tracing::warn!(bridge, ?unused, "with psk_ciphers the key authenticates both ends; these certificate settings are not used");
+    }
+    let client = PskClient::new(
+        &label,
+        &tls.psk_ciphers,
+        &tls.tls_versions,
+        tls.psk_identity.as_deref(),
+        psk_file,
+    )?;
+    client.check_file()?;
+    Ok(TlsClient::Psk(client))
+}
+
+fn tls_connector(label: &str, tls: &TlsSettings) -> Result<TlsConnector, String> {
+    let provider = Arc::new(crate::transport::tls::provider(label, &tls.ciphers)?);
+    let versions = crate::transport::tls::versions(label, &tls.tls_versions)?;
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)
         .map_err(|e| format!("{label}: tls_versions and ciphers do not fit together: {e}"))?;
     let mut roots = RootCertStore::empty();
     match &tls.cacertfile {
         Some(path) => {
-            for ca in crate::transport::tls::read_certs(path).map_err(|e| file(&label, path, e))? {
+            for ca in crate::transport::tls::read_certs(path).map_err(|e| file(label, path, e))? {
                 roots
                     .add(ca)
-                    .map_err(|e| file(&label, path, e.to_string()))?;
+                    .map_err(|e| file(label, path, e.to_string()))?;
             }
         }
         None => {
@@ -89,9 +127,9 @@ pub fn tls_connector(bridge: &str, tls: &TlsSettings) -> Result<TlsConnector, St
     let config = match (&tls.certfile, &tls.keyfile) {
         (Some(cert), Some(key)) => {
             let certs =
-                crate::transport::tls::read_certs(cert).map_err(|e| file(&label, cert, e))?;
+                crate::transport::tls::read_certs(cert).map_err(|e| file(label, cert, e))?;
             let key =
-                PrivateKeyDer::from_pem_file(key).map_err(|e| file(&label, key, e.to_string()))?;
+                PrivateKeyDer::from_pem_file(key).map_err(|e| file(label, key, e.to_string()))?;
             builder
                 .with_client_auth_cert(certs, key)
                 .map_err(|e| format!("{label}: certfile and keyfile do not match: {e}"))?
@@ -111,7 +149,7 @@ impl Remote {
     pub async fn connect(
         cfg: &BridgeConfig,
         addr: &str,
-        tls: Option<&TlsConnector>,
+        tls: Option<&TlsClient>,
     ) -> Result<Remote, Failure> {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -120,7 +158,14 @@ impl Remote {
         let _ = tcp.set_nodelay(true);
         let io: Box<dyn Io> = match tls {
             None => Box::new(tcp),
-            Some(connector) => {
+            Some(TlsClient::Psk(client)) => {
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, client.connect(tcp))
+                    .await
+                    .map_err(|_| format!("TLS handshake with {addr}: timed out"))?
+                    .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+                Box::new(stream)
+            }
+            Some(TlsClient::Certificates(connector)) => {
                 let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
                 let host = host.trim_start_matches('[').trim_end_matches(']');
                 let name = match host.parse::<IpAddr>() {

@@ -13,8 +13,11 @@
 //! one 64 KiB WebSocket frame, so a slow reader still holds the channel back), and
 //! `poll_write` writes what is ready for the socket.
 
+mod pipe;
 pub mod psk;
+pub mod psk_client;
 pub mod psk_file;
+mod psk_stream;
 pub mod tls;
 pub mod ws;
 

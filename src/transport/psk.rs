@@ -11,7 +11,7 @@
 //! A wrong key, an unknown identity or a broken handshake is an error of this
 //! connection only; no key ever reaches a log line.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::{Arc, OnceLock};
 
 use bytes::BytesMut;
@@ -22,6 +22,7 @@ use openssl::ssl::{
     SslRef, SslSessionCacheMode, SslStream, SslVerifyMode, SslVersion,
 };
 
+use super::pipe::Pipe;
 use super::psk_file::PskTable;
 use super::tls::TlsSetupError;
 use super::Received;
@@ -181,42 +182,6 @@ pub(crate) struct PskSession {
     psk_used: bool,
 }
 
-/// What OpenSSL reads (records from the socket) and writes (records for it).
-#[derive(Default)]
-struct Pipe {
-    inbox: Vec<u8>,
-    read_at: usize,
-    outbox: Vec<u8>,
-    sent: usize,
-}
-
-impl Read for Pipe {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let rest = &self.inbox[self.read_at..];
-        if rest.is_empty() {
-            // Nothing buffered: an idle connection holds no inbox.
-            self.inbox = Vec::new();
-            self.read_at = 0;
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.read_at += n;
-        Ok(n)
-    }
-}
-
-impl Write for Pipe {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.outbox.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 impl PskSession {
     /// Still in the handshake.
     pub fn is_handshaking(&self) -> bool {
@@ -226,7 +191,7 @@ impl PskSession {
     /// `wire` (TLS records) into the session; the plaintext appended to `plain`.
     /// Err: the handshake or a record failed; the reason names the PSK identity.
     pub fn received(&mut self, wire: &[u8], plain: &mut BytesMut) -> Result<Received, String> {
-        self.stream.get_mut().inbox.extend_from_slice(wire);
+        self.stream.get_mut().feed(wire);
         if self.is_handshaking() {
             match self.stream.do_handshake() {
                 Ok(()) => self.check_identity()?,
@@ -300,15 +265,11 @@ impl PskSession {
                 known: true,
                 ..
             }) => {
-                // What a key the two sides do not share looks like to OpenSSL.
-                let wrong_key = [
-                    "bad record mac",
-                    "binder does not verify",
-                    "digest check failed",
-                ]
-                .iter()
-                .any(|sign| reason.contains(sign));
-                let hint = if wrong_key { " (a wrong key?)" } else { "" };
+                let hint = if looks_like_a_wrong_key(&reason) {
+                    " (a wrong key?)"
+                } else {
+                    ""
+                };
                 format!(
                     "PSK identity {:?}: {reason}{hint}",
                     String::from_utf8_lossy(identity)
@@ -363,29 +324,23 @@ impl PskSession {
     }
 
     fn pending_out(&self) -> &[u8] {
-        let pipe = self.stream.get_ref();
-        &pipe.outbox[pipe.sent..]
+        self.stream.get_ref().pending()
     }
 
     /// Write waiting records to `sock` until none wait or it would block.
     pub fn write_tls(&mut self, sock: &mut dyn Write) -> io::Result<usize> {
         let pipe = self.stream.get_mut();
         let mut total = 0;
-        while pipe.sent < pipe.outbox.len() {
-            match sock.write(&pipe.outbox[pipe.sent..]) {
+        while !pipe.pending().is_empty() {
+            match sock.write(pipe.pending()) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    pipe.sent += n;
+                    pipe.sent(n);
                     total += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && total > 0 => break,
                 Err(e) => return Err(e),
             }
-        }
-        if pipe.sent == pipe.outbox.len() {
-            // All out: an idle connection holds no outbox.
-            pipe.outbox = Vec::new();
-            pipe.sent = 0;
         }
         Ok(total)
     }
@@ -396,9 +351,26 @@ impl PskSession {
     }
 }
 
+/// Whether OpenSSL's `reason` is what a key the two sides do not share looks like:
+/// to the side that finds out, or, in the alert it sends, to the other one.
+pub(super) fn looks_like_a_wrong_key(reason: &str) -> bool {
+    [
+        "bad record mac",
+        "binder does not verify",
+        "digest check failed",
+        "alert decrypt error",
+        "alert illegal parameter",
+    ]
+    .iter()
+    .any(|sign| reason.contains(sign))
+}
+
 /// The lowest and highest of the versions `names` lists that are offered (1.3 and
 /// 1.2; the older ones are logged and not offered, as on the rustls listeners).
-fn versions(listener: &str, names: &[String]) -> Result<(SslVersion, SslVersion), String> {
+pub(super) fn versions(
+    listener: &str,
+    names: &[String],
+) -> Result<(SslVersion, SslVersion), String> {
     let mut offered = Vec::new();
     for name in names {
         match name.as_str() {
@@ -448,7 +420,7 @@ fn cipher_lists(listener: &str, tls: &TlsConfig) -> Result<(String, Option<Strin
 /// The names in `names` (of config key `key`) that this OpenSSL implements; the
 /// others are logged and skipped (3DES and RC4, in EMQX 4's example `psk_ciphers`,
 /// are gone from OpenSSL 3's default provider).
-fn offered<'a>(listener: &str, key: &str, names: &'a [String]) -> Vec<&'a str> {
+pub(super) fn offered<'a>(listener: &str, key: &str, names: &'a [String]) -> Vec<&'a str> {
     let (known, skipped): (Vec<&str>, Vec<&str>) = names
         .iter()
         .map(String::as_str)
@@ -475,7 +447,7 @@ fn implemented(name: &str) -> bool {
 }
 
 /// OpenSSL's reasons, short ("unknown psk identity"), without file and line.
-fn openssl_reason(stack: &ErrorStack) -> String {
+pub(super) fn openssl_reason(stack: &ErrorStack) -> String {
     let reasons: Vec<&str> = stack.errors().iter().filter_map(|e| e.reason()).collect();
     match reasons.is_empty() {
         true => stack.to_string(),
@@ -526,11 +498,11 @@ mod tests {
         let mut plain = BytesMut::new();
         for _ in 0..20 {
             let client_done = client.do_handshake().is_ok();
-            let wire = std::mem::take(&mut client.get_mut().outbox);
+            let wire = client.get_mut().take_pending();
             session.received(&wire, &mut plain)?;
             let mut back = Vec::new();
             let _ = session.write_tls(&mut back);
-            client.get_mut().inbox.extend_from_slice(&back);
+            client.get_mut().feed(&back);
             if client_done && !session.is_handshaking() {
                 return Ok(session);
             }
@@ -547,7 +519,7 @@ mod tests {
             assert_eq!(session.psk_identity().as_deref(), Some("device-1"));
             let mut plain = BytesMut::new();
             client.ssl_write(b"\x10connect").unwrap();
-            let wire = std::mem::take(&mut client.get_mut().outbox);
+            let wire = client.get_mut().take_pending();
             assert_eq!(session.received(&wire, &mut plain), Ok(Received::Open));
             assert_eq!(&plain[..], b"\x10connect");
             assert_eq!(session.write_plain(b"\x20connack"), 8);
@@ -555,13 +527,13 @@ mod tests {
             let mut back = Vec::new();
             session.write_tls(&mut back).unwrap();
             assert!(!session.wants_write());
-            client.get_mut().inbox.extend_from_slice(&back);
+            client.get_mut().feed(&back);
             let mut buf = [0u8; 64];
             let n = client.ssl_read(&mut buf).unwrap();
             assert_eq!(&buf[..n], b"\x20connack");
             // close_notify ends the stream.
             let _ = client.shutdown();
-            let wire = std::mem::take(&mut client.get_mut().outbox);
+            let wire = client.get_mut().take_pending();
             assert_eq!(session.received(&wire, &mut plain), Ok(Received::Closed));
         }
     }
