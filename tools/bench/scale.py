@@ -12,6 +12,7 @@ default 1; at most 5,000 connections each, so no process nears its open-file lim
 1. connect storm: every client connects (TLS: full handshake, no resumption; WS: HTTP
    upgrade), 64 at once in all; connect rate = connections / (last CONNACK - first
    connect); for TLS that is full handshakes per second;
+   and the broker's CPU (user + system, /proc/PID/stat) per connection through it;
 2. RSS per connection right after the storm, and settled: Quay once every connection
    has hibernated (`zone.external.hibernate_after`, 5 s by default) plus 2 s, Mosquitto
    after 8 s; both minus the broker's RSS before the storm;
@@ -176,6 +177,7 @@ def measure(broker_cls, kind, n, args):
     try:
         time.sleep(0.5)
         base = rss_kib(broker.proc.pid)
+        storm_cpu0 = cpu_s(broker.proc.pid)
         gens = generators(kind, broker.ports[kind], n, f"{kind}{n}")
         starts, ends, gen_cpu = [], [], 0
         for g in gens:
@@ -186,6 +188,7 @@ def measure(broker_cls, kind, n, args):
             ends.append(int(w[5]))
             gen_cpu += int(w[7]) / 1000
         storm_s = (max(ends) - min(starts)) / 1e9
+        storm_cpu = cpu_s(broker.proc.pid) - storm_cpu0
         after_storm = rss_kib(broker.proc.pid)
         note = broker.settle(n)
         settled = rss_kib(broker.proc.pid)
@@ -206,6 +209,10 @@ def measure(broker_cls, kind, n, args):
             "rate": n / storm_s,
             # All generators share one core: their sum is what that core had left.
             "gen_cpu_pct": 100 * gen_cpu / storm_s,
+            # Broker CPU (user + system) per connection through the storm: what the rate
+            # would be bounded by if the broker's core were the only limit.
+            "storm_cpu_us": storm_cpu * 1e6 / n,
+            "storm_cpu_pct": 100 * storm_cpu / storm_s,
             "base_kib": base,
             "storm": (after_storm - base) / n,
             "settled": (settled - base) / n,
@@ -263,7 +270,8 @@ def main():
                 r = measure(cls, kind, n, args)
                 results[(kind, n, cls.name)] = r
                 print(
-                    f"{kind:3} {n:6} {cls.name:9}: connect {r['rate']:7.0f}/s (generators {r['gen_cpu_pct']:3.0f}% of their core), "
+                    f"{kind:3} {n:6} {cls.name:9}: connect {r['rate']:7.0f}/s (generators {r['gen_cpu_pct']:3.0f}% of their core, "
+                    f"broker {r['storm_cpu_pct']:3.0f}% of its core, {r['storm_cpu_us']:5.1f} us CPU per connect), "
                     f"RSS/conn storm {r['storm']:6.2f} KiB settled {r['settled']:6.2f} KiB "
                     f"pinging {r['pinging']:6.2f} KiB, keepalive CPU {r['cpu_us']:6.2f} us/conn/s "
                     f"({r['cpu_pct']:4.1f}% of a core), base {r['base_kib']} KiB; {r['note']}",
@@ -277,15 +285,17 @@ def main():
 def report(results, kinds, sizes, args):
     rate_name = {"tcp": "connect/s", "tls": "TLS handshakes/s", "ws": "connect+upgrade/s"}
     print("| kind | conns | " + " | ".join([
-        "connect rate Quay / Mosq (ratio)", "RSS/conn after storm KiB Quay / Mosq",
+        "connect rate Quay / Mosq (ratio)", "broker CPU per connect us Quay / Mosq (ratio)",
+        "RSS/conn after storm KiB Quay / Mosq",
         "RSS/conn settled KiB Quay / Mosq (ratio)", f"keepalive ({args.ping_s:g}s) CPU us/conn/s Quay / Mosq (ratio)",
     ]) + " |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for kind in kinds:
         for n in sizes:
             q, m = results[(kind, n, "quay")], results[(kind, n, "mosquitto")]
             print(
                 f"| {kind} | {n} | {q['rate']:.0f} / {m['rate']:.0f} {rate_name[kind]} ({ratio(q['rate'], m['rate']):.2f}x) "
+                f"| {q['storm_cpu_us']:.1f} / {m['storm_cpu_us']:.1f} ({ratio(q['storm_cpu_us'], m['storm_cpu_us']):.2f}x) "
                 f"| {q['storm']:.2f} / {m['storm']:.2f} "
                 f"| {q['settled']:.2f} / {m['settled']:.2f} ({ratio(q['settled'], m['settled']):.2f}x) "
                 f"| {q['cpu_us']:.2f} / {m['cpu_us']:.2f} ({ratio(q['cpu_us'], m['cpu_us']):.2f}x) |"
