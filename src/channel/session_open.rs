@@ -217,7 +217,6 @@ impl Channel {
             broker: s.broker.clone(),
             conn_id: s.conn_id,
             version,
-            client_id: a.client_id.clone(),
             handle: s.handle,
             persistent: s.persistent,
             outbound: Outbound::new(
