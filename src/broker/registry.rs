@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use super::mailbox::{Mailbox, Pushed, BACKLOG_HIGH};
+use super::session_map::SessionMap;
 
 use crate::codec::{QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use crate::config::Zone;
@@ -127,10 +128,11 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     pub fn new(client_id: ClientId, state: SessionState) -> Arc<SessionHandle> {
-        Arc::new(SessionHandle {
+        let handle = SessionHandle {
             client_id,
             state: Mutex::new(state),
-        })
+        };
+        crate::memory::long_lived(|| Arc::new(handle))
     }
 
     pub fn state(&self) -> MutexGuard<'_, SessionState> {
@@ -217,7 +219,7 @@ struct Route {
 
 #[derive(Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<ClientId, Arc<SessionHandle>>>,
+    sessions: Mutex<SessionMap>,
     routes: RwLock<RouteTable>,
     /// One CONNECT at a time per client id (see `lock_client`).
     connecting: Mutex<HashMap<ClientId, Arc<tokio::sync::Mutex<()>>>>,
@@ -254,7 +256,7 @@ pub struct Target {
 }
 
 impl Registry {
-    fn sessions(&self) -> MutexGuard<'_, HashMap<ClientId, Arc<SessionHandle>>> {
+    fn sessions(&self) -> MutexGuard<'_, SessionMap> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -286,7 +288,7 @@ impl Registry {
             let st = handle.state();
             (st.meta.persistent, st.live && st.conn.is_some())
         };
-        if let Some(old) = sessions.insert(handle.client_id.clone(), handle) {
+        if let Some(old) = sessions.insert(handle) {
             // Not done by any caller; keeps the persistent count right if it were.
             // The old handle stays live, so its connection is counted until it detaches.
             if old.state().meta.persistent {

@@ -649,7 +649,8 @@ impl Connection {
         // Boxed now, late: the boxes of hibernated connections are allocated together
         // instead of among the short-lived allocations of their connects, so they
         // pack densely and the memory their tasks used goes back to the OS.
-        match hibernator.park(Box::new(self), socket, deadline, |waker| mailbox.arm(waker)) {
+        let boxed = crate::memory::long_lived(|| Box::new(self));
+        match hibernator.park(boxed, socket, deadline, |waker| mailbox.arm(waker)) {
             Ok(()) => Ok(()),
             Err((conn, socket)) => {
                 broker.hibernated.dec();
@@ -817,8 +818,8 @@ mod tests {
         // Each session's handle, with its Arc counts, in mimalloc's 160-byte class.
         let handle = std::mem::size_of::<crate::broker::registry::SessionHandle>();
         assert!(handle + 16 <= 160, "SessionHandle is {handle} bytes");
-        // Each connection's mailbox, with its Arc counts, in the 128-byte class.
+        // Each connection's mailbox, with its Arc counts, in the 96-byte class.
         let mailbox = std::mem::size_of::<crate::broker::mailbox::Mailbox>();
-        assert!(mailbox + 16 <= 128, "Mailbox is {mailbox} bytes");
+        assert!(mailbox + 16 <= 96, "Mailbox is {mailbox} bytes");
     }
 }
