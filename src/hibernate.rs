@@ -128,7 +128,9 @@ impl<T> State<T> {
             return None;
         }
         if index as usize == self.chunks.len() * CHUNK {
-            self.chunks.push((0..CHUNK).map(|_| Slot::VACANT).collect());
+            // Kept as long as the hibernator (`crate::memory`).
+            let chunk = crate::memory::long_lived(|| (0..CHUNK).map(|_| Slot::VACANT).collect());
+            self.chunks.push(chunk);
         }
         self.used += 1;
         Some(u64::from(index))
@@ -167,7 +169,12 @@ impl<T> State<T> {
         }
         slot.deadline = tick;
         if tick != 0 {
-            self.deadlines.push(Reverse(tick << INDEX_BITS | index));
+            let entry = Reverse(tick << INDEX_BITS | index);
+            if self.deadlines.len() == self.deadlines.capacity() {
+                // Grown with the parked items, and kept (`crate::memory`).
+                crate::memory::long_lived(|| self.deadlines.reserve(self.deadlines.len().max(64)));
+            }
+            self.deadlines.push(entry);
         }
     }
 }

@@ -71,8 +71,15 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` came from mimalloc (see above).
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+        match Self::long_lived_heap() {
+            // SAFETY: `ptr` came from mimalloc (see above), `heap` is this thread's.
+            Some(heap) => unsafe {
+                libmimalloc_sys::mi_heap_realloc_aligned(heap, ptr.cast(), new_size, layout.align())
+                    .cast()
+            },
+            // SAFETY: `ptr` came from mimalloc (see above).
+            None => unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) },
+        }
     }
 }
 

@@ -1,11 +1,9 @@
 //! A connection's inbox: what the broker and the store writer hand it.
 //!
-//! A plain queue and one waker slot, rather than a tokio channel or a `Notify`,
-//! because an idle connection must cost little memory: an empty `VecDeque` allocates
-//! nothing, where a channel allocates a block of slots up front, and the slot serves
-//! the connection's task (`wait`) and its hibernated self (`arm`) alike: the mailbox
-//! fits mimalloc's 96-byte class. Pushing never blocks (the writer thread pushes from
-//! its completions).
+//! A plain queue plus a `Notify`, rather than a tokio channel, because an idle
+//! connection must cost little memory: an empty `VecDeque` allocates nothing, where a
+//! channel allocates a block of slots up front. Pushing never blocks (the writer thread
+//! pushes from its completions).
 //!
 //! Deliveries are flow-controlled here. Above `BACKLOG_HIGH` waiting events a push is
 //! still taken but answered `Pushed::Congested`: the publishing connection then stops
@@ -13,8 +11,8 @@
 //! backpressure reaching the publisher's client. Only above `BACKLOG_HARD` (publishers
 //! that cannot pause: wills, many at once) is a delivery refused, and counted.
 //!
-//! A hibernated connection has no task waiting: it leaves its hibernation `Waker`
-//! in the slot instead, which the next push wakes. The mailbox also tells whoever asks when
+//! A hibernated connection has no task waiting on the `Notify`: it leaves a `Waker`
+//! here instead, which the next push wakes. The mailbox also tells whoever asks when
 //! its connection has finished (`close`, `closed`), which a takeover waits for.
 
 use std::collections::VecDeque;
@@ -22,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use super::registry::ConnEvent;
 use crate::codec::ReasonCode;
@@ -37,6 +35,7 @@ pub const BACKLOG_HARD: usize = 4 * BACKLOG_HIGH;
 #[derive(Debug, Default)]
 pub struct Mailbox {
     inner: Mutex<Inner>,
+    notify: Notify,
     /// Wall-clock ms when the connection last took events or wrote to its socket:
     /// tells a slow subscriber from one that stopped reading (`stalled_for_ms`).
     progress_ms: AtomicU64,
@@ -55,12 +54,8 @@ pub enum Pushed {
 #[derive(Debug, Default)]
 struct Inner {
     queue: VecDeque<ConnEvent>,
-    /// Left by the connection's task (`wait`) or by a hibernating connection
-    /// (`arm`); taken (and woken) by the next push.
+    /// Set by a hibernating connection; taken (and woken) by the next push.
     waker: Option<Waker>,
-    /// Something was pushed since `wait` last returned: the next `wait` returns at
-    /// once (no wake-up is lost between taking events and waiting again).
-    notified: bool,
     /// `close` was called: the connection has finished.
     closed: bool,
     /// A stored delivery did not fit: the connection must read its queue from the
@@ -216,13 +211,18 @@ impl Mailbox {
             if !change(&mut inner) {
                 return false;
             }
-            inner.notified = true;
             inner.waker.take()
         };
+        self.wake(waker);
+        true
+    }
+
+    fn wake(&self, waker: Option<Waker>) {
+        // Stores a permit when nobody waits, so a wake-up is never lost.
+        self.notify.notify_one();
         if let Some(waker) = waker {
             waker.wake();
         }
-        true
     }
 
     /// Everything waiting, in order, in one lock (the queue keeps no memory); wakes
@@ -244,21 +244,7 @@ impl Mailbox {
 
     /// Resolves when something was pushed since the last wake-up.
     pub async fn wait(&self) {
-        std::future::poll_fn(|cx| {
-            let mut inner = self.inner();
-            if std::mem::take(&mut inner.notified) {
-                return std::task::Poll::Ready(());
-            }
-            if !inner
-                .waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                inner.waker = Some(cx.waker().clone());
-            }
-            std::task::Poll::Pending
-        })
-        .await
+        self.notify.notified().await
     }
 
     /// Leave `waker` for the next push, unless events already wait (false).
