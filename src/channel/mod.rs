@@ -650,7 +650,7 @@ impl Channel {
                     now.ms / 1000,
                 );
                 if let Some(kind) = banned {
-                    tracing::info!(client_id = %self.client_id, by = kind.name(), "banned: disconnected");
+                    tracing::info!(client_id = %self.client_id(), by = kind.name(), "banned: disconnected");
                     return Err(Close::Kicked(ReasonCode::ADMINISTRATIVE_ACTION));
                 }
             }
