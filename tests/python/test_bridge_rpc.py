@@ -10,7 +10,11 @@ from conftest import Broker, free_port
 
 
 def receiver(port, cookie="quay-test-cookie"):
-    return Broker({"node.name": "emqx2@127.0.0.1", "node.cookie": cookie, "rpc.tcp_server_port": port})
+    # 2,000 replayed messages may reach the subscriber's session before it reconnects:
+    # a deeper queue than the default 1,000, whose overflow would drop (as EMQX does)
+    # what this test is about.
+    return Broker({"node.name": "emqx2@127.0.0.1", "node.cookie": cookie, "rpc.tcp_server_port": port,
+                   "zone.external.max_mqueue_len": "100000"})
 
 
 def sender(tmp_path, port, cookie="quay-test-cookie"):
