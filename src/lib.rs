@@ -20,6 +20,7 @@ mod hibernate;
 pub mod hooks;
 pub mod listener;
 pub mod logging;
+pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod mountpoint;

@@ -1,5 +1,6 @@
 //! `emqx`: start, stop, run in the foreground, ping — as EMQX's start script does.
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -11,9 +12,76 @@ use quay::config::Config;
 use quay::ctl;
 
 /// mimalloc: less fragmentation per idle connection and cheaper small allocations
-/// than glibc's per-thread arenas (measured with tools/bench).
+/// than glibc's per-thread arenas (measured with tools/bench); what a connection
+/// keeps for its whole life comes from a heap of its own (`quay::memory`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Allocator = Allocator;
+
+struct Allocator;
+
+thread_local! {
+    /// This thread's heap for long-lived allocations (`quay::memory`), made on first use.
+    static LONG_LIVED_HEAP: Cell<*mut libmimalloc_sys::mi_heap_t> =
+        const { Cell::new(std::ptr::null_mut()) };
+}
+
+impl Allocator {
+    /// This thread's long-lived heap, if inside `quay::memory::long_lived`.
+    fn long_lived_heap() -> Option<*mut libmimalloc_sys::mi_heap_t> {
+        if !quay::memory::long_lived_now() {
+            return None;
+        }
+        LONG_LIVED_HEAP
+            .try_with(|heap| {
+                if heap.get().is_null() {
+                    // SAFETY: no arguments; mimalloc allocates the heap itself (not
+                    // through this allocator). A null result is handled below.
+                    heap.set(unsafe { libmimalloc_sys::mi_heap_new() });
+                }
+                heap.get()
+            })
+            .ok()
+            .filter(|heap| !heap.is_null())
+    }
+}
+
+// SAFETY: every block comes from mimalloc (the default heap or this thread's
+// long-lived one), and mimalloc frees and reallocates a block whichever heap of
+// whichever thread it came from; a heap is only allocated from by its own thread.
+unsafe impl GlobalAlloc for Allocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match Self::long_lived_heap() {
+            // SAFETY: a live heap of this thread; layout as GlobalAlloc::alloc gets it.
+            Some(heap) => unsafe {
+                libmimalloc_sys::mi_heap_malloc_aligned(heap, layout.size(), layout.align()).cast()
+            },
+            // SAFETY: forwarded as is.
+            None => unsafe { mimalloc::MiMalloc.alloc(layout) },
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as is (long-lived objects are not made zeroed).
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from mimalloc (see above).
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        match Self::long_lived_heap() {
+            // SAFETY: `ptr` came from mimalloc (see above), `heap` is this thread's.
+            Some(heap) => unsafe {
+                libmimalloc_sys::mi_heap_realloc_aligned(heap, ptr.cast(), new_size, layout.align())
+                    .cast()
+            },
+            // SAFETY: `ptr` came from mimalloc (see above).
+            None => unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) },
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -87,6 +155,11 @@ fn return_free_memory() {
             last.set(Some(now));
             // SAFETY: no arguments to uphold; collects this thread's heap.
             unsafe { libmimalloc_sys::mi_collect(false) };
+            let long_lived = LONG_LIVED_HEAP.try_with(Cell::get).unwrap_or_default();
+            if !long_lived.is_null() {
+                // SAFETY: this thread's own live heap (heaps are never deleted).
+                unsafe { libmimalloc_sys::mi_heap_collect(long_lived, false) };
+            }
         }
     });
 }

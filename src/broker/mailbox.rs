@@ -51,13 +51,13 @@ pub enum Pushed {
     Full,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Inner {
     queue: VecDeque<ConnEvent>,
     /// Set by a hibernating connection; taken (and woken) by the next push.
     waker: Option<Waker>,
-    /// Who waits for `closed` (a takeover, rarely anyone); None once closed.
-    on_close: Option<Vec<oneshot::Sender<()>>>,
+    /// `close` was called: the connection has finished.
+    closed: bool,
     /// A stored delivery did not fit: the connection must read its queue from the
     /// store (`take_behind`).
     behind: bool,
@@ -65,26 +65,37 @@ struct Inner {
     /// Out of band: seen even while the connection takes no events because its
     /// client is not reading.
     kick: Option<ReasonCode>,
-    /// Publishers' mailboxes waiting for the backlog to fall below `BACKLOG_LOW`.
-    /// Boxed: almost always empty, and every connection has a mailbox (8 bytes here
-    /// instead of a Vec's 24 keep the mailbox in mimalloc's 160-byte class).
-    #[allow(clippy::box_collection)]
-    room: Option<Box<Vec<Arc<Mailbox>>>>,
+    /// Who waits for this mailbox: for `closed`, or for room. Boxed, and only while
+    /// someone waits (rarely anyone): every connection has a mailbox, and 8 bytes
+    /// here instead of two Vecs' 48 keep it in mimalloc's 128-byte class.
+    waiting: Option<Box<Waiting>>,
     /// A mailbox this connection waited for has room (`wait_room`).
     room_ready: bool,
 }
 
-impl Default for Inner {
-    fn default() -> Inner {
-        Inner {
-            queue: VecDeque::new(),
-            waker: None,
-            on_close: Some(Vec::new()),
-            behind: false,
-            kick: None,
-            room: None,
-            room_ready: false,
+#[derive(Debug, Default)]
+struct Waiting {
+    /// Who waits for `closed` (a takeover).
+    on_close: Vec<oneshot::Sender<()>>,
+    /// Publishers' mailboxes waiting for the backlog to fall below `BACKLOG_LOW`.
+    room: Vec<Arc<Mailbox>>,
+}
+
+impl Inner {
+    fn waiting(&mut self) -> &mut Waiting {
+        self.waiting.get_or_insert_with(Default::default)
+    }
+
+    /// The publishers waiting for room, no longer waiting.
+    fn take_room(&mut self) -> Vec<Arc<Mailbox>> {
+        let Some(waiting) = self.waiting.as_mut() else {
+            return Vec::new();
+        };
+        let room = std::mem::take(&mut waiting.room);
+        if waiting.on_close.is_empty() {
+            self.waiting = None;
         }
+        room
     }
 }
 
@@ -132,8 +143,8 @@ impl Mailbox {
     pub fn wait_room(&self, waiter: Arc<Mailbox>) {
         {
             let mut inner = self.inner();
-            if inner.queue.len() >= BACKLOG_LOW && inner.on_close.is_some() {
-                inner.room.get_or_insert_with(Default::default).push(waiter);
+            if inner.queue.len() >= BACKLOG_LOW && !inner.closed {
+                inner.waiting().room.push(waiter);
                 return;
             }
         }
@@ -220,12 +231,12 @@ impl Mailbox {
         let (events, room) = {
             let mut inner = self.inner();
             let events = std::mem::take(&mut inner.queue);
-            (events, std::mem::take(&mut inner.room))
+            (events, inner.take_room())
         };
         if !events.is_empty() {
             self.note_progress(crate::message::now_ms());
         }
-        for waiter in room.into_iter().flat_map(|r| *r) {
+        for waiter in room {
             waiter.signal_room();
         }
         events
@@ -248,15 +259,16 @@ impl Mailbox {
 
     /// The connection has finished: wake whoever waits in `closed`.
     pub fn close(&self) {
-        let (waiting, room) = {
+        let waiting = {
             let mut inner = self.inner();
             inner.waker = None;
-            (inner.on_close.take(), std::mem::take(&mut inner.room))
+            inner.closed = true;
+            inner.waiting.take().map(|w| *w).unwrap_or_default()
         };
-        for tx in waiting.into_iter().flatten() {
+        for tx in waiting.on_close {
             let _ = tx.send(());
         }
-        for waiter in room.into_iter().flat_map(|r| *r) {
+        for waiter in waiting.room {
             waiter.signal_room();
         }
     }
@@ -265,11 +277,11 @@ impl Mailbox {
     pub async fn closed(&self) {
         let rx = {
             let mut inner = self.inner();
-            let Some(waiting) = inner.on_close.as_mut() else {
+            if inner.closed {
                 return;
-            };
+            }
             let (tx, rx) = oneshot::channel();
-            waiting.push(tx);
+            inner.waiting().on_close.push(tx);
             rx
         };
         let _ = rx.await;
@@ -349,5 +361,30 @@ mod tests {
         assert_eq!(mailbox.stalled_for_ms(9_000), Some(8_000));
         mailbox.note_progress(9_000);
         assert_eq!(mailbox.stalled_for_ms(9_500), Some(500));
+    }
+
+    #[tokio::test]
+    async fn wait_returns_for_a_push_before_or_during_it_and_not_otherwise() {
+        use std::time::Duration;
+        let mailbox = Arc::new(Mailbox::default());
+        // Pushed before waiting: not lost.
+        mailbox.push(event());
+        tokio::time::timeout(Duration::from_secs(5), mailbox.wait())
+            .await
+            .expect("a push before wait is seen");
+        // Nothing since: wait waits.
+        let idle = tokio::time::timeout(Duration::from_millis(100), mailbox.wait()).await;
+        assert!(idle.is_err(), "woke without a push");
+        // Pushed from another thread while waiting: woken.
+        let pusher = mailbox.clone();
+        let push = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            pusher.push(event());
+        });
+        tokio::time::timeout(Duration::from_secs(5), mailbox.wait())
+            .await
+            .expect("a push during wait wakes it");
+        push.join().unwrap();
+        assert_eq!(mailbox.take_all().len(), 2);
     }
 }

@@ -5,6 +5,7 @@ pub mod mailbox;
 mod publish;
 pub mod registry;
 mod retained;
+mod session_map;
 mod wills;
 
 use std::collections::BTreeMap;

@@ -71,7 +71,7 @@ impl Channel {
             }
         };
         held.queue.push_back((ticket, packet, verdicts, generation));
-        tracing::debug!(client_id = %self.client_id, held = held.len(), "packet held for an authorization decision");
+        tracing::debug!(client_id = %self.handle.client_id, held = held.len(), "packet held for an authorization decision");
         Ok(())
     }
 

@@ -111,7 +111,7 @@ pub(crate) fn admit(
             ack_props.assigned_client_identifier = Some(connect.client_id.clone());
         }
     }
-    let client_id: ClientId = Arc::from(connect.client_id.as_str());
+    let client_id: ClientId = crate::memory::long_lived(|| Arc::from(connect.client_id.as_str()));
     let expiry_s = session_expiry(&connect, zone, &mut ack_props);
     ack_props.server_keep_alive = keepalive.server_keep_alive;
     if let Some(e) = enhanced {

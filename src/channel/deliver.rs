@@ -45,12 +45,12 @@ impl Channel {
                     reason: ReasonCode::Success,
                     properties: Properties::default(),
                 })),
-                Action::Store(op) => self.store_ops.push(op),
+                Action::Store(op) => self.turn().store_ops.push(op),
                 Action::Release { packet_id, op }
                     if self.broker.fault(crate::sim::Fault::PubrelBeforeDurable) =>
                 {
                     // The model test's known defect: PUBREL before the release is durable.
-                    self.store_ops.push(op);
+                    self.turn().store_ops.push(op);
                     work.extend(self.outbound.released(packet_id, now.at));
                 }
                 Action::Release { packet_id, op } => {
@@ -68,7 +68,7 @@ impl Channel {
                         self.broker.hooks.message_dropped(
                             &msg,
                             reason.into(),
-                            Some(&self.client_id),
+                            Some(&self.handle.client_id),
                         );
                     }
                 }
@@ -85,7 +85,7 @@ impl Channel {
         }
         self.broker
             .hooks
-            .message_dropped(msg, reason, Some(&self.client_id));
+            .message_dropped(msg, reason, Some(&self.handle.client_id));
     }
 
     /// Submit `ops` (after the detached writes gathered so far) and hand `then` to
@@ -104,7 +104,7 @@ impl Channel {
     ) {
         self.flush_store_ops();
         let mailbox = self.mailbox.clone();
-        let client_id = self.client_id.clone();
+        let client_id = self.handle.client_id.clone();
         self.broker.store.writer().submit(
             ops,
             Box::new(move |result| match result {
@@ -124,21 +124,23 @@ impl Channel {
         if let Some((from, limit)) = self.take_page_read() {
             self.submit_page_read(from, limit);
         }
-        self.page_read_from = from;
+        let turn = self.turn();
+        turn.page_read_from = from;
         // At least 1 (0 means none); a page is never near u32::MAX entries.
-        self.page_read_limit = u32::try_from(limit.max(1)).unwrap_or(u32::MAX);
+        turn.page_read_limit = u32::try_from(limit.max(1)).unwrap_or(u32::MAX);
     }
 
     /// The page read waiting for `flush_store_ops`, if any (it no longer waits).
     pub(super) fn take_page_read(&mut self) -> Option<(u64, usize)> {
-        let limit = std::mem::take(&mut self.page_read_limit);
-        (limit != 0).then_some((self.page_read_from, limit as usize))
+        let turn = self.turn.as_mut()?;
+        let limit = std::mem::take(&mut turn.page_read_limit);
+        (limit != 0).then_some((turn.page_read_from, limit as usize))
     }
 
     /// Hand the read of a queue page to the store's reader pool: the page comes back
     /// as `ConnEvent::Loaded` (a closed mailbox, after a takeover, just drops it).
     pub(super) fn submit_page_read(&mut self, from: u64, limit: usize) {
-        let client = self.client_id.clone();
+        let client = self.handle.client_id.clone();
         let mailbox = self.mailbox.clone();
         self.broker.store.reader().submit(
             move |db| read_page(db, &client, from, limit),
@@ -160,7 +162,7 @@ impl Channel {
         let actions = match page {
             Ok(page) => self.outbound.loaded(from, limit, page, now.at),
             Err(e) => {
-                tracing::error!(client_id = %self.client_id, error = %e, from, "cannot read queue; retrying");
+                tracing::error!(client_id = %self.handle.client_id, error = %e, from, "cannot read queue; retrying");
                 self.outbound.load_failed(from, now.at)
             }
         };
@@ -222,22 +224,24 @@ impl Channel {
             payload: msg.payload.clone(),
         });
         // Encoded straight into the write buffer; taken back out if too large.
-        let before = self.output.len();
-        if let Err(e) = codec::encode(&packet, self.version, &mut self.output) {
-            tracing::warn!(client_id = %self.client_id, error = %e, "cannot encode PUBLISH");
-            self.output.truncate(before);
+        let (version, max) = (self.version, self.client_max_packet as usize);
+        let output = &mut self.turn().output;
+        let before = output.len();
+        if let Err(e) = codec::encode(&packet, version, output) {
+            output.truncate(before);
+            tracing::warn!(client_id = %self.client_id(), error = %e, "cannot encode PUBLISH");
             return false;
         }
-        let size = self.output.len() - before;
-        if size > self.client_max_packet as usize {
-            self.output.truncate(before);
-            tracing::info!(client_id = %self.client_id, size, max = self.client_max_packet, "PUBLISH larger than the client accepts; dropped");
+        let size = output.len() - before;
+        if size > max {
+            output.truncate(before);
+            tracing::info!(client_id = %self.handle.client_id, size, max = self.client_max_packet, "PUBLISH larger than the client accepts; dropped");
             Metrics::inc(&self.broker.metrics.messages_dropped_too_large);
             self.broker.metrics.dropped_qos2(out.qos);
             self.broker.hooks.message_dropped(
                 msg,
                 hooks::DropReason::TooLarge,
-                Some(&self.client_id),
+                Some(&self.handle.client_id),
             );
             return false;
         }

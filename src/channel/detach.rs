@@ -13,7 +13,7 @@ impl Channel {
     pub fn detach(&mut self, publish_will: bool, now: Now) {
         let dup_below = self.outbound.dup_below();
         let writer = self.broker.store.writer();
-        let client = &self.client_id;
+        let client = &self.handle.client_id;
         let conn_id = self.conn_id;
         // Everything below happens under the session's lock and only if this
         // connection still owns the session: a connection that was taken over (or
@@ -68,7 +68,7 @@ impl Channel {
             payload: will.payload.clone(),
             qos: will.qos.min(QoS::ExactlyOnce),
             retain: will.retain,
-            from: self.client_id.clone(),
+            from: self.handle.client_id.clone(),
             publish_ms: now.ms,
             expiry_ms: will
                 .properties
@@ -84,6 +84,7 @@ impl Channel {
         // Stored: a reconnect within the delay cancels it, the end of the session
         // publishes it at once, a restart keeps it (see `broker::wills`).
         let due_ms = now.ms + u64::from(delay_s) * 1000;
-        self.broker.delay_will(self.client_id.clone(), due_ms, msg);
+        self.broker
+            .delay_will(self.handle.client_id.clone(), due_ms, msg);
     }
 }

@@ -59,7 +59,7 @@ impl Channel {
                 _ => &self.broker.metrics.packets_subscribe_denied,
             };
             Metrics::inc(metric);
-            tracing::info!(client_id = %self.client_id, "not authorized; disconnecting (acl_deny_action = disconnect)");
+            tracing::info!(client_id = %self.handle.client_id, "not authorized; disconnecting (acl_deny_action = disconnect)");
             return Err(Close::Error(ReasonCode::NOT_AUTHORIZED));
         }
         match packet {
@@ -107,7 +107,7 @@ impl Channel {
                     let pubcomp = Packet::PubComp(resp(r.packet_id, ReasonCode::Success));
                     let ops = if self.persistent {
                         vec![Op::DeleteAwaitingRel {
-                            client: self.client_id.clone(),
+                            client: self.handle.client_id.clone(),
                             packet_id: r.packet_id,
                         }]
                     } else {
@@ -115,7 +115,7 @@ impl Channel {
                     };
                     if self.broker.fault(crate::sim::Fault::PubcompBeforeDurable) {
                         // The model test's known defect: PUBCOMP before the deletion.
-                        self.store_ops.extend(ops);
+                        self.turn().store_ops.extend(ops);
                         self.send_pubcomp(r.packet_id, ReasonCode::Success);
                     } else {
                         self.reply_when_durable(ops, pubcomp, Vec::new(), now);
@@ -141,7 +141,7 @@ impl Channel {
             }
             Packet::Auth(_) => return Err(Close::Error(ReasonCode::BAD_AUTHENTICATION_METHOD)),
             other => {
-                tracing::warn!(client_id = %self.client_id, packet = other.name(), "unexpected packet from client");
+                tracing::warn!(client_id = %self.handle.client_id, packet = other.name(), "unexpected packet from client");
                 return Err(Close::Error(ReasonCode::PROTOCOL_ERROR));
             }
         }
@@ -179,7 +179,7 @@ impl Channel {
         let topic = p.topic.clone();
         let topic_str = std::str::from_utf8(&topic).unwrap_or("");
         if let Err(e) = topic::validate_name(topic_str, mqtt.max_topic_levels) {
-            tracing::warn!(client_id = %self.client_id, error = %e, "invalid PUBLISH topic");
+            tracing::warn!(client_id = %self.handle.client_id, error = %e, "invalid PUBLISH topic");
             return Err(Close::Error(ReasonCode::TOPIC_NAME_INVALID));
         }
         if p.qos as u8 > mqtt.max_qos_allowed {
@@ -190,13 +190,13 @@ impl Channel {
         }
         if !p.properties.subscription_identifiers.is_empty() {
             // Only the server puts Subscription Identifiers in a PUBLISH [MQTT-3.3.4-6].
-            tracing::warn!(client_id = %self.client_id, "PUBLISH from the client carries a Subscription Identifier");
+            tracing::warn!(client_id = %self.handle.client_id, "PUBLISH from the client carries a Subscription Identifier");
             return Err(Close::Error(ReasonCode::PROTOCOL_ERROR));
         }
         if let Some(response_topic) = &p.properties.response_topic {
             // A Response Topic must be a Topic Name, without wildcards [MQTT-3.3.2-14].
             if let Err(e) = topic::validate_name(response_topic, 0) {
-                tracing::warn!(client_id = %self.client_id, error = %e, "invalid PUBLISH Response Topic");
+                tracing::warn!(client_id = %self.handle.client_id, error = %e, "invalid PUBLISH Response Topic");
                 return Err(Close::Error(ReasonCode::PROTOCOL_ERROR));
             }
         }
@@ -210,7 +210,7 @@ impl Channel {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
-            from: self.client_id.clone(),
+            from: self.handle.client_id.clone(),
             publish_ms,
             expiry_ms: p
                 .properties
@@ -229,11 +229,11 @@ impl Channel {
                 Metrics::inc(&metrics.messages_dropped_sys_topic);
                 static SYS: crate::logging::Throttle = crate::logging::Throttle::new();
                 if let Some(unlogged) = SYS.ready(publish_ms, 10_000) {
-                    tracing::warn!(client_id = %self.client_id, topic = %msg.topic_str(), unlogged, "PUBLISH to a $SYS topic; dropped");
+                    tracing::warn!(client_id = %self.handle.client_id, topic = %msg.topic_str(), unlogged, "PUBLISH to a $SYS topic; dropped");
                 }
             } else {
                 Metrics::inc(&metrics.packets_publish_denied);
-                tracing::info!(client_id = %self.client_id, topic = %msg.topic_str(), "PUBLISH not authorized; dropped");
+                tracing::info!(client_id = %self.handle.client_id, topic = %msg.topic_str(), "PUBLISH not authorized; dropped");
             }
             let denied = |id| resp(id, ReasonCode::NOT_AUTHORIZED);
             match (p.qos, p.packet_id) {
@@ -253,7 +253,7 @@ impl Channel {
             self.pause_for(routed.congested);
             return Ok(());
         };
-        if self.pending_in.contains_key(&packet_id) {
+        if self.pending_in().contains_key(&packet_id) {
             // A retransmission of a PUBLISH still being stored: its ack will come.
             return Ok(());
         }
@@ -264,7 +264,7 @@ impl Channel {
         // are bounded by `max_awaiting_rel` (TooMany below) instead.
         let holds_slot = p.qos == QoS::ExactlyOnce && self.inbound.is_counted(packet_id);
         if self.version.is_v5() && !holds_slot && self.receive_quota_used() >= self.receive_max() {
-            tracing::info!(client_id = %self.client_id, packet_id, receive_maximum = self.receive_max(), "Receive Maximum exceeded");
+            tracing::info!(client_id = %self.handle.client_id, packet_id, receive_maximum = self.receive_max(), "Receive Maximum exceeded");
             return Err(Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
         }
         let mut extra = Vec::new();
@@ -279,7 +279,7 @@ impl Channel {
                 Qos2Arrival::InUse if self.version.is_v5() => {
                     // Released, PUBCOMP not sent yet: the client may not reuse the id
                     // (MQTT 5 §2.2.1). Refused, not routed; the flow ends here.
-                    tracing::warn!(client_id = %self.client_id, packet_id, "QoS 2 PUBLISH reuses an id before its PUBCOMP");
+                    tracing::warn!(client_id = %self.handle.client_id, packet_id, "QoS 2 PUBLISH reuses an id before its PUBCOMP");
                     self.ack_in_order(Packet::PubRec(resp(
                         packet_id,
                         ReasonCode::PACKET_IDENTIFIER_IN_USE,
@@ -287,17 +287,17 @@ impl Channel {
                     return Ok(());
                 }
                 Qos2Arrival::InUse => {
-                    tracing::warn!(client_id = %self.client_id, packet_id, "QoS 2 PUBLISH reuses an id before its PUBCOMP");
+                    tracing::warn!(client_id = %self.handle.client_id, packet_id, "QoS 2 PUBLISH reuses an id before its PUBCOMP");
                     return Err(Close::Error(ReasonCode::PACKET_IDENTIFIER_IN_USE));
                 }
                 Qos2Arrival::TooMany => {
-                    tracing::info!(client_id = %self.client_id, packet_id, max_awaiting_rel = self.zone.max_awaiting_rel, "too many QoS 2 ids awaiting PUBREL");
+                    tracing::info!(client_id = %self.handle.client_id, packet_id, max_awaiting_rel = self.zone.max_awaiting_rel, "too many QoS 2 ids awaiting PUBREL");
                     return Err(Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
                 }
                 Qos2Arrival::New => {
                     if self.persistent {
                         extra.push(Op::PutAwaitingRel {
-                            client: self.client_id.clone(),
+                            client: self.handle.client_id.clone(),
                             packet_id,
                         });
                     }
@@ -306,9 +306,9 @@ impl Channel {
         }
         let qos = p.qos;
         let mailbox = self.mailbox.clone();
-        let after_pending = !self.pending_in.is_empty();
+        let after_pending = !self.pending_in().is_empty();
         // Placeholder until `publish` returns; the Durable event is handled after.
-        self.pending_in.insert(packet_id, true);
+        self.turn().pending_in.insert(packet_id, true);
         let routed = self.broker.publish_ordered(
             self.info_for(HookPoint::MessagePublish).as_ref(),
             msg,
@@ -318,7 +318,7 @@ impl Channel {
             }),
             after_pending,
         );
-        self.pending_in.insert(packet_id, routed.matched > 0);
+        self.turn().pending_in.insert(packet_id, routed.matched > 0);
         self.pause_for(routed.congested);
         Ok(())
     }
@@ -337,7 +337,7 @@ impl Channel {
     /// PUBLISHes still waiting for the store: acks go out in PUBLISH order
     /// [MQTT-4.6.0-2], and the writer completes in order.
     fn ack_in_order(&mut self, ack: Packet) {
-        if self.pending_in.is_empty() {
+        if self.pending_in().is_empty() {
             self.send(&ack);
         } else {
             self.when_durable(Vec::new(), ConnEvent::Reply(Box::new(ack), Vec::new()));
@@ -352,7 +352,7 @@ impl Channel {
     /// Inbound QoS 1/2 publishes not yet answered with PUBACK / PUBCOMP: those waiting
     /// for the store, and QoS 2 ids held or released but not yet completed.
     fn receive_quota_used(&self) -> usize {
-        self.pending_in.len() + self.inbound.quota_used()
+        self.pending_in().len() + self.inbound.quota_used()
     }
 
     /// Send PUBCOMP for an inbound QoS 2 id and give its Receive Maximum slot back.
@@ -370,7 +370,7 @@ impl Channel {
         ok: bool,
         now: Now,
     ) -> Result<(), Close> {
-        let matched = self.pending_in.remove(&packet_id).unwrap_or(true);
+        let matched = self.turn().pending_in.remove(&packet_id).unwrap_or(true);
         if !ok {
             // Not stored: never acknowledge what we may lose. v3 has no way to say so.
             if !self.version.is_v5() {
@@ -460,7 +460,7 @@ impl Channel {
                 }
                 if self.persistent {
                     ops.push(Op::PutSubscription {
-                        client: self.client_id.clone(),
+                        client: self.handle.client_id.clone(),
                         filter: filter.clone(),
                         record: SubscriptionRecord {
                             qos: granted as u8,
@@ -487,7 +487,7 @@ impl Channel {
                 ReasonCode(granted as u8)
             };
             if reason.is_error() {
-                tracing::info!(client_id = %self.client_id, filter, ?reason, "subscription refused");
+                tracing::info!(client_id = %self.handle.client_id, filter, ?reason, "subscription refused");
             }
             reasons.push(reason);
         }
@@ -504,7 +504,7 @@ impl Channel {
         // is written now, in this client's order; until the answer is in, this
         // connection takes no further packet from its client (`InputPause`), so
         // what follows (an UNSUBSCRIBE, more acks) is handled after it, as before.
-        self.store_ops.append(&mut ops);
+        self.turn().store_ops.append(&mut ops);
         self.paused_for = InputPause::Retained;
         let mailbox = self.mailbox.clone();
         self.broker
@@ -586,7 +586,7 @@ impl Channel {
             (st.meta.incarnation, st.zone.max_mqueue_len as u64)
         };
         Op::Enqueue {
-            client: self.client_id.clone(),
+            client: self.handle.client_id.clone(),
             incarnation,
             entry: QueueEntry {
                 msg_id: out.msg_id,
@@ -616,7 +616,7 @@ impl Channel {
                     }
                     if self.persistent {
                         ops.push(Op::DeleteSubscription {
-                            client: self.client_id.clone(),
+                            client: self.handle.client_id.clone(),
                             filter: filter.clone(),
                         });
                     }

@@ -52,7 +52,7 @@ pub(crate) fn settle(broker: &Arc<Broker>, zone: &Arc<Zone>, a: &Admission, now:
     let client_id = &a.client_id;
     let version = a.connect.protocol;
     let conn_id = broker.next_conn_id();
-    let mailbox = Arc::new(Mailbox::default());
+    let mailbox = crate::memory::long_lived(|| Arc::new(Mailbox::default()));
     let mut link = Some(ConnLink {
         conn_id,
         mailbox: mailbox.clone(),
@@ -72,7 +72,7 @@ pub(crate) fn settle(broker: &Arc<Broker>, zone: &Arc<Zone>, a: &Admission, now:
         }
         st.offline_since = None;
         st.connected_at_ms = now.ms;
-        st.peer = a.peer.to_string().into();
+        st.peer = peer_string(a.peer);
         st.meta.protocol_level = version.level();
         st.zone = zone.clone();
         let (dup_below, incarnation) = (st.meta.dup_below, st.meta.incarnation);
@@ -111,7 +111,7 @@ pub(crate) fn settle(broker: &Arc<Broker>, zone: &Arc<Zone>, a: &Admission, now:
                     offline_since: None,
                     zone: zone.clone(),
                     connected_at_ms: now.ms,
-                    peer: a.peer.to_string().into(),
+                    peer: peer_string(a.peer),
                 },
             );
             broker.registry.insert(h.clone());
@@ -217,7 +217,6 @@ impl Channel {
             broker: s.broker.clone(),
             conn_id: s.conn_id,
             version,
-            client_id: a.client_id.clone(),
             handle: s.handle,
             persistent: s.persistent,
             outbound: Outbound::new(
@@ -279,4 +278,11 @@ impl Channel {
         }
         channel
     }
+}
+
+/// The peer as the session keeps it (allocated with the connection's other
+/// long-lived objects, `crate::memory`).
+fn peer_string(peer: std::net::SocketAddr) -> Box<str> {
+    let text = peer.to_string();
+    crate::memory::long_lived(|| Box::from(text.as_str()))
 }

@@ -228,3 +228,25 @@ fn a_deadline_set_in_place_is_kept() {
     assert_eq!(item, 100);
     assert_eq!(h.len(), 0);
 }
+
+#[test]
+fn a_parked_connection_costs_a_24_byte_slot() {
+    let slot = std::mem::size_of::<super::Slot<Box<[u8; 512]>>>();
+    assert!(slot <= 24, "a slot is {slot} bytes");
+}
+
+#[test]
+fn a_slot_reused_is_not_woken_by_the_old_waker() {
+    let (h, rx) = setup();
+    let (_c1, s1) = pair();
+    let old = park(&h, 1, s1, None);
+    let old = old.lock().unwrap().take().unwrap();
+    old.wake_by_ref();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap().0, 1);
+    // The same slot, parked again: the first parking's waker no longer names it.
+    let (_c2, s2) = pair();
+    park(&h, 2, s2, None);
+    old.wake();
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    assert_eq!(h.len(), 1);
+}

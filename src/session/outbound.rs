@@ -45,7 +45,7 @@ struct InFlight {
 #[derive(Debug)]
 pub struct Outbound {
     client: ClientId,
-    config: SessionConfig,
+    config: Limits,
     /// Inflight window: at most 65535 (Receive Maximum); u16 keeps the session small.
     window: u16,
     inflight: BTreeMap<u16, InFlight>,
@@ -59,6 +59,43 @@ pub struct Outbound {
     /// What happened around the page read (see `Reading`); boxed, and only while
     /// there is something to say, so that an idle session stays small.
     reading: Option<Box<Reading>>,
+}
+
+/// `SessionConfig` as every session keeps it: 16 bytes instead of 40.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_inflight: u16,
+    /// Milliseconds; 49 days at most (a longer interval is as good as never).
+    retry_interval_ms: u32,
+    /// 0 = unlimited; a larger bound than u32::MAX is kept as u32::MAX.
+    max_mqueue_len: u32,
+    page_size: u32,
+}
+
+impl From<SessionConfig> for Limits {
+    fn from(c: SessionConfig) -> Limits {
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Limits {
+            max_inflight: c.max_inflight,
+            retry_interval_ms: u32::try_from(c.retry_interval.as_millis()).unwrap_or(u32::MAX),
+            max_mqueue_len: clamp(c.max_mqueue_len),
+            page_size: clamp(c.page_size),
+        }
+    }
+}
+
+impl Limits {
+    fn retry_interval(&self) -> Duration {
+        Duration::from_millis(u64::from(self.retry_interval_ms))
+    }
+
+    fn max_mqueue_len(&self) -> usize {
+        self.max_mqueue_len as usize
+    }
+
+    fn page_size(&self) -> usize {
+        self.page_size as usize
+    }
 }
 
 /// Inputs that came in while a page read was out, or after it failed.
@@ -127,7 +164,7 @@ impl Outbound {
         let window = config.max_inflight.max(1);
         Outbound {
             client,
-            config,
+            config: Limits::from(config),
             window,
             inflight: BTreeMap::new(),
             pending: VecDeque::new(),
@@ -208,7 +245,7 @@ impl Outbound {
                 from,
                 loading: true,
             } if seq >= from => {
-                let page_size = self.config.page_size;
+                let page_size = self.config.page_size();
                 let reading = self.reading.get_or_insert_with(Box::default);
                 if reading.early.len() < page_size {
                     reading.early.push(out);
@@ -223,7 +260,9 @@ impl Outbound {
                 tracing::warn!(client_id = %self.client, seq, "stored delivery for a volatile session");
             }
             Cursor::Live { next } if seq < next => {}
-            Cursor::Live { next } if seq > next || self.pending.len() >= self.config.page_size => {
+            Cursor::Live { next }
+                if seq > next || self.pending.len() >= self.config.page_size() =>
+            {
                 // Out of memory budget (or a gap): read it back from disk later.
                 self.cursor = Cursor::Disk {
                     from: next,
@@ -264,7 +303,7 @@ impl Outbound {
     /// A delivery that is not stored (non-persistent session, or QoS 0 to an online one).
     pub fn deliver_volatile(&mut self, out: Outgoing, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
-        let limit = self.config.max_mqueue_len;
+        let limit = self.config.max_mqueue_len();
         let volatile = match self.cursor {
             Cursor::Volatile => self.pending.len(),
             _ => self.pending.iter().filter(|o| o.seq.is_none()).count(),
@@ -367,7 +406,7 @@ impl Outbound {
             if seq < next {
                 continue; // the page held it
             }
-            if seq > next || self.pending.len() >= self.config.page_size {
+            if seq > next || self.pending.len() >= self.config.page_size() {
                 return Cursor::Disk {
                     from: next,
                     loading: false,
@@ -492,7 +531,7 @@ impl Outbound {
             self.reading = None;
             self.pump(now, &mut actions);
         }
-        let retry = self.config.retry_interval;
+        let retry = self.config.retry_interval();
         for (id, f) in self.inflight.iter_mut() {
             if f.stage != Stage::Releasing && now.saturating_duration_since(f.sent_at) >= retry {
                 f.sent_at = now;
@@ -508,7 +547,7 @@ impl Outbound {
         self.inflight
             .values()
             .filter(|f| f.stage != Stage::Releasing)
-            .filter_map(|f| f.sent_at.checked_add(self.config.retry_interval))
+            .filter_map(|f| f.sent_at.checked_add(self.config.retry_interval()))
             .chain(self.retry_at())
             .min()
     }
@@ -588,7 +627,7 @@ impl Outbound {
             loading: false,
         } = self.cursor
         {
-            let half = (self.config.page_size / 2).max(1);
+            let half = (self.config.page_size() / 2).max(1);
             if self.pending.len() < half && self.retry_at().is_none() {
                 self.cursor = Cursor::Disk {
                     from,
@@ -596,7 +635,7 @@ impl Outbound {
                 };
                 actions.push(Action::LoadQueue {
                     from,
-                    limit: self.config.page_size,
+                    limit: self.config.page_size(),
                 });
             }
         }
