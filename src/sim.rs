@@ -129,20 +129,11 @@ pub async fn open(
     connect: Connect,
 ) -> Result<SimChannel, Option<BytesMut>> {
     let listener: Arc<str> = Arc::from(zone.name.as_str());
+    let site = crate::connection::Site::detached(broker.clone(), zone, listener);
     let peer = SocketAddr::from(([127, 0, 0, 1], 1883));
     // The broker's clock is the simulation's.
     let clock = || broker.now();
-    match crate::connection::accept::open(
-        &broker,
-        &zone,
-        &listener,
-        peer,
-        connect,
-        Default::default(),
-        &clock,
-    )
-    .await
-    {
+    match crate::connection::accept::open(&site, peer, connect, Default::default(), &clock).await {
         Ok(channel) => Ok(SimChannel { channel }),
         Err(refused) => Err(refused.0),
     }

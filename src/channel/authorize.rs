@@ -47,12 +47,16 @@ impl Channel {
     /// Decide `packet` now, or hold it (and everything after it) for a hook.
     pub(super) fn authorize(&mut self, packet: Packet, now: Now) -> Result<(), Close> {
         if !self.holding()
-            && !self.broker.hooks.is_registered(HookPoint::ClientCheckAcl)
-            && self.broker.config.access.acl_nomatch_allow
+            && !self
+                .site
+                .broker
+                .hooks
+                .is_registered(HookPoint::ClientCheckAcl)
+            && self.site.broker.config.access.acl_nomatch_allow
         {
             return self.dispatch(packet, Verdicts::new(), now);
         }
-        let generation = self.broker.hooks.generation(HookPoint::ClientCheckAcl);
+        let generation = self.site.broker.hooks.generation(HookPoint::ClientCheckAcl);
         let decision = self.check_acl(&packet, generation, now);
         let decision = match decision {
             Decision::Ready(verdicts) if !self.holding() => {
@@ -93,7 +97,7 @@ impl Channel {
     ) -> Result<(), Close> {
         if let Some(held) = &mut self.acl {
             if let Some(slot) = held.queue.iter_mut().find(|(t, ..)| *t == ticket) {
-                if let Some(cfg) = self.broker.config.access.acl_cache {
+                if let Some(cfg) = self.site.broker.config.access.acl_cache {
                     let cache = held.cache.get_or_insert_with(|| AclCache::new(slot.3));
                     for (i, (access, topic)) in topics(&slot.1).enumerate() {
                         let v = if allowed(&verdicts, i) {
@@ -136,9 +140,9 @@ impl Channel {
     /// `client.check_acl` for each topic `packet` names, through this client's ACL
     /// cache when it is on; `generation` is the chain's, read before asking it.
     fn check_acl(&mut self, packet: &Packet, generation: u64, now: Now) -> Decision<Verdicts> {
-        let hooks = &self.broker.hooks;
+        let hooks = &self.site.broker.hooks;
         // `acl_nomatch`: what nobody decided.
-        let nomatch = if self.broker.config.access.acl_nomatch_allow {
+        let nomatch = if self.site.broker.config.access.acl_nomatch_allow {
             AclVerdict::Allow
         } else {
             AclVerdict::Deny
@@ -152,6 +156,7 @@ impl Channel {
         };
         // A superuser is allowed by the chain at once: nothing worth caching.
         let cache_cfg = self
+            .site
             .broker
             .config
             .access

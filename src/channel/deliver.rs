@@ -47,7 +47,10 @@ impl Channel {
                 })),
                 Action::Store(op) => self.turn().store_ops.push(op),
                 Action::Release { packet_id, op }
-                    if self.broker.fault(crate::sim::Fault::PubrelBeforeDurable) =>
+                    if self
+                        .site
+                        .broker
+                        .fault(crate::sim::Fault::PubrelBeforeDurable) =>
                 {
                     // The model test's known defect: PUBREL before the release is durable.
                     self.turn().store_ops.push(op);
@@ -58,14 +61,14 @@ impl Channel {
                 }
                 Action::LoadQueue { from, limit } => self.load_page(from, limit),
                 Action::Dropped(reason, msg) => {
-                    let m = &self.broker.metrics;
+                    let m = &self.site.broker.metrics;
                     Metrics::inc(&m.messages_dropped);
                     Metrics::inc(match reason {
                         DropReason::QueueFull => &m.messages_dropped_queue_full,
                         DropReason::Missing => &m.messages_dropped_expired,
                     });
                     if let Some(msg) = msg {
-                        self.broker.hooks.message_dropped(
+                        self.site.broker.hooks.message_dropped(
                             &msg,
                             reason.into(),
                             Some(&self.handle.client_id),
@@ -78,12 +81,13 @@ impl Channel {
 
     /// A delivery to this client dropped here: counted, and told to `message.dropped`.
     fn dropped(&self, msg: &Message, reason: hooks::DropReason) {
-        let m = &self.broker.metrics;
+        let m = &self.site.broker.metrics;
         Metrics::inc(&m.messages_dropped);
         if reason == hooks::DropReason::Expired {
             m.expired(msg.qos);
         }
-        self.broker
+        self.site
+            .broker
             .hooks
             .message_dropped(msg, reason, Some(&self.handle.client_id));
     }
@@ -105,7 +109,7 @@ impl Channel {
         self.flush_store_ops();
         let mailbox = self.mailbox.clone();
         let client_id = self.handle.client_id.clone();
-        self.broker.store.writer().submit(
+        self.site.broker.store.writer().submit(
             ops,
             Box::new(move |result| match result {
                 Ok(enqueued) => mailbox.push(then(enqueued)),
@@ -142,7 +146,7 @@ impl Channel {
     pub(super) fn submit_page_read(&mut self, from: u64, limit: usize) {
         let client = self.handle.client_id.clone();
         let mailbox = self.mailbox.clone();
-        self.broker.store.reader().submit(
+        self.site.broker.store.reader().submit(
             move |db| read_page(db, &client, from, limit),
             move |page| mailbox.push(ConnEvent::Loaded { from, limit, page }),
         );
@@ -236,9 +240,9 @@ impl Channel {
         if size > max {
             output.truncate(before);
             tracing::info!(client_id = %self.handle.client_id, size, max = self.client_max_packet, "PUBLISH larger than the client accepts; dropped");
-            Metrics::inc(&self.broker.metrics.messages_dropped_too_large);
-            self.broker.metrics.dropped_qos2(out.qos);
-            self.broker.hooks.message_dropped(
+            Metrics::inc(&self.site.broker.metrics.messages_dropped_too_large);
+            self.site.broker.metrics.dropped_qos2(out.qos);
+            self.site.broker.hooks.message_dropped(
                 msg,
                 hooks::DropReason::TooLarge,
                 Some(&self.handle.client_id),
@@ -250,11 +254,11 @@ impl Channel {
                 aliases.outbound.insert(msg.topic.clone(), alias);
             }
         }
-        Metrics::inc(&self.broker.metrics.packets_sent);
-        self.broker.metrics.packets.on_sent(&packet);
-        self.broker.metrics.sent_message(out.qos);
+        Metrics::inc(&self.site.broker.metrics.packets_sent);
+        self.site.broker.metrics.packets.on_sent(&packet);
+        self.site.broker.metrics.sent_message(out.qos);
         if let Some(info) = self.info_for(HookPoint::MessageDelivered) {
-            self.broker.hooks.message_delivered(&info, msg);
+            self.site.broker.hooks.message_delivered(&info, msg);
         }
         true
     }

@@ -12,7 +12,7 @@ impl Channel {
     /// Give the session back: offline (persistent) or gone; publish the will if due.
     pub fn detach(&mut self, publish_will: bool, now: Now) {
         let dup_below = self.outbound.dup_below();
-        let writer = self.broker.store.writer();
+        let writer = self.site.broker.store.writer();
         let client = &self.handle.client_id;
         let conn_id = self.conn_id;
         // Everything below happens under the session's lock and only if this
@@ -21,7 +21,7 @@ impl Channel {
         let ours = |st: &SessionState| st.conn.as_ref().is_some_and(|l| l.conn_id == conn_id);
         // The session ends with this connection: clean, or v5 DISCONNECT set its
         // expiry to 0.
-        let ended = self.broker.registry.remove_if(
+        let ended = self.site.broker.registry.remove_if(
             &self.handle,
             |st| ours(st) && (!st.meta.persistent || st.meta.expiry_interval_s == 0),
             |st| {
@@ -35,7 +35,7 @@ impl Channel {
         let expiry_s = {
             let mut st = self.handle.state();
             if !ended && st.live && ours(&st) {
-                self.broker.registry.detach(&mut st);
+                self.site.broker.registry.detach(&mut st);
                 st.offline_since = Some(now.at);
                 st.meta.dup_below = dup_below;
                 let op = Op::PutSession {
@@ -78,13 +78,14 @@ impl Channel {
             properties: props,
         };
         if delay_s == 0 {
-            self.broker.publish(msg, Vec::new(), Box::new(|_| {}));
+            self.site.broker.publish(msg, Vec::new(), Box::new(|_| {}));
             return;
         }
         // Stored: a reconnect within the delay cancels it, the end of the session
         // publishes it at once, a restart keeps it (see `broker::wills`).
         let due_ms = now.ms + u64::from(delay_s) * 1000;
-        self.broker
+        self.site
+            .broker
             .delay_will(self.handle.client_id.clone(), due_ms, msg);
     }
 }

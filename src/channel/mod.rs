@@ -44,6 +44,7 @@ use crate::broker::registry::{ConnEvent, SessionHandle};
 use crate::broker::Broker;
 use crate::codec::{self, LastWill, Packet, ProtocolVersion, ReasonCode};
 use crate::config::Zone;
+use crate::connection::Site;
 use crate::hooks::{CertIdentity, ClientInfo, DisconnectReason, HookPoint};
 use crate::message::ClientId;
 use crate::metrics::Metrics;
@@ -100,11 +101,9 @@ pub(crate) enum InputPause {
 
 /// What CONNECT decided for a new channel (see `session_open`).
 pub(crate) struct Accepted {
-    pub broker: Arc<Broker>,
-    pub zone: Arc<Zone>,
+    /// The listener that accepted it: broker, zone, name.
+    pub site: Arc<Site>,
     pub conn_id: u64,
-    /// The listener that accepted it (`listener.tcp.<name>`).
-    pub listener: Arc<str>,
     pub username: Option<Arc<str>>,
     /// An authentication hook made it a superuser (it skips `client.check_acl`).
     pub superuser: bool,
@@ -121,12 +120,11 @@ pub(crate) struct Accepted {
 }
 
 pub(crate) struct Channel {
-    broker: Arc<Broker>,
-    zone: Arc<Zone>,
+    /// Its listener's broker, zone and name (one pointer: see `connection::Site`).
+    site: Arc<Site>,
     conn_id: u64,
     /// What `client_info` is built from, when a hook wants it (not kept built: most
     /// nodes register no hook, and an idle connection must stay small).
-    listener: Arc<str>,
     username: Option<Arc<str>>,
     superuser: bool,
     /// `client_info`, once built: at connect when any hook is registered (so it
@@ -170,7 +168,7 @@ pub(crate) struct Channel {
 
 /// What a channel holds between driver turns, all of it empty when the channel is
 /// idle: boxed, and dropped then, so that a hibernated connection does not carry it
-/// (84 bytes less; the `Connection` fits mimalloc's 384-byte class, see
+/// (84 bytes less; the `Connection` fits mimalloc's 320-byte class, see
 /// `connection::tests`).
 #[derive(Default)]
 struct Turn {
@@ -209,10 +207,8 @@ impl Drop for Channel {
 impl Channel {
     pub fn new(a: Accepted, now: Now) -> Channel {
         Channel {
-            broker: a.broker,
-            zone: a.zone,
+            site: a.site,
             conn_id: a.conn_id,
-            listener: a.listener,
             username: a.username,
             superuser: a.superuser,
             info: std::cell::OnceCell::new(),
@@ -238,11 +234,15 @@ impl Channel {
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
-        &self.broker
+        &self.site.broker
     }
 
     pub fn zone(&self) -> &Zone {
-        &self.zone
+        &self.site.zone
+    }
+
+    pub fn site(&self) -> &Arc<Site> {
+        &self.site
     }
 
     pub fn mailbox(&self) -> &Arc<Mailbox> {
@@ -272,8 +272,8 @@ impl Channel {
             self.handle.client_id.clone(),
             peer,
             self.version,
-            self.listener.clone(),
-            Arc::from(self.zone.name.as_str()),
+            self.site.listener.clone(),
+            Arc::from(self.site.zone.name.as_str()),
         );
         info.username = self.username.clone();
         info.mountpoint = self.mountpoint().map(|mp| Arc::from(mp.as_ref()));
@@ -293,7 +293,7 @@ impl Channel {
     /// This client's topic prefix (`crate::mountpoint`), if its listener or zone
     /// has one.
     fn mountpoint(&self) -> Option<std::borrow::Cow<'_, str>> {
-        let template = self.zone.mountpoint.as_deref()?;
+        let template = self.site.zone.mountpoint.as_deref()?;
         Some(crate::mountpoint::expand(
             template,
             &self.handle.client_id,
@@ -303,7 +303,8 @@ impl Channel {
 
     /// `client_info`, if a hook is registered at `point`.
     fn info_for(&self, point: HookPoint) -> Option<Arc<ClientInfo>> {
-        self.broker
+        self.site
+            .broker
             .hooks
             .is_registered(point)
             .then(|| self.client_info())
@@ -341,7 +342,7 @@ impl Channel {
     /// `n` bytes of `output` were written.
     pub fn written(&mut self, n: usize, now: Now) {
         self.mailbox.note_progress(now.ms);
-        Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
+        Metrics::add(&self.site.broker.metrics.bytes_sent, n as u64);
         let Some(turn) = self.turn.as_mut() else {
             return;
         };
@@ -383,7 +384,7 @@ impl Channel {
 
     /// `n` bytes arrived from the client.
     pub fn bytes_read(&mut self, n: usize, now: Now) {
-        Metrics::add(&self.broker.metrics.bytes_received, n as u64);
+        Metrics::add(&self.site.broker.metrics.bytes_received, n as u64);
         self.last_packet_at = now.at;
         self.active_at = now.at;
     }
@@ -391,11 +392,15 @@ impl Channel {
     /// `pings` PINGREQs read while the connection hibernated (see `only_pings`):
     /// counted as any packet, the keepalive restarted, their PINGRESPs in `output`.
     pub fn pings_answered_dormant(&mut self, pings: usize, now: Now) {
-        Metrics::add(&self.broker.metrics.bytes_received, 2 * pings as u64);
+        Metrics::add(&self.site.broker.metrics.bytes_received, 2 * pings as u64);
         self.last_packet_at = now.at;
         for _ in 0..pings {
-            Metrics::inc(&self.broker.metrics.packets_received);
-            self.broker.metrics.packets.on_received(&Packet::PingReq);
+            Metrics::inc(&self.site.broker.metrics.packets_received);
+            self.site
+                .broker
+                .metrics
+                .packets
+                .on_received(&Packet::PingReq);
             self.send(&Packet::PingResp);
         }
     }
@@ -403,18 +408,18 @@ impl Channel {
     /// Decode and handle every complete packet in `rbuf`, stopping early when a
     /// publish congested a subscriber (the rest waits in `rbuf` for its room).
     pub fn handle_bytes(&mut self, rbuf: &mut BytesMut, now: Now) -> Result<(), Close> {
-        let max_packet = self.broker.config.mqtt.max_packet_size as usize;
+        let max_packet = self.site.broker.config.mqtt.max_packet_size as usize;
         while self.closing || (!self.paused && self.paused_for == InputPause::No) {
             match codec::decode(rbuf, self.version, max_packet) {
                 Ok(Some(packet)) => {
-                    Metrics::inc(&self.broker.metrics.packets_received);
-                    self.broker.metrics.packets.on_received(&packet);
+                    Metrics::inc(&self.site.broker.metrics.packets_received);
+                    self.site.broker.metrics.packets.on_received(&packet);
                     self.on_packet(packet, now)?;
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(client_id = %self.handle.client_id, peer = %self.handle.state().peer, error = %e, "malformed packet");
-                    Metrics::inc(&self.broker.metrics.packets_malformed);
+                    Metrics::inc(&self.site.broker.metrics.packets_malformed);
                     return Err(Close::Error(e.reason_code()));
                 }
             }
@@ -470,7 +475,7 @@ impl Channel {
     pub fn flush_store_ops(&mut self) {
         if let Some(turn) = self.turn.as_mut().filter(|t| !t.store_ops.is_empty()) {
             let ops = std::mem::take(&mut turn.store_ops);
-            self.broker.store.writer().submit_detached(ops);
+            self.site.broker.store.writer().submit_detached(ops);
         }
         if let Some((from, limit)) = self.take_page_read() {
             self.submit_page_read(from, limit);
@@ -485,8 +490,10 @@ impl Channel {
         if self.keep_alive == 0 {
             return None;
         }
-        Duration::try_from_secs_f64(f64::from(self.keep_alive) * self.zone.keepalive_backoff * 2.0)
-            .ok()
+        Duration::try_from_secs_f64(
+            f64::from(self.keep_alive) * self.site.zone.keepalive_backoff * 2.0,
+        )
+        .ok()
     }
 
     /// When the keepalive runs out, if it can: the driver's hibernation deadline.
@@ -507,6 +514,7 @@ impl Channel {
             now.at + Duration::from_secs(1)
         };
         let hibernate = self
+            .site
             .zone
             .hibernate_after
             .and_then(|after| self.active_at.checked_add(after))
@@ -532,18 +540,22 @@ impl Channel {
             tracing::info!(client_id = %self.handle.client_id, "keepalive timeout");
             return Err(Close::Error(ReasonCode::KEEP_ALIVE_TIMEOUT));
         }
-        if let (Some(limit), Some(stalled_ms)) =
-            (self.zone.stall_timeout, self.mailbox.stalled_for_ms(now.ms))
-        {
+        if let (Some(limit), Some(stalled_ms)) = (
+            self.site.zone.stall_timeout,
+            self.mailbox.stalled_for_ms(now.ms),
+        ) {
             if stalled_ms >= limit.as_millis() as u64 {
                 tracing::warn!(client_id = %self.handle.client_id, peer = %self.handle.state().peer, stalled_ms, "the client stopped reading while its deliveries held up their publishers; closing it (stall_timeout)");
-                Metrics::inc(&self.broker.metrics.connections_stalled);
+                Metrics::inc(&self.site.broker.metrics.connections_stalled);
                 return Err(Close::Error(ReasonCode::QUOTA_EXCEEDED));
             }
         }
         let actions = self.outbound.tick(now.at);
         self.execute(actions, now);
-        for id in self.inbound.expire(now.at, self.zone.await_rel_timeout) {
+        for id in self
+            .inbound
+            .expire(now.at, self.site.zone.await_rel_timeout)
+        {
             tracing::warn!(client_id = %self.handle.client_id, packet_id = id, "PUBREL not received in time; id released");
             if self.persistent {
                 let client = self.handle.client_id.clone();
@@ -643,7 +655,7 @@ impl Channel {
             ConnEvent::CleanAclCache => self.clean_acl_cache(),
             ConnEvent::CheckBanned => {
                 let info = self.client_info();
-                let banned = self.broker.banned.check(
+                let banned = self.site.broker.banned.check(
                     &info.client_id,
                     info.username.as_deref(),
                     info.peer.ip(),
@@ -672,8 +684,8 @@ impl Channel {
             tracing::error!(client_id = %self.handle.client_id, packet = packet.name(), error = %e, "cannot encode");
             return;
         }
-        Metrics::inc(&self.broker.metrics.packets_sent);
-        self.broker.metrics.packets.on_sent(packet);
+        Metrics::inc(&self.site.broker.metrics.packets_sent);
+        self.site.broker.metrics.packets.on_sent(packet);
     }
 
     // ---- the end ----
@@ -699,11 +711,14 @@ impl Channel {
                 }
             }
         }
-        Metrics::inc(&self.broker.metrics.disconnections);
+        Metrics::inc(&self.site.broker.metrics.disconnections);
         tracing::info!(client_id = %self.handle.client_id, ?close, "disconnected");
         let reason = disconnect_reason(close);
         if let Some(info) = self.info_for(HookPoint::ClientDisconnected) {
-            self.broker.hooks.client_disconnected(&info, reason, now.ms);
+            self.site
+                .broker
+                .hooks
+                .client_disconnected(&info, reason, now.ms);
         }
         match close {
             Close::ByClient { with_will } => *with_will,

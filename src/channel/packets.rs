@@ -50,13 +50,13 @@ impl Channel {
         verdicts: Verdicts,
         now: Now,
     ) -> Result<(), Close> {
-        if self.broker.config.access.acl_deny_action == AclDenyAction::Disconnect
+        if self.site.broker.config.access.acl_deny_action == AclDenyAction::Disconnect
             && verdicts.contains(&AclVerdict::Deny)
         {
             // `acl_deny_action = disconnect`: no ack, the connection ends (as EMQX 4).
             let metric = match packet {
-                Packet::Publish(_) => &self.broker.metrics.packets_publish_denied,
-                _ => &self.broker.metrics.packets_subscribe_denied,
+                Packet::Publish(_) => &self.site.broker.metrics.packets_publish_denied,
+                _ => &self.site.broker.metrics.packets_subscribe_denied,
             };
             Metrics::inc(metric);
             tracing::info!(client_id = %self.handle.client_id, "not authorized; disconnecting (acl_deny_action = disconnect)");
@@ -77,7 +77,11 @@ impl Channel {
                 {
                     Some(actions) => self.execute(actions, now),
                     None => {
-                        self.broker.metrics.packets.on_missed(packet_type::PUBREC);
+                        self.site
+                            .broker
+                            .metrics
+                            .packets
+                            .on_missed(packet_type::PUBREC);
                         self.send(&Packet::PubRel(resp(
                             r.packet_id,
                             ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
@@ -93,7 +97,11 @@ impl Channel {
             }
             Packet::PubRel(r) => match self.inbound.release(r.packet_id) {
                 Release::Unknown => {
-                    self.broker.metrics.packets.on_missed(packet_type::PUBREL);
+                    self.site
+                        .broker
+                        .metrics
+                        .packets
+                        .on_missed(packet_type::PUBREL);
                     let reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                     self.send_pubcomp(r.packet_id, reason);
                 }
@@ -113,7 +121,11 @@ impl Channel {
                     } else {
                         Vec::new()
                     };
-                    if self.broker.fault(crate::sim::Fault::PubcompBeforeDurable) {
+                    if self
+                        .site
+                        .broker
+                        .fault(crate::sim::Fault::PubcompBeforeDurable)
+                    {
                         // The model test's known defect: PUBCOMP before the deletion.
                         self.turn().store_ops.extend(ops);
                         self.send_pubcomp(r.packet_id, ReasonCode::Success);
@@ -133,7 +145,7 @@ impl Channel {
                         return Err(Close::Error(ReasonCode::PROTOCOL_ERROR));
                     }
                     st.meta.expiry_interval_s =
-                        expiry.min(super::connect::max_session_expiry_s(&self.zone));
+                        expiry.min(super::connect::max_session_expiry_s(&self.site.zone));
                 }
                 return Err(Close::ByClient {
                     with_will: d.reason == ReasonCode::DISCONNECT_WITH_WILL,
@@ -153,20 +165,28 @@ impl Channel {
     /// flight.
     fn count_missed(&self, packet_id: u16, packet_type: usize) {
         if self.outbound.inflight_message(packet_id).is_none() {
-            self.broker.metrics.packets.on_missed(packet_type);
+            self.site.broker.metrics.packets.on_missed(packet_type);
         }
     }
 
     fn acked(&self, packet_id: u16) {
-        if self.broker.hooks.is_registered(HookPoint::MessageAcked) {
+        if self
+            .site
+            .broker
+            .hooks
+            .is_registered(HookPoint::MessageAcked)
+        {
             if let Some(msg) = self.outbound.inflight_message(packet_id) {
-                self.broker.hooks.message_acked(&self.client_info(), msg);
+                self.site
+                    .broker
+                    .hooks
+                    .message_acked(&self.client_info(), msg);
             }
         }
     }
 
     fn on_publish(&mut self, p: Publish, allowed: bool, now: Now) -> Result<(), Close> {
-        let broker = self.broker.clone();
+        let broker = self.site.broker.clone();
         let mqtt = &broker.config.mqtt;
         let metrics = &broker.metrics;
         Metrics::inc(&metrics.messages_received);
@@ -244,7 +264,7 @@ impl Channel {
             return Ok(());
         }
         let Some(packet_id) = p.packet_id else {
-            let routed = self.broker.publish_from(
+            let routed = self.site.broker.publish_from(
                 self.info_for(HookPoint::MessagePublish),
                 msg,
                 Vec::new(),
@@ -291,7 +311,7 @@ impl Channel {
                     return Err(Close::Error(ReasonCode::PACKET_IDENTIFIER_IN_USE));
                 }
                 Qos2Arrival::TooMany => {
-                    tracing::info!(client_id = %self.handle.client_id, packet_id, max_awaiting_rel = self.zone.max_awaiting_rel, "too many QoS 2 ids awaiting PUBREL");
+                    tracing::info!(client_id = %self.handle.client_id, packet_id, max_awaiting_rel = self.site.zone.max_awaiting_rel, "too many QoS 2 ids awaiting PUBREL");
                     return Err(Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
                 }
                 Qos2Arrival::New => {
@@ -309,7 +329,7 @@ impl Channel {
         let after_pending = !self.pending_in().is_empty();
         // Placeholder until `publish` returns; the Durable event is handled after.
         self.turn().pending_in.insert(packet_id, true);
-        let routed = self.broker.publish_ordered(
+        let routed = self.site.broker.publish_ordered(
             self.info_for(HookPoint::MessagePublish).as_ref(),
             msg,
             extra,
@@ -327,7 +347,7 @@ impl Channel {
     /// this client until it has room (TCP backpressure; see `broker::mailbox`).
     fn pause_for(&mut self, congested: Option<Arc<crate::broker::mailbox::Mailbox>>) {
         if let (Some(congested), false) = (congested, self.paused) {
-            Metrics::inc(&self.broker.metrics.publishers_paused);
+            Metrics::inc(&self.site.broker.metrics.publishers_paused);
             self.paused = true;
             congested.wait_room(self.mailbox.clone());
         }
@@ -346,7 +366,7 @@ impl Channel {
 
     /// Our Receive Maximum (MQTT 5): the zone's `max_inflight`, told in CONNACK.
     fn receive_max(&self) -> usize {
-        usize::from(self.zone.max_inflight)
+        usize::from(self.site.zone.max_inflight)
     }
 
     /// Inbound QoS 1/2 publishes not yet answered with PUBACK / PUBCOMP: those waiting
@@ -399,7 +419,7 @@ impl Channel {
         let Some(alias) = p.properties.topic_alias else {
             return Ok(p.topic.clone());
         };
-        if alias == 0 || alias > self.broker.config.mqtt.max_topic_alias {
+        if alias == 0 || alias > self.site.broker.config.mqtt.max_topic_alias {
             return Err(Close::Error(ReasonCode::TOPIC_ALIAS_INVALID));
         }
         let aliases = self.aliases.get_or_insert_with(Default::default);
@@ -415,7 +435,7 @@ impl Channel {
     }
 
     fn on_subscribe(&mut self, s: Subscribe, verdicts: &Verdicts, now: Now) {
-        let mqtt = &self.broker.config.mqtt;
+        let mqtt = &self.site.broker.config.mqtt;
         let sub_id = s
             .properties
             .subscription_identifiers
@@ -436,14 +456,14 @@ impl Channel {
             let reason = if !valid {
                 ReasonCode::TOPIC_FILTER_INVALID
             } else if !allowed(verdicts, i) {
-                Metrics::inc(&self.broker.metrics.packets_subscribe_denied);
+                Metrics::inc(&self.site.broker.metrics.packets_subscribe_denied);
                 ReasonCode::NOT_AUTHORIZED
             } else if filter.starts_with("$share/") || filter.starts_with("$queue/") {
                 ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
             } else if !mqtt.wildcard_subscription && topic::has_wildcard(filter) {
                 ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
-            } else if self.zone.max_subscriptions > 0
-                && self.handle.state().meta.subscriptions.len() >= self.zone.max_subscriptions
+            } else if self.site.zone.max_subscriptions > 0
+                && self.handle.state().meta.subscriptions.len() >= self.site.zone.max_subscriptions
                 && !self.handle.state().meta.subscriptions.contains_key(filter)
             {
                 ReasonCode::QUOTA_EXCEEDED
@@ -454,9 +474,16 @@ impl Channel {
                     qos: granted,
                     ..SubOpts::from_options(options, sub_id)
                 };
-                let existed = self.broker.registry.subscribe(&self.handle, filter, opts);
+                let existed = self
+                    .site
+                    .broker
+                    .registry
+                    .subscribe(&self.handle, filter, opts);
                 if let Some(info) = self.info_for(HookPoint::SessionSubscribed) {
-                    self.broker.hooks.session_subscribed(&info, filter, options);
+                    self.site
+                        .broker
+                        .hooks
+                        .session_subscribed(&info, filter, options);
                 }
                 if self.persistent {
                     ops.push(Op::PutSubscription {
@@ -476,7 +503,7 @@ impl Channel {
                     RetainHandling::SendIfNew => !existed,
                     RetainHandling::Never => false,
                 };
-                if send_retained && !self.broker.retained.is_empty() {
+                if send_retained && !self.site.broker.retained.is_empty() {
                     lookups.push(RetainedLookup {
                         filter: filter.clone(),
                         granted,
@@ -507,7 +534,8 @@ impl Channel {
         self.turn().store_ops.append(&mut ops);
         self.paused_for = InputPause::Retained;
         let mailbox = self.mailbox.clone();
-        self.broker
+        self.site
+            .broker
             .read_retained(RetainedRead { ack, lookups }, move |read| {
                 mailbox.push(ConnEvent::RetainedRead(Box::new(read)));
             });
@@ -548,7 +576,7 @@ impl Channel {
                     msg,
                 };
                 if self.persistent && out.qos != QoS::AtMostOnce {
-                    out.msg_id = self.broker.store.next_msg_id();
+                    out.msg_id = self.site.broker.store.next_msg_id();
                     out.unreferenced = true; // stored inline
                     ops.push(self.enqueue_op(&out));
                     stored.push(out);
@@ -563,7 +591,7 @@ impl Channel {
         }
         // Persistent: even with nothing to store, this waits (a barrier) for the
         // subscription written at SUBSCRIBE to be durable.
-        let broker = self.broker.clone();
+        let broker = self.site.broker.clone();
         self.when_durable_with(ops, move |seqs| {
             for (mut out, seq) in stored.into_iter().zip(seqs) {
                 match seq {
@@ -610,9 +638,9 @@ impl Channel {
                     .mountpoint()
                     .map(|mp| crate::mountpoint::mount(&mp, filter));
                 let filter = mounted.as_ref().unwrap_or(filter);
-                if self.broker.registry.unsubscribe(&self.handle, filter) {
+                if self.site.broker.registry.unsubscribe(&self.handle, filter) {
                     if let Some(info) = self.info_for(HookPoint::SessionUnsubscribed) {
-                        self.broker.hooks.session_unsubscribed(&info, filter);
+                        self.site.broker.hooks.session_unsubscribed(&info, filter);
                     }
                     if self.persistent {
                         ops.push(Op::DeleteSubscription {

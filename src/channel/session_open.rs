@@ -200,7 +200,7 @@ impl Channel {
     pub(crate) fn open(
         s: Settled,
         mut a: Admission,
-        listener: Arc<str>,
+        site: Arc<crate::connection::Site>,
         superuser: bool,
         awaiting_rel: Vec<u16>,
         now: Now,
@@ -214,7 +214,7 @@ impl Channel {
             page_size: s.broker.queue_page_size(),
         };
         let accepted = Accepted {
-            broker: s.broker.clone(),
+            site,
             conn_id: s.conn_id,
             version,
             handle: s.handle,
@@ -247,11 +247,9 @@ impl Channel {
             }),
             client_max_packet: a.client_max_packet,
             alias_out_max: a.connect.properties.topic_alias_maximum.unwrap_or(0),
-            listener,
             username: a.connect.username.as_deref().map(Arc::from),
             superuser,
             mailbox: s.mailbox,
-            zone,
         };
         let broker = s.broker;
         let mut channel = Channel::new(accepted, now);

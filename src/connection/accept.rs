@@ -34,15 +34,14 @@ pub(crate) struct Presented {
 /// output. No socket is involved, and the time comes from `clock` (`Now::read`, or a
 /// simulated one): tests open channels this way too.
 pub(crate) async fn open(
-    broker: &Arc<Broker>,
-    zone: &Arc<Zone>,
-    listener: &Arc<str>,
+    site: &Arc<super::Site>,
     peer: SocketAddr,
     connect: Connect,
     presented: Presented,
     clock: &(dyn Fn() -> Now + Sync),
 ) -> Result<Channel, Refused> {
     let Presented { cert, enhanced } = presented;
+    let (broker, zone, listener) = (&site.broker, &site.zone, &site.listener);
     let admission = admit(broker, zone, peer, connect, enhanced.as_ref(), || {
         format!("quay-{:x}-{:x}", clock().ms, broker.next_conn_id())
     })?;
@@ -89,7 +88,7 @@ pub(crate) async fn open(
     let mut channel = Channel::open(
         settled,
         admission,
-        listener.clone(),
+        site.clone(),
         superuser,
         awaiting_rel,
         clock(),

@@ -20,22 +20,27 @@ async fn serve(broker: Arc<Broker>) -> u16 {
     let hibernation = super::Hibernation::start().unwrap();
     let (alive, _alive_rx) = tokio::sync::mpsc::channel(1);
     let slots = Arc::new(tokio::sync::Semaphore::new(64));
+    let (tx, shutdown) = tokio::sync::watch::channel(false);
+    let site = Arc::new(super::Site {
+        broker: broker.clone(),
+        zone: broker.zone("external"),
+        listener: Arc::from("external"),
+        edge: Some(super::Edge {
+            layers: None,
+            shutdown,
+            hibernation,
+            slots: slots.clone(),
+            _alive: alive,
+        }),
+    });
     tokio::spawn(async move {
-        let _alive_rx = _alive_rx;
-        let (_tx, shutdown) = tokio::sync::watch::channel(false);
-        let _tx = _tx;
+        let (_alive_rx, _tx) = (_alive_rx, tx);
         while let Ok((stream, peer)) = listener.accept().await {
             let env = super::Env {
-                broker: broker.clone(),
-                zone: broker.zone("external"),
-                listener: Arc::from("external"),
-                layers: None,
-                shutdown: shutdown.clone(),
-                hibernation: hibernation.clone(),
+                site: site.clone(),
                 guard: super::ConnGuard {
-                    _permit: slots.clone().try_acquire_owned().unwrap(),
-                    _slot: crate::listener::ceiling::Slot::take().unwrap(),
-                    _alive: alive.clone(),
+                    permit: slots.clone().try_acquire_owned().unwrap(),
+                    slot: crate::listener::ceiling::Slot::take().unwrap(),
                 },
             };
             tokio::spawn(super::serve(env, stream, peer));

@@ -10,6 +10,9 @@
 
 pub(crate) mod accept;
 pub(crate) mod enhanced_auth;
+mod site;
+
+pub(crate) use site::{Edge, Site};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,14 +22,13 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::broker::registry::ConnEvent;
-use crate::broker::Broker;
 use crate::channel::connect::{preface, Preface};
 use crate::channel::{Channel, Close, Now};
 use crate::codec::ReasonCode;
-use crate::config::{WsConfig, Zone};
+use crate::config::WsConfig;
 use crate::hibernate::{Hibernator, Readable};
 use crate::metrics::Metrics;
 use crate::transport::tls::TlsListener;
@@ -46,20 +48,14 @@ enum Outcome {
 
 /// What a listener gives each connection it accepts.
 pub(crate) struct Env {
-    pub broker: Arc<Broker>,
-    pub zone: Arc<Zone>,
-    /// The listener's name (`listener.tcp.<name>`), which hooks see.
-    pub listener: Arc<str>,
-    /// What an SSL, WS or WSS listener puts under the channel (None: plain TCP).
-    pub layers: Option<Arc<ListenerLayers>>,
-    pub shutdown: watch::Receiver<bool>,
-    pub hibernation: Hibernation,
+    /// The listener's shared part (its `edge` is always there for a socket).
+    pub site: Arc<Site>,
     /// Held for the connection's whole life, hibernated or not.
     pub guard: ConnGuard,
 }
 
 /// The layers a listener's connections get, set up in this order before CONNECT.
-/// One pointer in `Env` for all of them: `Env` lives in every connection's future.
+/// In the listener's `Site`, shared by its connections.
 pub(crate) struct ListenerLayers {
     /// `proxy_protocol = on`: a PROXY header first, naming the client.
     pub proxy: Option<ProxyLayer>,
@@ -78,18 +74,26 @@ pub(crate) struct ProxyLayer {
 
 /// A listener's connection slot and the node's count of live connections.
 pub(crate) struct ConnGuard {
-    pub _permit: OwnedSemaphorePermit,
+    /// Forgotten once the connection is built: its `Drop` gives the slot back.
+    pub permit: OwnedSemaphorePermit,
     /// The node's open-file ceiling (zero-sized).
-    pub _slot: crate::listener::ceiling::Slot,
-    pub _alive: mpsc::Sender<()>,
+    pub slot: crate::listener::ceiling::Slot,
 }
 
 pub(crate) struct Connection {
     channel: Channel,
     transport: Transport,
-    shutdown: watch::Receiver<bool>,
-    hibernation: Hibernation,
-    _guard: ConnGuard,
+    /// The node's open-file ceiling (zero-sized); the listener's slot is given back
+    /// by `Drop`, through the channel's site.
+    _slot: crate::listener::ceiling::Slot,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(edge) = &self.channel.site().edge {
+            edge.slots.add_permits(1);
+        }
+    }
 }
 
 /// Idle connections parked without a task (see `crate::hibernate`).
@@ -119,12 +123,13 @@ impl Hibernation {
 pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
-    let broker = env.broker.clone();
+    let site = env.site;
+    let broker = site.broker.clone();
     // Buffers start empty and grow on demand: idle connections must stay small.
     let mut rbuf = BytesMut::new();
     let mut transport = Transport::Plain;
     let mut username_from_cert = None;
-    let layers = env.layers.as_deref();
+    let layers = site.layers();
     if let Some(proxy) = layers.and_then(|l| l.proxy.as_ref()) {
         // The PROXY header comes first, below TLS and WebSocket; from here on the
         // client it names is the peer (hooks, `clients show`, logs, access rules).
@@ -163,7 +168,7 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
         transport = Transport::ws(transport.into_tls(), state);
         let upgrade = Box::pin(upgrade(
             ws,
-            env.zone.idle_timeout,
+            site.zone.idle_timeout,
             peer,
             &mut reader,
             &mut writer,
@@ -177,7 +182,7 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
             } else {
                 "ws"
             };
-            let id = format!("mqtt:{proto}:{}", env.listener);
+            let id = format!("mqtt:{proto}:{}", site.listener);
             // Logged at most once every 10 s, as TLS handshake failures: a scanner
             // on 8083 must not fill the log; every refusal is counted above.
             if let Some(skipped) = WS_REFUSALS.ready(crate::message::now_ms(), 10_000) {
@@ -189,7 +194,7 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
     // CONNECT must arrive within idle_timeout. The connect and teardown stages are
     // boxed: they are large and short-lived, and inlined they would size the future
     // of every connection.
-    let connect = Box::pin(tokio::time::timeout(env.zone.idle_timeout, async {
+    let connect = Box::pin(tokio::time::timeout(site.zone.idle_timeout, async {
         loop {
             match preface(&broker, peer, &mut rbuf) {
                 Preface::More => {}
@@ -233,7 +238,7 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
     };
     let exchange = Box::pin(enhanced_auth::run(
         &broker,
-        env.zone.idle_timeout,
+        site.zone.idle_timeout,
         peer,
         &mut connect,
         wire,
@@ -245,15 +250,7 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
         cert: transport.peer_cert(),
         enhanced,
     };
-    let opened = Box::pin(accept::open(
-        &env.broker,
-        &env.zone,
-        &env.listener,
-        peer,
-        *connect,
-        presented,
-        &Now::read,
-    ));
+    let opened = Box::pin(accept::open(&site, peer, *connect, presented, &Now::read));
     let channel = match opened.await {
         Ok(channel) => channel,
         Err(accept::Refused(connack)) => {
@@ -263,12 +260,12 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
             return;
         }
     };
+    let ConnGuard { permit, slot } = env.guard;
+    permit.forget();
     let conn = Connection {
         channel,
         transport,
-        shutdown: env.shutdown,
-        hibernation: env.hibernation,
-        _guard: env.guard,
+        _slot: slot,
     };
     let stream = reader.reunite(writer).expect("halves of one stream");
     drive(conn, stream, rbuf).await;
@@ -493,7 +490,12 @@ impl Connection {
         rbuf: &mut BytesMut,
     ) -> Outcome {
         let mailbox = self.channel.mailbox().clone();
-        let mut shutdown = self.shutdown.clone();
+        let mut shutdown = self
+            .channel
+            .site()
+            .edge
+            .as_ref()
+            .map(|e| e.shutdown.clone());
         let ch = &mut self.channel;
         let transport = &mut self.transport;
         // Packets already buffered behind the CONNECT.
@@ -621,7 +623,7 @@ impl Connection {
                         }
                     }
                 }
-                _ = shutdown.changed() => return Outcome::Closed(Close::Kicked(ReasonCode::SERVER_SHUTTING_DOWN)),
+                _ = shut_down(&mut shutdown) => return Outcome::Closed(Close::Kicked(ReasonCode::SERVER_SHUTTING_DOWN)),
             }
         }
     }
@@ -631,6 +633,11 @@ impl Connection {
     /// socket was lost on the way).
     #[allow(clippy::type_complexity)]
     fn hibernate(mut self, socket: TcpStream) -> Result<(), (Box<Self>, Option<TcpStream>)> {
+        let Some(edge) = &self.channel.site().edge else {
+            // No hibernator (`may_hibernate` says so first).
+            return Err((Box::new(self), Some(socket)));
+        };
+        let hibernator = edge.hibernation.0.clone();
         // Nothing is pending (`may_hibernate`): give back what buffers kept.
         self.channel.shrink();
         let socket = match socket.into_std() {
@@ -642,7 +649,6 @@ impl Connection {
         };
         let deadline = self.channel.keepalive_deadline();
         let mailbox = self.channel.mailbox().clone();
-        let hibernator = self.hibernation.0.clone();
         let broker = self.channel.broker().clone();
         tracing::debug!(client_id = %self.channel.client_id(), "hibernating");
         broker.hibernated.inc();
@@ -740,10 +746,25 @@ fn run_decisions(ch: &mut Channel) {
 
 /// Quiet for `hibernate_after`, with nothing buffered, in flight or awaited?
 fn may_hibernate(ch: &mut Channel, transport: &Transport, now: Now, rbuf: &BytesMut) -> bool {
-    let Some(after) = ch.zone().hibernate_after else {
+    let Some(after) = ch
+        .zone()
+        .hibernate_after
+        .filter(|_| ch.site().edge.is_some())
+    else {
         return false;
     };
     rbuf.is_empty() && !transport.wants_write(&[]) && ch.hibernation_due(now, after)
+}
+
+/// The node is shutting down (never, for a connection without an edge).
+async fn shut_down(shutdown: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match shutdown {
+        // Also when the sender is gone: the node is.
+        Some(rx) => {
+            let _ = rx.changed().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Handle what is already readable, without waiting (bounded: 64 reads).
@@ -773,7 +794,7 @@ mod tests {
     /// A busy connection keeps this future (its task); a hibernated one keeps only
     /// its boxed `Connection`, the largest part of an idle connection's memory. The
     /// connect and teardown stages are boxed to keep the future small, and the
-    /// `Connection` fits mimalloc's 384-byte size class; this guards both.
+    /// `Connection` fits mimalloc's 320-byte size class; this guards both.
     #[tokio::test]
     async fn the_connection_future_stays_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -791,16 +812,21 @@ mod tests {
             .try_acquire_owned()
             .unwrap();
         let env = super::Env {
-            broker: broker.clone(),
-            zone,
-            listener: std::sync::Arc::from("external"),
-            layers: None,
-            shutdown,
-            hibernation: super::Hibernation::start().unwrap(),
+            site: std::sync::Arc::new(super::Site {
+                broker: broker.clone(),
+                zone,
+                listener: std::sync::Arc::from("external"),
+                edge: Some(super::Edge {
+                    layers: None,
+                    shutdown,
+                    hibernation: super::Hibernation::start().unwrap(),
+                    slots: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+                    _alive: alive,
+                }),
+            }),
             guard: super::ConnGuard {
-                _permit: permit,
-                _slot: crate::listener::ceiling::Slot::take().unwrap(),
-                _alive: alive,
+                permit,
+                slot: crate::listener::ceiling::Slot::take().unwrap(),
             },
         };
         let fut = super::serve(env, stream, peer);
@@ -810,7 +836,7 @@ mod tests {
         // transport (TLS) added 72 bytes to the 2,560 before it.
         assert!(size <= 2688, "connection future is {size} bytes");
         let conn = std::mem::size_of::<super::Connection>();
-        assert!(conn <= 384, "Connection is {conn} bytes");
+        assert!(conn <= 320, "Connection is {conn} bytes");
         // Every layer past plain TCP is behind one pointer: a plain connection
         // carries no TLS session or WebSocket state, and none a second pointer.
         let transport = std::mem::size_of::<crate::transport::Transport>();

@@ -14,7 +14,7 @@ use super::control::{Command, Control, Socket};
 use super::rate::ConnRate;
 use crate::broker::Broker;
 use crate::config::ListenerConfig;
-use crate::connection::{ConnGuard, Env, Hibernation, ListenerLayers, ProxyLayer};
+use crate::connection::{ConnGuard, Edge, Env, Hibernation, ListenerLayers, ProxyLayer, Site};
 use crate::transport::tls::TlsListener;
 
 use super::refuse;
@@ -61,18 +61,31 @@ pub async fn serve(
         timeout: config.proxy_protocol_timeout,
         entry: entry.clone(),
     });
-    let layers = (tls.is_some() || config.ws.is_some() || proxy.is_some()).then(|| {
-        Arc::new(ListenerLayers {
+    let layers =
+        (tls.is_some() || config.ws.is_some() || proxy.is_some()).then(|| ListenerLayers {
             proxy,
             tls,
             ws: config.ws.clone(),
-        })
+        });
+    let mut stop = shutdown.clone();
+    // Every connection holds the site (hibernated ones too); the node's shutdown
+    // waits for the last `alive` clone, this loop's going when it returns.
+    let site = Arc::new(Site {
+        broker: broker.clone(),
+        zone,
+        listener: name,
+        edge: Some(Edge {
+            layers,
+            shutdown,
+            hibernation,
+            slots: limit.clone(),
+            _alive: alive,
+        }),
     });
     let mut socket = Socket::new(listener, entry.clone());
     let mut rate = config
         .max_conn_rate
         .map(|r| ConnRate::new(r, std::time::Instant::now()));
-    let mut stop = shutdown.clone();
     loop {
         let next = tokio::select! {
             a = accept_paced(&socket, &mut rate) => Next::Accepted(a),
@@ -106,17 +119,8 @@ pub async fn serve(
             }
         };
         let env = Env {
-            broker: broker.clone(),
-            zone: zone.clone(),
-            listener: name.clone(),
-            layers: layers.clone(),
-            shutdown: shutdown.clone(),
-            hibernation: hibernation.clone(),
-            guard: ConnGuard {
-                _permit: permit,
-                _slot: slot,
-                _alive: alive.clone(),
-            },
+            site: site.clone(),
+            guard: ConnGuard { permit, slot },
         };
         tokio::spawn(crate::connection::serve(env, stream, peer));
     }

@@ -118,20 +118,13 @@ impl Sim {
         let version = connect.protocol;
         let peer: SocketAddr = ([127, 0, 0, 1], 1).into();
         let (broker, zone, clock) = (self.broker.clone(), self.zone.clone(), &self.clock);
-        let listener: Arc<str> = Arc::from("external");
+        let site = crate::connection::Site::detached(broker.clone(), zone, Arc::from("external"));
         let mut old = old;
         let mut ended = None;
         let opened = self.rt.block_on(async {
             let now = || clock.now();
-            let mut open = std::pin::pin!(accept::open(
-                &broker,
-                &zone,
-                &listener,
-                peer,
-                connect,
-                Default::default(),
-                &now
-            ));
+            let mut open =
+                std::pin::pin!(accept::open(&site, peer, connect, Default::default(), &now));
             // Bounded: the store answers within milliseconds, a takeover within a turn.
             for _ in 0..5_000 {
                 if let Ok(r) = tokio::time::timeout(Duration::from_millis(1), &mut open).await {
