@@ -273,14 +273,7 @@ impl CredentialTable {
 
     /// Submit `op` and wait until its batch is durable.
     async fn write(&self, op: Op) -> Result<(), StoreError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.store.writer().submit(
-            vec![op],
-            Box::new(move |r| {
-                let _ = tx.send(r.map(|_| ()));
-            }),
-        );
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.store.writer().write_durable(vec![op]).await
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Entry>>> {

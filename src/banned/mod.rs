@@ -268,14 +268,7 @@ pub fn disconnect_banned(broker: &crate::broker::Broker, ban: &Ban) {
 
 /// Submit `op` and wait until its batch is durable.
 async fn durable(store: &Store, op: Op) -> Result<(), StoreError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    store.writer().submit(
-        vec![op],
-        Box::new(move |r| {
-            let _ = tx.send(r.map(|_| ()));
-        }),
-    );
-    rx.await.map_err(|_| StoreError::Closed)?
+    store.writer().write_durable(vec![op]).await
 }
 
 /// Now, in Unix seconds.

@@ -206,20 +206,12 @@ impl Bridge {
         let _one = self.edits.lock().await;
         let mut next = lock(&self.topics).clone();
         change(&mut next);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.broker.store.writer().submit(
-            vec![Op::PutBridge {
-                name: self.config.name.clone(),
-                record: next.record.clone(),
-            }],
-            Box::new(move |r| {
-                let _ = tx.send(r.map(|_| ()));
-            }),
-        );
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("the store has stopped".into()),
+        let op = Op::PutBridge {
+            name: self.config.name.clone(),
+            record: next.record.clone(),
+        };
+        if let Err(e) = self.broker.store.writer().write_durable(vec![op]).await {
+            return Err(e.to_string());
         }
         *self.forwards.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next.forwards());
         *lock(&self.topics) = next;

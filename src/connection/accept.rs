@@ -223,12 +223,10 @@ async fn awaiting_rel(broker: &Broker, client_id: &ClientId) -> Option<Vec<u16>>
 
 /// Wait, without blocking a thread, until everything submitted so far is durable.
 async fn store_barrier(broker: &Broker) -> bool {
-    let (tx, rx) = oneshot::channel();
-    broker.store.writer().submit(
-        Vec::new(),
-        Box::new(move |result| {
-            let _ = tx.send(result.is_ok());
-        }),
-    );
-    rx.await.unwrap_or(false)
+    broker
+        .store
+        .writer()
+        .write_durable(Vec::new())
+        .await
+        .is_ok()
 }

@@ -811,3 +811,26 @@ fn queues_sharing_a_memtable_insert_hint_keep_exactly_their_entries() {
     drop(store);
     check(&open(dir.path()));
 }
+
+/// `write_durable` returns once the ops are durable (readable through a new handle
+/// of the same store), an empty write is a barrier, and a stopped writer says so.
+#[test]
+fn write_durable_waits_for_its_ops_and_reports_a_stopped_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let a: ClientId = "a".into();
+    rt.block_on(store.writer().write_durable(vec![session(&a, 7)]))
+        .unwrap();
+    assert_eq!(store.session("a").unwrap().unwrap().incarnation, 7);
+    rt.block_on(store.writer().write_durable(Vec::new()))
+        .unwrap();
+    let writer = store.writer();
+    store.shutdown();
+    assert!(matches!(
+        rt.block_on(writer.write_durable(vec![session(&a, 8)])),
+        Err(StoreError::Closed)
+    ));
+}

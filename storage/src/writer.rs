@@ -228,6 +228,19 @@ impl WriterHandle {
         }
     }
 
+    /// Queue `ops` and wait, without blocking a thread, until they are durable. With
+    /// no ops it is a barrier: everything submitted before is durable when it returns.
+    pub async fn write_durable(&self, ops: Vec<Op>) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(
+            ops,
+            Box::new(move |r| {
+                let _ = tx.send(r.map(|_| ()));
+            }),
+        );
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Queue `ops` with nobody waiting (acks, cleanup): durable with the next batch.
     pub fn submit_detached(&self, ops: Vec<Op>) {
         // Counted before it is sent, so `all_durable` can never miss it.
