@@ -172,7 +172,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { broker.sweep_expired(std::time::Instant::now()); }
+                    _ = tick.tick() => { broker.sweep_expired(); }
                     _ = shutdown.changed() => break,
                 }
             }

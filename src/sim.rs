@@ -117,7 +117,7 @@ impl Simulation {
 /// The broker's periodic sweep (session expiry, delayed wills, retained expiry) at
 /// the simulated `now`.
 pub fn sweep(broker: &Arc<Broker>, now: Now) {
-    broker.sweep_expired_at(now.at, now.ms);
+    broker.sweep_expired_at(now.ms);
 }
 
 /// Open the session `connect` asks for and build its channel, as a connection does

@@ -6,12 +6,14 @@ mod publish;
 pub mod registry;
 mod retained;
 mod session_map;
+pub mod stamp;
+pub mod subscriptions;
 mod wills;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use quay_storage::{Op, Store, StoreConfig};
 use thiserror::Error;
@@ -20,7 +22,7 @@ use crate::config::{Config, FsyncPolicy, Zone, DEFAULT_ZONE_NAME};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router::RetainedIndex;
-use registry::{Registry, SessionHandle, SessionMeta, SessionState, SubOpts};
+use registry::{Registry, SessionHandle, SessionMeta, SessionState, Stamp, SubOpts};
 
 pub use publish::{PublishDone, Routed};
 pub use retained::{RetainedLookup, RetainedRead};
@@ -212,10 +214,7 @@ impl Broker {
     }
 
     fn recover(&self) -> Result<(), quay_storage::StoreError> {
-        let crate::channel::Now {
-            at: now,
-            ms: now_ms,
-        } = self.now();
+        let now_ms = self.now().ms;
         self.banned.load(self.store.banned()?);
         let sessions = self.store.sessions()?;
         let total = sessions.len();
@@ -236,9 +235,7 @@ impl Broker {
                 expired.push(client);
                 continue;
             }
-            let offline_since = now
-                .checked_sub(Duration::from_millis(offline_ms))
-                .unwrap_or(now);
+            let offline_since = Stamp::at(now_ms - offline_ms);
             let client: Arc<str> = Arc::from(client.as_str());
             // Records written before the zone was kept belong to the default zone.
             let zone = match record.zone.as_str() {
@@ -266,9 +263,9 @@ impl Broker {
                     },
                     live: true,
                     conn: None,
-                    offline_since: Some(offline_since),
+                    offline_since,
                     zone,
-                    connected_at_ms: 0,
+                    connected_at: Stamp::NONE,
                     peer: Box::from(""),
                 },
             ));
@@ -321,21 +318,21 @@ impl Broker {
 
     /// Delete offline sessions whose expiry passed and retained messages whose expiry
     /// passed (those after a scan on the reader pool); compact when something was
-    /// deleted so the disk space comes back. Returns how many sessions ended.
-    pub fn sweep_expired(self: &Arc<Self>, now: Instant) -> usize {
-        self.sweep_expired_at(now, crate::message::now_ms())
+    /// deleted so the disk space comes back. Returns how many sessions ended. Session
+    /// expiry counts on the wall clock, as the store keeps disconnect times.
+    pub fn sweep_expired(self: &Arc<Self>) -> usize {
+        self.sweep_expired_at(crate::message::now_ms())
     }
 
-    /// `sweep_expired` with the wall clock given too (delayed wills, retained expiry).
-    pub(crate) fn sweep_expired_at(self: &Arc<Self>, now: Instant, now_ms: u64) -> usize {
+    /// `sweep_expired` at a given wall-clock time (the simulations').
+    pub(crate) fn sweep_expired_at(self: &Arc<Self>, now_ms: u64) -> usize {
         // Wills first: a will is due at the latest when its session ends.
         self.publish_due_wills(now_ms);
         let writer = self.store.writer();
         let mut sessions = 0;
-        let expired = |st: &SessionState| match (st.conn.is_none(), st.offline_since) {
+        let expired = |st: &SessionState| match (st.conn.is_none(), st.offline_since.get()) {
             (true, Some(since)) if st.meta.expiry_interval_s != u32::MAX => {
-                now.saturating_duration_since(since)
-                    >= Duration::from_secs(st.meta.expiry_interval_s as u64)
+                now_ms.saturating_sub(since) >= u64::from(st.meta.expiry_interval_s) * 1000
             }
             _ => false,
         };

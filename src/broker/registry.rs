@@ -5,12 +5,13 @@
 //! will own in a cluster: all changes go through its methods, nothing else holds these
 //! maps. Locks are std locks held for map operations only, never across an await.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
 
 use super::mailbox::{Mailbox, Pushed, BACKLOG_HIGH};
 use super::session_map::SessionMap;
+pub use super::stamp::Stamp;
+pub use super::subscriptions::Subscriptions;
 
 use crate::codec::{QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use crate::config::Zone;
@@ -93,9 +94,8 @@ pub struct SessionMeta {
     pub incarnation: u64,
     pub persistent: bool,
     pub expiry_interval_s: u32,
-    /// Ordered, and a BTreeMap (24 bytes, where a HashMap with its hasher keys takes
-    /// 48): every session has one, keeping its handle in mimalloc's 160-byte class.
-    pub subscriptions: BTreeMap<String, SubOpts>,
+    /// Filter → options, ordered; one pointer while there are none.
+    pub subscriptions: Subscriptions,
     pub protocol_level: u8,
     /// Stored entries below this seq may have been sent (see `Outbound::dup_below`).
     pub dup_below: u64,
@@ -113,12 +113,14 @@ pub struct SessionState {
     /// Set only through `Registry::attach`/`detach` once the session is registered:
     /// they keep `connections.count`.
     pub conn: Option<ConnLink>,
-    /// Set while offline: when the session expires.
-    pub offline_since: Option<Instant>,
+    /// Set while offline (wall clock, as the store keeps it): when the session
+    /// expires.
+    pub offline_since: Stamp,
     /// The zone of the listener the client last connected through (stored with the
     /// session, so a session recovered at start keeps its zone's limits while offline).
     pub zone: Arc<Zone>,
-    pub connected_at_ms: u64,
+    /// The last connect here (wall clock); none for a session recovered at start.
+    pub connected_at: Stamp,
     pub peer: Box<str>,
 }
 
@@ -419,9 +421,7 @@ impl Registry {
                     self.gauges.sessions_persistent.dec();
                 }
             }
-            let filters = std::mem::take(&mut st.meta.subscriptions)
-                .into_keys()
-                .collect();
+            let filters = st.meta.subscriptions.take_filters();
             (filters, st.meta.incarnation)
         };
         let mut routes = self.routes_mut();

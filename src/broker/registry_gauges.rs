@@ -37,9 +37,9 @@ fn session(client: &str, persistent: bool, conn: Option<ConnLink>) -> Arc<Sessio
             },
             live: true,
             conn,
-            offline_since: None,
+            offline_since: Stamp::NONE,
             zone: zone(),
-            connected_at_ms: 0,
+            connected_at: Stamp::NONE,
             peer: Box::from(""),
         },
     )

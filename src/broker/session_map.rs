@@ -89,9 +89,9 @@ mod tests {
                 },
                 live: true,
                 conn: None,
-                offline_since: None,
+                offline_since: crate::broker::registry::Stamp::NONE,
                 zone,
-                connected_at_ms: 0,
+                connected_at: crate::broker::registry::Stamp::NONE,
                 peer: "127.0.0.1:1".into(),
             },
         )

@@ -98,12 +98,3 @@ impl Broker {
         self.publish(msg, vec![Op::DeleteWill { client }], Box::new(|_| {}));
     }
 }
-
-#[cfg(test)]
-impl Broker {
-    /// `publish_due_wills` at a simulated wall-clock time: `sweep_expired` reads the
-    /// real one, which the channel tests' simulated clock cannot move.
-    pub(crate) fn publish_due_wills_at(self: &Arc<Self>, now_ms: u64) {
-        self.publish_due_wills(now_ms);
-    }
-}

@@ -4,7 +4,7 @@
 use quay_storage::{Op, SessionRecord};
 
 use super::{Channel, Now};
-use crate::broker::registry::SessionState;
+use crate::broker::registry::{SessionState, Stamp};
 use crate::codec::QoS;
 use crate::message::Message;
 
@@ -36,7 +36,7 @@ impl Channel {
             let mut st = self.handle.state();
             if !ended && st.live && ours(&st) {
                 self.site.broker.registry.detach(&mut st);
-                st.offline_since = Some(now.at);
+                st.offline_since = Stamp::at(now.ms);
                 st.meta.dup_below = dup_below;
                 let op = Op::PutSession {
                     client: client.clone(),

@@ -12,7 +12,7 @@ use quay_storage::{Op, SessionRecord};
 use super::connect::Admission;
 use super::{Accepted, Channel, Now};
 use crate::broker::mailbox::Mailbox;
-use crate::broker::registry::{ConnLink, SessionHandle, SessionMeta, SessionState};
+use crate::broker::registry::{ConnLink, SessionHandle, SessionMeta, SessionState, Stamp};
 use crate::broker::Broker;
 use crate::config::Zone;
 use crate::hooks::{ConnectedInfo, HookPoint};
@@ -70,8 +70,8 @@ pub(crate) fn settle(broker: &Arc<Broker>, zone: &Arc<Zone>, a: &Admission, now:
         if let Some(link) = link.take() {
             broker.registry.attach(&mut st, link);
         }
-        st.offline_since = None;
-        st.connected_at_ms = now.ms;
+        st.offline_since = Stamp::NONE;
+        st.connected_at = Stamp::at(now.ms);
         st.peer = peer_string(a.peer);
         st.meta.protocol_level = version.level();
         st.zone = zone.clone();
@@ -108,9 +108,9 @@ pub(crate) fn settle(broker: &Arc<Broker>, zone: &Arc<Zone>, a: &Admission, now:
                     },
                     live: true,
                     conn: link.take(),
-                    offline_since: None,
+                    offline_since: Stamp::NONE,
                     zone: zone.clone(),
-                    connected_at_ms: now.ms,
+                    connected_at: Stamp::at(now.ms),
                     peer: peer_string(a.peer),
                 },
             );
@@ -184,7 +184,7 @@ impl Settled {
             let mut st = self.handle.state();
             if st.conn.as_ref().is_some_and(|l| l.conn_id == self.conn_id) {
                 self.broker.registry.detach(&mut st);
-                st.offline_since = Some(now.at);
+                st.offline_since = Stamp::at(now.ms);
             }
         }
         if !self.persistent {

@@ -190,7 +190,7 @@ async fn take_over(broker: &Broker, client_id: &ClientId, clock: &(dyn Fn() -> N
         {
             tracing::warn!(%client_id, "the connection taken over ended without detaching its session");
             broker.registry.detach(&mut st);
-            st.offline_since = Some(clock().at);
+            st.offline_since = crate::broker::registry::Stamp::at(clock().ms);
         }
     }
 }

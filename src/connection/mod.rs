@@ -841,9 +841,9 @@ mod tests {
         // carries no TLS session or WebSocket state, and none a second pointer.
         let transport = std::mem::size_of::<crate::transport::Transport>();
         assert!(transport <= 8, "Transport is {transport} bytes");
-        // Each session's handle, with its Arc counts, in mimalloc's 160-byte class.
+        // Each session's handle, with its Arc counts, in mimalloc's 128-byte class.
         let handle = std::mem::size_of::<crate::broker::registry::SessionHandle>();
-        assert!(handle + 16 <= 160, "SessionHandle is {handle} bytes");
+        assert!(handle + 16 <= 128, "SessionHandle is {handle} bytes");
         // Each connection's mailbox, with its Arc counts, in the 96-byte class.
         let mailbox = std::mem::size_of::<crate::broker::mailbox::Mailbox>();
         assert!(mailbox + 16 <= 128, "Mailbox is {mailbox} bytes");

@@ -295,7 +295,7 @@ fn client_info(h: &SessionHandle) -> ClientSummary {
         clean_start: !st.meta.persistent,
         expiry_interval_s: st.meta.expiry_interval_s,
         subscriptions: st.meta.subscriptions.len(),
-        connected_at_ms: st.connected_at_ms,
+        connected_at_ms: st.connected_at.get().unwrap_or(0),
     }
 }
 

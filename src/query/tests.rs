@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::broker::mailbox::Mailbox;
-use crate::broker::registry::{ConnLink, SessionMeta, SessionState};
+use crate::broker::registry::{ConnLink, SessionMeta, SessionState, Stamp};
 use crate::codec::{QoS, RetainHandling};
 
 struct Fixture {
@@ -40,9 +40,9 @@ fn add(broker: &Broker, client: &str, persistent: bool, peer: Option<&str>) -> A
                 conn_id: 1,
                 mailbox: Arc::new(Mailbox::default()),
             }),
-            offline_since: None,
+            offline_since: Stamp::NONE,
             zone: broker.zone("external"),
-            connected_at_ms: 1_700_000_000_000,
+            connected_at: Stamp::at(1_700_000_000_000),
             peer: peer.unwrap_or("").into(),
         },
     );

@@ -169,15 +169,10 @@ impl Sim {
             .expect("the store writer answered within 5 s");
     }
 
-    /// The broker's periodic sweep on the simulated clock. `sweep_expired` takes the
-    /// `Instant` (session expiry is simulated) but reads the real wall clock for
-    /// delayed wills and retained expiry; the simulated wall clock runs a day ahead,
-    /// so that read finds nothing due, and the wills are published here with the
-    /// simulated time instead. Retained expiry is not simulated.
+    /// The broker's periodic sweep on the simulated clock: session expiry, delayed
+    /// wills and retained expiry at the simulated wall-clock time.
     pub fn sweep(&self) {
-        let now = self.now();
-        self.broker.sweep_expired(now.at);
-        self.broker.publish_due_wills_at(now.ms);
+        self.broker.sweep_expired_at(self.now().ms);
     }
 }
 
