@@ -72,7 +72,9 @@ pub(crate) struct ProxyLayer {
     pub entry: Arc<crate::listener::control::ListenerEntry>,
 }
 
-/// A listener's connection slot and the node's count of live connections.
+/// A listener's connection slot and the node's open-file slot, from the accept until
+/// the `Connection` is built (a refused or failed connect gives both back by dropping
+/// this).
 pub(crate) struct ConnGuard {
     /// Forgotten once the connection is built: its `Drop` gives the slot back.
     pub permit: OwnedSemaphorePermit,
