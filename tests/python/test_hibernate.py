@@ -387,6 +387,41 @@ def test_ctl_kick_hibernated_client(node, version):
     assert hibernated(node) == 0
 
 
+def test_hibernated_connections_hold_their_listener_slot_until_they_close(broker_factory):
+    """A hibernated connection counts against its listener's `max_connections` and in
+    `emqx_ctl listeners` like an awake one, and gives its slot back when it closes while
+    parked (the connection's drop returns it, wherever the connection is)."""
+    from test_listeners import listener_blocks
+
+    b = broker_factory({"zone.external.hibernate_after": HIBERNATE_AFTER,
+                        "listener.tcp.external.max_connections": 2})
+    assert wait_until(lambda: b.ctl("ping").returncode == 0, 10), "emqx_ctl cannot reach the node"
+
+    def current():
+        return listener_blocks(b.ctl("listeners").stdout)["mqtt:tcp:external"]["current_conn"]
+
+    # The start-up probe's connection (no CONNECT) gives its slot back too.
+    assert wait_until(lambda: current() == "0", 10), current()
+    first, _ = raw_client(b)
+    second, _ = raw_client(b, 5)
+    wait_hibernated(b, 2)
+    assert current() == "2"
+    over = raw.RawClient(b.port, version=5)
+    try:
+        assert over.connect(unique_id("over"), keepalive=0)["rc"] == 0x97, "a third client got in"
+    finally:
+        over.close()
+    first.close()
+    wait_stat(b, "connections.count", 1)
+    assert wait_until(lambda: current() == "1", 10), current()
+    third, _ = raw_client(b, 5)
+    wait_hibernated(b, 2)
+    for c in (second, third):
+        c.close()
+    wait_stat(b, "connections.count", 0)
+    assert wait_until(lambda: current() == "0", 10), current()
+
+
 def test_graceful_stop_with_hibernated_clients(node):
     clients = [raw_client(node, 5)[0] for _ in range(3)] + [raw_client(node, 4)[0]]
     try:
