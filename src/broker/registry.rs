@@ -188,20 +188,19 @@ impl SessionHandle {
 
     /// Ask the connection to close if a ban names its client; false if not connected.
     pub fn check_banned(&self) -> bool {
-        match &self.state().conn {
-            Some(link) => {
-                link.mailbox.push(ConnEvent::CheckBanned);
-                true
-            }
-            None => false,
-        }
+        self.tell_connection(ConnEvent::CheckBanned)
     }
 
     /// Ask the connection to forget its cached ACL answers; false if not connected.
     pub fn clean_acl_cache(&self) -> bool {
+        self.tell_connection(ConnEvent::CleanAclCache)
+    }
+
+    /// Push `event` to the live connection's mailbox; false if not connected.
+    fn tell_connection(&self, event: ConnEvent) -> bool {
         match &self.state().conn {
             Some(link) => {
-                link.mailbox.push(ConnEvent::CleanAclCache);
+                link.mailbox.push(event);
                 true
             }
             None => false,
