@@ -12,7 +12,9 @@ default 1; at most 5,000 connections each, so no process nears its open-file lim
 1. connect storm: every client connects (TLS: full handshake, no resumption; WS: HTTP
    upgrade), 64 at once in all; connect rate = connections / (last CONNACK - first
    connect); for TLS that is full handshakes per second;
-   and the broker's CPU (user + system, /proc/PID/stat) per connection through it;
+   and the broker's and the generators' CPU (user + system, /proc/PID/stat) per
+   connection through it: each core's ceiling is 1e6 / its CPU per connect, and the
+   generators' ceiling bounds the largest ratio the run can show;
 2. RSS per connection right after the storm, and settled: Quay once every connection
    has hibernated (`zone.external.hibernate_after`, 5 s by default) plus 2 s, Mosquitto
    after 8 s; both minus the broker's RSS before the storm;
@@ -209,6 +211,10 @@ def measure(broker_cls, kind, n, args):
             "rate": n / storm_s,
             # All generators share one core: their sum is what that core had left.
             "gen_cpu_pct": 100 * gen_cpu / storm_s,
+            # The generators' CPU per connection (most of it the kernel's: on loopback the
+            # client's connect() runs both ends of the TCP handshake): the most connects
+            # per second their one core allows, whatever the broker, is 1e6 / this.
+            "gen_cpu_us": gen_cpu * 1e6 / n,
             # Broker CPU (user + system) per connection through the storm: what the rate
             # would be bounded by if the broker's core were the only limit.
             "storm_cpu_us": storm_cpu * 1e6 / n,
@@ -271,6 +277,7 @@ def main():
                 results[(kind, n, cls.name)] = r
                 print(
                     f"{kind:3} {n:6} {cls.name:9}: connect {r['rate']:7.0f}/s (generators {r['gen_cpu_pct']:3.0f}% of their core, "
+                    f"{r['gen_cpu_us']:5.1f} us CPU per connect, "
                     f"broker {r['storm_cpu_pct']:3.0f}% of its core, {r['storm_cpu_us']:5.1f} us CPU per connect), "
                     f"RSS/conn storm {r['storm']:6.2f} KiB settled {r['settled']:6.2f} KiB "
                     f"pinging {r['pinging']:6.2f} KiB, keepalive CPU {r['cpu_us']:6.2f} us/conn/s "
@@ -300,6 +307,15 @@ def report(results, kinds, sizes, args):
                 f"| {q['settled']:.2f} / {m['settled']:.2f} ({ratio(q['settled'], m['settled']):.2f}x) "
                 f"| {q['cpu_us']:.2f} / {m['cpu_us']:.2f} ({ratio(q['cpu_us'], m['cpu_us']):.2f}x) |"
             )
+    print("\nWhat bounds the connect rate (a core's ceiling = 1e6 / its CPU per connect; the lower one binds):")
+    for kind in kinds:
+        for n in sizes:
+            q, m = results[(kind, n, "quay")], results[(kind, n, "mosquitto")]
+            gen_us = (q["gen_cpu_us"] + m["gen_cpu_us"]) / 2
+            ceiling = 1e6 / gen_us if gen_us else float("nan")
+            print(f"  {kind:3} {n:6}: generators' core {ceiling:7.0f}/s ({gen_us:.1f} us per connect); "
+                  f"broker's core: Quay {1e6 / q['storm_cpu_us']:7.0f}/s, Mosquitto {1e6 / m['storm_cpu_us']:7.0f}/s; "
+                  f"largest ratio this machine can show: {ratio(ceiling, m['rate']):.2f}x")
     print("\nFlatness across sizes (min..max):")
     for kind in kinds:
         for name in ("quay", "mosquitto"):
