@@ -387,4 +387,34 @@ mod tests {
         push.join().unwrap();
         assert_eq!(mailbox.take_all().len(), 2);
     }
+
+    /// A pusher on another thread, a waiter that takes everything and waits again:
+    /// no push is left without a wake-up (the waiter would sleep on a full mailbox).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiter_racing_a_pusher_misses_no_push() {
+        use std::time::Duration;
+        let mailbox = Arc::new(Mailbox::default());
+        let total = 200_000;
+        let pusher = mailbox.clone();
+        let push = std::thread::spawn(move || {
+            for i in 0..total {
+                pusher.push(event());
+                if i % 1000 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        let mut got = 0;
+        loop {
+            got += mailbox.take_all().len();
+            if got == total {
+                break;
+            }
+            tokio::select! {
+                _ = mailbox.wait() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("not woken with {got} of {total} taken"),
+            }
+        }
+        push.join().unwrap();
+    }
 }
