@@ -4,14 +4,14 @@ subscriptions both ways with an explicit `psk_identity` over TLS 1.2 and 1.3,
 `tls_versions` honoured, EMQX 4's way without `psk_identity` (the key of the remote's
 hint, identity `psk_identity`), and a wrong key: reported once per interval, the cache
 keeps filling, local clients unaffected, and a corrected PSK file picked up by the
-next attempt without a restart."""
+next attempt without a restart. Also a Quay node's PSK listener as the remote end."""
 
 import time
 
 import pytest
 
 from bridgeenv import HOST, BridgedBroker, Collector, Mosquitto, bridge_conf, first_arrivals, publish_all
-from conftest import free_port
+from conftest import Broker, free_port
 
 NODE = "emqx@127.0.0.1"
 # Keys start with a non-zero byte: Mosquitto reads hex keys as a number.
@@ -170,3 +170,33 @@ def test_an_identity_missing_from_the_psk_file_is_named(tmp_path):
     finally:
         quay.cleanup()
         mosq.stop()
+
+
+@pytest.mark.parametrize("tls_versions", ["tlsv1.2", "tlsv1.3"])
+def test_a_quay_psk_listener_as_the_remote_end(tmp_path, tls_versions):
+    """Quay's bridge into another Quay node's TLS-PSK listener (`listener.ssl.external.
+    psk_ciphers`), both ways; the remote takes the bridge's identity as its username
+    and, with use_username_as_clientid, lists it under that identity."""
+    remote_psk = tmp_path / "remote-psk.txt"
+    remote_psk.write_text(f"{IDENTITY}:{KEY}\nother:0102\n")
+    remote = Broker({
+        "listener.ssl.external.psk_ciphers": PSK_CIPHERS,
+        "listener.ssl.external.tls_versions": tls_versions,
+        "listener.ssl.external.peer_cert_as_username": "cn",
+        "zone.external.use_username_as_clientid": "true",
+        "psk.file.path": remote_psk,
+    })
+    quay = None
+    try:
+        remote.start()
+        remote.psk_port = remote.ssl_port
+        quay = start_quay(psk_bridge(remote, tmp_path, tls_versions=tls_versions), [f"{IDENTITY}:{KEY}"])
+        quay.wait_status("up", "Running")
+        both_ways(quay, remote, f"quay-{tls_versions}")
+        listed = remote.ctl("clients", "list").stdout
+        assert f"Client({IDENTITY}," in listed, listed
+        assert quay.bridge_figures("up")["queued"] == "0"
+    finally:
+        if quay is not None:
+            quay.cleanup()
+        remote.cleanup()
