@@ -204,6 +204,15 @@ impl Transport {
         }
     }
 
+    /// Whether the transport holds so much for the client (WebSocket Pongs it
+    /// answered on its own) that the connection must write it before reading more.
+    pub fn backlogged(&self) -> bool {
+        match self.view_ref() {
+            ViewRef::Ws(layers) => layers.ws.backlogged(),
+            ViewRef::Plain | ViewRef::Tls(_) | ViewRef::Psk(_) => false,
+        }
+    }
+
     /// Still in the TLS handshake.
     pub fn handshaking(&self) -> bool {
         match self.view_ref() {
