@@ -799,6 +799,9 @@ fn drain_socket(
 mod hook_tests;
 
 #[cfg(test)]
+mod stalled_reader_tests;
+
+#[cfg(test)]
 mod tests {
     /// A busy connection keeps this future (its task); a hibernated one keeps only
     /// its boxed `Connection`, the largest part of an idle connection's memory. The
