@@ -56,7 +56,12 @@ pub(crate) fn preface(broker: &Broker, peer: SocketAddr, rbuf: &mut BytesMut) ->
         }
         Ok(Some(_)) => Preface::Reject(&[]),
         Err(e) => {
-            tracing::warn!(%peer, error = %e, "bad CONNECT");
+            // Counted every time, logged at most once every 10 s: a scanner must
+            // not fill the log.
+            static BAD: crate::logging::Throttle = crate::logging::Throttle::new();
+            if let Some(skipped) = BAD.ready(crate::message::now_ms(), 10_000) {
+                tracing::warn!(%peer, error = %e, not_logged_since = skipped, "bad CONNECT");
+            }
             Metrics::inc(&broker.metrics.packets_malformed);
             match e {
                 // A 3.1.1-shaped CONNACK with return code 1 (unacceptable protocol

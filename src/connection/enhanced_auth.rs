@@ -152,7 +152,8 @@ async fn exchange(
                 if transport.send_all(writer, &out).await.is_err() {
                     return Err(Refusal::Gone);
                 }
-                let answer = next_packet(broker, idle_timeout, reader, transport, rbuf).await?;
+                let answer =
+                    next_packet(broker, idle_timeout, reader, writer, transport, rbuf).await?;
                 let data = match answer {
                     Packet::Auth(a)
                         if a.reason == ReasonCode::CONTINUE_AUTHENTICATION
@@ -180,6 +181,7 @@ async fn next_packet(
     broker: &Broker,
     idle_timeout: Duration,
     reader: &OwnedReadHalf,
+    writer: &mut OwnedWriteHalf,
     transport: &mut Transport,
     rbuf: &mut BytesMut,
 ) -> Result<Packet, Refusal> {
@@ -194,7 +196,7 @@ async fn next_packet(
                     return Err(Refusal::Connack(e.reason_code()));
                 }
             }
-            read_more(reader, transport, rbuf)
+            read_more(reader, writer, transport, rbuf)
                 .await
                 .map_err(|_| Refusal::Gone)?;
         }

@@ -203,7 +203,7 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
                 Preface::Connect(c) => return Ok(c),
                 Preface::Reject(bytes) => return Err(bytes),
             }
-            read_more(&reader, &mut transport, &mut rbuf)
+            read_more(&reader, &mut writer, &mut transport, &mut rbuf)
                 .await
                 .map_err(|_| &[][..])?;
         }
@@ -296,7 +296,7 @@ async fn handshake(
         through(&mut transport, &early, rbuf).map_err(|e| e.to_string())?;
         while transport.handshaking() {
             transport.flush(writer).await.map_err(|e| e.to_string())?;
-            read_more(reader, &mut transport, rbuf).await?;
+            read_more(reader, writer, &mut transport, rbuf).await?;
         }
         // The last flight (TLS 1.3: session tickets) goes out before CONNACK.
         transport.flush(writer).await.map_err(|e| e.to_string())
@@ -353,7 +353,7 @@ async fn upgrade(
                 }
                 Err(e) => return Err(e.to_string()),
             }
-            read_more(reader, transport, rbuf).await?;
+            read_more(reader, writer, transport, rbuf).await?;
         }
         // The 101 response goes out before CONNACK.
         transport.flush(writer).await.map_err(|e| e.to_string())
@@ -423,11 +423,17 @@ async fn resume(conn: Box<Connection>, socket: std::net::TcpStream) {
 /// TLS close_notify); a TLS failure is an `InvalidData` error.
 /// Before CONNECT is handled (handshake, upgrade, CONNECT itself): wait for the
 /// socket and pass what it has through the transport. Err says why the stream ended.
+/// What the transport answered on its own past its bound (WebSocket Pongs) is
+/// written first: a client that does not read it is held back by its socket.
 async fn read_more(
     reader: &OwnedReadHalf,
+    writer: &mut OwnedWriteHalf,
     transport: &mut Transport,
     rbuf: &mut BytesMut,
 ) -> Result<(), String> {
+    if transport.backlogged() {
+        transport.flush(writer).await.map_err(|e| e.to_string())?;
+    }
     reader.readable().await.map_err(|e| e.to_string())?;
     match read_some(reader, transport, rbuf) {
         Ok(0) => Err("closed by the client".to_string()),
@@ -555,7 +561,8 @@ impl Connection {
             let now = Now::read();
             transport.stage(ch, now);
             let deadline = ch.next_deadline(now);
-            let reading = ch.reading();
+            // Nor while the transport holds too much it answered on its own.
+            let reading = ch.reading() && !transport.backlogged();
             let output = ch.output();
             let writing = transport.wants_write(output);
             // Writing is one branch among others, never awaited alone: a kick or
@@ -790,6 +797,9 @@ fn drain_socket(
 
 #[cfg(test)]
 mod hook_tests;
+
+#[cfg(test)]
+mod stalled_reader_tests;
 
 #[cfg(test)]
 mod tests {

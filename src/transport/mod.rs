@@ -204,6 +204,18 @@ impl Transport {
         }
     }
 
+    /// Whether the transport holds so much for the client (WebSocket Pongs, OpenSSL's
+    /// KeyUpdates: what it answered on its own) that the connection must write it
+    /// before reading more. rustls needs no such bound: it queues at most one KeyUpdate
+    /// answer, and refuses more than 32 requests in a row.
+    pub fn backlogged(&self) -> bool {
+        match self.view_ref() {
+            ViewRef::Ws(layers) => layers.ws.backlogged(),
+            ViewRef::Psk(psk) => psk.backlogged(),
+            ViewRef::Plain | ViewRef::Tls(_) => false,
+        }
+    }
+
     /// Still in the TLS handshake.
     pub fn handshaking(&self) -> bool {
         match self.view_ref() {

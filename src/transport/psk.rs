@@ -318,6 +318,14 @@ impl PskSession {
         Ok(())
     }
 
+    /// So many records wait for the socket that nothing more may be read: what the
+    /// channel writes stays within `OUTBOX_LIMIT`, but OpenSSL answers some records
+    /// on its own (a TLS 1.3 KeyUpdate request with a KeyUpdate), and a client that
+    /// sends those without reading would otherwise grow the outbox without bound.
+    pub fn backlogged(&self) -> bool {
+        self.pending_out().len() >= 2 * OUTBOX_LIMIT
+    }
+
     /// Records are waiting for the socket.
     pub fn wants_write(&self) -> bool {
         !self.pending_out().is_empty()

@@ -24,6 +24,11 @@ use crate::config::WsConfig;
 /// is framed while this much waits for the socket: a slow reader holds the channel
 /// back as it does on plain TCP.
 pub(crate) const MAX_OUT_FRAME: usize = 64 * 1024;
+/// Past this much waiting for the socket, the connection reads no more from the
+/// client until it is written: framed output alone stays under two frames, but every
+/// Ping read queues a Pong, and a client that pings without reading would otherwise
+/// grow `out` without bound.
+const MAX_OUT_BACKLOG: usize = 3 * MAX_OUT_FRAME;
 /// An HTTP request head longer than this is refused (431).
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// RFC 6455 5.5: control frames carry at most 125 bytes.
@@ -89,6 +94,12 @@ impl WsState {
 
     pub fn out(&self) -> &[u8] {
         &self.out
+    }
+
+    /// So much waits for the socket that nothing more may be read (see
+    /// `MAX_OUT_BACKLOG`).
+    pub fn backlogged(&self) -> bool {
+        self.out.len() >= MAX_OUT_BACKLOG
     }
 
     /// `n` bytes of `out` went to the socket (or to the TLS layer).

@@ -497,3 +497,59 @@ def test_qos2_awaiting_pubrel_blocks_hibernation(node):
         comp = pub.recv_type(raw.PUBCOMP)
         assert struct.unpack(">H", comp.body[:2]) == (7,)
         wait_hibernated(node, 1)  # the id is released
+
+
+def test_a_hibernated_session_taken_over_over_tcp_and_websocket_at_once(node):
+    """The owner of a session is parked; two new connections with its client id, one
+    over TCP and one over WebSocket, CONNECT at the same moment. Both get in, one
+    after the other: the parked one and the first of the two are taken over (0x8E),
+    the last keeps the session and its subscription, and every slot is given back."""
+    from rawws import RawWs
+    from test_listeners import listener_blocks
+
+    cid = unique_id("race")
+    topic = f"hib/race/{cid}"
+    parked, _ = raw_client(node, 5, client_id=cid, clean=False, properties=V5_SESSION)
+    with parked:
+        assert parked.subscribe(1, [(topic, 1)]) == [1]
+        wait_hibernated(node, 1)
+        tcp = raw.RawClient(node.port, version=5)
+        ws = RawWs(node.ws_port)
+        ws.upgrade()
+        hello = raw.connect(cid, version=5, clean=False, properties=V5_SESSION)
+        tcp.send(hello)
+        ws.send_frame(0x2, hello)
+        acks = [raw.parse_connack(tcp.recv(), 5), raw.parse_connack(ws.recv_packet(), 5)]
+        assert [a["rc"] for a in acks] == [0, 0], acks
+        assert all(a["session_present"] for a in acks), acks
+        assert_closed_with(parked, 5, 0x8E)
+
+        def taken_over(recv):
+            try:
+                p = recv()
+            except (TimeoutError, OSError, raw.Closed):
+                return None
+            return raw.parse_disconnect(p) if p.type == raw.DISCONNECT else p
+
+        lost = {"tcp": taken_over(lambda: tcp.recv(timeout_s=2)),
+                "ws": taken_over(lambda: ws.recv_packet(timeout_s=2))}
+        assert sorted(lost.values(), key=str) == [0x8E, None], lost
+        winner = "tcp" if lost["tcp"] is None else "ws"
+        pub = connected(node.port)
+        pub.publish(topic, b"to the winner", qos=1)
+        pub.disconnect()
+        if winner == "tcp":
+            p = tcp.recv_type(raw.PUBLISH)
+        else:
+            p = ws.recv_packet()
+        assert raw.parse_publish(p, 5)["payload"] == b"to the winner"
+        wait_stat(node, "connections.count", 1)
+        tcp.close()
+        ws.close()
+    wait_stat(node, "connections.count", 0)
+
+    def current():
+        blocks = listener_blocks(node.ctl("listeners").stdout)
+        return blocks["mqtt:tcp:external"]["current_conn"], blocks["mqtt:ws:external"]["current_conn"]
+
+    assert wait_until(lambda: current() == ("0", "0"), 10), current()

@@ -107,3 +107,23 @@ def test_packet_larger_than_remaining_length_limit_closes(shared_broker, bystand
         c.send(b"\x30" + raw.varint(200_000_000) + b"\x00\x01t" + b"x" * 1000)
         c.wait_closed(timeout_s=5)
     bystander("huge remaining length")
+
+
+def test_garbage_before_connect_is_counted_each_time_and_logged_once_per_interval(broker_factory):
+    """A scanner sending garbage to 1883 is closed and counted every time, but logged
+    once per interval (with its peer and the reason): it must not fill the log."""
+    from helpers import wait_until
+    from test_flow_control import metric
+
+    broker = broker_factory()
+    assert wait_until(lambda: broker.ctl("ping").returncode == 0, 10), "emqx_ctl cannot reach the node"
+    before = metric(broker, "packets.malformed")
+    attempts = 20
+    for _ in range(attempts):
+        with raw.RawClient(broker.port) as c:
+            c.send(GARBAGE_BEFORE_CONNECT["bad-protocol-name"])
+            c.wait_closed(timeout_s=5)
+    assert wait_until(lambda: metric(broker, "packets.malformed") >= before + attempts, 5)
+    lines = [line for line in broker.console_log.read_text().splitlines() if "bad CONNECT" in line]
+    assert len(lines) == 1, "\n".join(lines[:5]) + f"\n... {len(lines)} lines"
+    assert "127.0.0.1" in lines[0] and "error=" in lines[0], lines[0]

@@ -15,7 +15,7 @@ import pytest
 import rawmqtt as mq
 from conftest import HOST
 from helpers import V5, V311, Client, connected, unique_id, wait_until
-from rawws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, RawWs, upgrade_request
+from rawws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, RawWs, frame, upgrade_request
 from test_flow_control import metric
 from test_hibernate import assert_parks_and_wakes
 
@@ -252,3 +252,50 @@ def test_the_listeners_are_named_as_emqx_names_them(broker):
     log = broker.console_log.read_text()
     for listener_id in ("mqtt:ws:external", "mqtt:wss:external"):
         assert listener_id in log, log[-3000:]
+
+
+def rss_kib(broker):
+    for line in Path(f"/proc/{broker.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["ws", "wss"])
+@pytest.mark.parametrize("connected_first", [False, True], ids=["before-connect", "after-connect"])
+def test_a_ping_flood_from_a_client_that_never_reads_is_held_back(broker, connected_first, secure):
+    """Every Ping gets its Pong, but a client that sends Pings and never reads the
+    Pongs must be held back by the socket (the broker stops reading it), not grow
+    the broker's memory by a Pong per Ping: before CONNECT nothing is written at all."""
+    healthy = ws_client(broker)
+    healthy.connect()
+    healthy.subscribe("flood/#", qos=1)
+    with raw_ws(broker, secure) as ws:
+        # Small kernel buffers on our side: what the broker cannot write stays with it.
+        ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ws.upgrade()
+        if connected_first:
+            ws.send_frame(BINARY, mq.connect("pinger", keepalive=60))
+            assert ws.recv_packet().type == mq.CONNACK
+        before = rss_kib(broker)
+        ping = frame(PING, b"p" * 125)
+        burst = ping * 512  # 67 KB
+        sent = 0
+        ws.sock.settimeout(2)
+        try:
+            while sent < 256 * 1024 * 1024:
+                ws.sock.sendall(burst)
+                sent += len(burst)
+        except (TimeoutError, OSError):
+            pass
+        grown = rss_kib(broker) - before
+        # Kernel buffers on both sides hold a few MB at most; the broker must not
+        # have taken the rest.
+        assert sent < 64 * 1024 * 1024, f"the broker read {sent >> 20} MB of Pings"
+        assert grown < 32 * 1024, f"the broker grew by {grown >> 10} MB"
+    pub = connected(broker.port)
+    pub.publish("flood/ok", b"still here", qos=1)
+    healthy.wait_messages(1)
+    assert healthy.disconnects == []
+    pub.disconnect()
+    healthy.disconnect()

@@ -303,3 +303,33 @@ fn output_goes_out_in_bounded_binary_frames() {
     // Before the upgrade nothing is framed.
     assert_eq!(WsState::default().stage(b"\x20\x02\x00\x00"), 0);
 }
+
+#[test]
+fn pongs_to_a_client_that_does_not_read_make_the_state_backlogged() {
+    // Framed output alone never does: staging stops at one waiting frame.
+    let mut ws = upgraded();
+    let output = vec![7u8; 4 * MAX_OUT_FRAME];
+    // A frame's worth less one byte waits: one more frame is still staged.
+    ws.out.extend_from_slice(&vec![0u8; MAX_OUT_FRAME - 1]);
+    assert_eq!(ws.stage(&output), MAX_OUT_FRAME);
+    assert_eq!(ws.stage(&output), 0);
+    assert!(!ws.backlogged(), "{} bytes of frames", ws.out().len());
+    // Every Ping queues its Pong, until the driver must stop reading.
+    let mut ws = upgraded();
+    let ping = client_frame(0x9, true, &[b'p'; 125]);
+    let mut rbuf = BytesMut::new();
+    let mut pings = 0;
+    while !ws.backlogged() {
+        assert_eq!(ws.received(&ping, &mut rbuf).unwrap(), WsReceived::Open);
+        pings += 1;
+        assert!(pings < 10_000, "still not backlogged after {pings} Pongs");
+    }
+    assert!(rbuf.is_empty());
+    let pongs = server_frames(ws.out());
+    assert_eq!(pongs.len(), pings);
+    assert!(pongs.iter().all(|p| *p == (0xA, vec![b'p'; 125])));
+    // Written, it reads again.
+    let n = ws.out().len();
+    ws.sent(n);
+    assert!(!ws.backlogged());
+}
