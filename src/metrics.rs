@@ -33,6 +33,8 @@ metrics! {
     tls_handshake_failed => "client.tls.handshake_failed",
     ws_handshake_failed => "client.ws.handshake_failed",
     proxy_protocol_failed => "client.proxy_protocol.failed",
+    transport_refused => "client.transport.refused",
+    connect_timeout => "client.connect.timeout",
     access_denied => "client.access_denied",
     packets_publish_denied => "packets.publish.auth_error",
     packets_subscribe_denied => "packets.subscribe.auth_error",

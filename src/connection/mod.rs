@@ -9,6 +9,7 @@
 //! connection only.
 
 pub(crate) mod accept;
+mod before_connect;
 pub(crate) mod enhanced_auth;
 mod site;
 
@@ -34,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::transport::tls::TlsListener;
 use crate::transport::ws::{WsError, WsState};
 use crate::transport::{Received, Transport};
+use before_connect::ReadFailed;
 
 /// Bound on the last write to a closing connection (DISCONNECT, pending acks): a
 /// client that stopped reading cannot hold up its successor or a shutdown.
@@ -179,12 +181,7 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
         ));
         if let Err(reason) = upgrade.await {
             Metrics::inc(&broker.metrics.ws_handshake_failed);
-            let proto = if layers.is_some_and(|l| l.tls.is_some()) {
-                "wss"
-            } else {
-                "ws"
-            };
-            let id = format!("mqtt:{proto}:{}", site.listener);
+            let id = site.listener_id();
             // Logged at most once every 10 s, as TLS handshake failures: a scanner
             // on 8083 must not fill the log; every refusal is counted above.
             if let Some(skipped) = WS_REFUSALS.ready(crate::message::now_ms(), 10_000) {
@@ -203,9 +200,10 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
                 Preface::Connect(c) => return Ok(c),
                 Preface::Reject(bytes) => return Err(bytes),
             }
-            read_more(&reader, &mut writer, &mut transport, &mut rbuf)
-                .await
-                .map_err(|_| &[][..])?;
+            if let Err(why) = read_more(&reader, &mut writer, &mut transport, &mut rbuf).await {
+                before_connect::read_failed(&site, peer, &why);
+                return Err(&[][..]);
+            }
         }
     }))
     .await;
@@ -224,7 +222,7 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
             return;
         }
         Err(_) => {
-            tracing::debug!(%peer, "no CONNECT within idle_timeout");
+            before_connect::timed_out(&site, peer);
             return;
         }
     };
@@ -417,10 +415,6 @@ async fn resume(conn: Box<Connection>, socket: std::net::TcpStream) {
     }
 }
 
-/// Read what the socket has (up to 16 KiB) through a stack buffer and pass it
-/// through the transport, appending the MQTT bytes to `rbuf`: the connection's own
-/// buffer grows only to what is really pending. Ok(0): the stream ended (EOF, or a
-/// TLS close_notify); a TLS failure is an `InvalidData` error.
 /// Before CONNECT is handled (handshake, upgrade, CONNECT itself): wait for the
 /// socket and pass what it has through the transport. Err says why the stream ended.
 /// What the transport answered on its own past its bound (WebSocket Pongs) is
@@ -430,19 +424,23 @@ async fn read_more(
     writer: &mut OwnedWriteHalf,
     transport: &mut Transport,
     rbuf: &mut BytesMut,
-) -> Result<(), String> {
+) -> Result<(), ReadFailed> {
     if transport.backlogged() {
-        transport.flush(writer).await.map_err(|e| e.to_string())?;
+        transport.flush(writer).await.map_err(ReadFailed::Io)?;
     }
-    reader.readable().await.map_err(|e| e.to_string())?;
+    reader.readable().await.map_err(ReadFailed::Io)?;
     match read_some(reader, transport, rbuf) {
-        Ok(0) => Err("closed by the client".to_string()),
+        Ok(0) => Err(ReadFailed::Closed),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(ReadFailed::from_read(e)),
     }
 }
 
+/// Read what the socket has (up to 16 KiB) through a stack buffer and pass it
+/// through the transport, appending the MQTT bytes to `rbuf`: the connection's own
+/// buffer grows only to what is really pending. Ok(0): the stream ended (EOF, or a
+/// TLS close_notify); a TLS failure is an `InvalidData` error.
 fn read_some(
     reader: &OwnedReadHalf,
     transport: &mut Transport,

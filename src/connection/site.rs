@@ -48,4 +48,18 @@ impl Site {
     pub fn layers(&self) -> Option<&ListenerLayers> {
         self.edge.as_ref().and_then(|e| e.layers.as_ref())
     }
+
+    /// The listener's id as `emqx_ctl listeners` shows it (`mqtt:ws:external`), for
+    /// log lines about its connections.
+    pub fn listener_id(&self) -> String {
+        let layers = self.layers();
+        let tls = layers.is_some_and(|l| l.tls.is_some());
+        let proto = match (tls, layers.is_some_and(|l| l.ws.is_some())) {
+            (true, true) => "wss",
+            (false, true) => "ws",
+            (true, false) => "ssl",
+            (false, false) => "tcp",
+        };
+        format!("mqtt:{proto}:{}", self.listener)
+    }
 }

@@ -127,3 +127,31 @@ def test_garbage_before_connect_is_counted_each_time_and_logged_once_per_interva
     lines = [line for line in broker.console_log.read_text().splitlines() if "bad CONNECT" in line]
     assert len(lines) == 1, "\n".join(lines[:5]) + f"\n... {len(lines)} lines"
     assert "127.0.0.1" in lines[0] and "error=" in lines[0], lines[0]
+
+
+def test_a_client_that_sends_no_connect_is_closed_after_idle_timeout_counted_and_logged_once(broker_factory):
+    """Silent clients (a half-open scan, a stuck device) are closed after idle_timeout,
+    each counted in client.connect.timeout, logged once per interval with the peer."""
+    import socket
+    import time
+
+    from conftest import HOST
+    from helpers import wait_until
+    from test_flow_control import metric
+
+    broker = broker_factory({"zone.external.idle_timeout": "1s"})
+    silent = [socket.create_connection((HOST, broker.port), timeout=5) for _ in range(3)]
+    started = time.monotonic()
+    for s in silent:
+        assert s.recv(1) == b"", "closed without a word"
+        s.close()
+    assert time.monotonic() - started < 4, "closed after idle_timeout, not later"
+    assert wait_until(lambda: metric(broker, "client.connect.timeout") == 3, 5)
+    lines = [l for l in broker.console_log.read_text().splitlines() if "no CONNECT within idle_timeout" in l]
+    assert len(lines) == 1, lines
+    assert "peer=127.0.0.1:" in lines[0] and "listener=mqtt:tcp:external" in lines[0], lines[0]
+    # A client that connects and leaves at once is none of these.
+    socket.create_connection((HOST, broker.port), timeout=5).close()
+    c = connected(broker.port)
+    c.disconnect()
+    assert metric(broker, "client.connect.timeout") == 3

@@ -177,6 +177,24 @@ def test_a_text_frame_is_closed_with_1003_and_nobody_else_notices(broker):
     healthy.disconnect()
 
 
+def test_a_bad_frame_before_connect_is_counted_and_logged_once_per_interval(broker):
+    """Frames the WebSocket layer refuses before CONNECT (unmasked, here) close the
+    connection with 1002, are counted in client.transport.refused each time and logged
+    once per interval with the listener and the peer."""
+    before = metric(broker, "client.transport.refused")
+    for _ in range(3):
+        with raw_ws(broker) as ws:
+            ws.upgrade()
+            ws.send(bytes([0x82, 0x02, 0xC0, 0x00]))
+            opcode, payload = ws.recv_frame()
+            assert (opcode, payload[:2]) == (CLOSE, (1002).to_bytes(2, "big"))
+            ws.read_until_closed()
+    assert wait_until(lambda: metric(broker, "client.transport.refused") == before + 3, 5)
+    lines = [l for l in broker.console_log.read_text().splitlines() if "closed before CONNECT" in l]
+    assert len(lines) == 1, lines
+    assert "listener=mqtt:ws:external" in lines[0] and "peer=127.0.0.1:" in lines[0], lines[0]
+
+
 def http_exchange(port, request, timeout_s=5):
     """Send `request`, return all the broker answers before it closes."""
     with socket.create_connection((HOST, port), timeout=timeout_s) as s:
