@@ -15,38 +15,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A broker with a loopback listener driving real connections; returns its port.
 async fn serve(broker: Arc<Broker>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hibernation = super::Hibernation::start().unwrap();
-    let (alive, _alive_rx) = tokio::sync::mpsc::channel(1);
-    let slots = Arc::new(tokio::sync::Semaphore::new(64));
-    let (tx, shutdown) = tokio::sync::watch::channel(false);
-    let site = Arc::new(super::Site {
-        broker: broker.clone(),
-        zone: broker.zone("external"),
-        listener: Arc::from("external"),
-        edge: Some(super::Edge {
-            layers: None,
-            shutdown,
-            hibernation,
-            slots: slots.clone(),
-            _alive: alive,
-        }),
-    });
-    tokio::spawn(async move {
-        let (_alive_rx, _tx) = (_alive_rx, tx);
-        while let Ok((stream, peer)) = listener.accept().await {
-            let env = super::Env {
-                site: site.clone(),
-                guard: super::ConnGuard {
-                    permit: slots.clone().try_acquire_owned().unwrap(),
-                    slot: crate::listener::ceiling::Slot::take().unwrap(),
-                },
-            };
-            tokio::spawn(super::serve(env, stream, peer));
-        }
-    });
-    port
+    super::test_listener::serve(broker, None, 64, |_| {}).await
 }
 
 /// A rumqttc client whose incoming PUBLISHes (topic, payload) and SUBACK codes come

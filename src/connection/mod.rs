@@ -800,6 +800,9 @@ mod hook_tests;
 mod stalled_reader_tests;
 
 #[cfg(test)]
+mod test_listener;
+
+#[cfg(test)]
 mod tests {
     /// A busy connection keeps this future (its task); a hibernated one keeps only
     /// its boxed `Connection`, the largest part of an idle connection's memory. The

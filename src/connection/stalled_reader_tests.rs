@@ -66,38 +66,10 @@ async fn serve_psk(broker: Arc<Broker>) -> u16 {
         })),
         ws: None,
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (alive, alive_rx) = tokio::sync::mpsc::channel(1);
-    let (tx, shutdown) = tokio::sync::watch::channel(false);
-    let slots = Arc::new(tokio::sync::Semaphore::new(4));
-    let site = Arc::new(super::Site {
-        broker: broker.clone(),
-        zone: broker.zone("external"),
-        listener: Arc::from("external"),
-        edge: Some(super::Edge {
-            layers: Some(layers),
-            shutdown,
-            hibernation: super::Hibernation::start().unwrap(),
-            slots: slots.clone(),
-            _alive: alive,
-        }),
-    });
-    tokio::spawn(async move {
-        let _kept = (alive_rx, tx);
-        while let Ok((stream, peer)) = listener.accept().await {
-            socket_buffers(stream.as_raw_fd(), 64 * 1024, 64 * 1024);
-            let env = super::Env {
-                site: site.clone(),
-                guard: super::ConnGuard {
-                    permit: slots.clone().try_acquire_owned().unwrap(),
-                    slot: crate::listener::ceiling::Slot::take().unwrap(),
-                },
-            };
-            tokio::spawn(super::serve(env, stream, peer));
-        }
-    });
-    port
+    super::test_listener::serve(broker, Some(layers), 4, |stream| {
+        socket_buffers(stream.as_raw_fd(), 64 * 1024, 64 * 1024)
+    })
+    .await
 }
 
 /// Connect a TLS 1.3 certificate client (CONNECT first if `connected`), then send
