@@ -9,8 +9,8 @@
 //! connection only.
 
 pub(crate) mod accept;
-mod before_connect;
 pub(crate) mod enhanced_auth;
+mod refusals;
 mod site;
 
 pub(crate) use site::{Edge, Site};
@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::transport::tls::TlsListener;
 use crate::transport::ws::{WsError, WsState};
 use crate::transport::{Received, Transport};
-use before_connect::ReadFailed;
+use refusals::ReadFailed;
 
 /// Bound on the last write to a closing connection (DISCONNECT, pending acks): a
 /// client that stopped reading cannot hold up its successor or a shutdown.
@@ -201,7 +201,7 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
                 Preface::Reject(bytes) => return Err(bytes),
             }
             if let Err(why) = read_more(&reader, &mut writer, &mut transport, &mut rbuf).await {
-                before_connect::read_failed(&site, peer, &why);
+                refusals::read_failed(&site, peer, &why);
                 return Err(&[][..]);
             }
         }
@@ -222,7 +222,7 @@ pub(crate) async fn serve(env: Env, stream: TcpStream, mut peer: SocketAddr) {
             return;
         }
         Err(_) => {
-            before_connect::timed_out(&site, peer);
+            refusals::timed_out(&site, peer);
             return;
         }
     };
@@ -604,7 +604,7 @@ impl Connection {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => {
                             if e.kind() == std::io::ErrorKind::InvalidData {
-                                tracing::info!(client_id = %ch.client_id(), error = %e, "closing");
+                                refusals::after_connect(ch, &e);
                             }
                             return Outcome::Closed(Close::Lost);
                         }

@@ -151,17 +151,23 @@ def test_packets_are_independent_of_frames(broker, secure):
 
 
 def test_a_text_frame_is_closed_with_1003_and_nobody_else_notices(broker):
+    """After CONNECT too, a frame the WebSocket layer refuses closes the connection,
+    counted in client.transport.refused each time and logged once per interval."""
     healthy = ws_client(broker)
     healthy.connect()
     healthy.subscribe("text/#", qos=1)
-    with raw_ws(broker) as ws:
-        ws.upgrade()
-        ws.send_frame(BINARY, mq.connect("texter"))
-        assert ws.recv_packet().type == mq.CONNACK
-        ws.send_frame(TEXT, b'{"not": "mqtt"}')
-        opcode, payload = ws.recv_frame()
-        assert (opcode, payload[:2]) == (CLOSE, (1003).to_bytes(2, "big"))
-        ws.read_until_closed()
+    for i in range(3):
+        with raw_ws(broker) as ws:
+            ws.upgrade()
+            ws.send_frame(BINARY, mq.connect(f"texter-{i}"))
+            assert ws.recv_packet().type == mq.CONNACK
+            ws.send_frame(TEXT, b'{"not": "mqtt"}')
+            opcode, payload = ws.recv_frame()
+            assert (opcode, payload[:2]) == (CLOSE, (1003).to_bytes(2, "big"))
+            ws.read_until_closed()
+    assert wait_until(lambda: metric(broker, "client.transport.refused") == 3, 5)
+    lines = [l for l in broker.console_log.read_text().splitlines() if "the transport refused" in l]
+    assert len(lines) == 1 and "client_id=texter-0" in lines[0], lines
     # (An unmasked client frame: test_a_bad_frame_before_connect_is_counted_...)
     pub = connected(broker.port)
     pub.publish("text/ok", b"still here", qos=1)

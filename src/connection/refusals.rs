@@ -1,12 +1,14 @@
-//! How a connection ends before its CONNECT was read: what `read_more` reports, and
-//! the count and the throttled log line for a client that sent something its transport
-//! refused or sent no CONNECT in time. A client that connects and leaves (a port probe,
-//! a health check) is neither: it is only a debug line.
+//! What the broker does not take from a client's transport, counted and logged once per
+//! interval: bytes the transport refuses (a TLS record, a WebSocket frame), before or
+//! after CONNECT, and a CONNECT that does not come in time; and what `read_more`
+//! reports before CONNECT. A client that connects and leaves (a port probe, a health
+//! check) is none of these: it is only a debug line.
 
 use std::fmt;
 use std::net::SocketAddr;
 
 use super::Site;
+use crate::channel::Channel;
 use crate::logging::Throttle;
 use crate::metrics::Metrics;
 
@@ -72,5 +74,15 @@ pub(super) fn timed_out(site: &Site, peer: SocketAddr) {
     static LATE: Throttle = Throttle::new();
     if let Some(skipped) = LATE.ready(crate::message::now_ms(), LOG_EVERY_MS) {
         tracing::info!(%peer, listener = %site.listener_id(), idle_timeout = ?site.zone.idle_timeout, not_logged_since = skipped, "no CONNECT within idle_timeout; closed");
+    }
+}
+
+/// A connected client's bytes refused by its transport: counted in
+/// `client.transport.refused`, logged once per interval; the connection closes.
+pub(super) fn after_connect(ch: &Channel, error: &std::io::Error) {
+    Metrics::inc(&ch.broker().metrics.transport_refused);
+    static REFUSED: Throttle = Throttle::new();
+    if let Some(skipped) = REFUSED.ready(crate::message::now_ms(), LOG_EVERY_MS) {
+        tracing::info!(client_id = %ch.client_id(), listener = %ch.site().listener_id(), %error, not_logged_since = skipped, "the transport refused what the client sent; closing");
     }
 }
