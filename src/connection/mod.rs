@@ -830,6 +830,7 @@ mod tests {
                 zone,
                 listener: std::sync::Arc::from("external"),
                 edge: Some(super::Edge {
+                    id: std::sync::Arc::from("mqtt:tcp:external"),
                     layers: None,
                     shutdown,
                     hibernation: super::Hibernation::start().unwrap(),

@@ -22,6 +22,9 @@ pub(crate) struct Site {
 }
 
 pub(crate) struct Edge {
+    /// The listener's id as `emqx_ctl listeners` shows it (`mqtt:ws:external`), for
+    /// log lines about its connections.
+    pub id: Arc<str>,
     /// What an SSL, WS or WSS listener puts under the channel (None: plain TCP).
     pub layers: Option<ListenerLayers>,
     pub shutdown: watch::Receiver<bool>,
@@ -49,17 +52,9 @@ impl Site {
         self.edge.as_ref().and_then(|e| e.layers.as_ref())
     }
 
-    /// The listener's id as `emqx_ctl listeners` shows it (`mqtt:ws:external`), for
-    /// log lines about its connections.
-    pub fn listener_id(&self) -> String {
-        let layers = self.layers();
-        let tls = layers.is_some_and(|l| l.tls.is_some());
-        let proto = match (tls, layers.is_some_and(|l| l.ws.is_some())) {
-            (true, true) => "wss",
-            (false, true) => "ws",
-            (true, false) => "ssl",
-            (false, false) => "tcp",
-        };
-        format!("mqtt:{proto}:{}", self.listener)
+    /// The listener's id for log lines (`mqtt:ws:external`); a site without a socket
+    /// edge has only its name.
+    pub fn listener_id(&self) -> &str {
+        self.edge.as_ref().map_or(&self.listener, |e| &e.id)
     }
 }

@@ -26,6 +26,7 @@ pub(super) async fn serve(
         zone: broker.zone("external"),
         listener: Arc::from("external"),
         edge: Some(Edge {
+            id: Arc::from("mqtt:test:external"),
             layers,
             shutdown,
             hibernation: Hibernation::start().unwrap(),

@@ -75,6 +75,7 @@ pub async fn serve(
         zone,
         listener: name,
         edge: Some(Edge {
+            id: Arc::from(config.id()),
             layers,
             shutdown,
             hibernation,
